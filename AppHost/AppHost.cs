@@ -1,0 +1,44 @@
+var builder = DistributedApplication.CreateBuilder(args);
+
+// Brokers: Aspire's containers when a container engine answers, otherwise Debian's redis-server and rabbitmq-server.
+var hosting = builder.ResolveBrokerHosting();
+var redisPassword = builder.AddParameter("redis-password", new GenerateParameterDefault { MinLength = 24, Special = false }, secret: true, persist: true);
+var rabbitUser = builder.AddParameter("rabbitmq-user", "eventpipeline");
+var rabbitPassword = builder.AddParameter("rabbitmq-password", new GenerateParameterDefault { MinLength = 24, Special = false }, secret: true, persist: true);
+
+var redis = builder.AddPipelineRedis("redis", hosting, redisPassword);
+var rabbitmq = builder.AddPipelineRabbitMQ("rabbitmq", hosting, rabbitUser, rabbitPassword);
+
+// API keys for local runs: generated once and kept in the AppHost's user secrets (see README, "API keys").
+var submitKey = builder.AddParameter("api-key-submit", new GenerateParameterDefault { MinLength = 32, Special = false }, secret: true, persist: true);
+var adminKey = builder.AddParameter("api-key-admin", new GenerateParameterDefault { MinLength = 32, Special = false }, secret: true, persist: true);
+var testEvents = builder.Configuration["TestEvents:Enabled"] ?? "false";
+
+// The HTTP receiver the I/O lane delivers webhooks to (stands in for a real downstream service).
+var downstream = builder.AddProject<Projects.Downstream_Receiver>("downstream")
+    .WithHttpHealthCheck("/health/ready");
+
+builder.AddProject<Projects.Producer_Api>("producer-api")
+    .WithExternalHttpEndpoints()
+    .WithReference(redis).WaitFor(redis)
+    .WithReference(rabbitmq).WaitFor(rabbitmq)
+    .WithEnvironment("Auth__ApiKeys__Submit", submitKey)
+    .WithEnvironment("Auth__ApiKeys__Admin", adminKey)
+    .WithEnvironment("TestEvents__Enabled", testEvents)
+    .WithHttpHealthCheck("/health/ready");
+
+builder.AddProject<Projects.Worker_Cpu>("worker-cpu")
+    .WithReference(redis).WaitFor(redis)
+    .WithReference(rabbitmq).WaitFor(rabbitmq) // a chained event hands its result on to the I/O lane
+    .WithEnvironment("TestEvents__Enabled", testEvents)
+    .WithHttpHealthCheck("/health/ready");
+
+builder.AddProject<Projects.Worker_Io>("worker-io")
+    .WithReference(rabbitmq).WaitFor(rabbitmq)
+    .WithReference(redis).WaitFor(redis)
+    .WithReference(downstream).WaitFor(downstream)
+    .WithEnvironment("Downstream__BaseAddress", downstream.GetEndpoint("http"))
+    .WithEnvironment("TestEvents__Enabled", testEvents)
+    .WithHttpHealthCheck("/health/ready");
+
+builder.Build().Run();

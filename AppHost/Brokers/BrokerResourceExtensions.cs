@@ -1,0 +1,190 @@
+using Aspire.Hosting.ApplicationModel;
+using EventPipeline.AppHost.Brokers;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
+
+namespace Aspire.Hosting;
+
+/// <summary>How the brokers run: as containers when an engine answers, otherwise as Debian's own servers.</summary>
+public enum BrokerHosting
+{
+    Auto,
+    Containers,
+    Executables,
+}
+
+/// <summary>
+/// Adds Redis and RabbitMQ either as Aspire's containers or, on a machine without a container engine, as local
+/// executables with the same connection-string shape, credentials and protocol-level health checks.
+/// </summary>
+public static class BrokerResourceExtensions
+{
+    public const string InstallCommand = "bash eng/install-deps.sh";
+
+    public static BrokerHosting ResolveBrokerHosting(this IDistributedApplicationBuilder builder)
+    {
+        var mode = builder.Configuration.GetValue("Brokers:Mode", BrokerHosting.Auto);
+        if (mode == BrokerHosting.Auto)
+        {
+            mode = ContainerRuntimeProbe.IsHealthy(TimeSpan.FromSeconds(5)) ? BrokerHosting.Containers : BrokerHosting.Executables;
+        }
+
+        if (mode == BrokerHosting.Executables)
+        {
+            var missing = new[] { "redis-server", "epmd", LocalRabbitMQResource.RabbitMQServerPath }.Where(exe => !IsExecutableAvailable(exe)).ToList();
+            if (missing.Count > 0)
+            {
+                throw new DistributedApplicationException(
+                    $"No healthy container runtime was found and these broker executables are missing: {string.Join(", ", missing)}. " +
+                    $"Install them once with `{InstallCommand}` (apt-get install redis-server rabbitmq-server prometheus), then run again.");
+            }
+        }
+
+        return mode;
+    }
+
+    public static IResourceBuilder<IResourceWithConnectionString> AddPipelineRedis(
+        this IDistributedApplicationBuilder builder, string name, BrokerHosting hosting, IResourceBuilder<ParameterResource> password)
+    {
+        if (hosting == BrokerHosting.Containers)
+        {
+            return builder.AddRedis(name, port: null, password: password)
+                .WithDataVolume()
+                .WithArgs("--appendonly", "yes", "--appendfsync", "everysec");
+        }
+
+        var dataDirectory = builder.BrokerDataDirectory(name);
+        var redis = builder.AddResource(new LocalRedisResource(name, dataDirectory, password.Resource))
+            .WithLocalPort(LocalRedisResource.PrimaryEndpointName, "tcp")
+            .WithArgs(context =>
+            {
+                var resource = (LocalRedisResource)context.Resource;
+                context.Args.Add("--port");
+                context.Args.Add(resource.PrimaryEndpoint.Property(EndpointProperty.TargetPort));
+                context.Args.Add("--bind");
+                context.Args.Add("127.0.0.1");
+                context.Args.Add("--dir");
+                context.Args.Add(resource.DataDirectory);
+                context.Args.Add("--daemonize");
+                context.Args.Add("no");
+                context.Args.Add("--appendonly");
+                context.Args.Add("yes");
+                context.Args.Add("--appendfsync");
+                context.Args.Add("everysec");
+                context.Args.Add("--requirepass");
+                context.Args.Add(resource.Password);
+                context.Args.Add("--save");
+                context.Args.Add("");
+            });
+        return redis.WithProtocolHealthCheck(resource => new RedisPingHealthCheck(resource));
+    }
+
+    public static IResourceBuilder<IResourceWithConnectionString> AddPipelineRabbitMQ(
+        this IDistributedApplicationBuilder builder, string name, BrokerHosting hosting,
+        IResourceBuilder<ParameterResource> userName, IResourceBuilder<ParameterResource> password)
+    {
+        if (hosting == BrokerHosting.Containers)
+        {
+            return builder.AddRabbitMQ(name, userName, password).WithDataVolume();
+        }
+
+        var dataDirectory = builder.BrokerDataDirectory(name);
+        var epmd = builder.AddResource(new EpmdResource($"{name}-epmd", dataDirectory))
+            .WithLocalPort(EpmdResource.PrimaryEndpointName, "tcp")
+            .WithArgs(context =>
+            {
+                context.Args.Add("-port");
+                context.Args.Add(((EpmdResource)context.Resource).PrimaryEndpoint.Property(EndpointProperty.TargetPort));
+                context.Args.Add("-address");
+                context.Args.Add("127.0.0.1");
+            });
+        var epmdCheck = $"{epmd.Resource.Name}_tcp_check";
+        builder.Services.AddHealthChecks().Add(new HealthCheckRegistration(
+            epmdCheck, _ => new TcpPortHealthCheck(epmd.Resource.PrimaryEndpoint), failureStatus: null, tags: null));
+        epmd.WithHealthCheck(epmdCheck);
+
+        var rabbit = builder.AddResource(new LocalRabbitMQResource(name, dataDirectory, userName.Resource, password.Resource))
+            .WithLocalPort(LocalRabbitMQResource.PrimaryEndpointName, "amqp")
+            .WithLocalPort(LocalRabbitMQResource.DistributionEndpointName, "tcp")
+            .WithLocalPort(LocalRabbitMQResource.PrometheusEndpointName, "http")
+            .WithEnvironment(context =>
+            {
+                var resource = (LocalRabbitMQResource)context.Resource;
+                var home = Path.Combine(resource.DataDirectory, "home");
+                Directory.CreateDirectory(home);
+                var env = context.EnvironmentVariables;
+                env["HOME"] = home;
+                // A stable node name keeps the queues across runs: RabbitMQ stores them under the node's name.
+                env["RABBITMQ_NODENAME"] = $"eventpipeline-{resource.Name}@localhost";
+                env["RABBITMQ_NODE_IP_ADDRESS"] = "127.0.0.1";
+                env["RABBITMQ_NODE_PORT"] = resource.PrimaryEndpoint.Property(EndpointProperty.TargetPort);
+                env["RABBITMQ_DIST_PORT"] = resource.GetEndpoint(LocalRabbitMQResource.DistributionEndpointName).Property(EndpointProperty.TargetPort);
+                env["ERL_EPMD_PORT"] = epmd.Resource.PrimaryEndpoint.Property(EndpointProperty.Port);
+                env["ERL_EPMD_ADDRESS"] = "127.0.0.1";
+                env["RABBITMQ_MNESIA_BASE"] = Path.Combine(resource.DataDirectory, "mnesia");
+                env["RABBITMQ_LOG_BASE"] = Path.Combine(resource.DataDirectory, "log");
+                env["RABBITMQ_LOGS"] = "-";
+                env["RABBITMQ_CONFIG_FILE"] = Path.Combine(resource.DataDirectory, "rabbitmq.conf");
+                env["RABBITMQ_ENABLED_PLUGINS_FILE"] = WritePluginFiles(resource.DataDirectory);
+                env["RABBITMQ_DEFAULT_USER"] = resource.UserName;
+                env["RABBITMQ_DEFAULT_PASS"] = resource.Password;
+                env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = ReferenceExpression.Create(
+                    $"-kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_prometheus tcp_config [{{port,{resource.PrometheusEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}]");
+            })
+            .WaitFor(epmd);
+        return rabbit.WithProtocolHealthCheck(resource => new RabbitMQConnectHealthCheck(resource));
+    }
+
+    /// <summary>
+    /// A proxy-less endpoint on a free loopback port chosen now. The brokers listen on it themselves: Erlang's
+    /// distribution (epmd registration, node ports) does not work through Aspire's TCP proxy, and a proxy hop would
+    /// only add latency to every broker call. Picking the port at start also keeps clear of any system-wide broker
+    /// on the default ports.
+    /// </summary>
+    private static IResourceBuilder<T> WithLocalPort<T>(this IResourceBuilder<T> builder, string name, string scheme) where T : IResourceWithEndpoints
+    {
+        var port = FreeLoopbackPort();
+        return builder.WithEndpoint(port: port, targetPort: port, scheme: scheme, name: name, isProxied: false);
+    }
+
+    private static int FreeLoopbackPort()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
+    private static IResourceBuilder<IResourceWithConnectionString> WithProtocolHealthCheck<T>(
+        this IResourceBuilder<T> builder, Func<T, IHealthCheck> createCheck) where T : class, IResourceWithConnectionString
+    {
+        var key = $"{builder.Resource.Name}_protocol_check";
+        var check = createCheck(builder.Resource); // one instance, so its connection is reused between checks
+        builder.ApplicationBuilder.Services.AddHealthChecks().Add(new HealthCheckRegistration(key, _ => check, failureStatus: null, tags: null));
+        return builder.WithHealthCheck(key);
+    }
+
+    private static string BrokerDataDirectory(this IDistributedApplicationBuilder builder, string name)
+    {
+        var root = builder.Configuration["Brokers:DataDirectory"] is { Length: > 0 } configured
+            ? configured
+            : Path.Combine(builder.AppHostDirectory, ".data");
+        var directory = Path.GetFullPath(Path.Combine(root, name));
+        Directory.CreateDirectory(directory);
+        return directory;
+    }
+
+    private static string WritePluginFiles(string dataDirectory)
+    {
+        File.WriteAllText(Path.Combine(dataDirectory, "rabbitmq.conf"), "loopback_users = none\n");
+        var plugins = Path.Combine(dataDirectory, "enabled_plugins");
+        File.WriteAllText(plugins, "[rabbitmq_prometheus].\n");
+        return plugins;
+    }
+
+    private static bool IsExecutableAvailable(string executable) =>
+        Path.IsPathRooted(executable)
+            ? File.Exists(executable)
+            : (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator)
+                .Any(dir => File.Exists(Path.Combine(dir, executable)));
+}

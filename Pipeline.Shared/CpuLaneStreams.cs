@@ -1,0 +1,38 @@
+using StackExchange.Redis;
+
+namespace EventPipeline.Shared;
+
+/// <summary>
+/// Redis names and entry fields of the CPU lane. The API writes entries; Worker.Cpu reads them through the group.
+/// </summary>
+public static class CpuLaneStreams
+{
+    public static readonly RedisKey Stream = "events.cpu";
+    public static readonly RedisKey DeadLetters = "events.cpu.dead";
+
+    /// <summary>Sorted set of retries waiting for their due time (score = due time, unix ms).</summary>
+    public static readonly RedisKey Delayed = "events.cpu.delayed";
+
+    public const string Group = "cpu-workers";
+
+    public static class Fields
+    {
+        public const string Id = "id";
+        public const string Type = "type";
+        public const string Payload = "payload";
+        public const string AcceptedAt = "acceptedAt";
+        public const string Attempt = "attempt";
+        public const string TraceParent = "traceparent";
+    }
+
+    /// <summary>The fields of a freshly accepted event (attempt 1).</summary>
+    public static NameValueEntry[] NewEntry(string id, string type, string payload, DateTimeOffset acceptedAt, string? traceParent) =>
+    [
+        new(Fields.Id, id),
+        new(Fields.Type, type),
+        new(Fields.Payload, payload),
+        new(Fields.AcceptedAt, acceptedAt.ToUnixTimeMilliseconds()),
+        new(Fields.Attempt, 1),
+        new(Fields.TraceParent, traceParent ?? ""),
+    ];
+}

@@ -1,0 +1,133 @@
+using EventPipeline.Contracts;
+using Microsoft.Extensions.Options;
+using StackExchange.Redis;
+
+namespace EventPipeline.Shared;
+
+public sealed class StatusOptions
+{
+    /// <summary>How long an event's status (and CPU result) is kept after its last change.</summary>
+    public TimeSpan Retention { get; set; } = TimeSpan.FromHours(24);
+}
+
+/// <summary>
+/// The status of every event, one Redis hash per event id (<c>event:{id}</c>), shared by the API and both lanes.
+/// Writes are scripts so that a late or repeated writer cannot move an event backwards: nothing overwrites
+/// <c>succeeded</c>, and <c>accepted</c> is only written to an event that has no state yet.
+/// </summary>
+public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<StatusOptions> options)
+{
+    public static RedisKey Key(string eventId) => $"event:{eventId}";
+
+    // KEYS[1] status hash. ARGV: id, type, lane, acceptedAtMs, ttlSeconds
+    private static readonly LuaScript AcceptScript = LuaScript.Prepare("""
+        if redis.call('HSETNX', @key, 'state', 'accepted') == 1 then
+          redis.call('HSET', @key, 'attempts', 0)
+        end
+        redis.call('HSET', @key, 'id', @id, 'type', @type, 'lane', @lane)
+        redis.call('HSETNX', @key, 'acceptedAt', @acceptedAt)
+        redis.call('EXPIRE', @key, @ttl)
+        return 1
+        """);
+
+    private static readonly LuaScript ProcessingScript = LuaScript.Prepare("""
+        local state = redis.call('HGET', @key, 'state')
+        if state == 'succeeded' then return 0 end
+        redis.call('HSET', @key, 'state', 'processing', 'attempts', @attempt)
+        redis.call('HSETNX', @key, 'startedAt', @now)
+        redis.call('EXPIRE', @key, @ttl)
+        return 1
+        """);
+
+    private static readonly LuaScript RetryingScript = LuaScript.Prepare("""
+        if redis.call('HGET', @key, 'state') == 'succeeded' then return 0 end
+        redis.call('HSET', @key, 'state', 'retrying', 'attempts', @attempt, 'error', @error)
+        redis.call('EXPIRE', @key, @ttl)
+        return 1
+        """);
+
+    // Returns 1 when this call recorded the success, 0 when the event had already succeeded (a redelivery).
+    private static readonly LuaScript SucceededScript = LuaScript.Prepare("""
+        if redis.call('HGET', @key, 'state') == 'succeeded' then return 0 end
+        redis.call('HSET', @key, 'state', 'succeeded', 'attempts', @attempt, 'finishedAt', @now, 'result', @result)
+        redis.call('HDEL', @key, 'error')
+        redis.call('HINCRBY', @key, 'completions', 1)
+        redis.call('EXPIRE', @key, @ttl)
+        return 1
+        """);
+
+    private static readonly LuaScript DeadScript = LuaScript.Prepare("""
+        if redis.call('HGET', @key, 'state') == 'succeeded' then return 0 end
+        redis.call('HSET', @key, 'state', 'dead', 'attempts', @attempt, 'finishedAt', @now, 'error', @error)
+        redis.call('EXPIRE', @key, @ttl)
+        return 1
+        """);
+
+    private IDatabase Db => redis.GetDatabase();
+
+    private long TtlSeconds => (long)options.Value.Retention.TotalSeconds;
+
+    private static long Now => DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+
+    /// <summary>Queues the <c>accepted</c> write on a batch or transaction, so it lands with the broker write.</summary>
+    public Task MarkAcceptedAsync(IDatabaseAsync db, string id, string type, string lane, DateTimeOffset acceptedAt) =>
+        db.ScriptEvaluateAsync(AcceptScript, new
+        {
+            key = Key(id), id, type, lane, acceptedAt = acceptedAt.ToUnixTimeMilliseconds(), ttl = TtlSeconds,
+        });
+
+    public Task MarkAcceptedAsync(string id, string type, string lane, DateTimeOffset acceptedAt) =>
+        MarkAcceptedAsync(Db, id, type, lane, acceptedAt);
+
+    /// <returns>false when the event already succeeded: the caller should not run it again.</returns>
+    public async Task<bool> MarkProcessingAsync(string id, int attempt) =>
+        (int)await Db.ScriptEvaluateAsync(ProcessingScript, new { key = Key(id), attempt, now = Now, ttl = TtlSeconds }) == 1;
+
+    public Task MarkRetryingAsync(IDatabaseAsync db, string id, int attempt, string error) =>
+        db.ScriptEvaluateAsync(RetryingScript, new { key = Key(id), attempt, error, ttl = TtlSeconds });
+
+    public Task MarkRetryingAsync(string id, int attempt, string error) => MarkRetryingAsync(Db, id, attempt, error);
+
+    /// <returns>true when this call recorded the success; false when the event had already succeeded.</returns>
+    /// <remarks>Safe inside a transaction: the command is queued before the first await.</remarks>
+    public async Task<bool> MarkSucceededAsync(IDatabaseAsync db, string id, int attempt, string result) =>
+        (int)await db.ScriptEvaluateAsync(SucceededScript, new { key = Key(id), attempt, now = Now, result, ttl = TtlSeconds }) == 1;
+
+    public Task<bool> MarkSucceededAsync(string id, int attempt, string result) => MarkSucceededAsync(Db, id, attempt, result);
+
+    public Task MarkDeadAsync(IDatabaseAsync db, string id, int attempt, string error) =>
+        db.ScriptEvaluateAsync(DeadScript, new { key = Key(id), attempt, now = Now, error, ttl = TtlSeconds });
+
+    public Task MarkDeadAsync(string id, int attempt, string error) => MarkDeadAsync(Db, id, attempt, error);
+
+    public async Task<string?> GetStateAsync(string id) => await Db.HashGetAsync(Key(id), "state");
+
+    public async Task<EventStatus?> GetAsync(string id)
+    {
+        var entries = await Db.HashGetAllAsync(Key(id));
+        if (entries.Length == 0)
+        {
+            return null;
+        }
+
+        var fields = entries.ToDictionary(e => e.Name.ToString(), e => e.Value.ToString());
+        return new EventStatus(
+            Id: fields.GetValueOrDefault("id", id),
+            Type: fields.GetValueOrDefault("type", ""),
+            Lane: fields.GetValueOrDefault("lane", ""),
+            State: fields.GetValueOrDefault("state", EventStates.Accepted),
+            Attempts: int.TryParse(fields.GetValueOrDefault("attempts"), out var attempts) ? attempts : 0,
+            Error: fields.GetValueOrDefault("error"),
+            Result: fields.GetValueOrDefault("result"),
+            AcceptedAt: Time(fields, "acceptedAt"),
+            StartedAt: Time(fields, "startedAt"),
+            FinishedAt: Time(fields, "finishedAt"));
+    }
+
+    /// <summary>How many times a success was recorded for the event: 1 for every event, or work ran twice.</summary>
+    public async Task<long> GetCompletionsAsync(string id) =>
+        (long?)await Db.HashGetAsync(Key(id), "completions") ?? 0;
+
+    private static DateTimeOffset? Time(Dictionary<string, string> fields, string name) =>
+        long.TryParse(fields.GetValueOrDefault(name), out var ms) ? DateTimeOffset.FromUnixTimeMilliseconds(ms) : null;
+}

@@ -1,0 +1,18 @@
+using EventPipeline.Producer.Apis;
+
+var builder = WebApplication.CreateBuilder(args);
+
+builder.AddServiceDefaults();
+builder.AddApplicationServices();
+
+var app = builder.Build();
+
+app.UseExceptionHandler();
+app.UseStatusCodePages();
+app.MapDefaultEndpoints();
+app.MapEventsApi();
+app.MapLanesApi();
+
+app.Run();
+
+public partial class Program;

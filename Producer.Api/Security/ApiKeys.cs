@@ -1,0 +1,66 @@
+using System.Security.Cryptography;
+using System.Text;
+using EventPipeline.Producer.Apis;
+using Microsoft.Extensions.Options;
+
+namespace EventPipeline.Producer.Security;
+
+public enum ApiKeyScope
+{
+    /// <summary>Submit events and read their status.</summary>
+    Submit,
+
+    /// <summary>Everything, including dead-letter operations.</summary>
+    Admin,
+}
+
+public sealed class ApiKeyOptions
+{
+    public const string HeaderName = "X-Api-Key";
+
+    public string Submit { get; set; } = "";
+
+    public string Admin { get; set; } = "";
+}
+
+/// <summary>
+/// Checks <c>X-Api-Key</c>: missing or unknown → 401, a submit key on an admin endpoint → 403. Keys are compared in
+/// constant time and never logged.
+/// </summary>
+public sealed class ApiKeyFilter(ApiKeyScope required, IOptions<ApiKeyOptions> options) : IEndpointFilter
+{
+    public ValueTask<object?> InvokeAsync(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
+    {
+        var presented = context.HttpContext.Request.Headers[ApiKeyOptions.HeaderName].ToString();
+        var isAdmin = Matches(presented, options.Value.Admin);
+        var isSubmit = isAdmin || Matches(presented, options.Value.Submit);
+
+        if (!isSubmit)
+        {
+            return ValueTask.FromResult<object?>(Problems.Problem(StatusCodes.Status401Unauthorized, Problems.Unauthorized,
+                "A valid API key is required", $"Send it in the {ApiKeyOptions.HeaderName} header."));
+        }
+
+        if (required == ApiKeyScope.Admin && !isAdmin)
+        {
+            return ValueTask.FromResult<object?>(Problems.Problem(StatusCodes.Status403Forbidden, Problems.Forbidden,
+                "This key may not do that", "Dead-letter operations need the admin key."));
+        }
+
+        return next(context);
+    }
+
+    private static bool Matches(string presented, string configured) =>
+        configured.Length > 0 && presented.Length > 0 &&
+        CryptographicOperations.FixedTimeEquals(SHA256.HashData(Encoding.UTF8.GetBytes(presented)), SHA256.HashData(Encoding.UTF8.GetBytes(configured)));
+}
+
+public static class ApiKeyEndpointExtensions
+{
+    public static TBuilder RequireApiKey<TBuilder>(this TBuilder builder, ApiKeyScope scope) where TBuilder : IEndpointConventionBuilder =>
+        builder.AddEndpointFilterFactory((factory, next) =>
+        {
+            var filter = new ApiKeyFilter(scope, factory.ApplicationServices.GetRequiredService<IOptions<ApiKeyOptions>>());
+            return context => filter.InvokeAsync(context, next);
+        });
+}

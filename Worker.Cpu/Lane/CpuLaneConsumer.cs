@@ -1,0 +1,212 @@
+using System.Diagnostics;
+using EventPipeline.Contracts;
+using EventPipeline.ServiceDefaults;
+using EventPipeline.Shared;
+using EventPipeline.Worker.Cpu.Work;
+using Microsoft.Extensions.Options;
+using StackExchange.Redis;
+
+namespace EventPipeline.Worker.Cpu.Lane;
+
+/// <summary>
+/// The CPU lane's consumer: one reading loop feeding <see cref="LaneBuffer"/>, N handlers (default: one per core)
+/// running the work, and the drain on shutdown — stop reading, finish everything buffered, acknowledge, exit.
+/// An entry is acknowledged only after its handler finished (success, scheduled retry or dead letter).
+/// </summary>
+public sealed class CpuLaneConsumer(
+    LaneBuffer buffer,
+    StreamEntryReader reader,
+    CpuWork work,
+    EventStatusStore statuses,
+    EntryAcknowledger acknowledger,
+    RetryScheduler retries,
+    DeadLetterStream deadLetters,
+    IConnectionMultiplexer redis,
+    PipelineMetrics metrics,
+    IOptions<CpuLaneOptions> options,
+    ILogger<CpuLaneConsumer> logger) : BackgroundService
+{
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var handlerCount = options.Value.EffectiveHandlers;
+        logger.LogInformation("CPU lane consumer {Consumer} starting with {Handlers} handlers", buffer.ConsumerName, handlerCount);
+
+        var handlers = Enumerable.Range(0, handlerCount)
+            .Select(_ => Task.Run(RunHandlerAsync, CancellationToken.None))
+            .ToArray();
+        var heartbeat = KeepHeldEntriesFreshAsync(stoppingToken);
+
+        await ReadUntilStoppedAsync(stoppingToken);
+
+        buffer.Close();
+        logger.LogInformation("CPU lane consumer {Consumer} draining {Buffered} buffered entries", buffer.ConsumerName, buffer.Reader.Count);
+        var drained = Task.WhenAll(handlers);
+        if (await Task.WhenAny(drained, Task.Delay(options.Value.DrainTimeout, CancellationToken.None)) != drained)
+        {
+            logger.LogWarning("Drain timeout {Timeout} passed; unfinished entries stay pending for another consumer", options.Value.DrainTimeout);
+        }
+        else
+        {
+            logger.LogInformation("CPU lane consumer {Consumer} drained", buffer.ConsumerName);
+        }
+
+        await heartbeat;
+    }
+
+    private async Task ReadUntilStoppedAsync(CancellationToken stoppingToken)
+    {
+        var backoff = TimeSpan.Zero;
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                if (backoff > TimeSpan.Zero)
+                {
+                    await Task.Delay(backoff, stoppingToken);
+                }
+
+                if (!await buffer.WaitForSpaceAsync(stoppingToken))
+                {
+                    return;
+                }
+
+                await StreamEntryReader.EnsureGroupOnceAsync(redis.GetDatabase());
+                // Not cancelled by shutdown: the read returns within BlockTimeout, and what it returns is ours to run.
+                var entries = await reader.ReadAsync(buffer.ConsumerName, Math.Max(1, buffer.FreeSlots), CancellationToken.None);
+                foreach (var entry in entries)
+                {
+                    await buffer.AddAsync(entry);
+                }
+
+                backoff = TimeSpan.Zero;
+            }
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (RedisServerException ex) when (ex.Message.StartsWith("NOGROUP", StringComparison.Ordinal))
+            {
+                logger.LogWarning("Consumer group {Group} is missing (Redis lost its data?); recreating it", CpuLaneStreams.Group);
+                StreamEntryReader.ForgetGroup();
+                backoff = TimeSpan.FromMilliseconds(100);
+            }
+            catch (Exception ex) when (ex is RedisException or TimeoutException)
+            {
+                backoff = backoff == TimeSpan.Zero ? TimeSpan.FromMilliseconds(200) : TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, TimeSpan.FromSeconds(5).Ticks));
+                logger.LogWarning(ex, "Reading the CPU lane failed; retrying in {Backoff}", backoff);
+            }
+        }
+    }
+
+    private async Task RunHandlerAsync()
+    {
+        await foreach (var entry in buffer.Reader.ReadAllAsync())
+        {
+            try
+            {
+                await HandleAsync(entry);
+            }
+            catch (Exception ex)
+            {
+                // The outcome could not be written (Redis unreachable): the entry stays pending and is claimed again.
+                logger.LogError(ex, "Could not record the outcome of event {EventId} (entry {EntryId}); it stays pending", entry.Id, entry.EntryId);
+            }
+            finally
+            {
+                buffer.Release(entry);
+            }
+        }
+    }
+
+    private async Task HandleAsync(LaneEntry entry)
+    {
+        using var activity = StartProcessActivity(entry);
+        if (!await statuses.MarkProcessingAsync(entry.Id, entry.Attempt))
+        {
+            logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without running it", entry.Id);
+            await acknowledger.AcknowledgeAsync(entry);
+            return;
+        }
+
+        var started = Stopwatch.GetTimestamp();
+        string result;
+        try
+        {
+            result = work.Run(entry.Id, entry.Type, entry.Payload);
+        }
+        catch (Exception ex)
+        {
+            activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
+            await FailAsync(entry, ex, Stopwatch.GetElapsedTime(started));
+            return;
+        }
+
+        await acknowledger.SucceededAsync(entry, result);
+        metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Succeeded, Stopwatch.GetElapsedTime(started));
+        metrics.Finished(Lanes.Cpu, Outcomes.Succeeded, entry.AcceptedAt);
+    }
+
+    private async Task FailAsync(LaneEntry entry, Exception error, TimeSpan elapsed)
+    {
+        if (error is PermanentEventException || entry.Attempt >= options.Value.MaxAttempts)
+        {
+            logger.LogWarning(error, "Event {EventId} failed attempt {Attempt} of {MaxAttempts}; dead-lettering it", entry.Id, entry.Attempt, options.Value.MaxAttempts);
+            await deadLetters.DeadLetterAsync(entry, error);
+            metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Dead, elapsed);
+            metrics.Finished(Lanes.Cpu, Outcomes.Dead, entry.AcceptedAt);
+            return;
+        }
+
+        logger.LogInformation("Event {EventId} failed attempt {Attempt} of {MaxAttempts} ({Error}); scheduling a retry",
+            entry.Id, entry.Attempt, options.Value.MaxAttempts, error.Message);
+        await retries.ScheduleAsync(entry, error);
+        metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Retried, elapsed);
+    }
+
+    /// <summary>
+    /// Resets the idle time of every entry this consumer holds (XCLAIM JUSTID to itself, which does not count as a
+    /// delivery), so other consumers only claim entries whose consumer has really gone.
+    /// </summary>
+    private async Task KeepHeldEntriesFreshAsync(CancellationToken stoppingToken)
+    {
+        using var timer = new PeriodicTimer(options.Value.ClaimTimeout / 3);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stoppingToken))
+            {
+                var held = buffer.HeldEntryIds;
+                if (held.Count == 0)
+                {
+                    continue;
+                }
+
+                try
+                {
+                    await redis.GetDatabase().StreamClaimIdsOnlyAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, buffer.ConsumerName, 0, [.. held]);
+                }
+                catch (RedisException ex)
+                {
+                    logger.LogWarning(ex, "Could not refresh {Count} held entries", held.Count);
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    private static Activity? StartProcessActivity(LaneEntry entry)
+    {
+        ActivityContext.TryParse(entry.TraceParent, null, out var parent);
+        var activity = PipelineTelemetry.ActivitySource.StartActivity($"{CpuLaneStreams.Stream} process", ActivityKind.Consumer, parent);
+        activity?.SetTag("messaging.system", "redis");
+        activity?.SetTag("messaging.destination.name", CpuLaneStreams.Stream.ToString());
+        activity?.SetTag("messaging.operation.type", "process");
+        activity?.SetTag("messaging.consumer.group.name", CpuLaneStreams.Group);
+        activity?.SetTag("messaging.message.id", entry.EntryId.ToString());
+        activity?.SetTag("eventpipeline.event.id", entry.Id);
+        activity?.SetTag("eventpipeline.event.type", entry.Type);
+        activity?.SetTag("eventpipeline.attempt", entry.Attempt);
+        return activity;
+    }
+}

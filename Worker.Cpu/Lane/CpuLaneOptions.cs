@@ -1,0 +1,40 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace EventPipeline.Worker.Cpu.Lane;
+
+/// <summary>Settings of the CPU lane consumer, bound from <c>CpuLane</c> and validated at start.</summary>
+public sealed class CpuLaneOptions
+{
+    /// <summary>Handlers running CPU work in parallel; 0 means one per processor.</summary>
+    [Range(0, 1024)]
+    public int Handlers { get; set; }
+
+    /// <summary>Runs of one event before it is dead-lettered (first run included).</summary>
+    [Range(1, 100)]
+    public int MaxAttempts { get; set; } = 5;
+
+    public TimeSpan RetryBaseDelay { get; set; } = TimeSpan.FromSeconds(1);
+
+    public TimeSpan RetryMaxDelay { get; set; } = TimeSpan.FromMinutes(1);
+
+    /// <summary>
+    /// An entry whose consumer has not touched it for this long is taken over by another consumer. Live consumers
+    /// refresh their entries every third of this, so it bounds crash-recovery time, not job length.
+    /// </summary>
+    public TimeSpan ClaimTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>How often each consumer looks for stale entries and due retries.</summary>
+    public TimeSpan ClaimInterval { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Deliveries after which an entry is presumed to kill its consumer and is dead-lettered unrun.</summary>
+    [Range(1, 100)]
+    public int MaxDeliveries { get; set; } = 5;
+
+    /// <summary>On SIGTERM, how long in-flight and buffered work may take to finish.</summary>
+    public TimeSpan DrainTimeout { get; set; } = TimeSpan.FromSeconds(25);
+
+    /// <summary>How long one XREADGROUP blocks waiting for new entries.</summary>
+    public TimeSpan BlockTimeout { get; set; } = TimeSpan.FromSeconds(2);
+
+    public int EffectiveHandlers => Handlers > 0 ? Handlers : Environment.ProcessorCount;
+}

@@ -1,0 +1,63 @@
+using System.Collections.Concurrent;
+using System.Threading.Channels;
+using Microsoft.Extensions.Options;
+using StackExchange.Redis;
+
+namespace EventPipeline.Worker.Cpu.Lane;
+
+/// <summary>
+/// The bounded hand-off between the readers (new entries, claimed entries) and the handlers. Its capacity is what
+/// applies backpressure: a reader that finds it full stops reading, and the entries wait in Redis, not in memory.
+/// It also knows which entries this consumer holds, so they can be kept fresh against claiming.
+/// </summary>
+public sealed class LaneBuffer
+{
+    private readonly Channel<LaneEntry> _channel;
+    private readonly ConcurrentDictionary<RedisValue, LaneEntry> _held = new();
+
+    public LaneBuffer(IOptions<CpuLaneOptions> options)
+    {
+        Capacity = options.Value.EffectiveHandlers * 2;
+        _channel = Channel.CreateBounded<LaneEntry>(new BoundedChannelOptions(Capacity)
+        {
+            SingleReader = false,
+            SingleWriter = false,
+            FullMode = BoundedChannelFullMode.Wait,
+        });
+        ConsumerName = $"{Environment.MachineName}-{Environment.ProcessId}";
+    }
+
+    /// <summary>This process's consumer name in the group: host + pid, unique per process.</summary>
+    public string ConsumerName { get; }
+
+    public int Capacity { get; }
+
+    public int FreeSlots => Math.Max(0, Capacity - _channel.Reader.Count);
+
+    public ChannelReader<LaneEntry> Reader => _channel.Reader;
+
+    public IReadOnlyCollection<RedisValue> HeldEntryIds => [.. _held.Keys];
+
+    public ValueTask<bool> WaitForSpaceAsync(CancellationToken cancellationToken) => _channel.Writer.WaitToWriteAsync(cancellationToken);
+
+    /// <returns>false when the buffer was already closed for shutdown (the entry stays pending in Redis).</returns>
+    public async ValueTask<bool> AddAsync(LaneEntry entry)
+    {
+        _held[entry.EntryId] = entry;
+        try
+        {
+            await _channel.Writer.WriteAsync(entry);
+            return true;
+        }
+        catch (ChannelClosedException)
+        {
+            _held.TryRemove(entry.EntryId, out _);
+            return false;
+        }
+    }
+
+    public void Release(LaneEntry entry) => _held.TryRemove(entry.EntryId, out _);
+
+    /// <summary>No more entries: handlers finish what is buffered, then stop.</summary>
+    public void Close() => _channel.Writer.TryComplete();
+}

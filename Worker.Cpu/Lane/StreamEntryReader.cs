@@ -1,0 +1,108 @@
+using EventPipeline.Shared;
+using Microsoft.Extensions.Options;
+using StackExchange.Redis;
+
+namespace EventPipeline.Worker.Cpu.Lane;
+
+/// <summary>
+/// Reads new entries for this consumer with a blocking XREADGROUP on a connection of its own: StackExchange.Redis
+/// multiplexes one socket, so a blocking command there would stall every other command. Blocking keeps idle CPU near
+/// zero and picks an entry up as soon as it is added.
+/// </summary>
+public sealed class StreamEntryReader(IConfiguration configuration, IOptions<CpuLaneOptions> options, ILogger<StreamEntryReader> logger) : IAsyncDisposable
+{
+    private ConnectionMultiplexer? _blocking;
+
+    public async Task<IReadOnlyList<LaneEntry>> ReadAsync(string consumer, int count, CancellationToken cancellationToken)
+    {
+        var connection = await GetConnectionAsync();
+        var blockMs = (long)options.Value.BlockTimeout.TotalMilliseconds;
+        var reply = await connection.GetDatabase().ExecuteAsync("XREADGROUP",
+            "GROUP", CpuLaneStreams.Group, consumer, "COUNT", count, "BLOCK", blockMs, "STREAMS", CpuLaneStreams.Stream.ToString(), ">")
+            .WaitAsync(cancellationToken);
+        return Parse(reply);
+    }
+
+    private static volatile bool s_groupEnsured;
+
+    /// <summary>Creates the consumer group (and the stream) unless this process already did.</summary>
+    public static async Task EnsureGroupOnceAsync(IDatabase db)
+    {
+        if (!s_groupEnsured)
+        {
+            await EnsureGroupAsync(db);
+            s_groupEnsured = true;
+        }
+    }
+
+    /// <summary>The group vanished (Redis restarted without its data): create it again on the next read.</summary>
+    public static void ForgetGroup() => s_groupEnsured = false;
+
+    /// <summary>Creates the consumer group (and the stream) if missing; harmless when both exist.</summary>
+    public static async Task EnsureGroupAsync(IDatabase db)
+    {
+        try
+        {
+            await db.StreamCreateConsumerGroupAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, StreamPosition.Beginning, createStream: true);
+        }
+        catch (RedisServerException ex) when (ex.Message.Contains("BUSYGROUP", StringComparison.Ordinal))
+        {
+        }
+    }
+
+    private static List<LaneEntry> Parse(RedisResult reply)
+    {
+        var entries = new List<LaneEntry>();
+        if (reply.IsNull || reply.Resp2Type != ResultType.Array)
+        {
+            return entries; // BLOCK timed out with nothing new
+        }
+
+        foreach (var stream in (RedisResult[])reply!)
+        {
+            var parts = (RedisResult[])stream!;
+            foreach (var item in (RedisResult[])parts[1]!)
+            {
+                var pair = (RedisResult[])item!;
+                var values = (RedisResult[])pair[1]!;
+                var fields = new Dictionary<string, string>(values.Length / 2);
+                for (var i = 0; i + 1 < values.Length; i += 2)
+                {
+                    fields[values[i].ToString()!] = values[i + 1].ToString()!;
+                }
+
+                entries.Add(LaneEntry.Parse((RedisValue)pair[0], fields));
+            }
+        }
+
+        return entries;
+    }
+
+    private async Task<ConnectionMultiplexer> GetConnectionAsync()
+    {
+        if (_blocking is not null)
+        {
+            return _blocking;
+        }
+
+        var config = ConfigurationOptions.Parse(configuration.GetConnectionString("redis")
+            ?? throw new InvalidOperationException("ConnectionStrings:redis is not set"));
+        config.AbortOnConnectFail = false;
+        config.ClientName = "worker-cpu-reader";
+        // The blocking read must outlast its BLOCK time; anything longer than that means Redis is gone.
+        config.AsyncTimeout = (int)options.Value.BlockTimeout.TotalMilliseconds + 5000;
+        config.SyncTimeout = config.AsyncTimeout;
+        _blocking = await ConnectionMultiplexer.ConnectAsync(config);
+        logger.LogInformation("Blocking reader connected to Redis");
+        return _blocking;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_blocking is not null)
+        {
+            await _blocking.CloseAsync();
+            _blocking.Dispose();
+        }
+    }
+}

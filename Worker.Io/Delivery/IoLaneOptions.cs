@@ -1,0 +1,46 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace EventPipeline.Worker.Io.Delivery;
+
+/// <summary>Settings of the I/O lane consumer, bound from <c>IoLane</c> and validated at start.</summary>
+public sealed class IoLaneOptions
+{
+    /// <summary>Messages handled at once by this process (all async: a waiting HTTP call holds no thread).</summary>
+    [Range(1, 10_000)]
+    public int ConcurrentMessageLimit { get; set; } = 64;
+
+    /// <summary>Unacknowledged messages RabbitMQ may push to this process ahead of the handlers.</summary>
+    [Range(1, 65_535)]
+    public int PrefetchCount { get; set; } = 128;
+
+    /// <summary>Runs of one event before it goes to the error queue (first run included).</summary>
+    [Range(1, 100)]
+    public int MaxAttempts { get; set; } = 5;
+
+    public TimeSpan RetryMinInterval { get; set; } = TimeSpan.FromMilliseconds(200);
+
+    public TimeSpan RetryMaxInterval { get; set; } = TimeSpan.FromSeconds(10);
+
+    public TimeSpan RetryIntervalDelta { get; set; } = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>On SIGTERM, how long in-flight deliveries may take before the bus stops anyway.</summary>
+    public TimeSpan StopTimeout { get; set; } = TimeSpan.FromSeconds(25);
+}
+
+/// <summary>Where webhooks go and how hard they may be pushed.</summary>
+public sealed class DownstreamOptions
+{
+    [Required]
+    public Uri BaseAddress { get; set; } = new("http://localhost:5183");
+
+    public string Path { get; set; } = "/webhook";
+
+    public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Requests per second to one destination host; a call waits for a permit rather than failing.</summary>
+    [Range(1, 1_000_000)]
+    public int PermitsPerSecond { get; set; } = 1000;
+
+    /// <summary>Hosts the worker may call. The base address must be one of them.</summary>
+    public List<string> AllowedHosts { get; set; } = [];
+}
