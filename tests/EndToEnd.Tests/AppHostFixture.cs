@@ -1,0 +1,74 @@
+using Aspire.Hosting;
+using Aspire.Hosting.Testing;
+using EventPipeline.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace EventPipeline.EndToEnd.Tests;
+
+/// <summary>
+/// The whole system, started once per test collection from the real AppHost through Aspire.Hosting.Testing: the
+/// brokers as local executables on free ports with their data in a temp directory, test events enabled.
+/// </summary>
+public sealed class AppHostFixture : IAsyncLifetime
+{
+    private readonly ScratchDirectory _data = new("ep-e2e");
+    private DistributedApplication? _app;
+
+    public string SubmitKey { get; } = "submit-" + Guid.NewGuid().ToString("N");
+
+    public string AdminKey { get; } = "admin-" + Guid.NewGuid().ToString("N");
+
+    public DistributedApplication App => _app ?? throw new InvalidOperationException("not started");
+
+    public HttpClient Api { get; private set; } = null!;
+
+    public HttpClient Downstream { get; private set; } = null!;
+
+    public async Task InitializeAsync()
+    {
+        var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.AppHost>(
+        [
+            "Brokers:Mode=Executables",
+            $"Brokers:DataDirectory={_data.Path}",
+            "TestEvents:Enabled=true",
+            $"Parameters:api-key-submit={SubmitKey}",
+            $"Parameters:api-key-admin={AdminKey}",
+            "Parameters:redis-password=e2e-redis-" + Guid.NewGuid().ToString("N")[..12],
+            "Parameters:rabbitmq-password=e2e-rabbit-" + Guid.NewGuid().ToString("N")[..12],
+            "ASPIRE_VERSION_CHECK_DISABLED=true",
+        ]);
+        builder.Services.AddLogging(logging => logging.SetMinimumLevel(LogLevel.Warning));
+
+        _app = await builder.BuildAsync();
+        using var startup = new CancellationTokenSource(TimeSpan.FromMinutes(4));
+        await _app.StartAsync(startup.Token);
+        foreach (var resource in new[] { "redis", "rabbitmq", "downstream", "producer-api", "worker-cpu", "worker-io" })
+        {
+            await _app.ResourceNotifications.WaitForResourceHealthyAsync(resource, startup.Token);
+        }
+
+        Api = _app.CreateHttpClient("producer-api");
+        Api.DefaultRequestHeaders.Add("X-Api-Key", SubmitKey);
+        Downstream = _app.CreateHttpClient("downstream");
+    }
+
+    public async Task DisposeAsync()
+    {
+        Api?.Dispose();
+        Downstream?.Dispose();
+        if (_app is not null)
+        {
+            await _app.StopAsync();
+            await _app.DisposeAsync();
+        }
+
+        _data.Dispose();
+    }
+}
+
+[CollectionDefinition(Name)]
+public sealed class AppHostCollection : ICollectionFixture<AppHostFixture>
+{
+    public const string Name = "Running AppHost";
+}

@@ -1,0 +1,133 @@
+using RabbitMQ.Client;
+
+namespace EventPipeline.Testing;
+
+/// <summary>
+/// A real Debian <c>rabbitmq-server</c> (with its own epmd) on free loopback ports, in a temp directory, with a
+/// stable node name so that a restart on the same data directory keeps its queues.
+/// </summary>
+public sealed class RabbitMqServer : IAsyncDisposable
+{
+    private const string ServerScript = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+    private readonly ScratchDirectory _directory = new("ep-rabbit");
+    private ChildProcess? _epmd;
+    private ChildProcess? _server;
+
+    private RabbitMqServer()
+    {
+        Port = LocalPorts.Free();
+        DistributionPort = LocalPorts.Free();
+        EpmdPort = LocalPorts.Free();
+        PrometheusPort = LocalPorts.Free();
+    }
+
+    public int Port { get; }
+
+    public int DistributionPort { get; }
+
+    public int EpmdPort { get; }
+
+    public int PrometheusPort { get; }
+
+    public string User { get; } = "eventpipeline";
+
+    public string Password { get; } = "test-" + Guid.NewGuid().ToString("N")[..16];
+
+    public string ConnectionString => $"amqp://{User}:{Password}@127.0.0.1:{Port}";
+
+    public string NodeName => $"ep-test-{Port}@localhost";
+
+    public bool IsRunning => _server is { HasExited: false };
+
+    public static async Task<RabbitMqServer> StartAsync()
+    {
+        var server = new RabbitMqServer();
+        server._epmd = ChildProcess.Start("epmd", "epmd", ["-port", server.EpmdPort.ToString(), "-address", "127.0.0.1"], new Dictionary<string, string?>());
+        await Eventually.TrueAsync(() => Task.FromResult(LocalPorts.Accepts(server.EpmdPort)), TimeSpan.FromSeconds(10), "epmd to listen");
+        await server.StartServerAsync();
+        return server;
+    }
+
+    public async Task StartServerAsync()
+    {
+        var home = Path.Combine(_directory.Path, "home");
+        Directory.CreateDirectory(home);
+        File.WriteAllText(Path.Combine(_directory.Path, "rabbitmq.conf"), "loopback_users = none\n");
+        File.WriteAllText(Path.Combine(_directory.Path, "enabled_plugins"), "[rabbitmq_prometheus].\n");
+        _server = ChildProcess.Start("rabbitmq-server", ServerScript, [], new Dictionary<string, string?>
+        {
+            ["HOME"] = home,
+            ["RABBITMQ_NODENAME"] = NodeName,
+            ["RABBITMQ_NODE_IP_ADDRESS"] = "127.0.0.1",
+            ["RABBITMQ_NODE_PORT"] = Port.ToString(),
+            ["RABBITMQ_DIST_PORT"] = DistributionPort.ToString(),
+            ["ERL_EPMD_PORT"] = EpmdPort.ToString(),
+            ["ERL_EPMD_ADDRESS"] = "127.0.0.1",
+            ["RABBITMQ_MNESIA_BASE"] = Path.Combine(_directory.Path, "mnesia"),
+            ["RABBITMQ_LOG_BASE"] = Path.Combine(_directory.Path, "log"),
+            ["RABBITMQ_LOGS"] = "-",
+            ["RABBITMQ_CONFIG_FILE"] = Path.Combine(_directory.Path, "rabbitmq.conf"),
+            ["RABBITMQ_ENABLED_PLUGINS_FILE"] = Path.Combine(_directory.Path, "enabled_plugins"),
+            ["RABBITMQ_DEFAULT_USER"] = User,
+            ["RABBITMQ_DEFAULT_PASS"] = Password,
+            ["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] =
+                $"-kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_prometheus tcp_config [{{port,{PrometheusPort}}},{{ip,\"127.0.0.1\"}}]",
+        });
+
+        await Eventually.TrueAsync(async () =>
+        {
+            if (_server.HasExited)
+            {
+                throw new InvalidOperationException($"rabbitmq-server exited: {string.Join('\n', _server.Output.TakeLast(40))}");
+            }
+
+            await using var connection = await ConnectAsync();
+            return connection.IsOpen;
+        }, TimeSpan.FromSeconds(90), $"rabbitmq-server on port {Port} to accept AMQP", TimeSpan.FromMilliseconds(500));
+    }
+
+    /// <summary>kill -9 the broker node (epmd stays up, as it would on a real host).</summary>
+    public async Task KillAsync()
+    {
+        if (_server is not null)
+        {
+            await _server.KillAsync();
+        }
+    }
+
+    public async Task<IConnection> ConnectAsync()
+    {
+        var factory = new ConnectionFactory { Uri = new Uri(ConnectionString), RequestedConnectionTimeout = TimeSpan.FromSeconds(3) };
+        return await factory.CreateConnectionAsync();
+    }
+
+    /// <summary>Ready messages in a queue (AMQP passive declare), or null when the queue does not exist.</summary>
+    public async Task<uint?> MessageCountAsync(string queue)
+    {
+        await using var connection = await ConnectAsync();
+        await using var channel = await connection.CreateChannelAsync();
+        try
+        {
+            return (await channel.QueueDeclarePassiveAsync(queue)).MessageCount;
+        }
+        catch (RabbitMQ.Client.Exceptions.OperationInterruptedException)
+        {
+            return null;
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_server is not null)
+        {
+            await _server.DisposeAsync();
+        }
+
+        if (_epmd is not null)
+        {
+            await _epmd.DisposeAsync();
+        }
+
+        _directory.Dispose();
+    }
+}
