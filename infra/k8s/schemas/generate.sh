@@ -49,6 +49,27 @@ gen() { npx ts-json-schema-generator --path "$1" --tsconfig tsconfig.json --type
 gen k8s.ts k8s.raw.json
 gen keda.ts keda.raw.json
 
+# TypeScript cannot name a property "from" or "continue": the client's models call them "_from", "_continue", ... and
+# map them back to the wire name in attributeTypeMap. Put the wire names (baseName) into the schema.
+cat > wire-names.cjs <<'JS'
+const fs = require("fs");
+const models = "node_modules/@kubernetes/client-node/dist/gen/models/";
+const schema = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+for (const [name, def] of Object.entries(schema.definitions)) {
+  const file = models + name + ".js";
+  if (!def.properties || !fs.existsSync(file)) continue;
+  const pairs = [...fs.readFileSync(file, "utf8").matchAll(/"name": "([^"]+)",\s*"baseName": "([^"]+)"/g)];
+  for (const [, ts, wire] of pairs) {
+    if (ts === wire || !(ts in def.properties)) continue;
+    def.properties[wire] = def.properties[ts];
+    delete def.properties[ts];
+    if (def.required) def.required = def.required.map(r => (r === ts ? wire : r));
+  }
+}
+fs.writeFileSync(process.argv[2], JSON.stringify(schema));
+JS
+node wire-names.cjs k8s.raw.json
+
 # Stamp each file with its source, and sort keys so a regeneration diffs cleanly.
 cat > stamp.cjs <<'JS'
 const fs = require("fs");
