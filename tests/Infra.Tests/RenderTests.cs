@@ -64,6 +64,27 @@ public class RenderTests
         Assert.Contains($"infra/k8s/{overlay}/secrets.env.example", tracked.Stdout.Split('\n'));
     }
 
+    [Fact]
+    public void The_readme_names_files_and_images_that_exist()
+    {
+        var readme = Repo.Read("infra", "k8s", "README.md");
+        var paths = System.Text.RegularExpressions.Regex.Matches(readme, @"infra/k8s/[\w./-]*[\w/]")
+            .Select(m => m.Value)
+            .Where(p => !p.EndsWith("secrets.env", StringComparison.Ordinal)) // made by the user from the example
+            .Distinct()
+            .ToList();
+        Assert.NotEmpty(paths);
+        Assert.All(paths, p => Assert.True(File.Exists(Repo.PathOf(p)) || Directory.Exists(Repo.PathOf(p)), $"README names {p}, which does not exist"));
+        foreach (var facts in ServiceFacts.All)
+        {
+            Assert.Contains(facts.ContainerRepository!, readme);
+            Assert.Contains(facts.ContainerImageTag!, readme);
+        }
+
+        Assert.Contains("kubectl apply -k infra/k8s/overlays/dev", readme);
+        Assert.Contains("get hpa,scaledobject -w", readme);
+    }
+
     [Theory]
     [MemberData(nameof(Overlays))]
     public void Every_config_and_secret_reference_resolves(string overlay)
