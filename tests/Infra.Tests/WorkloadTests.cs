@@ -1,0 +1,234 @@
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using EventPipeline.Infra.Tests.Support;
+
+namespace EventPipeline.Infra.Tests;
+
+public class WorkloadTests
+{
+    public static TheoryData<string> Targets => [.. Manifests.Targets];
+
+    public static TheoryData<string> Overlays => [.. Manifests.Overlays];
+
+    [Theory]
+    [MemberData(nameof(Targets))]
+    public void Probes_call_the_health_endpoints_the_services_map(string target)
+    {
+        var rendered = Manifests.Render(target);
+        Assert.NotEmpty(rendered.AppWorkloads);
+        foreach (var workload in rendered.AppWorkloads)
+        {
+            var facts = ServiceFacts.For(workload.Name);
+            Assert.Contains("app.MapDefaultEndpoints();", Repo.Read(facts.Project, "Program.cs"));
+            var container = workload.MainContainer;
+
+            Assert.Equal(DefaultsFacts.LivenessPath, (string?)container["startupProbe"]?["httpGet"]?["path"]);
+            Assert.Equal(DefaultsFacts.LivenessPath, (string?)container["livenessProbe"]?["httpGet"]?["path"]);
+            Assert.Equal(DefaultsFacts.ReadinessPath, (string?)container["readinessProbe"]?["httpGet"]?["path"]);
+
+            foreach (var probe in new[] { "startupProbe", "livenessProbe", "readinessProbe" })
+            {
+                var port = PortNumber(workload, container[probe]!["httpGet"]!["port"]!);
+                Assert.Contains((int)port, facts.ContainerPorts);
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Overlays))]
+    public void The_http_port_is_the_one_the_services_listen_on(string overlay)
+    {
+        var rendered = Manifests.Render(overlay);
+        foreach (var workload in rendered.AppWorkloads)
+        {
+            var facts = ServiceFacts.For(workload.Name);
+            var env = rendered.EnvironmentOf(workload, workload.MainContainer);
+            var http = Assert.Single(workload.Ports, p => p.Name == "http");
+            Assert.Equal(http.Port.ToString(System.Globalization.CultureInfo.InvariantCulture), env["ASPNETCORE_HTTP_PORTS"]);
+            Assert.Equal([(int)http.Port], facts.ContainerPorts);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Targets))]
+    public void Prometheus_annotations_point_at_each_services_metrics_endpoint(string target)
+    {
+        var rendered = Manifests.Render(target);
+        foreach (var name in new[] { "producer-api", "worker-cpu", "worker-io" })
+        {
+            var workload = rendered.Workload(name);
+            var annotations = workload.PodAnnotations;
+            Assert.Equal("true", annotations["prometheus.io/scrape"]);
+            Assert.Equal(DefaultsFacts.MetricsPath, annotations["prometheus.io/path"]);
+            var http = workload.Ports.Single(p => p.Name == "http");
+            Assert.Equal(http.Port.ToString(System.Globalization.CultureInfo.InvariantCulture), annotations["prometheus.io/port"]);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Targets))]
+    public void Every_pod_runs_non_root_with_a_read_only_root_and_bounded_resources(string target)
+    {
+        var problems = new List<string>();
+        foreach (var workload in Manifests.Render(target).Workloads)
+        {
+            var pod = workload.PodSpec;
+            void Check(bool ok, string what)
+            {
+                if (!ok)
+                {
+                    problems.Add($"{workload.Name}: {what}");
+                }
+            }
+
+            Check((bool?)pod["securityContext"]?["runAsNonRoot"] == true, "runAsNonRoot");
+            Check((string?)pod["securityContext"]?["seccompProfile"]?["type"] == "RuntimeDefault", "seccompProfile RuntimeDefault");
+            Check((bool?)pod["automountServiceAccountToken"] == false, "automountServiceAccountToken false");
+            var emptyDirs = (pod["volumes"]?.AsArray().Cast<JsonObject>() ?? []).Where(v => v["emptyDir"] is not null).Select(v => (string)v["name"]!).ToHashSet();
+            foreach (var c in workload.Containers)
+            {
+                var sc = c["securityContext"];
+                Check((bool?)sc?["allowPrivilegeEscalation"] == false, "allowPrivilegeEscalation false");
+                Check((bool?)sc?["readOnlyRootFilesystem"] == true, "readOnlyRootFilesystem");
+                Check(sc?["capabilities"]?["drop"]?.AsArray().Any(d => (string?)d == "ALL") == true, "capabilities drop ALL");
+                Check((c["volumeMounts"]?.AsArray().Cast<JsonObject>() ?? []).Any(m => (string?)m["mountPath"] == "/tmp" && emptyDirs.Contains((string)m["name"]!)), "/tmp on an emptyDir");
+                foreach (var bound in new[] { "requests", "limits" })
+                {
+                    Check(c["resources"]?[bound]?["cpu"] is not null && c["resources"]?[bound]?["memory"] is not null, $"resources.{bound} cpu and memory");
+                }
+
+                Check(c["livenessProbe"] is not null && c["readinessProbe"] is not null && c["startupProbe"] is not null, "startup, liveness and readiness probes");
+            }
+        }
+
+        Assert.True(problems.Count == 0, string.Join("\n", problems));
+    }
+
+    [Theory]
+    [MemberData(nameof(Targets))]
+    public void App_pods_run_as_the_images_non_root_user(string target)
+    {
+        foreach (var workload in Manifests.Render(target).AppWorkloads)
+        {
+            var facts = ServiceFacts.For(workload.Name);
+            Assert.NotNull(facts.ContainerUser);
+            Assert.Equal(long.Parse(facts.ContainerUser!, System.Globalization.CultureInfo.InvariantCulture), (long?)workload.PodSpec["securityContext"]!["runAsUser"]);
+            Assert.NotEqual("0", facts.ContainerUser);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Overlays))]
+    public void Termination_grace_covers_the_workers_drain(string overlay)
+    {
+        var rendered = Manifests.Render(overlay);
+        foreach (var (name, key) in new[] { ("worker-cpu", "CpuLane:DrainTimeout"), ("worker-io", "IoLane:StopTimeout") })
+        {
+            var facts = ServiceFacts.For(name);
+            var workload = rendered.Workload(name);
+            var drain = TimeSpan.Parse(facts.EffectiveConfiguration(rendered.EnvironmentOf(workload, workload.MainContainer))[key]!, System.Globalization.CultureInfo.InvariantCulture);
+
+            // The host's ShutdownTimeout is the drain plus a margin set in code; the kubelet must wait at least that long.
+            var margin = Regex.Match(facts.Source, @"ShutdownTimeout = [\w.]+ \+ TimeSpan\.FromSeconds\((\d+)\)");
+            Assert.True(margin.Success, $"{facts.Project}: ShutdownTimeout = <drain> + TimeSpan.FromSeconds(n) not found");
+            var shutdown = drain + TimeSpan.FromSeconds(int.Parse(margin.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
+
+            var grace = TimeSpan.FromSeconds((long)workload.PodSpec["terminationGracePeriodSeconds"]!);
+            Assert.True(grace >= shutdown, $"{name}: grace {grace} < shutdown {shutdown}");
+            Assert.True(grace <= shutdown + TimeSpan.FromSeconds(15), $"{name}: grace {grace} is far beyond shutdown {shutdown}");
+        }
+
+        // The API: its preStop pause plus the host's default 30 s shutdown.
+        var api = rendered.Workload("producer-api");
+        var preStop = (long?)api.MainContainer["lifecycle"]?["preStop"]?["sleep"]?["seconds"] ?? 0;
+        Assert.True((long)api.PodSpec["terminationGracePeriodSeconds"]! >= preStop + 30);
+    }
+
+    [Theory]
+    [MemberData(nameof(Targets))]
+    public void Service_selectors_match_pod_labels_and_ports(string target)
+    {
+        var rendered = Manifests.Render(target);
+        foreach (var service in rendered.OfKind("Service"))
+        {
+            var name = Rendered.Name(service);
+            var selector = Rendered.StringMap(service["spec"]!["selector"]);
+            var ports = service["spec"]!["ports"]!.AsArray().Cast<JsonObject>().ToList();
+            if (selector.Count == 0)
+            {
+                // No selector: its endpoints are given by an EndpointSlice (prod's external Redis).
+                var slice = rendered.OfKind("EndpointSlice").SingleOrDefault(s => Rendered.StringMap(s["metadata"]!["labels"]).GetValueOrDefault("kubernetes.io/service-name") == name);
+                Assert.True(slice is not null, $"{target}: Service {name} has no selector and no EndpointSlice");
+                Assert.Equal(ports.Select(p => (string?)p["name"]).Order(), slice!["ports"]!.AsArray().Select(p => (string?)p!["name"]).Order());
+                continue;
+            }
+
+            var selected = rendered.Workloads.Where(w => Rendered.Selects(selector, w.PodLabels)).ToList();
+            Assert.True(selected.Count == 1, $"{target}: Service {name} selects {selected.Count} workloads");
+            foreach (var port in ports)
+            {
+                PortNumber(selected[0], port["targetPort"] ?? port["port"]!);
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Targets))]
+    public void Disruption_budgets_cover_every_app_workload_and_select_one_each(string target)
+    {
+        var rendered = Manifests.Render(target);
+        var covered = new List<string>();
+        foreach (var pdb in rendered.OfKind("PodDisruptionBudget"))
+        {
+            var selector = Rendered.StringMap(pdb["spec"]!["selector"]!["matchLabels"]);
+            var selected = Assert.Single(rendered.Workloads, w => Rendered.Selects(selector, w.PodLabels));
+            covered.Add(selected.Name);
+        }
+
+        foreach (var workload in rendered.AppWorkloads.Where(w => w.Name != "downstream-receiver"))
+        {
+            Assert.Contains(workload.Name, covered);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Targets))]
+    public void Images_are_pinned_and_match_the_project_container_settings(string target)
+    {
+        foreach (var workload in Manifests.Render(target).Workloads)
+        {
+            foreach (var container in workload.Containers)
+            {
+                var image = (string)container["image"]!;
+                var tag = image.Contains('@', StringComparison.Ordinal) ? null : image[(image.LastIndexOf(':') + 1)..];
+                Assert.True(image.Contains('@', StringComparison.Ordinal) || (image.Contains(':', StringComparison.Ordinal) && tag != "latest"), $"{target}: {workload.Name} image {image} is not pinned");
+                if (image.StartsWith("eventpipeline/", StringComparison.Ordinal))
+                {
+                    var facts = ServiceFacts.For(workload.Name);
+                    Assert.Equal($"{facts.ContainerRepository}:{facts.ContainerImageTag}", image);
+                }
+            }
+        }
+
+        if (target == "overlays/prod")
+        {
+            var cluster = Manifests.Render(target).Get("RabbitmqCluster", "rabbitmq");
+            Assert.Matches(@"^[\w./-]+:\d+\.\d+\.\d+", (string)cluster["spec"]!["image"]!);
+        }
+    }
+
+    internal static long PortNumber(Workload workload, JsonNode port)
+    {
+        if (port.GetValueKind() == System.Text.Json.JsonValueKind.Number)
+        {
+            var number = port.GetValue<long>();
+            Assert.Contains(workload.Ports, p => p.Port == number);
+            return number;
+        }
+
+        var name = port.GetValue<string>();
+        var match = workload.Ports.Where(p => p.Name == name).ToList();
+        Assert.True(match.Count == 1, $"{workload.Name} has no container port named {name}");
+        return match[0].Port;
+    }
+}
