@@ -102,7 +102,7 @@ public sealed class IoLaneHost : IAsyncDisposable
     }
 
     /// <summary>Starts a Worker.Io process (the previous one must have exited) and waits until its bus is ready.</summary>
-    public async Task StartWorkerAsync(IDictionary<string, string?>? settings = null)
+    public async Task StartWorkerAsync(IDictionary<string, string?>? settings = null, bool waitUntilReady = true)
     {
         if (Worker is { HasExited: false })
         {
@@ -127,7 +127,10 @@ public sealed class IoLaneHost : IAsyncDisposable
         }
 
         Worker = ServiceProcess.Start("Worker.Io", configuration, out var port);
-        await ServiceProcess.WaitUntilReadyAsync(Worker, port, StartTimeout);
+        if (waitUntilReady)
+        {
+            await ServiceProcess.WaitUntilReadyAsync(Worker, port, StartTimeout);
+        }
     }
 
     /// <summary>Makes sure a worker with exactly these settings runs (restarting it when needed).</summary>
