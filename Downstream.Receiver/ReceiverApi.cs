@@ -12,32 +12,67 @@ namespace EventPipeline.Downstream
 
         /// <summary>Share of deliveries (0..1) answered 503 at random, for trying retries by hand.</summary>
         public double FailureRate { get; set; }
+
+        /// <summary>Arrival times kept for <c>GET /received/arrivals</c> (the newest win).</summary>
+        public int MaxRecordedArrivals { get; set; } = 200_000;
     }
 
-    /// <summary>Counts deliveries per Idempotency-Key, so tests can prove nothing was lost and count duplicates.</summary>
-    public sealed class DeliveryLedger
+    /// <summary>
+    /// Counts deliveries per Idempotency-Key, so tests can prove nothing was lost and count duplicates, and keeps the
+    /// arrival time of every request, so tests can check the sender's rate limit from the receiving side.
+    /// </summary>
+    public sealed class DeliveryLedger(IOptions<ReceiverOptions> options)
     {
-        private readonly ConcurrentDictionary<string, int> _attempts = new();
-        private readonly ConcurrentDictionary<string, int> _accepted = new();
+        private readonly ConcurrentDictionary<string, KeyRecord> _keys = new();
+        private readonly ConcurrentQueue<long> _arrivals = new();
         private long _total;
+        private long _arrivedTotal;
 
-        /// <summary>Counts an arriving delivery; returns how many times this key has arrived, this one included.</summary>
-        public int Arrived(string key) => _attempts.AddOrUpdate(key, 1, (_, n) => n + 1);
-
-        /// <summary>Counts a delivery that was answered 2xx.</summary>
-        public void Accepted(string key)
+        private sealed class KeyRecord
         {
-            _accepted.AddOrUpdate(key, 1, (_, n) => n + 1);
-            Interlocked.Increment(ref _total);
+            public int Arrivals;
+            public int Accepted;
+            public volatile string? TraceParent;
         }
 
+        /// <summary>Counts an arriving delivery; returns how many times this key has arrived, this one included.</summary>
+        public int Arrived(string key, string? traceParent)
+        {
+            _arrivals.Enqueue(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+            Interlocked.Increment(ref _arrivedTotal);
+            while (_arrivals.Count > options.Value.MaxRecordedArrivals && _arrivals.TryDequeue(out _))
+            {
+            }
+
+            var record = _keys.GetOrAdd(key, _ => new KeyRecord());
+            if (!string.IsNullOrEmpty(traceParent))
+            {
+                record.TraceParent = traceParent;
+            }
+
+            return Interlocked.Increment(ref record.Arrivals);
+        }
+
+        /// <summary>Counts a delivery that was answered 2xx; returns how many times this key was accepted.</summary>
+        public int Accepted(string key)
+        {
+            Interlocked.Increment(ref _total);
+            return Interlocked.Increment(ref _keys.GetOrAdd(key, _ => new KeyRecord()).Accepted);
+        }
+
+        /// <summary>Deliveries answered 2xx, duplicates included.</summary>
         public long Total => Interlocked.Read(ref _total);
 
-        public int Distinct => _accepted.Count;
+        /// <summary>Keys answered 2xx at least once.</summary>
+        public int Distinct => _keys.Values.Count(r => Volatile.Read(ref r.Accepted) > 0);
 
-        public int AcceptedCount(string key) => _accepted.GetValueOrDefault(key);
+        /// <summary>Requests that reached the receiver, whatever they were answered.</summary>
+        public long Arrivals => Interlocked.Read(ref _arrivedTotal);
 
-        public int ArrivedCount(string key) => _attempts.GetValueOrDefault(key);
+        public (int Accepted, int Arrivals, string? TraceParent) For(string key) =>
+            _keys.TryGetValue(key, out var r) ? (Volatile.Read(ref r.Accepted), Volatile.Read(ref r.Arrivals), r.TraceParent) : (0, 0, null);
+
+        public long[] ArrivalTimes(long sinceUnixMs) => _arrivals.Where(t => t >= sinceUnixMs).ToArray();
     }
 }
 
@@ -48,7 +83,9 @@ namespace Microsoft.AspNetCore.Builder
         /// <summary>
         /// <c>POST /webhook</c> honours an optional <c>simulate</c> object in the body: <c>delayMs</c>, <c>failTimes</c>
         /// (503 to the first N deliveries of that Idempotency-Key), <c>status</c> (always answer this status).
-        /// <c>GET /received</c> → <c>{total, distinct}</c>; <c>GET /received/{key}</c> → <c>{count, arrivals}</c>.
+        /// <c>GET /received</c> → <c>{total, distinct, arrivals}</c>; <c>GET /received/{key}</c> →
+        /// <c>{count, arrivals, traceparent}</c>; <c>POST /received/lookup {keys}</c> → <c>{counts: {key: {count, arrivals}}}</c>;
+        /// <c>GET /received/arrivals?sinceMs=</c> → arrival times (unix ms) of every request.
         /// </summary>
         public static WebApplication MapReceiverApi(this WebApplication app)
         {
@@ -60,7 +97,7 @@ namespace Microsoft.AspNetCore.Builder
                     return Results.Problem(statusCode: 400, title: "Idempotency-Key header is required");
                 }
 
-                var arrival = ledger.Arrived(key);
+                var arrival = ledger.Arrived(key, request.Headers["traceparent"].ToString());
                 Simulation simulate;
                 try
                 {
@@ -75,6 +112,7 @@ namespace Microsoft.AspNetCore.Builder
                 var delay = simulate.DelayMs ?? options.Value.DefaultDelayMs;
                 if (delay > 0)
                 {
+                    // A sender that gives up (timeout, crash) aborts the request: nothing is counted as accepted then.
                     await Task.Delay(delay, ct);
                 }
 
@@ -89,15 +127,33 @@ namespace Microsoft.AspNetCore.Builder
                     return Results.StatusCode(StatusCodes.Status503ServiceUnavailable);
                 }
 
-                ledger.Accepted(key);
-                return Results.Ok(new { received = key, count = ledger.AcceptedCount(key) });
+                var count = ledger.Accepted(key);
+                return Results.Ok(new { received = key, count });
             });
 
-            app.MapGet("/received", (DeliveryLedger ledger) => Results.Ok(new { total = ledger.Total, distinct = ledger.Distinct }));
+            app.MapGet("/received", (DeliveryLedger ledger) =>
+                Results.Ok(new { total = ledger.Total, distinct = ledger.Distinct, arrivals = ledger.Arrivals }));
+            app.MapGet("/received/arrivals", (long? sinceMs, DeliveryLedger ledger) =>
+                Results.Ok(new { arrivals = ledger.ArrivalTimes(sinceMs ?? 0) }));
+            // Many keys at once, for tests that check thousands of events.
+            app.MapPost("/received/lookup", (LookupRequest lookup, DeliveryLedger ledger) =>
+                Results.Ok(new
+                {
+                    counts = lookup.Keys.Distinct().ToDictionary(k => k, k =>
+                    {
+                        var (count, arrivals, _) = ledger.For(k);
+                        return new { count, arrivals };
+                    }),
+                }));
             app.MapGet("/received/{key}", (string key, DeliveryLedger ledger) =>
-                Results.Ok(new { count = ledger.AcceptedCount(key), arrivals = ledger.ArrivedCount(key) }));
+            {
+                var (count, arrivals, traceParent) = ledger.For(key);
+                return Results.Ok(new { count, arrivals, traceparent = traceParent });
+            });
             return app;
         }
+
+        private sealed record LookupRequest(IReadOnlyList<string> Keys);
 
         private sealed record Simulation(int? DelayMs, int FailTimes, int? Status)
         {

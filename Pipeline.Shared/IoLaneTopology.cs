@@ -27,4 +27,20 @@ public static class IoLaneTopology
         queue.SetQueueArgument("x-dead-letter-strategy", "at-least-once");
         queue.SetQueueArgument("x-overflow", "reject-publish");
     }
+
+    /// <summary>
+    /// <c>events-io_error</c>: a durable quorum queue without the lane queue's delivery limit and dead-letter target.
+    /// MassTransit copies the input queue's arguments to its error queue; left alone, the error queue would dead-letter
+    /// into itself, and the worker's own declaration of it would not match (PRECONDITION_FAILED, faults never moved).
+    /// </summary>
+    public static void ConfigureErrorQueue(IRabbitMqQueueConfigurator queue)
+    {
+        queue.Durable = true;
+        queue.AutoDelete = false;
+        queue.SetQuorumQueue();
+        queue.SetQueueArgument("x-delivery-limit", null);
+        queue.SetQueueArgument("x-dead-letter-exchange", null);
+        queue.SetQueueArgument("x-dead-letter-strategy", null);
+        queue.SetQueueArgument("x-overflow", null);
+    }
 }

@@ -51,8 +51,11 @@ public static class ProducerExtensions
             {
                 cfg.Host(new Uri(connectionString), host => host.PublisherConfirmation = true);
                 // Bind the lane's queue at publish time too, so an event published before any worker ever ran is kept.
+                // The queue is bound to the event's own exchange: BindQueue(name, …) declares exchange "name" → queue
+                // but never binds the event's exchange to it, so an event published before the worker ran was dropped.
+                var eventExchange = cfg.MessageTopology.GetMessageTopology<IoEventSubmitted>().EntityName;
                 cfg.Publish<IoEventSubmitted>(publish =>
-                    publish.BindQueue(IoLaneTopology.QueueName, IoLaneTopology.QueueName, IoLaneTopology.ConfigureQueue));
+                    publish.BindQueue(eventExchange, IoLaneTopology.QueueName, IoLaneTopology.ConfigureQueue));
             });
         });
         builder.Services.Configure<MassTransitHostOptions>(options =>

@@ -21,6 +21,7 @@ public sealed class PermanentDownstreamException(string message) : Exception(mes
 public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions> options) : IDisposable
 {
     public const string HttpClientName = "downstream";
+    private const int RefillsPerSecond = 20;
     private static readonly TimeSpan MaxRetryAfter = TimeSpan.FromSeconds(30);
     private readonly ConcurrentDictionary<string, TokenBucketRateLimiter> _limiters = new(StringComparer.OrdinalIgnoreCase);
 
@@ -87,14 +88,15 @@ public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions
 
     private TokenBucketRateLimiter LimiterFor(string host) => _limiters.GetOrAdd(host, _ =>
     {
+        // Refill every 50 ms with a bucket no bigger than one refill, so the rate holds within any one-second window
+        // (at most permits + permits/20 there), not just on average; a caller queues for its permit instead of failing.
         var permits = options.Value.PermitsPerSecond;
-        // Refill in tenths of a second so the rate holds within any one-second window, not just on average.
-        var perTick = Math.Max(1, permits / 10);
+        var perTick = Math.Max(1, permits / RefillsPerSecond);
         return new TokenBucketRateLimiter(new TokenBucketRateLimiterOptions
         {
             TokenLimit = perTick,
             TokensPerPeriod = perTick,
-            ReplenishmentPeriod = TimeSpan.FromMilliseconds(100),
+            ReplenishmentPeriod = TimeSpan.FromSeconds(1.0 * perTick / permits),
             AutoReplenishment = true,
             QueueLimit = int.MaxValue,
             QueueProcessingOrder = QueueProcessingOrder.OldestFirst,

@@ -18,7 +18,8 @@ public sealed class TestEventsOptions
 /// <summary>
 /// Runs one I/O-lane event. MassTransit acknowledges the message when this returns; when it throws, the retry policy
 /// runs it again (bounded, exponential) and after the last attempt moves it to <c>events-io_error</c>. The status
-/// follows along: processing → succeeded, or retrying → dead.
+/// follows along: processing → succeeded, or retrying → dead. Status writes are best effort: the broker, not Redis,
+/// holds the event, so a status store outage must neither dead-letter an event nor repeat a delivery that succeeded.
 /// </summary>
 public sealed class IoEventConsumer(
     DownstreamClient downstream,
@@ -36,7 +37,7 @@ public sealed class IoEventConsumer(
         Activity.Current?.SetTag("eventpipeline.event.type", message.Type);
         Activity.Current?.SetTag("eventpipeline.attempt", attempt);
 
-        if (!await statuses.MarkProcessingAsync(message.EventId, attempt))
+        if (!await BestEffort(() => statuses.MarkProcessingAsync(message.EventId, attempt), true, message.EventId))
         {
             logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without calling downstream", message.EventId);
             return;
@@ -55,7 +56,7 @@ public sealed class IoEventConsumer(
             {
                 logger.LogWarning(ex, "Event {EventId} failed attempt {Attempt} of {MaxAttempts}; moving it to {ErrorQueue}",
                     message.EventId, attempt, options.Value.MaxAttempts, IoLaneTopology.ErrorQueueName);
-                await statuses.MarkDeadAsync(message.EventId, attempt, error);
+                await BestEffort(() => statuses.MarkDeadAsync(message.EventId, attempt, error), message.EventId);
                 metrics.Processed(Lanes.Io, message.Type, Outcomes.Dead, Stopwatch.GetElapsedTime(started));
                 metrics.Finished(Lanes.Io, Outcomes.Dead, message.AcceptedAt);
             }
@@ -63,16 +64,32 @@ public sealed class IoEventConsumer(
             {
                 logger.LogInformation("Event {EventId} failed attempt {Attempt} of {MaxAttempts} ({Error}); retrying",
                     message.EventId, attempt, options.Value.MaxAttempts, ex.Message);
-                await statuses.MarkRetryingAsync(message.EventId, attempt, error);
+                await BestEffort(() => statuses.MarkRetryingAsync(message.EventId, attempt, error), message.EventId);
                 metrics.Processed(Lanes.Io, message.Type, Outcomes.Retried, Stopwatch.GetElapsedTime(started));
             }
 
             throw;
         }
 
-        await statuses.MarkSucceededAsync(message.EventId, attempt, "");
+        await BestEffort(() => statuses.MarkSucceededAsync(message.EventId, attempt, ""), true, message.EventId);
         metrics.Processed(Lanes.Io, message.Type, Outcomes.Succeeded, Stopwatch.GetElapsedTime(started));
         metrics.Finished(Lanes.Io, Outcomes.Succeeded, message.AcceptedAt);
+    }
+
+    private Task BestEffort(Func<Task> write, string eventId) =>
+        BestEffort(async () => { await write(); return true; }, true, eventId);
+
+    private async Task<T> BestEffort<T>(Func<Task<T>> write, T fallback, string eventId)
+    {
+        try
+        {
+            return await write();
+        }
+        catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
+        {
+            logger.LogWarning(ex, "Status of event {EventId} not written: the status store is unavailable", eventId);
+            return fallback;
+        }
     }
 
     private Task RunAsync(IoEventSubmitted message, CancellationToken cancellationToken)

@@ -23,7 +23,10 @@ public sealed class IoLaneOptions
 
     public TimeSpan RetryIntervalDelta { get; set; } = TimeSpan.FromMilliseconds(500);
 
-    /// <summary>On SIGTERM, how long in-flight deliveries may take before the bus stops anyway.</summary>
+    /// <summary>On SIGTERM, how long in-flight deliveries may run on before they are cancelled (and their messages return).</summary>
+    public TimeSpan ConsumerStopTimeout { get; set; } = TimeSpan.FromSeconds(20);
+
+    /// <summary>On SIGTERM, how long the bus may take to stop in all; covers <see cref="ConsumerStopTimeout"/>.</summary>
     public TimeSpan StopTimeout { get; set; } = TimeSpan.FromSeconds(25);
 }
 

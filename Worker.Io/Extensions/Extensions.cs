@@ -11,18 +11,23 @@ public static class IoLaneExtensions
     {
         builder.AddRedisClient("redis", configureOptions: options => options.AbortOnConnectFail = false);
 
-        builder.Services.AddOptions<IoLaneOptions>().BindConfiguration("IoLane").ValidateDataAnnotations().ValidateOnStart();
+        builder.Services.AddOptions<IoLaneOptions>().BindConfiguration("IoLane").ValidateDataAnnotations()
+            .Validate(o => o.ConsumerStopTimeout <= o.StopTimeout, "IoLane:ConsumerStopTimeout must not exceed IoLane:StopTimeout")
+            .Validate(o => o.RetryMinInterval <= o.RetryMaxInterval, "IoLane:RetryMinInterval must not exceed IoLane:RetryMaxInterval")
+            .ValidateOnStart();
         builder.Services.AddOptions<DownstreamOptions>().BindConfiguration("Downstream").ValidateDataAnnotations()
             .Validate(o => o.AllowedHosts.Contains(o.BaseAddress.Host, StringComparer.OrdinalIgnoreCase),
                 "Downstream:BaseAddress must name a host listed in Downstream:AllowedHosts")
+            .Validate(o => o.Timeout > TimeSpan.Zero, "Downstream:Timeout must be positive")
             .ValidateOnStart();
         builder.Services.AddOptions<TestEventsOptions>().BindConfiguration("TestEvents");
         builder.Services.AddOptions<StatusOptions>().BindConfiguration("Status");
         builder.Services.AddSingleton<EventStatusStore>();
 
-        builder.Services.AddHttpClient<DownstreamClient>(DownstreamClient.HttpClientName, (sp, http) =>
-            http.Timeout = sp.GetRequiredService<IOptions<DownstreamOptions>>().Value.Timeout);
-        // DownstreamClient holds the rate limiters, so it must live as long as the process.
+        builder.Services.AddHttpClient(DownstreamClient.HttpClientName, (sp, http) =>
+                http.Timeout = sp.GetRequiredService<IOptions<DownstreamOptions>>().Value.Timeout)
+            // The client lives as long as the process (it holds the rate limiters): recycle connections for DNS changes.
+            .ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromMinutes(5) });
         builder.Services.AddSingleton(sp => new DownstreamClient(
             sp.GetRequiredService<IHttpClientFactory>().CreateClient(DownstreamClient.HttpClientName),
             sp.GetRequiredService<IOptions<DownstreamOptions>>()));
@@ -34,13 +39,18 @@ public static class IoLaneExtensions
         builder.Services.AddMassTransit(bus =>
         {
             bus.AddConsumer<IoEventConsumer>();
+            bus.AddConsumer<BrokerDeadLetterStatusConsumer>();
             bus.UsingRabbitMq((context, cfg) =>
             {
                 cfg.Host(new Uri(connectionString));
+                // Every error queue this worker declares or moves faults into has one shape (see IoLaneTopology).
+                cfg.SendTopology.ConfigureErrorSettings = IoLaneTopology.ConfigureErrorQueue;
                 cfg.ReceiveEndpoint(IoLaneTopology.QueueName, endpoint =>
                 {
+                    // Same arguments as the API's publish binding (PRECONDITION_FAILED otherwise), and the error
+                    // exchange/queue declared up front so the broker's delivery-limit dead-lettering has a target.
                     IoLaneTopology.ConfigureQueue(endpoint);
-                    endpoint.BindDeadLetterQueue(IoLaneTopology.ErrorQueueName, IoLaneTopology.ErrorQueueName);
+                    endpoint.BindDeadLetterQueue(IoLaneTopology.ErrorQueueName, IoLaneTopology.ErrorQueueName, IoLaneTopology.ConfigureErrorQueue);
                     endpoint.PrefetchCount = lane.PrefetchCount;
                     endpoint.ConcurrentMessageLimit = lane.ConcurrentMessageLimit;
                     // In-memory retries: the delayed-exchange plugin that scheduled redelivery needs is not on Debian's RabbitMQ.
@@ -51,13 +61,29 @@ public static class IoLaneExtensions
                     });
                     endpoint.ConfigureConsumer<IoEventConsumer>(context);
                 });
+
+                // Sees a copy of every message entering the error exchange; only the broker's own dead-letters matter.
+                cfg.ReceiveEndpoint(BrokerDeadLetterStatusConsumer.QueueName, endpoint =>
+                {
+                    // Not subscribed to the event's message type: it must never receive live events.
+                    endpoint.ConfigureConsumeTopology = false;
+                    endpoint.Durable = true;
+                    endpoint.SetQuorumQueue();
+                    endpoint.Bind(IoLaneTopology.ErrorQueueName);
+                    endpoint.PrefetchCount = 16;
+                    endpoint.UseMessageRetry(retry => retry.Interval(5, TimeSpan.FromSeconds(1)));
+                    endpoint.ConfigureConsumer<BrokerDeadLetterStatusConsumer>(context);
+                });
             });
         });
 
         builder.Services.Configure<MassTransitHostOptions>(options =>
         {
             options.WaitUntilStarted = false;
-            // Without a StopTimeout the bus waits forever for in-flight messages on shutdown.
+            // Without a StopTimeout the bus waits forever for in-flight messages on shutdown. ConsumerStopTimeout is the
+            // grace period for in-flight deliveries; after it their CancellationToken fires, the HTTP call is abandoned
+            // and the unacked message returns to the queue when the channel closes.
+            options.ConsumerStopTimeout = lane.ConsumerStopTimeout;
             options.StopTimeout = lane.StopTimeout;
         });
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = lane.StopTimeout + TimeSpan.FromSeconds(5));

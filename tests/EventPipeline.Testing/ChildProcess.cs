@@ -74,11 +74,15 @@ public sealed class ChildProcess : IAsyncDisposable
     }
 
     /// <summary>kill -9: no cleanup, no acknowledgements — what a crash or an OOM kill does.</summary>
-    public async Task KillAsync()
+    /// <param name="entireProcessTree">
+    /// Also kill its descendants: needed when the process is a launcher script that does not exec its server (the
+    /// server would live on, and the wait for exit would never end while it holds the output pipes).
+    /// </param>
+    public async Task KillAsync(bool entireProcessTree = false)
     {
         if (!_process.HasExited)
         {
-            _process.Kill(entireProcessTree: false);
+            _process.Kill(entireProcessTree);
         }
 
         await _process.WaitForExitAsync();

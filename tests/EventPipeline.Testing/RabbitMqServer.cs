@@ -91,7 +91,8 @@ public sealed class RabbitMqServer : IAsyncDisposable
     {
         if (_server is not null)
         {
-            await _server.KillAsync();
+            // rabbitmq-server is a shell script that runs beam.smp as its child: kill the node, not just the script.
+            await _server.KillAsync(entireProcessTree: true);
         }
     }
 
