@@ -109,7 +109,7 @@ public static class MonitoringResourceExtensions
                 context.Args.Add(ReferenceExpression.Create($"redis://{redisEndpoint.Property(EndpointProperty.HostAndPort)}"));
                 context.Args.Add("-web.listen-address");
                 context.Args.Add(ReferenceExpression.Create($"127.0.0.1:{resource.PrimaryEndpoint.Property(EndpointProperty.TargetPort)}"));
-                context.Args.Add("-check-single-streams");
+                context.Args.Add("-check-streams"); // SCAN patterns: a stream that does not exist yet is skipped, not logged as an error
                 context.Args.Add(CpuLaneStreams);
             })
             .WithEnvironment("REDIS_PASSWORD", redisPassword) // not an argument: arguments are visible to every user in ps
@@ -126,7 +126,7 @@ public static class MonitoringResourceExtensions
             .WithHttpEndpoint(targetPort: 9121, name: "http")
             .WithEnvironment("REDIS_ADDR", ReferenceExpression.Create($"redis://{redisEndpoint.Property(EndpointProperty.HostAndPort)}"))
             .WithEnvironment("REDIS_PASSWORD", redisPassword)
-            .WithEnvironment("REDIS_EXPORTER_CHECK_SINGLE_STREAMS", CpuLaneStreams)
+            .WithEnvironment("REDIS_EXPORTER_CHECK_STREAMS", CpuLaneStreams)
             .WaitFor(redis)
             .WithHttpHealthCheck("/health", endpointName: "http");
         return exporter.AsEndpointResource();

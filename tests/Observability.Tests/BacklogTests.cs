@@ -1,6 +1,7 @@
 using System.Net.Http.Json;
 using Aspire.Hosting;
 using Aspire.Hosting.ApplicationModel;
+using Aspire.Hosting.Testing;
 
 namespace EventPipeline.Observability.Tests;
 
@@ -51,13 +52,20 @@ public sealed class BacklogTests(ObservedAppHostFixture fixture)
 
         foreach (var gauge in new[] { "eventpipeline_lane_depth", "eventpipeline_lane_lag" })
         {
-            var series = Assert.Single(await fixture.Prometheus.QueryRangeAsync($"{gauge}{{lane=\"cpu\"}}", started, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(5)));
+            // The range ends once Prometheus has stored the fall, not merely once the instant query shows it.
+            var series = await Eventually.ReturnsAsync(
+                async () => (await fixture.Prometheus.QueryRangeAsync($"{gauge}{{lane=\"cpu\"}}", started, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(5))).Single(),
+                s => s.Samples[^1].Value == 0, Deadline, $"the range of {gauge} to end at 0", TimeSpan.FromSeconds(1));
             var values = series.Samples.Select(s => s.Value).ToList();
             var peak = values.IndexOf(values.Max());
-            Assert.True(values[0] < BacklogSize, $"{gauge} should start below the backlog: {series}");
+            Assert.True(values[0] < BacklogSize, $"{gauge} should start below the backlog: {string.Join(" ", values)}");
             Assert.True(values[peak] >= BacklogSize, $"{gauge} should reach {BacklogSize}: {string.Join(" ", values)}");
-            Assert.True(values.Skip(peak).Any(v => v < values[peak]) && values[^1] == 0, $"{gauge} should fall back to 0 after its peak: {string.Join(" ", values)}");
+            Assert.True(peak > 0 && values[^1] == 0, $"{gauge} should rise, then fall back to 0: {string.Join(" ", values)}");
         }
+
+        var minutes = (int)Math.Ceiling((DateTimeOffset.UtcNow - started).TotalMinutes) + 1;
+        await Browser.ScreenshotPrometheusGraphAsync(
+            fixture.App.GetEndpoint("prometheus", "http"), "{__name__=~\"eventpipeline_lane_(depth|lag)\",lane=\"cpu\"}", $"{minutes}m", "prometheus-backlog-depth-lag.png");
     }
 
     private async Task WaitForCpuAsync(string gauge, Func<double, bool> condition, string what) =>

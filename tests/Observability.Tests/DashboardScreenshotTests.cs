@@ -8,11 +8,6 @@ namespace EventPipeline.Observability.Tests;
 [Collection(ObservedAppHostCollection.Name)]
 public sealed class DashboardScreenshotTests(ObservedAppHostFixture fixture)
 {
-    public const string ChromiumPath = "/usr/bin/chromium";
-
-    public static readonly string[] ChromiumArgs =
-        ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"];
-
     [Fact]
     public async Task Aspire_dashboard_shows_every_resource_running()
     {
@@ -23,7 +18,7 @@ public sealed class DashboardScreenshotTests(ObservedAppHostFixture fixture)
         }
 
         using var playwright = await Playwright.CreateAsync();
-        await using var browser = await playwright.Chromium.LaunchAsync(new() { ExecutablePath = ChromiumPath, Headless = true, Args = ChromiumArgs });
+        await using var browser = await playwright.Chromium.LaunchAsync(new() { ExecutablePath = Browser.ChromiumPath, Headless = true, Args = Browser.ChromiumArgs });
         var page = await browser.NewPageAsync(new() { ViewportSize = new() { Width = 1600, Height = 900 } });
         await page.GotoAsync(fixture.DashboardUrl.ToString(), new() { Timeout = 60_000 });
 
@@ -45,5 +40,28 @@ public sealed class DashboardScreenshotTests(ObservedAppHostFixture fixture)
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         await page.ScreenshotAsync(new() { Path = path, FullPage = true });
         Assert.True(new FileInfo(path).Length > 10_000, "the screenshot should hold a rendered page");
+    }
+}
+
+/// <summary>Debian's chromium driven by Playwright's bundled driver; no browser is ever downloaded.</summary>
+public static class Browser
+{
+    public const string ChromiumPath = "/usr/bin/chromium";
+
+    public static readonly string[] ChromiumArgs =
+        ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"];
+
+    /// <summary>Saves Prometheus's own graph of a query (the image in docs/observability.md), once the test checked what it shows.</summary>
+    public static async Task ScreenshotPrometheusGraphAsync(Uri prometheus, string promql, string range, string fileName)
+    {
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await playwright.Chromium.LaunchAsync(new() { ExecutablePath = ChromiumPath, Headless = true, Args = ChromiumArgs });
+        var page = await browser.NewPageAsync(new() { ViewportSize = new() { Width = 1400, Height = 800 } });
+        var url = new Uri(prometheus, $"/graph?g0.expr={Uri.EscapeDataString(promql)}&g0.tab=0&g0.range_input={range}&g0.stacked=0");
+        await page.GotoAsync(url.ToString(), new() { Timeout = 60_000 });
+        // Debian's Prometheus serves the classic UI, which draws the graph as SVG paths (one per series).
+        await Assertions.Expect(page.Locator("svg path").First).ToBeVisibleAsync(new() { Timeout = 60_000 });
+        var path = Repository.PathOf("docs", "images", fileName);
+        await page.ScreenshotAsync(new() { Path = path, FullPage = true });
     }
 }

@@ -47,8 +47,6 @@ public sealed class ObservedAppHostFixture : IAsyncLifetime
     public async Task InitializeAsync()
     {
         await Otlp.StartAsync(LocalPorts.Free());
-        var dashboardPort = LocalPorts.Free();
-        var dashboardOtlpHttpPort = LocalPorts.Free();
         var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.AppHost>(
         [
             "Brokers:Mode=Executables",
@@ -60,9 +58,9 @@ public sealed class ObservedAppHostFixture : IAsyncLifetime
             "Parameters:rabbitmq-password=obs-rabbit-" + Guid.NewGuid().ToString("N")[..12],
             "ASPIRE_VERSION_CHECK_DISABLED=true",
             // The dashboard, without login and without TLS, on loopback ports of its own.
-            $"ASPNETCORE_URLS=http://127.0.0.1:{dashboardPort}",
+            $"ASPNETCORE_URLS=http://127.0.0.1:{LocalPorts.Free()}",
             $"ASPIRE_DASHBOARD_OTLP_ENDPOINT_URL=http://127.0.0.1:{LocalPorts.Free()}",
-            $"ASPIRE_DASHBOARD_OTLP_HTTP_ENDPOINT_URL=http://127.0.0.1:{dashboardOtlpHttpPort}",
+            $"ASPIRE_DASHBOARD_OTLP_HTTP_ENDPOINT_URL=http://127.0.0.1:{LocalPorts.Free()}",
             $"ASPIRE_RESOURCE_SERVICE_ENDPOINT_URL=http://127.0.0.1:{LocalPorts.Free()}",
             "ASPIRE_DASHBOARD_UNSECURED_ALLOW_ANONYMOUS=true",
             "ASPIRE_ALLOW_UNSECURED_TRANSPORT=true",
@@ -90,8 +88,6 @@ public sealed class ObservedAppHostFixture : IAsyncLifetime
             }));
         }
 
-        Otlp.ForwardTo = new Uri($"http://127.0.0.1:{dashboardOtlpHttpPort}");
-        DashboardUrl = new Uri($"http://127.0.0.1:{dashboardPort}");
 
         _app = await builder.BuildAsync();
         using var startup = new CancellationTokenSource(TimeSpan.FromMinutes(4));
@@ -101,6 +97,9 @@ public sealed class ObservedAppHostFixture : IAsyncLifetime
             await _app.ResourceNotifications.WaitForResourceHealthyAsync(resource, startup.Token);
         }
 
+        // The testing builder randomizes ports, the dashboard's too: ask for the one it got.
+        DashboardUrl = _app.GetEndpoint("aspire-dashboard", "http");
+        Otlp.ForwardTo = _app.GetEndpoint("aspire-dashboard", "otlp-http");
         Api = _app.CreateHttpClient("producer-api");
         Api.DefaultRequestHeaders.Add("X-Api-Key", SubmitKey);
         Prometheus = new PrometheusClient(_app.CreateHttpClient("prometheus", "http"));
@@ -152,14 +151,26 @@ public sealed class ObservedAppHostFixture : IAsyncLifetime
                 burst.Add(("webhook.post", new { order = $"refused {i}", simulate = new { status = 500 } }, "io", "dead"));
             }
 
+            var deadBefore = await DeadLettersAsync();
             var submitted = await Task.WhenAll(burst.Select(async e => new BurstEvent(await SubmitAsync(e.Type, e.Payload), e.Type, e.Lane, e.Final)));
-            await Task.WhenAll(submitted.Select(e => WaitForStateAsync(e.Id, e.FinalState)));
+            await Task.WhenAll(submitted.Where(e => e.FinalState == "succeeded" || e.Lane == "cpu").Select(e => WaitForStateAsync(e.Id, e.FinalState)));
+            // The I/O lane's failures are counted where they end up, its error queue: their status is not what is shown here.
+            await Eventually.ReturnsAsync(DeadLettersAsync,
+                dead => submitted.GroupBy(e => e.Lane).All(lane => dead[lane.Key] >= deadBefore[lane.Key] + lane.Count(e => e.FinalState == "dead")),
+                ProcessingDeadline, "the burst's failures to reach both lanes' dead letters", TimeSpan.FromMilliseconds(500));
             return _burst = submitted;
         }
         finally
         {
             _burstGate.Release();
         }
+    }
+
+    /// <summary>Dead letters per lane as the API reports them (<c>GET /lanes</c>).</summary>
+    public async Task<Dictionary<string, long>> DeadLettersAsync()
+    {
+        var lanes = await Api.GetFromJsonAsync<JsonElement>("/lanes");
+        return lanes.GetProperty("lanes").EnumerateArray().ToDictionary(l => l.GetProperty("name").GetString()!, l => l.GetProperty("deadLetters").GetInt64());
     }
 
     /// <summary>Runs one of Aspire's resource commands (stop, start) as the dashboard's buttons do.</summary>

@@ -8,6 +8,7 @@ namespace EventPipeline.Observability.Tests;
 [Collection(ObservedAppHostCollection.Name)]
 public sealed class TraceTests(ObservedAppHostFixture fixture)
 {
+    private const string IoLaneQueue = "events-io";
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(45);
 
     [Fact]
@@ -43,9 +44,14 @@ public sealed class TraceTests(ObservedAppHostFixture fixture)
         Assert.Single(trace, IsApiServerSpan);
         var send = Assert.Single(trace, s => s.Service == "producer-api" && s.Kind == ReceivedSpan.Producer && s.Attribute("messaging.system") == "rabbitmq");
         Assert.False(string.IsNullOrEmpty(send.Attribute("messaging.destination.name")), send.ToString());
+        // MassTransit's receive span carries the messaging attributes; the consume span under it is where the consumer runs.
+        var receive = trace.SingleOrDefault(IsRabbitMqReceiveSpan);
+        Assert.True(receive is not null, "no worker-io receive span with messaging.system=rabbitmq in:\n" + Dump(trace));
+        Assert.Equal(IoLaneQueue, receive!.Attribute("messaging.destination.name"));
         Assert.Equal(ReceivedSpan.Consumer, consume.Kind);
         Assert.Equal("rabbitmq", consume.Attribute("messaging.system"));
-        Assert.True(IsDescendant(consume, send, trace), $"{consume} should descend from {send}");
+        Assert.True(IsDescendant(receive, send, trace), $"{receive} should descend from {send}");
+        Assert.True(IsDescendant(consume, receive, trace), $"{consume} should descend from {receive}");
 
         var call = Assert.Single(trace, s => s.Service == "worker-io" && s.Kind == ReceivedSpan.Client && s.Attribute("http.request.method") == "POST");
         var received = Assert.Single(trace, IsDownstreamServerSpan);
@@ -74,7 +80,7 @@ public sealed class TraceTests(ObservedAppHostFixture fixture)
 
         Assert.Equal(["downstream", "producer-api", "worker-cpu", "worker-io"], trace.Select(s => s.Service).Distinct().Order());
         var handOff = Assert.Single(trace, s => s.Service == "worker-cpu" && s.Kind == ReceivedSpan.Producer && s.Attribute("messaging.system") == "rabbitmq");
-        var consume = Assert.Single(trace, s => s.Service == "worker-io" && s.Kind == ReceivedSpan.Consumer && s.Attribute("messaging.system") == "rabbitmq");
+        var consume = Assert.Single(trace, IsRabbitMqReceiveSpan);
         Assert.True(IsDescendant(handOff, process, trace), $"{handOff} should descend from {process}");
         Assert.True(IsDescendant(consume, handOff, trace), $"{consume} should descend from {handOff}");
         Assert.True(IsDescendant(trace.Single(IsDownstreamServerSpan), consume, trace));
@@ -95,6 +101,13 @@ public sealed class TraceTests(ObservedAppHostFixture fixture)
         Assert.Equal(log!.TraceId, span.TraceId);
         Assert.Equal(id, span.Attribute("eventpipeline.event.id"));
     }
+
+    private static string Dump(IEnumerable<ReceivedSpan> trace) =>
+        string.Join("\n", trace.Select(s => $"{s} {string.Join(", ", s.Attributes.Select(a => $"{a.Key}={a.Value}"))}"));
+
+    private static bool IsRabbitMqReceiveSpan(ReceivedSpan s) =>
+        s.Service == "worker-io" && s.Kind == ReceivedSpan.Consumer && s.Attribute("messaging.system") == "rabbitmq"
+        && s.Attribute("messaging.operation") == "receive";
 
     private static bool IsApiServerSpan(ReceivedSpan s) =>
         s.Service == "producer-api" && s.Kind == ReceivedSpan.Server && s.Name.StartsWith("POST /events", StringComparison.Ordinal);
