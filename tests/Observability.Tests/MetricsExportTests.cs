@@ -3,7 +3,7 @@ using System.Net;
 namespace EventPipeline.Observability.Tests;
 
 [Collection(ObservedAppHostCollection.Name)]
-public sealed class MetricsExportTests(ObservedAppHostFixture fixture)
+public sealed partial class MetricsExportTests(ObservedAppHostFixture fixture)
 {
     [Fact]
     public async Task Every_service_answers_health_live_ready_and_a_prometheus_scrape()
@@ -31,9 +31,9 @@ public sealed class MetricsExportTests(ObservedAppHostFixture fixture)
         await fixture.WaitForStateAsync(io, "succeeded");
 
         using var apiHttp = fixture.CreateClient("producer-api");
-        var api = await apiHttp.GetStringAsync("/metrics");
-        Assert.Contains("eventpipeline_events_accepted_total{", api);
-        Assert.Matches("eventpipeline_events_accepted_total\\{[^}]*lane=\"cpu\"[^}]*type=\"noop.cpu\"", api);
+        // The exporter serves a scrape from a short-lived cache, so the first read may predate these events.
+        var api = await Eventually.ReturnsAsync(() => apiHttp.GetStringAsync("/metrics"),
+            text => AcceptedNoopCpu().IsMatch(text), TimeSpan.FromSeconds(30), "the accepted counter of noop.cpu on the API's /metrics");
         foreach (var gauge in new[] { "depth", "lag", "pending", "oldest_pending_age_seconds", "dead_letters", "consumers" })
         {
             Assert.Matches($"eventpipeline_lane_{gauge}\\{{[^}}]*lane=\"cpu\"", api);
@@ -43,7 +43,8 @@ public sealed class MetricsExportTests(ObservedAppHostFixture fixture)
         foreach (var worker in new[] { "worker-cpu", "worker-io" })
         {
             using var http = fixture.CreateClient(worker);
-            var text = await http.GetStringAsync("/metrics");
+            var text = await Eventually.ReturnsAsync(() => http.GetStringAsync("/metrics"),
+                t => t.Contains("eventpipeline_events_processed_total{", StringComparison.Ordinal), TimeSpan.FromSeconds(30), $"{worker}'s processed counter");
             Assert.Matches("eventpipeline_events_processed_total\\{[^}]*outcome=\"succeeded\"", text);
             Assert.Contains("eventpipeline_handler_duration_seconds_bucket{", text);
             Assert.Contains("eventpipeline_event_latency_seconds_bucket{", text);
@@ -67,4 +68,7 @@ public sealed class MetricsExportTests(ObservedAppHostFixture fixture)
 
         Assert.All(expected, e => Assert.Contains(up, s => s.Label("job") == e.Item1 && s.Label("service") == e.Item2));
     }
+
+    [System.Text.RegularExpressions.GeneratedRegex("eventpipeline_events_accepted_total\\{[^}]*lane=\"cpu\"[^}]*type=\"noop.cpu\"")]
+    private static partial System.Text.RegularExpressions.Regex AcceptedNoopCpu();
 }
