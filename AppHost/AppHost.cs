@@ -18,7 +18,7 @@ var testEvents = builder.Configuration["TestEvents:Enabled"] ?? "false";
 var downstream = builder.AddProject<Projects.Downstream_Receiver>("downstream")
     .WithHttpHealthCheck("/health/ready");
 
-builder.AddProject<Projects.Producer_Api>("producer-api")
+var api = builder.AddProject<Projects.Producer_Api>("producer-api")
     .WithExternalHttpEndpoints()
     .WithReference(redis).WaitFor(redis)
     .WithReference(rabbitmq).WaitFor(rabbitmq)
@@ -27,18 +27,21 @@ builder.AddProject<Projects.Producer_Api>("producer-api")
     .WithEnvironment("TestEvents__Enabled", testEvents)
     .WithHttpHealthCheck("/health/ready");
 
-builder.AddProject<Projects.Worker_Cpu>("worker-cpu")
+var workerCpu = builder.AddProject<Projects.Worker_Cpu>("worker-cpu")
     .WithReference(redis).WaitFor(redis)
     .WithReference(rabbitmq).WaitFor(rabbitmq) // a chained event hands its result on to the I/O lane
     .WithEnvironment("TestEvents__Enabled", testEvents)
     .WithHttpHealthCheck("/health/ready");
 
-builder.AddProject<Projects.Worker_Io>("worker-io")
+var workerIo = builder.AddProject<Projects.Worker_Io>("worker-io")
     .WithReference(rabbitmq).WaitFor(rabbitmq)
     .WithReference(redis).WaitFor(redis)
     .WithReference(downstream).WaitFor(downstream)
     .WithEnvironment("Downstream__BaseAddress", downstream.GetEndpoint("http"))
     .WithEnvironment("TestEvents__Enabled", testEvents)
     .WithHttpHealthCheck("/health/ready");
+
+// Prometheus scraping every service, RabbitMQ's plugin and a Redis exporter (+ Grafana when containers run); see docs/observability.md.
+builder.AddPipelineMonitoring(hosting, redis, redisPassword, rabbitmq, api, workerCpu, workerIo, downstream);
 
 builder.Build().Run();

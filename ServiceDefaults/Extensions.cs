@@ -51,7 +51,8 @@ public static class Extensions
                     // Probes and scrapes are noise in a trace view.
                     options.Filter = context => !context.Request.Path.StartsWithSegments("/health")
                                                 && !context.Request.Path.StartsWithSegments("/metrics"))
-                .AddHttpClientInstrumentation());
+                .AddHttpClientInstrumentation()
+                .AddProcessor<MassTransitMessagingTags>());
 
         if (!string.IsNullOrWhiteSpace(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))
         {

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs what EventPipeline needs from Debian's packages, once: the brokers (redis-server, rabbitmq-server), Prometheus
-# and the Redis exporter. Safe to run again: it installs only what is missing. Needs root (or sudo) and apt.
+# Installs what EventPipeline needs from Debian's packages, once: the brokers (redis-server, rabbitmq-server), Prometheus,
+# the Redis exporter and chromium (the observability tests screenshot the Aspire dashboard with it). Safe to run again:
+# it installs only what is missing. Needs root (or sudo) and apt.
 set -euo pipefail
 
-packages=(redis-server rabbitmq-server prometheus prometheus-redis-exporter)
+packages=(redis-server rabbitmq-server prometheus prometheus-redis-exporter chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -34,6 +34,7 @@ public static class ProducerExtensions
         builder.Services.AddSingleton<ILanePublisher, IoLanePublisher>();
         builder.Services.AddSingleton<EventIngest>();
         builder.Services.AddSingleton<LaneMonitor>();
+        builder.Services.AddLaneGaugeSampler();
         builder.Services.AddProblemDetails();
 
         builder.AddIoLanePublishing();

@@ -1,0 +1,74 @@
+using System.Net;
+
+namespace EventPipeline.Observability.Tests;
+
+[Collection(ObservedAppHostCollection.Name)]
+public sealed partial class MetricsExportTests(ObservedAppHostFixture fixture)
+{
+    [Fact]
+    public async Task Every_service_answers_health_live_ready_and_a_prometheus_scrape()
+    {
+        foreach (var service in ObservedAppHostFixture.Services)
+        {
+            using var http = fixture.CreateClient(service);
+            foreach (var path in new[] { "/health/live", "/health/ready", "/metrics" })
+            {
+                using var response = await http.GetAsync(path);
+                Assert.True(response.StatusCode == HttpStatusCode.OK, $"{service}{path} answered {(int)response.StatusCode}");
+            }
+
+            var metrics = await http.GetStringAsync("/metrics");
+            Assert.Contains("# TYPE ", metrics);
+        }
+    }
+
+    [Fact]
+    public async Task Pipeline_meter_is_exported_under_its_documented_prometheus_names()
+    {
+        var cpu = await fixture.SubmitAsync("noop.cpu", new { });
+        var io = await fixture.SubmitAsync("noop.io", new { });
+        await fixture.WaitForStateAsync(cpu, "succeeded");
+        await fixture.WaitForStateAsync(io, "succeeded");
+
+        using var apiHttp = fixture.CreateClient("producer-api");
+        // The exporter serves a scrape from a short-lived cache, so the first read may predate these events.
+        var api = await Eventually.ReturnsAsync(() => apiHttp.GetStringAsync("/metrics"),
+            text => AcceptedNoopCpu().IsMatch(text), TimeSpan.FromSeconds(30), "the accepted counter of noop.cpu on the API's /metrics");
+        foreach (var gauge in new[] { "depth", "lag", "pending", "oldest_pending_age_seconds", "dead_letters", "consumers" })
+        {
+            Assert.Matches($"eventpipeline_lane_{gauge}\\{{[^}}]*lane=\"cpu\"", api);
+            Assert.Matches($"eventpipeline_lane_{gauge}\\{{[^}}]*lane=\"io\"", api);
+        }
+
+        foreach (var worker in new[] { "worker-cpu", "worker-io" })
+        {
+            using var http = fixture.CreateClient(worker);
+            var text = await Eventually.ReturnsAsync(() => http.GetStringAsync("/metrics"),
+                t => t.Contains("eventpipeline_events_processed_total{", StringComparison.Ordinal), TimeSpan.FromSeconds(30), $"{worker}'s processed counter");
+            Assert.Matches("eventpipeline_events_processed_total\\{[^}]*outcome=\"succeeded\"", text);
+            Assert.Contains("eventpipeline_handler_duration_seconds_bucket{", text);
+            Assert.Contains("eventpipeline_event_latency_seconds_bucket{", text);
+            // Only the API reports the lanes, so a sum over services counts each lane once.
+            Assert.DoesNotContain("eventpipeline_lane_depth", text);
+        }
+    }
+
+    [Fact]
+    public async Task Prometheus_scrapes_every_service_rabbitmq_and_the_redis_exporter()
+    {
+        var expected = ObservedAppHostFixture.Services.Select(s => ("eventpipeline", s))
+            .Concat([("rabbitmq", "rabbitmq"), ("rabbitmq-queues", "rabbitmq"), ("redis", "redis")])
+            .ToList();
+
+        var up = await Eventually.ReturnsAsync(
+            () => fixture.Prometheus.QueryAsync("up == 1"),
+            series => expected.All(e => series.Any(s => s.Label("job") == e.Item1 && s.Label("service") == e.Item2)),
+            TimeSpan.FromSeconds(60),
+            "every target to be up");
+
+        Assert.All(expected, e => Assert.Contains(up, s => s.Label("job") == e.Item1 && s.Label("service") == e.Item2));
+    }
+
+    [System.Text.RegularExpressions.GeneratedRegex("eventpipeline_events_accepted_total\\{[^}]*lane=\"cpu\"[^}]*type=\"noop.cpu\"")]
+    private static partial System.Text.RegularExpressions.Regex AcceptedNoopCpu();
+}
