@@ -60,12 +60,13 @@ public static class BenchApp
                 run.Scenarios.Add(await runner.RunAsync(Steady(options, options.WorkloadName, options.Rate, options.DurationSeconds, options.Batch), options.OutDirectory, label, cancellationToken));
                 break;
             case "idle":
-                run.Idle = await IdleAsync(target, options.DurationGiven ? options.DurationSeconds : 10, log, cancellationToken);
-                foreach (var workload in new[] { "noop-cpu", "noop-io" })
+                foreach (var (name, workload) in new[] { ("pickup-cpu", "noop-cpu"), ("pickup-io", "noop-io") })
                 {
-                    run.Scenarios.Add(await runner.RunAsync(Steady(options, workload, options.RateGiven ? options.Rate : 20, 10, 1) with { Name = $"pickup-{workload}" },
+                    run.Scenarios.Add(await runner.RunAsync(Steady(options, workload, options.RateGiven ? options.Rate : 20, 10, 1) with { Name = name },
                         options.OutDirectory, label, cancellationToken));
                 }
+
+                run.Idle = await IdleAsync(target, options.DurationGiven ? options.DurationSeconds : 15, log, cancellationToken);
 
                 break;
             case "suite":
@@ -86,11 +87,16 @@ public static class BenchApp
         int N(int full) => quick ? Math.Min(200, full) : full;
         var batch = quick ? 50 : 100;
 
-        run.Idle = await IdleAsync(target, quick ? 2 : 10, log, cancellationToken);
+        // Pickup first: single events at a low rate on otherwise idle lanes. They also warm the services (JIT,
+        // connection pools), so the idle window after them measures steady idling, not start-up work.
+        foreach (var (name, workload) in new[] { ("pickup-cpu", "noop-cpu"), ("pickup-io", "noop-io") })
+        {
+            run.Scenarios.Add(await runner.RunAsync(Steady(options, workload, 20, quick ? 2 : 10, 1) with { Name = name }, options.OutDirectory, label, cancellationToken));
+        }
+
+        run.Idle = await IdleAsync(target, quick ? 3 : 15, log, cancellationToken);
         var specs = new List<ScenarioSpec>
         {
-            Steady(options, "noop-cpu", 20, quick ? 2 : 10, 1) with { Name = "pickup-cpu" },
-            Steady(options, "noop-io", 20, quick ? 2 : 10, 1) with { Name = "pickup-io" },
             Burst(options, "noop-cpu", N(10_000)) with { Name = "noop-cpu-burst", Batch = batch, Connections = 8 },
             Burst(options, "noop-io", N(10_000)) with { Name = "noop-io-burst", Batch = batch, Connections = 8 },
             Burst(options, "noop-cpu", N(10_000)) with { Name = "noop-cpu-single", Batch = 1, Connections = 16 },

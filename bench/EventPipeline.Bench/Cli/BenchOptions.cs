@@ -11,7 +11,7 @@ public sealed class BenchOptions
         usage:
           bench burst  --workload <noop-cpu|noop-io|cpu|io> -n <N> [--batch <B>] [--connections <C>]
           bench steady --workload <...> --rate <R per s> --duration <T s> [--batch <B>] [--connections <C>]
-          bench idle   [--duration <T s>] [--rate <R per s>]     idle CPU of each service, then pickup latency at a low rate
+          bench idle   [--duration <T s>] [--rate <R per s>]     pickup latency at a low rate (default 20/s), then idle CPU (default 15 s)
           bench suite  [--quick]                                 every target of issue 9 in one run (one AppHost start)
 
         workload:   --iterations <I> (cpu, default 10000; 0 = noop.cpu)  --delay-ms <D> (io, default 50)
