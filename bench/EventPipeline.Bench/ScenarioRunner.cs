@@ -64,6 +64,12 @@ public sealed class ScenarioRunner(PipelineTarget target, HttpClient api, HttpCl
             sampleFailures = lanes.Failures;
         }
 
+        if (ceiling is not null)
+        {
+            log.WriteLine($"[{spec.Name}] no-queue ceiling, second timing …");
+            ceiling = CeilingResult.Best(ceiling, NoQueueCeiling.Measure(workload, ids[..Math.Min(ceilingEvents, ids.Length)]));
+        }
+
         var acceptedIds = ids.Where((_, i) => outcome.Accepted[i]).ToArray();
         var records = await statuses.ReadAsync(acceptedIds, cancellationToken);
         var succeeded = records.Where(r => r?.State == "succeeded").Select(r => r!).ToList();

@@ -19,7 +19,8 @@ public sealed class BenchOptions
                     --url <producer-api URL> --api-key <submit key> [--redis <connection string>] [--downstream <URL>]
                     [--pid <name>=<pid> ...] points it at a running system.
         AppHost:    --set <resource>:<ENV>=<value>  extra environment for one service (for experiments, e.g.
-                    --set worker-io:IoLane__ConcurrentMessageLimit=512); --via-proxy sends load through Aspire's proxy
+                    --set worker-io:IoLane__ConcurrentMessageLimit=512); --via-proxy sends load through Aspire's proxy;
+                    --verbose shows the services' and brokers' console output
         output:     --out <dir> (default bench/results)  --label <name> (default: command-workload-n)
                     --deadline <s> (default 600: accepted but not succeeded by then = lost)
                     --ceiling-events <M> (default 2000: PBKDF2 calls timed for the no-queue ceiling)
@@ -42,6 +43,7 @@ public sealed class BenchOptions
     public Dictionary<string, int> Pids { get; } = new(StringComparer.Ordinal);
     public List<(string Resource, string Name, string Value)> Settings { get; } = [];
     public bool ViaProxy { get; set; }
+    public bool Verbose { get; set; }
     public string OutDirectory { get; set; } = Path.Combine("bench", "results");
     public string? Label { get; set; }
     public double DeadlineSeconds { get; set; } = 600;
@@ -103,6 +105,7 @@ public sealed class BenchOptions
                     options.Settings.Add((setting[..colon], setting[(colon + 1)..eq], setting[(eq + 1)..]));
                     break;
                 case "--via-proxy": options.ViaProxy = true; break;
+                case "--verbose": options.Verbose = true; break;
                 case "--out" or "-o": options.OutDirectory = Value(); break;
                 case "--label": options.Label = Value(); break;
                 case "--deadline": options.DeadlineSeconds = Double(); break;

@@ -29,11 +29,16 @@ public static class AppHostLauncher
             "Parameters:redis-password=bench-redis-" + Guid.NewGuid().ToString("N")[..12],
             "Parameters:rabbitmq-password=bench-rabbit-" + Guid.NewGuid().ToString("N")[..12],
             "ASPIRE_VERSION_CHECK_DISABLED=true",
+            $"Logging:LogLevel:Default={(options.Verbose ? "Information" : "Warning")}",
         ], cancellationToken);
+        // The services' and brokers' console output (AppHost.Resources.*) and the health checks that fail by design
+        // while the brokers boot would bury the progress line; --verbose shows them.
+        var quiet = options.Verbose ? LogLevel.Information : LogLevel.None;
         builder.Services.AddLogging(logging => logging
             .SetMinimumLevel(LogLevel.Warning)
-            // Health checks fail by design while the brokers boot; their stack traces would bury the progress line.
-            .AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks", LogLevel.None));
+            .AddFilter("AppHost.Resources", quiet)
+            .AddFilter("Aspire.Hosting", options.Verbose ? LogLevel.Information : LogLevel.Error)
+            .AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks", quiet));
         foreach (var (resource, name, value) in options.Settings)
         {
             var target = builder.Resources.OfType<IResourceWithEnvironment>().FirstOrDefault(r => r.Name == resource)
