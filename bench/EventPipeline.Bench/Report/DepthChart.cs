@@ -20,14 +20,13 @@ public static class DepthChart
         plot.Title(title);
         plot.XLabel("seconds since the first submission");
         plot.YLabel("events");
-        plot.Axes.Bottom.Min = 0;
         if (samples.Count == 0)
         {
             plot.Add.Annotation("no /lanes samples were taken");
         }
 
         plot.ShowLegend(Alignment.UpperRight);
-        plot.Axes.SetLimitsY(0, Math.Max(10, samples.Select(s => Math.Max(s.CpuDepth, s.IoDepth)).DefaultIfEmpty(0).Max() * 1.1));
+        plot.Axes.SetLimits(0, Math.Max(1, t.DefaultIfEmpty(0).Max()), 0, Math.Max(10, samples.Select(s => Math.Max(s.CpuDepth, s.IoDepth)).DefaultIfEmpty(0).Max() * 1.1));
         plot.SavePng(path, Width, Height);
     }
 
