@@ -31,6 +31,11 @@ public static class BenchApp
             return ex.Message.Length > 0 ? 2 : 0;
         }
 
+        if (options.Command == "report")
+        {
+            return Rerender(options, output);
+        }
+
         var label = ScenarioRunner.Sanitize(options.Label ?? DefaultLabel(options));
         var run = new BenchRun
         {
@@ -111,6 +116,27 @@ public static class BenchApp
         }
 
         run.Targets.AddRange(TargetJudge.Judge(run));
+    }
+
+    /// <summary>Judges the targets again and rewrites the markdown of an earlier run from its JSON (no system needed).</summary>
+    private static int Rerender(BenchOptions options, TextWriter output)
+    {
+        var path = options.From ?? throw new UsageException("report needs --from <run>.json");
+        var json = new System.Text.Json.JsonSerializerOptions(ReportWriter.Json)
+        {
+            PreferredObjectCreationHandling = System.Text.Json.Serialization.JsonObjectCreationHandling.Populate,
+        };
+        var run = System.Text.Json.JsonSerializer.Deserialize<BenchRun>(File.ReadAllText(path), json)
+            ?? throw new UsageException($"{path} holds no run");
+        if (run.Targets.Count > 0)
+        {
+            run.Targets.Clear();
+            run.Targets.AddRange(TargetJudge.Judge(run));
+        }
+
+        var (written, markdown) = ReportWriter.Write(run, Path.GetDirectoryName(Path.GetFullPath(path))!);
+        output.WriteLine($"written: {written}, {markdown}");
+        return 0;
     }
 
     private static async Task<IdleResult> IdleAsync(PipelineTarget target, double seconds, TextWriter log, CancellationToken cancellationToken)

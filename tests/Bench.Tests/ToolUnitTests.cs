@@ -132,3 +132,34 @@ public sealed class ToolUnitTests
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }
 }
+
+/// <summary>An earlier run's JSON is enough to judge the targets again and rewrite its markdown.</summary>
+public sealed class ReportCommandTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("ep-bench-report-").FullName;
+
+    [Fact]
+    public async Task Report_command_rejudges_targets_and_rewrites_markdown_from_the_json()
+    {
+        var run = new BenchRun { Label = "old", CommandLine = "x", StartedAt = DateTimeOffset.UtcNow, Machine = MachineInfo.Capture("Release"), Target = "t" };
+        run.Scenarios.Add(new ScenarioResult
+        {
+            Name = "cpu-burst", Mode = "burst", Workload = "cpu", EventType = "hash.pbkdf2", Lane = "cpu", Events = 100, Accepted = 100,
+            Succeeded = 100, EndToEndRate = 500, Ceiling = new CeilingResult(100, 2, 1, 400), CeilingRatio = 1.25, DuplicateSource = "s",
+            LaneSamples = [new LaneSample(0.1, 5, 4, 1, 0, 0)],
+        });
+        run.Targets.Add(new TargetVerdict("stale verdict", "x", true));
+        var (json, markdown) = ReportWriter.Write(run, _dir);
+
+        Assert.Equal(0, await BenchApp.RunAsync(["report", "--from", json], TextWriter.Null, TextWriter.Null, CancellationToken.None));
+
+        var text = await File.ReadAllTextAsync(markdown);
+        Assert.DoesNotContain("stale verdict", text);
+        Assert.Contains("inconclusive", text);
+        Assert.Contains("| cpu-burst |", text);
+        using var doc = JsonDocument.Parse(await File.ReadAllTextAsync(json));
+        Assert.Equal(1, doc.RootElement.GetProperty("scenarios")[0].GetProperty("laneSamples").GetArrayLength());
+    }
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+}

@@ -13,6 +13,7 @@ public sealed class BenchOptions
           bench steady --workload <...> --rate <R per s> --duration <T s> [--batch <B>] [--connections <C>]
           bench idle   [--duration <T s>] [--rate <R per s>]     pickup latency at a low rate (default 20/s), then idle CPU (default 15 s)
           bench suite  [--quick]                                 every target of issue 9 in one run (one AppHost start)
+          bench report --from <run>.json                         judge the targets again and rewrite the run's markdown
 
         workload:   --iterations <I> (cpu, default 10000; 0 = noop.cpu)  --delay-ms <D> (io, default 50)
         target:     starts the AppHost itself (brokers as local executables, data in a temp dir), unless
@@ -44,6 +45,7 @@ public sealed class BenchOptions
     public List<(string Resource, string Name, string Value)> Settings { get; } = [];
     public bool ViaProxy { get; set; }
     public bool Verbose { get; set; }
+    public string? From { get; set; }
     public string OutDirectory { get; set; } = Path.Combine("bench", "results");
     public string? Label { get; set; }
     public double DeadlineSeconds { get; set; } = 600;
@@ -63,7 +65,7 @@ public sealed class BenchOptions
         }
 
         var options = new BenchOptions { Command = args[0] };
-        if (options.Command is not ("burst" or "steady" or "idle" or "suite"))
+        if (options.Command is not ("burst" or "steady" or "idle" or "suite" or "report"))
         {
             throw new UsageException($"unknown command '{options.Command}'");
         }
@@ -106,6 +108,7 @@ public sealed class BenchOptions
                     break;
                 case "--via-proxy": options.ViaProxy = true; break;
                 case "--verbose": options.Verbose = true; break;
+                case "--from": options.From = Value(); break;
                 case "--out" or "-o": options.OutDirectory = Value(); break;
                 case "--label": options.Label = Value(); break;
                 case "--deadline": options.DeadlineSeconds = Double(); break;

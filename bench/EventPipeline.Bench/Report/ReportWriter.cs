@@ -38,7 +38,7 @@ public static class ReportWriter
             md.AppendLine("| target | measured | met |").AppendLine("|---|---|---|");
             foreach (var t in run.Targets)
             {
-                md.AppendLine(CultureInfo.InvariantCulture, $"| {t.Target} | {t.Measured} | {(t.Met switch { true => "✅ met", false => "❌ not met", null => "—" })} |");
+                md.AppendLine(CultureInfo.InvariantCulture, $"| {t.Target} | {t.Measured} | {(t.Met switch { true => "✅ met", false => "❌ not met", null => "— (see measured)" })} |");
             }
 
             md.AppendLine();

@@ -30,8 +30,13 @@ public static class TargetJudge
 
         if (S("cpu-burst") is { } cpu)
         {
+            // Above 105 % the lane beat its own ceiling: the machine's load changed between the timings, so the ratio
+            // says nothing either way.
+            var inconclusive = cpu.CeilingRatio > 1.05;
             yield return new($"cpu burst {cpu.Events} at {cpu.Iterations} iterations ≥ 95 % of the no-queue ceiling",
-                $"{F(cpu.EndToEndRate)} events/s vs ceiling {F(cpu.Ceiling?.EventsPerSecond)} /s = {P(cpu.CeilingRatio)}", cpu.CeilingRatio >= 0.95 && cpu.Lost == 0);
+                $"{F(cpu.EndToEndRate)} events/s vs ceiling {F(cpu.Ceiling?.EventsPerSecond)} /s = {P(cpu.CeilingRatio)}" +
+                (inconclusive ? " — inconclusive: the lane beat its ceiling, so the machine's load changed between the timings" : ""),
+                inconclusive ? null : cpu.CeilingRatio >= 0.95 && cpu.Lost == 0);
         }
 
         if (S("io-burst") is { } io)
