@@ -1,0 +1,188 @@
+using System.Globalization;
+using System.Net;
+using System.Reflection;
+using EventPipeline.Bench.Cli;
+using EventPipeline.Bench.Observe;
+using EventPipeline.Bench.Report;
+using EventPipeline.Bench.Target;
+using EventPipeline.Bench.Workloads;
+
+namespace EventPipeline.Bench;
+
+/// <summary>The tool: parse the command, get a target (start the AppHost or connect), run the scenarios, write the report.</summary>
+public static class BenchApp
+{
+    /// <returns>0 when the run completed (whatever the figures), 2 on a usage error, 1 when the run itself failed.</returns>
+    public static async Task<int> RunAsync(string[] args, TextWriter output, TextWriter log, CancellationToken cancellationToken)
+    {
+        BenchOptions options;
+        try
+        {
+            options = BenchOptions.Parse(args);
+        }
+        catch (UsageException ex)
+        {
+            if (ex.Message.Length > 0)
+            {
+                log.WriteLine($"error: {ex.Message}");
+            }
+
+            log.WriteLine(BenchOptions.Usage);
+            return ex.Message.Length > 0 ? 2 : 0;
+        }
+
+        if (options.Command == "report")
+        {
+            return Rerender(options, output);
+        }
+
+        var label = ScenarioRunner.Sanitize(options.Label ?? DefaultLabel(options));
+        var run = new BenchRun
+        {
+            Label = label,
+            CommandLine = "dotnet run -c Release --project bench/EventPipeline.Bench -- " + string.Join(' ', args.Select(Quote)),
+            StartedAt = DateTimeOffset.UtcNow,
+            Machine = MachineInfo.Capture(BuildConfiguration()),
+            Target = options.StartsAppHost ? "started by the tool through the AppHost" : $"running system at {options.Url}",
+        };
+
+        await using var target = options.StartsAppHost
+            ? await AppHostLauncher.StartAsync(options, log, cancellationToken)
+            : RunningSystem.Connect(options, log);
+        using var api = CreateClient(target.Api, options.Connections, target.ApiKey);
+        using var downstream = target.Downstream is null ? null : CreateClient(target.Downstream, 16, null);
+        await using IStatusReader statuses = target.Redis is { } redis
+            ? await RedisStatusReader.ConnectAsync(redis)
+            : new HttpStatusReader(api, 32);
+        var runner = new ScenarioRunner(target, api, downstream, statuses, TimeSpan.FromSeconds(options.DeadlineSeconds), options.CeilingEvents, log);
+
+        switch (options.Command)
+        {
+            case "burst":
+                run.Scenarios.Add(await runner.RunAsync(Burst(options, options.WorkloadName, options.Count), options.OutDirectory, label, cancellationToken));
+                break;
+            case "steady":
+                run.Scenarios.Add(await runner.RunAsync(Steady(options, options.WorkloadName, options.Rate, options.DurationSeconds, options.Batch), options.OutDirectory, label, cancellationToken));
+                break;
+            case "idle":
+                foreach (var (name, workload) in new[] { ("pickup-cpu", "noop-cpu"), ("pickup-io", "noop-io") })
+                {
+                    run.Scenarios.Add(await runner.RunAsync(Steady(options, workload, options.RateGiven ? options.Rate : 20, 10, 1) with { Name = name },
+                        options.OutDirectory, label, cancellationToken));
+                }
+
+                run.Idle = await IdleAsync(target, options.DurationGiven ? options.DurationSeconds : 15, log, cancellationToken);
+
+                break;
+            case "suite":
+                await SuiteAsync(options, target, runner, run, label, log, cancellationToken);
+                break;
+        }
+
+        run.Machine = run.Machine with { LoadAverageAfter = MachineInfo.LoadAverage() };
+        var (json, markdown) = ReportWriter.Write(run, options.OutDirectory);
+        output.WriteLine(ReportWriter.Markdown(run));
+        output.WriteLine($"written: {json}, {markdown}");
+        return 0;
+    }
+
+    private static async Task SuiteAsync(BenchOptions options, PipelineTarget target, ScenarioRunner runner, BenchRun run, string label, TextWriter log, CancellationToken cancellationToken)
+    {
+        var quick = options.Quick;
+        int N(int full) => quick ? Math.Min(200, full) : full;
+        var batch = quick ? 50 : 100;
+
+        // Pickup first: single events at a low rate on otherwise idle lanes. They also warm the services (JIT,
+        // connection pools), so the idle window after them measures steady idling, not start-up work.
+        foreach (var (name, workload) in new[] { ("pickup-cpu", "noop-cpu"), ("pickup-io", "noop-io") })
+        {
+            run.Scenarios.Add(await runner.RunAsync(Steady(options, workload, 20, quick ? 2 : 10, 1) with { Name = name }, options.OutDirectory, label, cancellationToken));
+        }
+
+        run.Idle = await IdleAsync(target, quick ? 3 : 15, log, cancellationToken);
+        var specs = new List<ScenarioSpec>
+        {
+            Burst(options, "noop-cpu", N(10_000)) with { Name = "noop-cpu-burst", Batch = batch, Connections = 8 },
+            Burst(options, "noop-io", N(10_000)) with { Name = "noop-io-burst", Batch = batch, Connections = 8 },
+            Burst(options, "noop-cpu", N(10_000)) with { Name = "noop-cpu-single", Batch = 1, Connections = 16 },
+            Burst(options, "cpu", N(10_000)) with { Name = "cpu-burst", Batch = batch, Connections = 8 },
+            Burst(options, "io", N(2_000)) with { Name = "io-burst", Batch = batch, Connections = 8 },
+            Burst(options, "noop-cpu", N(100_000)) with { Name = "ingest-cpu", Batch = quick ? 100 : 1000, Connections = 8 },
+            Burst(options, "noop-io", N(100_000)) with { Name = "ingest-io", Batch = quick ? 100 : 1000, Connections = 8 },
+        };
+        foreach (var spec in specs)
+        {
+            run.Scenarios.Add(await runner.RunAsync(spec, options.OutDirectory, label, cancellationToken));
+        }
+
+        run.Targets.AddRange(TargetJudge.Judge(run));
+    }
+
+    /// <summary>Judges the targets again and rewrites the markdown of an earlier run from its JSON (no system needed).</summary>
+    private static int Rerender(BenchOptions options, TextWriter output)
+    {
+        var path = options.From ?? throw new UsageException("report needs --from <run>.json");
+        var json = new System.Text.Json.JsonSerializerOptions(ReportWriter.Json)
+        {
+            PreferredObjectCreationHandling = System.Text.Json.Serialization.JsonObjectCreationHandling.Populate,
+        };
+        var run = System.Text.Json.JsonSerializer.Deserialize<BenchRun>(File.ReadAllText(path), json)
+            ?? throw new UsageException($"{path} holds no run");
+        if (run.Targets.Count > 0)
+        {
+            run.Targets.Clear();
+            run.Targets.AddRange(TargetJudge.Judge(run));
+        }
+
+        var (written, markdown) = ReportWriter.Write(run, Path.GetDirectoryName(Path.GetFullPath(path))!);
+        output.WriteLine($"written: {written}, {markdown}");
+        return 0;
+    }
+
+    private static async Task<IdleResult> IdleAsync(PipelineTarget target, double seconds, TextWriter log, CancellationToken cancellationToken)
+    {
+        log.WriteLine($"[idle] {seconds:F0} s with no load: CPU of each service …");
+        await using var sampler = new ProcessSampler(target.RootPids, TimeSpan.FromMilliseconds(500));
+        sampler.Start();
+        await Task.Delay(TimeSpan.FromSeconds(seconds), cancellationToken);
+        return new IdleResult(seconds, await sampler.StopAsync());
+    }
+
+    private static ScenarioSpec Burst(BenchOptions o, string workload, int count) =>
+        new($"burst-{workload}-{count}", "burst", Workload.Parse(workload, o.Iterations, o.DelayMs), count, o.Batch, o.Connections);
+
+    private static ScenarioSpec Steady(BenchOptions o, string workload, double rate, double seconds, int batch) =>
+        new($"steady-{workload}-{rate.ToString(CultureInfo.InvariantCulture)}ps", "steady", Workload.Parse(workload, o.Iterations, o.DelayMs),
+            (int)Math.Round(rate * seconds), batch, Math.Max(o.Connections, 1), rate, seconds);
+
+    private static string DefaultLabel(BenchOptions o) => o.Command switch
+    {
+        "burst" => $"burst-{o.WorkloadName}-{o.Count}-b{o.Batch}-c{o.Connections}",
+        "steady" => $"steady-{o.WorkloadName}-{o.Rate.ToString(CultureInfo.InvariantCulture)}ps-{o.DurationSeconds.ToString(CultureInfo.InvariantCulture)}s",
+        "suite" => o.Quick ? "suite-quick" : "suite",
+        _ => o.Command,
+    };
+
+    private static HttpClient CreateClient(Uri baseAddress, int connections, string? apiKey)
+    {
+        var handler = new SocketsHttpHandler
+        {
+            MaxConnectionsPerServer = Math.Max(connections, 2) + 2, // + the lane sampler's
+            PooledConnectionLifetime = Timeout.InfiniteTimeSpan,
+            AutomaticDecompression = DecompressionMethods.None,
+            UseProxy = false,
+        };
+        var client = new HttpClient(handler) { BaseAddress = baseAddress, Timeout = TimeSpan.FromSeconds(60) };
+        if (apiKey is not null)
+        {
+            client.DefaultRequestHeaders.Add("X-Api-Key", apiKey);
+        }
+
+        return client;
+    }
+
+    private static string BuildConfiguration() =>
+        typeof(BenchApp).Assembly.GetCustomAttribute<AssemblyConfigurationAttribute>()?.Configuration ?? "unknown";
+
+    private static string Quote(string arg) => arg.Contains(' ', StringComparison.Ordinal) ? $"'{arg}'" : arg;
+}

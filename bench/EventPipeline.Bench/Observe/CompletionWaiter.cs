@@ -1,0 +1,63 @@
+namespace EventPipeline.Bench.Observe;
+
+/// <summary>
+/// Waits until every accepted event reached a final state (succeeded or dead) or the deadline passed. Events finish
+/// roughly in submission order, so each round reads the oldest unfinished ones first and stops at a chunk that is
+/// mostly unfinished: the status store is not hammered while the backlog drains.
+/// </summary>
+public sealed class CompletionWaiter(IStatusReader statuses)
+{
+    private const int Chunk = 2000;
+    private int _finished;
+
+    public int Finished => Volatile.Read(ref _finished);
+
+    /// <returns>true when all finished before <paramref name="deadline"/>.</returns>
+    public async Task<bool> WaitAsync(IReadOnlyList<string> accepted, DateTimeOffset deadline, CancellationToken cancellationToken)
+    {
+        var unfinished = new List<string>(accepted);
+        Volatile.Write(ref _finished, 0);
+        while (unfinished.Count > 0 && DateTimeOffset.UtcNow < deadline)
+        {
+            var stillOpen = new List<string>(unfinished.Count);
+            var offset = 0;
+            for (; offset < unfinished.Count; offset += Chunk)
+            {
+                var chunk = unfinished.GetRange(offset, Math.Min(Chunk, unfinished.Count - offset));
+                var records = await statuses.ReadAsync(chunk, cancellationToken);
+                var open = 0;
+                for (var i = 0; i < chunk.Count; i++)
+                {
+                    if (records[i]?.State is "succeeded" or "dead")
+                    {
+                        Interlocked.Increment(ref _finished);
+                    }
+                    else
+                    {
+                        stillOpen.Add(chunk[i]);
+                        open++;
+                    }
+                }
+
+                if (open * 2 > chunk.Count)
+                {
+                    offset += Chunk;
+                    break;
+                }
+            }
+
+            if (offset < unfinished.Count)
+            {
+                stillOpen.AddRange(unfinished.Skip(offset));
+            }
+
+            unfinished = stillOpen;
+            if (unfinished.Count > 0)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(250), cancellationToken);
+            }
+        }
+
+        return unfinished.Count == 0;
+    }
+}

@@ -1,0 +1,132 @@
+using EventPipeline.Bench.Observe;
+
+namespace EventPipeline.Bench.Report;
+
+/// <summary>Latency figures in milliseconds over <see cref="Count"/> events.</summary>
+public sealed record LatencySummary(int Count, double P50, double P95, double P99, double Max)
+{
+    /// <summary>Nearest-rank percentiles (no interpolation: every figure is a latency some event really had).</summary>
+    public static LatencySummary? Of(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        if (sorted.Length == 0)
+        {
+            return null;
+        }
+
+        double Rank(double p) => sorted[Math.Clamp((int)Math.Ceiling(p / 100 * sorted.Length) - 1, 0, sorted.Length - 1)];
+        return new LatencySummary(sorted.Length, Rank(50), Rank(95), Rank(99), sorted[^1]);
+    }
+}
+
+/// <summary>
+/// The same PBKDF2 handler called directly on all cores: the rate the lane would reach with zero overhead. Timed before
+/// and after the pipeline run; the faster of the two counts, so that a neighbour's load during one timing cannot make
+/// the lane look better than it is.
+/// </summary>
+public sealed record CeilingResult(int Events, int Threads, double Seconds, double EventsPerSecond, IReadOnlyList<double>? Timings = null)
+{
+    public static CeilingResult Best(CeilingResult before, CeilingResult after) =>
+        (before.EventsPerSecond >= after.EventsPerSecond ? before : after) with { Timings = [before.EventsPerSecond, after.EventsPerSecond] };
+}
+
+/// <summary>Everything one scenario measured. Written as JSON; the markdown and the chart are made from it.</summary>
+public sealed record ScenarioResult
+{
+    public required string Name { get; init; }
+    public required string Mode { get; init; }
+    public required string Workload { get; init; }
+    public required string EventType { get; init; }
+    public required string Lane { get; init; }
+    public int Iterations { get; init; }
+    public int DelayMs { get; init; }
+    public int Events { get; init; }
+    public int Batch { get; init; }
+    public int Connections { get; init; }
+    public double? Rate { get; init; }
+    public double? DurationSeconds { get; init; }
+
+    public int Requests { get; init; }
+    public int Accepted { get; init; }
+    public int Rejected { get; init; }
+    public Dictionary<string, int> RejectedByStatus { get; init; } = [];
+    public int Succeeded { get; init; }
+    public int Dead { get; init; }
+
+    /// <summary>Accepted but not succeeded by the deadline.</summary>
+    public int Lost { get; init; }
+
+    /// <summary>Events whose work ran to completion more than once; null when it cannot be told (see <see cref="DuplicateSource"/>).</summary>
+    public int? Duplicated { get; init; }
+
+    public required string DuplicateSource { get; init; }
+    public bool DrainedBeforeDeadline { get; init; }
+
+    public double EnqueueSeconds { get; init; }
+
+    /// <summary>Accepted events per second: the first request sent → the last 202 received.</summary>
+    public double EnqueueRate { get; init; }
+
+    /// <summary>The first request sent → the last event's finishedAt.</summary>
+    public double? DrainSeconds { get; init; }
+
+    /// <summary>Succeeded events / <see cref="DrainSeconds"/>: HTTP ingest, queue and work together.</summary>
+    public double? EndToEndRate { get; init; }
+
+    /// <summary>acceptedAt → finishedAt of each succeeded event.</summary>
+    public LatencySummary? Latency { get; init; }
+
+    /// <summary>acceptedAt → startedAt (first attempt picked up by a worker).</summary>
+    public LatencySummary? Pickup { get; init; }
+
+    public CeilingResult? Ceiling { get; init; }
+
+    /// <summary><see cref="EndToEndRate"/> / the no-queue ceiling.</summary>
+    public double? CeilingRatio { get; init; }
+
+    public IReadOnlyList<ProcessUsage> Processes { get; init; } = [];
+    public long PeakCpuDepth { get; init; }
+    public long PeakCpuLag { get; init; }
+    public long PeakIoDepth { get; init; }
+    public int LaneSampleFailures { get; init; }
+    public IReadOnlyList<LaneSample> LaneSamples { get; init; } = [];
+    public string? Chart { get; init; }
+}
+
+/// <summary>Idle cost: each service's CPU over a window with no load.</summary>
+public sealed record IdleResult(double Seconds, IReadOnlyList<ProcessUsage> Processes);
+
+/// <summary>Where and when the run happened: the figures mean little without the machine's size and load.</summary>
+public sealed record MachineInfo(int Cores, string CpuModel, string LoadAverageBefore, string? LoadAverageAfter, double MemoryGb, string Configuration)
+{
+    public static MachineInfo Capture(string configuration)
+    {
+        var model = File.Exists("/proc/cpuinfo")
+            ? File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? "unknown"
+            : "unknown";
+        var memKb = File.Exists("/proc/meminfo")
+            ? File.ReadLines("/proc/meminfo").Where(l => l.StartsWith("MemTotal:", StringComparison.Ordinal))
+                .Select(l => long.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture)).FirstOrDefault()
+            : 0;
+        return new MachineInfo(Environment.ProcessorCount, model, LoadAverage(), null, Math.Round(memKb / 1024.0 / 1024.0, 1), configuration);
+    }
+
+    public static string LoadAverage() =>
+        File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "unknown";
+}
+
+/// <summary>A target of issue 9, judged against what was measured. Reported, never asserted.</summary>
+public sealed record TargetVerdict(string Target, string Measured, bool? Met);
+
+/// <summary>One invocation of the tool: machine, command, scenarios, and (for <c>suite</c>) the targets.</summary>
+public sealed record BenchRun
+{
+    public required string Label { get; init; }
+    public required string CommandLine { get; init; }
+    public required DateTimeOffset StartedAt { get; init; }
+    public required MachineInfo Machine { get; set; }
+    public required string Target { get; init; }
+    public List<ScenarioResult> Scenarios { get; } = [];
+    public IdleResult? Idle { get; set; }
+    public List<TargetVerdict> Targets { get; } = [];
+}

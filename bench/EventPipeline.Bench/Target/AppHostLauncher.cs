@@ -1,0 +1,113 @@
+using Aspire.Hosting;
+using Aspire.Hosting.ApplicationModel;
+using Aspire.Hosting.Testing;
+using EventPipeline.Bench.Cli;
+using EventPipeline.Bench.Observe;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace EventPipeline.Bench.Target;
+
+/// <summary>
+/// Starts the whole system from the real AppHost (as tests/EndToEnd.Tests does): brokers as local executables with
+/// their data in a temp directory, fresh API keys, the services in the configuration this tool was built in.
+/// </summary>
+public static class AppHostLauncher
+{
+    public static async Task<PipelineTarget> StartAsync(BenchOptions options, TextWriter log, CancellationToken cancellationToken)
+    {
+        var data = Directory.CreateTempSubdirectory("ep-bench-");
+        var submitKey = "bench-submit-" + Guid.NewGuid().ToString("N");
+        var adminKey = "bench-admin-" + Guid.NewGuid().ToString("N");
+        var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.AppHost>(
+        [
+            "Brokers:Mode=Executables",
+            $"Brokers:DataDirectory={data.FullName}",
+            "TestEvents:Enabled=false",
+            $"Parameters:api-key-submit={submitKey}",
+            $"Parameters:api-key-admin={adminKey}",
+            "Parameters:redis-password=bench-redis-" + Guid.NewGuid().ToString("N")[..12],
+            "Parameters:rabbitmq-password=bench-rabbit-" + Guid.NewGuid().ToString("N")[..12],
+            "ASPIRE_VERSION_CHECK_DISABLED=true",
+            $"Logging:LogLevel:Default={(options.Verbose ? "Information" : "Warning")}",
+        ], cancellationToken);
+        // The services' and brokers' console output (AppHost.Resources.*) and the health checks that fail by design
+        // while the brokers boot would bury the progress line; --verbose shows them.
+        var quiet = options.Verbose ? LogLevel.Information : LogLevel.None;
+        builder.Services.AddLogging(logging => logging
+            .SetMinimumLevel(LogLevel.Warning)
+            .AddFilter("AppHost.Resources", quiet)
+            .AddFilter("Aspire.Hosting", options.Verbose ? LogLevel.Information : LogLevel.Error)
+            .AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks", quiet));
+        foreach (var (resource, name, value) in options.Settings)
+        {
+            var target = builder.Resources.OfType<IResourceWithEnvironment>().FirstOrDefault(r => r.Name == resource)
+                ?? throw new UsageException($"--set: no resource '{resource}' takes environment variables");
+            builder.CreateResourceBuilder(target).WithEnvironment(name, value);
+            log.WriteLine($"set {resource}: {name}={value}");
+        }
+
+        var app = await builder.BuildAsync(cancellationToken);
+        var started = System.Diagnostics.Stopwatch.StartNew();
+        log.WriteLine($"starting the AppHost (brokers as executables, data in {data.FullName}) …");
+        using var startup = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        startup.CancelAfter(TimeSpan.FromMinutes(4));
+        await app.StartAsync(startup.Token);
+        foreach (var resource in PipelineTarget.Resources)
+        {
+            await app.ResourceNotifications.WaitForResourceHealthyAsync(resource, startup.Token);
+        }
+
+        var pids = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var resource in PipelineTarget.Resources)
+        {
+            if (app.ResourceNotifications.TryGetCurrentState(resource, out var state)
+                && state.Snapshot.Properties.FirstOrDefault(p => p.Name == "executable.pid")?.Value is { } pid
+                && int.TryParse(Convert.ToString(pid, System.Globalization.CultureInfo.InvariantCulture), out var value))
+            {
+                pids[resource] = value;
+            }
+        }
+
+        var api = options.ViaProxy ? app.GetEndpoint("producer-api", "http") : DirectEndpoint(app, pids, "producer-api");
+        var downstream = app.GetEndpoint("downstream", "http");
+        var redis = await app.GetConnectionStringAsync("redis", cancellationToken);
+        log.WriteLine($"AppHost up in {started.Elapsed.TotalSeconds:F1} s; API at {api}{(options.ViaProxy ? " (through Aspire's proxy)" : " (direct, no proxy)")}");
+
+        return new PipelineTarget(api, submitKey, redis, downstream, pids, "started here through the AppHost", async () =>
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+            try
+            {
+                data.Delete(recursive: true);
+            }
+            catch (IOException)
+            {
+                // A broker may still be flushing: the temp directory is left behind rather than failing the run.
+            }
+        });
+    }
+
+    /// <summary>
+    /// The service's own listening address, read from its environment: in production nothing sits between a client
+    /// and the API, so the load should not go through Aspire's development proxy either.
+    /// </summary>
+    private static Uri DirectEndpoint(DistributedApplication app, IReadOnlyDictionary<string, int> pids, string resource)
+    {
+        if (pids.TryGetValue(resource, out var root) && ProcFs.IsAvailable)
+        {
+            foreach (var pid in ProcFs.ServiceProcesses(root))
+            {
+                var urls = ProcFs.EnvironmentVariable(pid, "ASPNETCORE_URLS");
+                var first = urls?.Split(';').FirstOrDefault(u => u.StartsWith("http://", StringComparison.Ordinal));
+                if (first is not null)
+                {
+                    return new Uri(first.Replace("://+", "://localhost").Replace("://*", "://localhost"));
+                }
+            }
+        }
+
+        return app.GetEndpoint(resource, "http");
+    }
+}
