@@ -161,16 +161,21 @@ public sealed class CpuLaneHarness : IAsyncDisposable
             $"event {id} to be {state}", TimeSpan.FromMilliseconds(50));
 
     /// <summary>States of many events at once (pipelined), keyed by id.</summary>
-    public async Task<Dictionary<string, (string? State, long Completions)>> StatesAsync(IReadOnlyCollection<string> ids)
+    public async Task<Dictionary<string, (string? State, long Completions)>> StatesAsync(IReadOnlyCollection<string> ids) =>
+        (await ReadAsync(ids)).ToDictionary(s => s.Key, s => (s.Value.State, s.Value.Completions));
+
+    /// <summary>State, recorded successes and result of many events at once (pipelined), keyed by id.</summary>
+    public async Task<Dictionary<string, (string? State, long Completions, string? Result)>> ReadAsync(IReadOnlyCollection<string> ids)
     {
         var batch = Db.CreateBatch();
-        var reads = ids.Select(id => (id, batch.HashGetAsync(EventStatusStore.Key(id), ["state", "completions"]))).ToList();
+        var reads = ids.Select(id => (id, batch.HashGetAsync(EventStatusStore.Key(id), ["state", "completions", "result"]))).ToList();
         batch.Execute();
-        var states = new Dictionary<string, (string?, long)>(ids.Count);
+        var states = new Dictionary<string, (string?, long, string?)>(ids.Count);
         foreach (var (id, read) in reads)
         {
             var values = await read;
-            states[id] = (values[0].IsNull ? null : values[0].ToString(), values[1].IsNull ? 0 : (long)values[1]);
+            states[id] = (values[0].IsNull ? null : values[0].ToString(), values[1].IsNull ? 0 : (long)values[1],
+                values[2].IsNull ? null : values[2].ToString());
         }
 
         return states;
