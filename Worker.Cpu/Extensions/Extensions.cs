@@ -45,7 +45,7 @@ public static class CpuLaneExtensions
 
     /// <summary>
     /// The optional next stage (<c>payload.then</c>): publish to the I/O lane with publisher confirms, binding the
-    /// lane's queue at publish time exactly as the API does, so a forwarded event is kept even before Worker.Io ran.
+    /// lane's queue at publish time, so a forwarded event is kept even before Worker.Io ever ran.
     /// Without <c>ConnectionStrings:rabbitmq</c> the worker runs and dead-letters events that ask for a next stage.
     /// </summary>
     private static void AddNextStageForwarding(this IHostApplicationBuilder builder)
@@ -63,8 +63,11 @@ public static class CpuLaneExtensions
             bus.UsingRabbitMq((_, cfg) =>
             {
                 cfg.Host(new Uri(connectionString), host => host.PublisherConfirmation = true);
+                // Bind the lane's queue straight to the message type's exchange. BindQueue(QueueName, QueueName) alone
+                // declares an "events-io" exchange and queue but never binds the message exchange to them, so until
+                // Worker.Io has bound it a publish is confirmed and silently dropped (seen with a real broker).
                 cfg.Publish<IoEventSubmitted>(publish =>
-                    publish.BindQueue(IoLaneTopology.QueueName, IoLaneTopology.QueueName, IoLaneTopology.ConfigureQueue));
+                    publish.BindQueue(publish.Exchange.ExchangeName, IoLaneTopology.QueueName, IoLaneTopology.ConfigureQueue));
             });
         });
         builder.Services.Configure<MassTransitHostOptions>(options =>

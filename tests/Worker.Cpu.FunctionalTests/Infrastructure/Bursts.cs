@@ -23,8 +23,14 @@ public static class Bursts
             .Select(b => Enumerable.Range(b * batchSize, Math.Min(batchSize, count - b * batchSize)).Select(create).ToArray());
         await Parallel.ForEachAsync(batches, new ParallelOptions { MaxDegreeOfParallelism = parallel, CancellationToken = stop }, async (batch, _) =>
         {
-            var ids = await lane.SubmitBatchAsync(batch);
-            foreach (var id in ids ?? throw new InvalidOperationException("the API did not accept a batch"))
+            // A loaded machine can make the broker confirm late (503); a client resubmits the same ids, which is safe.
+            IReadOnlyList<string>? ids = null;
+            for (var attempt = 0; ids is null && attempt < 5; attempt++)
+            {
+                ids = await lane.SubmitBatchAsync(batch);
+            }
+
+            foreach (var id in ids ?? throw new InvalidOperationException("the API did not accept a batch in 5 tries"))
             {
                 accepted.Add(id);
             }

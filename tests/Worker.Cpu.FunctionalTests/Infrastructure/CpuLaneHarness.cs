@@ -80,6 +80,7 @@ public sealed class CpuLaneHarness : IAsyncDisposable
             ["TestEvents__Enabled"] = "true",
             ["Logging__LogLevel__Default"] = "Information",
             ["Logging__LogLevel__Microsoft"] = "Warning",
+            ["Logging__LogLevel__StackExchange"] = "Warning",
         };
         if (RabbitMq is not null)
         {
