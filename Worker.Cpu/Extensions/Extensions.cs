@@ -40,6 +40,7 @@ public static class CpuLaneExtensions
         builder.Services.AddSingleton<DeadLetterStream>();
         builder.Services.AddHostedService<CpuLaneConsumer>();
         builder.Services.AddHostedService<StaleEntryClaimer>();
+        builder.Services.AddHostedService<DueRetryPromoter>();
         return builder;
     }
 

@@ -11,42 +11,33 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// (dead) consumer left pending longer than <see cref="CpuLaneOptions.ClaimTimeout"/>, with XAUTOCLAIM. An entry
 /// already delivered more than <see cref="CpuLaneOptions.MaxDeliveries"/> times is presumed to kill whoever runs
 /// it and goes to the dead-letter stream without running again, so one poison event cannot stop the lane.
-/// Also moves due retries back into the stream.
 /// </summary>
 public sealed class StaleEntryClaimer(
     LaneBuffer buffer,
-    RetryScheduler retries,
     DeadLetterStream deadLetters,
     IConnectionMultiplexer redis,
     PipelineMetrics metrics,
     IOptions<CpuLaneOptions> options,
     ILogger<StaleEntryClaimer> logger) : BackgroundService
 {
-    private static readonly TimeSpan RetryPromotionInterval = TimeSpan.FromMilliseconds(250);
-
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        using var timer = new PeriodicTimer(RetryPromotionInterval);
-        var nextClaim = DateTimeOffset.UtcNow;
+        using var timer = new PeriodicTimer(options.Value.ClaimInterval);
         try
         {
-            while (await timer.WaitForNextTickAsync(stoppingToken))
+            do
             {
                 try
                 {
-                    await retries.PromoteDueAsync();
-                    if (DateTimeOffset.UtcNow >= nextClaim)
-                    {
-                        nextClaim = DateTimeOffset.UtcNow + options.Value.ClaimInterval;
-                        await ClaimStaleAsync(stoppingToken);
-                        await ForgetGoneConsumersAsync();
-                    }
+                    await ClaimStaleAsync(stoppingToken);
+                    await ForgetGoneConsumersAsync();
                 }
                 catch (Exception ex) when (ex is RedisException or TimeoutException)
                 {
-                    logger.LogWarning(ex, "Lane maintenance failed; trying again shortly");
+                    logger.LogWarning(ex, "Claiming stale entries failed; trying again in {Interval}", options.Value.ClaimInterval);
                 }
             }
+            while (await timer.WaitForNextTickAsync(stoppingToken));
         }
         catch (OperationCanceledException)
         {
