@@ -37,7 +37,9 @@ public sealed class CpuLaneConsumer(
         var handlers = Enumerable.Range(0, handlerCount)
             .Select(_ => Task.Run(RunHandlerAsync, CancellationToken.None))
             .ToArray();
-        var heartbeat = KeepHeldEntriesFreshAsync(stoppingToken);
+        // Runs until the drain is over, not until SIGTERM: entries still being drained must not look abandoned.
+        using var heartbeatStop = new CancellationTokenSource();
+        var heartbeat = KeepHeldEntriesFreshAsync(heartbeatStop.Token);
 
         await ReadUntilStoppedAsync(stoppingToken);
 
@@ -53,6 +55,7 @@ public sealed class CpuLaneConsumer(
             logger.LogInformation("CPU lane consumer {Consumer} drained", buffer.ConsumerName);
         }
 
+        await heartbeatStop.CancelAsync();
         await heartbeat;
     }
 
