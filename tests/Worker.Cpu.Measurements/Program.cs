@@ -2,7 +2,8 @@
 //   1. idle CPU of Worker.Cpu over 30 s (utime+stime from /proc/<pid>/stat),
 //   2. pickup latency (acceptedAt → startedAt) of spaced single events, p50/p99,
 //   3. drain time of N hash.pbkdf2 events against the same N PBKDF2 calls made directly on all cores.
-// Usage: dotnet run -c Release --project tests/Worker.Cpu.Measurements -- [events=10000] [iterations=10000] [idleSeconds=30]
+// Usage: dotnet run -c Release --project tests/Worker.Cpu.Measurements -- [events=10000] [iterations=10000] [idleSeconds=30] [settleSeconds=30]
+// (events=0 measures only idle CPU and pickup latency)
 using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text;
@@ -16,6 +17,7 @@ using StackExchange.Redis;
 var events = args.Length > 0 ? int.Parse(args[0]) : 10_000;
 var iterations = args.Length > 1 ? int.Parse(args[1]) : 10_000;
 var idleSeconds = args.Length > 2 ? int.Parse(args[2]) : 30;
+var settleSeconds = args.Length > 3 ? int.Parse(args[3]) : 30; // JIT tiering and connection set-up finish first
 
 Console.WriteLine($"cores {Environment.ProcessorCount}; load average at start: {File.ReadAllText("/proc/loadavg").Trim()}");
 await using var redis = await RedisServer.StartAsync();
@@ -34,7 +36,7 @@ await using (worker)
     await ServiceProcess.WaitUntilReadyAsync(worker, port, TimeSpan.FromSeconds(120));
 
     // 1. Idle CPU: let start-up settle, then count the ticks the process used.
-    await Task.Delay(TimeSpan.FromSeconds(5));
+    await Task.Delay(TimeSpan.FromSeconds(settleSeconds));
     var (ticks0, at0) = (CpuTicks(worker.Pid), Stopwatch.GetTimestamp());
     await Task.Delay(TimeSpan.FromSeconds(idleSeconds));
     var (ticks1, elapsed) = (CpuTicks(worker.Pid), Stopwatch.GetElapsedTime(at0));
@@ -60,6 +62,11 @@ await using (worker)
 
     latencies.Sort();
     Console.WriteLine($"pickup latency (acceptedAt → startedAt, ms resolution, n={latencies.Count}): p50 {Percentile(latencies, 50)} ms, p99 {Percentile(latencies, 99)} ms, max {latencies[^1]} ms");
+
+    if (events == 0)
+    {
+        return;
+    }
 
     // 3. Drain: all events written at once (one MULTI, as a batch through the API would), timed until the last finishes.
     var baselineBefore = Direct(events, iterations);
