@@ -13,6 +13,12 @@ public static class CpuLaneStreams
     /// <summary>Sorted set of retries waiting for their due time (score = due time, unix ms).</summary>
     public static readonly RedisKey Delayed = "events.cpu.delayed";
 
+    /// <summary>
+    /// Hash: stream entry id → how many times a handler started it (deleted when the entry is acknowledged). A count
+    /// left behind by a consumer that died says the entry was running, not merely waiting in its buffer.
+    /// </summary>
+    public static readonly RedisKey Started = "events.cpu.started";
+
     public const string Group = "cpu-workers";
 
     public static class Fields

@@ -1,6 +1,9 @@
+using EventPipeline.Contracts;
 using EventPipeline.Shared;
+using EventPipeline.Worker.Cpu.Forward;
 using EventPipeline.Worker.Cpu.Lane;
 using EventPipeline.Worker.Cpu.Work;
+using MassTransit;
 
 namespace Microsoft.Extensions.Hosting;
 
@@ -15,6 +18,7 @@ public static class CpuLaneExtensions
             .Validate(o => o.ClaimTimeout >= TimeSpan.FromSeconds(1) && o.ClaimInterval > TimeSpan.Zero, "CpuLane:ClaimTimeout must be at least 1 s and ClaimInterval positive")
             .Validate(o => o.BlockTimeout > TimeSpan.Zero && o.BlockTimeout < o.ClaimTimeout / 3, "CpuLane:BlockTimeout must be positive and under a third of ClaimTimeout")
             .Validate(o => o.RetryBaseDelay > TimeSpan.Zero && o.RetryMaxDelay >= o.RetryBaseDelay, "CpuLane:RetryBaseDelay must be positive and at most RetryMaxDelay")
+            .Validate(o => o.DrainTimeout > TimeSpan.Zero && o.ForwardTimeout > TimeSpan.Zero, "CpuLane:DrainTimeout and CpuLane:ForwardTimeout must be positive")
             .ValidateOnStart();
         builder.Services.AddOptions<TestEventsOptions>().BindConfiguration("TestEvents");
         builder.Services.AddOptions<StatusOptions>().BindConfiguration("Status");
@@ -23,15 +27,54 @@ public static class CpuLaneExtensions
         var drain = builder.Configuration.GetValue("CpuLane:DrainTimeout", TimeSpan.FromSeconds(25));
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = drain + TimeSpan.FromSeconds(5));
 
+        // Registered before the lane's hosted services so the bus stops after the drain (hosted services stop in reverse).
+        builder.AddNextStageForwarding();
+
         builder.Services.AddSingleton<EventStatusStore>();
         builder.Services.AddSingleton<CpuWork>();
         builder.Services.AddSingleton<LaneBuffer>();
+        builder.Services.AddSingleton<SuspectIsolationGate>();
         builder.Services.AddSingleton<StreamEntryReader>();
         builder.Services.AddSingleton<EntryAcknowledger>();
         builder.Services.AddSingleton<RetryScheduler>();
         builder.Services.AddSingleton<DeadLetterStream>();
         builder.Services.AddHostedService<CpuLaneConsumer>();
         builder.Services.AddHostedService<StaleEntryClaimer>();
+        builder.Services.AddHostedService<DueRetryPromoter>();
         return builder;
+    }
+
+    /// <summary>
+    /// The optional next stage (<c>payload.then</c>): publish to the I/O lane with publisher confirms, binding the
+    /// lane's queue at publish time, so a forwarded event is kept even before Worker.Io ever ran.
+    /// Without <c>ConnectionStrings:rabbitmq</c> the worker runs and dead-letters events that ask for a next stage.
+    /// </summary>
+    private static void AddNextStageForwarding(this IHostApplicationBuilder builder)
+    {
+        var connectionString = builder.Configuration.GetConnectionString("rabbitmq");
+        if (string.IsNullOrWhiteSpace(connectionString))
+        {
+            builder.Services.AddSingleton<INextStageForwarder, NoIoLaneForwarder>();
+            return;
+        }
+
+        builder.Services.AddSingleton<INextStageForwarder, IoLaneForwarder>();
+        builder.Services.AddMassTransit(bus =>
+        {
+            bus.UsingRabbitMq((_, cfg) =>
+            {
+                cfg.Host(new Uri(connectionString), host => host.PublisherConfirmation = true);
+                // Bind the lane's queue straight to the message type's exchange. BindQueue(QueueName, QueueName) alone
+                // declares an "events-io" exchange and queue but never binds the message exchange to them, so until
+                // Worker.Io has bound it a publish is confirmed and silently dropped (seen with a real broker).
+                cfg.Publish<IoEventSubmitted>(publish =>
+                    publish.BindQueue(publish.Exchange.ExchangeName, IoLaneTopology.QueueName, IoLaneTopology.ConfigureQueue));
+            });
+        });
+        builder.Services.Configure<MassTransitHostOptions>(options =>
+        {
+            options.WaitUntilStarted = false;
+            options.StopTimeout = TimeSpan.FromSeconds(10);
+        });
     }
 }

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using EventPipeline.Contracts;
 using EventPipeline.ServiceDefaults;
 using EventPipeline.Shared;
+using EventPipeline.Worker.Cpu.Forward;
 using EventPipeline.Worker.Cpu.Work;
 using Microsoft.Extensions.Options;
 using StackExchange.Redis;
@@ -21,6 +22,8 @@ public sealed class CpuLaneConsumer(
     EntryAcknowledger acknowledger,
     RetryScheduler retries,
     DeadLetterStream deadLetters,
+    INextStageForwarder forwarder,
+    SuspectIsolationGate isolation,
     IConnectionMultiplexer redis,
     PipelineMetrics metrics,
     IOptions<CpuLaneOptions> options,
@@ -34,7 +37,9 @@ public sealed class CpuLaneConsumer(
         var handlers = Enumerable.Range(0, handlerCount)
             .Select(_ => Task.Run(RunHandlerAsync, CancellationToken.None))
             .ToArray();
-        var heartbeat = KeepHeldEntriesFreshAsync(stoppingToken);
+        // Runs until the drain is over, not until SIGTERM: entries still being drained must not look abandoned.
+        using var heartbeatStop = new CancellationTokenSource();
+        var heartbeat = KeepHeldEntriesFreshAsync(heartbeatStop.Token);
 
         await ReadUntilStoppedAsync(stoppingToken);
 
@@ -50,6 +55,7 @@ public sealed class CpuLaneConsumer(
             logger.LogInformation("CPU lane consumer {Consumer} drained", buffer.ConsumerName);
         }
 
+        await heartbeatStop.CancelAsync();
         await heartbeat;
     }
 
@@ -104,7 +110,10 @@ public sealed class CpuLaneConsumer(
         {
             try
             {
-                await HandleAsync(entry);
+                await using (await isolation.EnterAsync(entry))
+                {
+                    await HandleAsync(entry);
+                }
             }
             catch (Exception ex)
             {
@@ -121,28 +130,44 @@ public sealed class CpuLaneConsumer(
     private async Task HandleAsync(LaneEntry entry)
     {
         using var activity = StartProcessActivity(entry);
-        if (!await statuses.MarkProcessingAsync(entry.Id, entry.Attempt))
+        if (entry.IsSuspect)
+        {
+            logger.LogWarning("Event {EventId} (entry {EntryId}) was running when its consumer died {Runs} time(s); running it alone",
+                entry.Id, entry.EntryId, entry.UnfinishedRuns);
+        }
+
+        // Both go out on the same connection back to back: one round trip.
+        var started = acknowledger.MarkStartedAsync(entry);
+        var processing = statuses.MarkProcessingAsync(entry.Id, entry.Attempt);
+        await started;
+        if (!await processing)
         {
             logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without running it", entry.Id);
             await acknowledger.AcknowledgeAsync(entry);
             return;
         }
 
-        var started = Stopwatch.GetTimestamp();
+        var startedAt = Stopwatch.GetTimestamp();
         string result;
         try
         {
+            var next = NextStage.Parse(entry.Payload);
             result = work.Run(entry.Id, entry.Type, entry.Payload);
+            if (next is not null)
+            {
+                // Before the acknowledgement: a crash after this re-runs the event and forwards the same derived id.
+                await forwarder.ForwardAsync(entry, next, result);
+            }
         }
         catch (Exception ex)
         {
             activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
-            await FailAsync(entry, ex, Stopwatch.GetElapsedTime(started));
+            await FailAsync(entry, ex, Stopwatch.GetElapsedTime(startedAt));
             return;
         }
 
         await acknowledger.SucceededAsync(entry, result);
-        metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Succeeded, Stopwatch.GetElapsedTime(started));
+        metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Succeeded, Stopwatch.GetElapsedTime(startedAt));
         metrics.Finished(Lanes.Cpu, Outcomes.Succeeded, entry.AcceptedAt);
     }
 

@@ -26,12 +26,19 @@ public sealed class CpuLaneOptions
     /// <summary>How often each consumer looks for stale entries and due retries.</summary>
     public TimeSpan ClaimInterval { get; set; } = TimeSpan.FromSeconds(5);
 
-    /// <summary>Deliveries after which an entry is presumed to kill its consumer and is dead-lettered unrun.</summary>
+    /// <summary>
+    /// Runs that ended with their consumer dying, after which an entry is presumed to be what kills consumers and is
+    /// dead-lettered unrun. Only runs count, not deliveries: an entry that merely sat in a dying consumer's buffer is
+    /// not charged (the stream's own delivery count is reported beside it in the dead letter).
+    /// </summary>
     [Range(1, 100)]
     public int MaxDeliveries { get; set; } = 5;
 
     /// <summary>On SIGTERM, how long in-flight and buffered work may take to finish.</summary>
     public TimeSpan DrainTimeout { get; set; } = TimeSpan.FromSeconds(25);
+
+    /// <summary>How long handing a result on to the I/O lane (publish + confirm) may take before the attempt fails.</summary>
+    public TimeSpan ForwardTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>How long one XREADGROUP blocks waiting for new entries.</summary>
     public TimeSpan BlockTimeout { get; set; } = TimeSpan.FromSeconds(2);

@@ -28,9 +28,17 @@ public sealed class EntryAcknowledger(IConnectionMultiplexer redis, EventStatusS
         return CommitAsync(transaction);
     }
 
+    /// <summary>
+    /// Records that a handler is about to run the entry, before any work: if this process dies now, whoever claims the
+    /// entry knows it was running (a suspect), not an innocent entry that was only buffered.
+    /// </summary>
+    public Task MarkStartedAsync(LaneEntry entry) =>
+        redis.GetDatabase().HashIncrementAsync(CpuLaneStreams.Started, entry.EntryId);
+
     internal static Task AcknowledgeAsync(ITransaction transaction, RedisValue entryId)
     {
         _ = transaction.StreamAcknowledgeAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, entryId);
+        _ = transaction.HashDeleteAsync(CpuLaneStreams.Started, entryId);
         return transaction.StreamDeleteAsync(CpuLaneStreams.Stream, [entryId]);
     }
 

@@ -16,6 +16,14 @@ public sealed record LaneEntry(
     string TraceParent,
     string ErrorHistory)
 {
+    /// <summary>
+    /// Runs of this entry that never finished because their consumer died (0 for a fresh read). Above 0 the entry is a
+    /// suspect: it may be what killed the consumer, so it runs alone (see <see cref="SuspectIsolationGate"/>).
+    /// </summary>
+    public long UnfinishedRuns { get; init; }
+
+    public bool IsSuspect => UnfinishedRuns > 0;
+
     /// <summary>Errors of earlier attempts, a JSON array, carried along through retries into the dead-letter entry.</summary>
     public const string ErrorsField = "errors";
 

@@ -12,7 +12,9 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// </summary>
 public sealed class RetryScheduler(IConnectionMultiplexer redis, EventStatusStore statuses, IOptions<CpuLaneOptions> options)
 {
-    // KEYS[1] delayed set, KEYS[2] stream. ARGV[1] now (ms), ARGV[2] max entries to move.
+    private readonly SemaphoreSlim _scheduled = new(0);
+
+    // Moves due members into the stream; returns { moved, due time of the next waiting member or -1 }.
     private static readonly LuaScript PromoteDue = LuaScript.Prepare("""
         local due = redis.call('ZRANGEBYSCORE', @delayed, '-inf', @now, 'LIMIT', 0, @limit)
         for _, member in ipairs(due) do
@@ -25,7 +27,8 @@ public sealed class RetryScheduler(IConnectionMultiplexer redis, EventStatusStor
           redis.call('XADD', @stream, '*', unpack(args))
           redis.call('ZREM', @delayed, member)
         end
-        return #due
+        local next = redis.call('ZRANGE', @delayed, 0, 0, 'WITHSCORES')
+        return { #due, next[2] or '-1' }
         """);
 
     public TimeSpan DelayBefore(int nextAttempt)
@@ -49,15 +52,30 @@ public sealed class RetryScheduler(IConnectionMultiplexer redis, EventStatusStor
         _ = statuses.MarkRetryingAsync(transaction, entry.Id, entry.Attempt, $"{error.GetType().Name}: {error.Message}");
         _ = EntryAcknowledger.AcknowledgeAsync(transaction, entry.EntryId);
         await EntryAcknowledger.CommitAsync(transaction);
+        _scheduled.Release(); // wake this process's promoter: its retry may be due before whatever it sleeps for
     }
 
-    /// <returns>how many retries were due and moved back into the stream.</returns>
-    public async Task<int> PromoteDueAsync(int limit = 500) =>
-        (int)await redis.GetDatabase().ScriptEvaluateAsync(PromoteDue, new
+    /// <returns>how many retries were moved back into the stream, and when the next waiting one is due (null: none).</returns>
+    public async Task<(int Moved, DateTimeOffset? NextDue)> PromoteDueAsync(int limit = 500)
+    {
+        var reply = (RedisResult[])(await redis.GetDatabase().ScriptEvaluateAsync(PromoteDue, new
         {
             delayed = CpuLaneStreams.Delayed,
             stream = CpuLaneStreams.Stream,
             now = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
             limit,
-        });
+        }))!;
+        var next = double.Parse(reply[1].ToString()!, System.Globalization.CultureInfo.InvariantCulture);
+        return ((int)reply[0], next < 0 ? null : DateTimeOffset.FromUnixTimeMilliseconds((long)next));
+    }
+
+    /// <summary>Waits for <paramref name="delay"/> or until this process schedules a retry, whichever comes first.</summary>
+    public async Task WaitForDueOrScheduledAsync(TimeSpan delay, CancellationToken cancellationToken)
+    {
+        await _scheduled.WaitAsync(delay, cancellationToken);
+        while (_scheduled.CurrentCount > 0 && _scheduled.Wait(0))
+        {
+            // several retries scheduled meanwhile: one promotion pass handles them all
+        }
+    }
 }

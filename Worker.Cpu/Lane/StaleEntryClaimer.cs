@@ -11,41 +11,33 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// (dead) consumer left pending longer than <see cref="CpuLaneOptions.ClaimTimeout"/>, with XAUTOCLAIM. An entry
 /// already delivered more than <see cref="CpuLaneOptions.MaxDeliveries"/> times is presumed to kill whoever runs
 /// it and goes to the dead-letter stream without running again, so one poison event cannot stop the lane.
-/// Also moves due retries back into the stream.
 /// </summary>
 public sealed class StaleEntryClaimer(
     LaneBuffer buffer,
-    RetryScheduler retries,
     DeadLetterStream deadLetters,
     IConnectionMultiplexer redis,
     PipelineMetrics metrics,
     IOptions<CpuLaneOptions> options,
     ILogger<StaleEntryClaimer> logger) : BackgroundService
 {
-    private static readonly TimeSpan RetryPromotionInterval = TimeSpan.FromMilliseconds(250);
-
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        using var timer = new PeriodicTimer(RetryPromotionInterval);
-        var nextClaim = DateTimeOffset.UtcNow;
+        using var timer = new PeriodicTimer(options.Value.ClaimInterval);
         try
         {
-            while (await timer.WaitForNextTickAsync(stoppingToken))
+            do
             {
                 try
                 {
-                    await retries.PromoteDueAsync();
-                    if (DateTimeOffset.UtcNow >= nextClaim)
-                    {
-                        nextClaim = DateTimeOffset.UtcNow + options.Value.ClaimInterval;
-                        await ClaimStaleAsync(stoppingToken);
-                    }
+                    await ClaimStaleAsync(stoppingToken);
+                    await ForgetGoneConsumersAsync();
                 }
                 catch (Exception ex) when (ex is RedisException or TimeoutException)
                 {
-                    logger.LogWarning(ex, "Lane maintenance failed; trying again shortly");
+                    logger.LogWarning(ex, "Claiming stale entries failed; trying again in {Interval}", options.Value.ClaimInterval);
                 }
             }
+            while (await timer.WaitForNextTickAsync(stoppingToken));
         }
         catch (OperationCanceledException)
         {
@@ -82,27 +74,70 @@ public sealed class StaleEntryClaimer(
         return claimedTotal;
     }
 
+    /// <summary>
+    /// Every restarted process joins under a new name (host + pid), so the group would collect dead consumers forever.
+    /// A consumer that holds nothing and has not read for many claim timeouts is gone; deleting one with no pending
+    /// entries loses nothing (a live consumer that was merely slow is recreated by its next read).
+    /// </summary>
+    public async Task<int> ForgetGoneConsumersAsync()
+    {
+        var goneAfter = Math.Max(options.Value.ClaimTimeout.TotalMilliseconds * 10, TimeSpan.FromMinutes(5).TotalMilliseconds);
+        return (int)await redis.GetDatabase().ScriptEvaluateAsync(ForgetGone, new
+        {
+            stream = CpuLaneStreams.Stream,
+            group = CpuLaneStreams.Group,
+            self = buffer.ConsumerName,
+            idle = (long)goneAfter,
+        });
+    }
+
+    // Checked and deleted in one script, so a consumer cannot read (and own entries) between the check and the delete.
+    private static readonly LuaScript ForgetGone = LuaScript.Prepare("""
+        local forgotten = 0
+        for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', @stream, @group)) do
+          local info = {}
+          for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+          if info['pending'] == 0 and info['idle'] > tonumber(@idle) and info['name'] ~= @self then
+            redis.call('XGROUP', 'DELCONSUMER', @stream, @group, info['name'])
+            forgotten = forgotten + 1
+          end
+        end
+        return forgotten
+        """);
+
     private async Task DispatchClaimedAsync(IDatabase db, StreamEntry[] claimed)
     {
-        var pending = await db.StreamPendingMessagesAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, claimed.Length,
-            buffer.ConsumerName, claimed[0].Id, claimed[^1].Id);
-        var deliveries = pending.ToDictionary(p => p.MessageId, p => p.DeliveryCount);
+        // One XPENDING per entry (a range query could be cut short by this consumer's own entries in between), and the
+        // started-run counts; all pipelined.
+        var lookups = claimed.Select(e => db.StreamPendingMessagesAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, 1,
+            buffer.ConsumerName, e.Id, e.Id)).ToArray();
+        var starts = db.HashGetAsync(CpuLaneStreams.Started, [.. claimed.Select(e => e.Id)]);
+        var deliveries = (await Task.WhenAll(lookups)).SelectMany(p => p).ToDictionary(p => p.MessageId, p => p.DeliveryCount);
+        var started = await starts;
 
-        foreach (var raw in claimed)
+        for (var i = 0; i < claimed.Length; i++)
         {
-            var entry = LaneEntry.Parse(raw);
-            var count = deliveries.GetValueOrDefault(raw.Id, 1);
-            if (count > options.Value.MaxDeliveries)
+            var raw = claimed[i];
+            if (!deliveries.TryGetValue(raw.Id, out var count))
             {
-                logger.LogError("Event {EventId} was delivered {Deliveries} times without finishing; dead-lettering it unrun", entry.Id, count);
+                continue; // acknowledged by its previous owner in the meantime
+            }
+
+            // Nothing is running it now (we just claimed it), so every recorded start ended with its consumer dying.
+            var unfinished = started[i].IsNull ? 0 : (long)started[i];
+            var entry = LaneEntry.Parse(raw) with { UnfinishedRuns = unfinished };
+            if (unfinished >= options.Value.MaxDeliveries)
+            {
+                logger.LogError("Event {EventId} was started {Runs} times and each time its consumer died; dead-lettering it unrun", entry.Id, unfinished);
                 await deadLetters.DeadLetterAsync(entry, DeadLetterStream.ReasonDeliveryLimit, "DeliveryLimitExceeded",
-                    $"Delivered {count} times without finishing: every consumer that ran it died.", null, entry.ErrorHistory);
+                    $"Started {unfinished} times ({count} deliveries) and never finished: every consumer that ran it died.", null, entry.ErrorHistory);
                 metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Dead, TimeSpan.Zero);
                 metrics.Finished(Lanes.Cpu, Outcomes.Dead, entry.AcceptedAt);
                 continue;
             }
 
-            logger.LogWarning("Claimed stale event {EventId} (delivery {Deliveries}) from a consumer that stopped", entry.Id, count);
+            logger.LogWarning("Claimed stale event {EventId} (entry {EntryId}, delivery {Deliveries}, unfinished runs {Runs}) from a consumer that stopped",
+                entry.Id, entry.EntryId, count, unfinished);
             await buffer.AddAsync(entry);
         }
     }

@@ -1,0 +1,66 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using EventPipeline.Contracts;
+using EventPipeline.Worker.Cpu.Work;
+
+namespace EventPipeline.Worker.Cpu.Forward;
+
+/// <summary>
+/// The optional <c>then</c> of a CPU event's payload: <c>{"type": "webhook.post", "payload": {...}}</c>. When the CPU
+/// work succeeds, an I/O-lane event of that type is published whose body is <c>then.payload</c> with a <c>source</c>
+/// object added (<c>{"id", "type", "result"}</c> of the CPU event), under the derived id <c>{id}.then</c>.
+/// </summary>
+public sealed record NextStage(string Type, JsonObject Payload)
+{
+    public const string Property = "then";
+    public const string IdSuffix = ".then";
+    public const string SourceProperty = "source";
+
+    /// <summary>I/O-lane types a CPU event may hand its result on to (Worker.Io runs these).</summary>
+    public static readonly IReadOnlyList<string> AllowedTypes = [EventTypes.WebhookPost, EventTypes.NoopIo];
+
+    public static string DerivedId(string eventId) => eventId + IdSuffix;
+
+    /// <returns>null when the payload has no <c>then</c>.</returns>
+    /// <exception cref="PermanentEventException">a <c>then</c> that can never be forwarded.</exception>
+    public static NextStage? Parse(string payload)
+    {
+        JsonNode? root;
+        try
+        {
+            root = JsonNode.Parse(payload);
+        }
+        catch (JsonException)
+        {
+            return null; // the work itself reports a malformed payload
+        }
+
+        if (root is not JsonObject obj || !obj.TryGetPropertyValue(Property, out var then) || then is null)
+        {
+            return null;
+        }
+
+        if (then is not JsonObject thenObject
+            || thenObject["type"] is not JsonValue typeValue || !typeValue.TryGetValue<string>(out var type)
+            || !AllowedTypes.Contains(type))
+        {
+            throw new PermanentEventException(
+                $"payload.then must be an object with \"type\" one of {string.Join(", ", AllowedTypes)} and \"payload\" an object");
+        }
+
+        if (thenObject["payload"] is not JsonObject nextPayload)
+        {
+            throw new PermanentEventException("payload.then.payload is required and must be a JSON object");
+        }
+
+        return new NextStage(type, (JsonObject)nextPayload.DeepClone());
+    }
+
+    /// <summary>The body the I/O lane delivers: <c>then.payload</c> plus the CPU event's id, type and result.</summary>
+    public string BodyWith(string sourceId, string sourceType, string result)
+    {
+        var body = (JsonObject)Payload.DeepClone();
+        body[SourceProperty] = new JsonObject { ["id"] = sourceId, ["type"] = sourceType, ["result"] = result };
+        return body.ToJsonString();
+    }
+}
