@@ -38,6 +38,10 @@ var workerIo = builder.AddProject<Projects.Worker_Io>("worker-io")
     .WithReference(redis).WaitFor(redis)
     .WithReference(downstream).WaitFor(downstream)
     .WithEnvironment("Downstream__BaseAddress", downstream.GetEndpoint("http"))
+    // The local receiver is ours to load: let the lane run at bench speed (defaults suit a real downstream).
+    .WithEnvironment("Downstream__PermitsPerSecond", "20000")
+    .WithEnvironment("IoLane__ConcurrentMessageLimit", "256")
+    .WithEnvironment("IoLane__PrefetchCount", "512")
     .WithEnvironment("TestEvents__Enabled", testEvents)
     .WithHttpHealthCheck("/health/ready");
 
