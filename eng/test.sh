@@ -10,7 +10,9 @@ bash eng/install-deps.sh
 results="$(pwd)/artifacts/test-results"
 rm -rf "$results"
 status=0
-dotnet test EventPipeline.sln --logger "console;verbosity=normal" --logger trx --results-directory "$results" "$@" || status=$?
+dotnet build EventPipeline.sln
+# One test project at a time (-m:1): each starts real brokers and services, and 2 cores do not take several at once.
+dotnet test EventPipeline.sln --no-build -m:1 --logger "console;verbosity=normal" --logger trx --results-directory "$results" "$@" || status=$?
 
 # One closing line over all test projects, counted from the TRX files.
 passed=0; failed=0; skipped=0
