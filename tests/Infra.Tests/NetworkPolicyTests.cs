@@ -71,10 +71,24 @@ public class NetworkPolicyTests
         var model = new NetworkModel(Ns, [.. rendered.OfKind("NetworkPolicy"), open]);
         var (peers, _) = World(rendered, "overlays/dev");
         var cpu = peers.Single(p => p.Id == "worker-cpu");
-        var rabbit = peers.Single(p => p.Id == "rabbitmq");
+        var receiver = peers.Single(p => p.Id == "downstream-receiver");
         Assert.False(new NetworkModel(Ns, [.. rendered.OfKind("NetworkPolicy")]).Allows(cpu, peers.Single(p => p.Id == "internet"), 443));
         Assert.True(model.Allows(cpu, peers.Single(p => p.Id == "internet"), 443));
-        Assert.False(model.Allows(cpu, rabbit, 5672)); // still closed: rabbitmq's own ingress does not admit worker-cpu
+        Assert.False(model.Allows(cpu, receiver, 8080)); // still closed: the receiver's own ingress admits worker-io only
+    }
+
+    [Theory]
+    [MemberData(nameof(Overlays))]
+    public void Worker_cpu_reaches_rabbitmq_because_it_reads_the_rabbitmq_connection_string(string overlay)
+    {
+        // The flow list is derived from the code: Worker.Cpu reads ConnectionStrings:rabbitmq (chained events hand
+        // their result on to the I/O lane), so the derived flows require worker-cpu -> rabbitmq:5672, and it is open.
+        Assert.True(ServiceFacts.WorkerCpu.Uses("rabbitmq"), "Worker.Cpu no longer reads ConnectionStrings:rabbitmq");
+        var rendered = Manifests.Render(overlay);
+        var (peers, expected) = World(rendered, overlay);
+        Assert.Contains(("worker-cpu", "rabbitmq", 5672L, "TCP"), expected);
+        var model = new NetworkModel(Ns, [.. rendered.OfKind("NetworkPolicy")]);
+        Assert.True(model.Allows(peers.Single(p => p.Id == "worker-cpu"), peers.Single(p => p.Id == "rabbitmq"), 5672));
     }
 
     private static (List<Peer> Peers, HashSet<(string Source, string Destination, long Port, string Protocol)> Expected) World(Rendered rendered, string overlay)
