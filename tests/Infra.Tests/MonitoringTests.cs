@@ -230,6 +230,20 @@ public class MonitoringTests
         Assert.Null(Relabel(new(labels) { ["__meta_kubernetes_pod_container_port_number"] = "9090" }, rules));
     }
 
+    [Fact]
+    public void The_readme_port_forwards_to_ports_the_dev_services_expose()
+    {
+        var rendered = Manifests.Render(Dev);
+        var forwards = Regex.Matches(Repo.Read("infra", "k8s", "README.md"), @"port-forward svc/([\w-]+) \d+:(\d+)").ToList();
+        Assert.Contains(forwards, m => m.Groups[1].Value == "grafana");
+        Assert.Contains(forwards, m => m.Groups[1].Value == "prometheus");
+        foreach (var m in forwards)
+        {
+            var service = rendered.Get("Service", m.Groups[1].Value);
+            Assert.Contains(service["spec"]!["ports"]!.AsArray(), p => (long)p!["port"]! == long.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture));
+        }
+    }
+
     /// <summary>The name kustomize generated (hash suffix) for a generator's base name.</summary>
     private static string GeneratedName(Rendered rendered, string baseName, string kind = "ConfigMap") =>
         rendered.OfKind(kind).Select(Rendered.Name).Single(n => Regex.IsMatch(n, "^" + Regex.Escape(baseName) + "-[a-z0-9]{10}$"));
