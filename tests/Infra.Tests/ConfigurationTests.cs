@@ -125,10 +125,31 @@ public class ConfigurationTests
         Assert.DoesNotContain(rendered.Workloads, w => w.Name == "downstream-receiver");
         var io = rendered.Workload("worker-io");
         var downstream = ServiceFacts.WorkerIo.EffectiveConfiguration(rendered.EnvironmentOf(io, io.MainContainer)).GetSection("Downstream");
-        Assert.Equal("https", new Uri(downstream["BaseAddress"]!).Scheme);
-        // appsettings.json's dev hosts merge by index with the environment: every slot must be overridden in prod.
-        var allowed = downstream.GetSection("AllowedHosts").Get<string[]>()!;
-        Assert.DoesNotContain(allowed, h => h is "localhost" or "127.0.0.1" or "downstream");
+        var baseAddress = new Uri(downstream["BaseAddress"]!);
+        Assert.Equal("https", baseAddress.Scheme);
+        Assert.Equal([baseAddress.Host], downstream.GetSection("AllowedHosts").Get<string[]>()!);
+    }
+
+    [Fact]
+    public void Dev_downstream_hosts_are_allowed_only_in_the_development_environment()
+    {
+        // appsettings.json allows no host, so a production deployment must name its own; the dev hosts live in
+        // appsettings.Development.json, which the AppHost and the tests load (ASPNETCORE_ENVIRONMENT=Development)...
+        var io = ServiceFacts.WorkerIo;
+        Assert.Empty(io.EffectiveConfiguration(new Dictionary<string, string>()).GetSection("Downstream:AllowedHosts").GetChildren());
+        var development = new ConfigurationBuilder().AddJsonFile(io.AppSettingsPath).AddJsonFile(Repo.PathOf(io.Project, "appsettings.Development.json")).Build();
+        Assert.Equal(["localhost", "127.0.0.1", "downstream"], development.GetSection("Downstream:AllowedHosts").Get<string[]>()!);
+
+        // ...and no container gets: with no environment set the host runs as Production and skips that file.
+        foreach (var overlay in Manifests.Overlays)
+        {
+            var rendered = Manifests.Render(overlay);
+            foreach (var workload in rendered.AppWorkloads)
+            {
+                var env = rendered.EnvironmentOf(workload, workload.MainContainer);
+                Assert.False(env.ContainsKey("ASPNETCORE_ENVIRONMENT") || env.ContainsKey("DOTNET_ENVIRONMENT"), $"{overlay}: {workload.Name} sets the host environment");
+            }
+        }
     }
 
     [Theory]

@@ -14,7 +14,10 @@ public class NetworkPolicyTests
     private const string Ns = "eventpipeline";
     private static readonly (long Port, string Protocol)[] PortsInPlay =
         [(53, "UDP"), (53, "TCP"), (22, "TCP"), (80, "TCP"), (443, "TCP"), (4369, "TCP"), (5672, "TCP"), (6379, "TCP"),
-         (8080, "TCP"), (15672, "TCP"), (25672, "TCP"), (35672, "TCP")];
+         (3000, "TCP"), (6443, "TCP"), (8080, "TCP"), (8443, "TCP"), (9090, "TCP"), (15672, "TCP"), (25672, "TCP"), (35672, "TCP")];
+
+    /// <summary>Where a cluster's API server may listen (Service IP: 443; kind, k3d, Docker Desktop: 6443; minikube: 8443).</summary>
+    private static readonly long[] ApiServerPorts = [443, 6443, 8443];
 
     public static TheoryData<string> Overlays => [.. Manifests.Overlays];
 
@@ -71,10 +74,45 @@ public class NetworkPolicyTests
         var model = new NetworkModel(Ns, [.. rendered.OfKind("NetworkPolicy"), open]);
         var (peers, _) = World(rendered, "overlays/dev");
         var cpu = peers.Single(p => p.Id == "worker-cpu");
-        var rabbit = peers.Single(p => p.Id == "rabbitmq");
+        var receiver = peers.Single(p => p.Id == "downstream-receiver");
         Assert.False(new NetworkModel(Ns, [.. rendered.OfKind("NetworkPolicy")]).Allows(cpu, peers.Single(p => p.Id == "internet"), 443));
         Assert.True(model.Allows(cpu, peers.Single(p => p.Id == "internet"), 443));
-        Assert.False(model.Allows(cpu, rabbit, 5672)); // still closed: rabbitmq's own ingress does not admit worker-cpu
+        Assert.False(model.Allows(cpu, receiver, 8080)); // still closed: the receiver's own ingress admits worker-io only
+    }
+
+    [Theory]
+    [MemberData(nameof(Overlays))]
+    public void Worker_cpu_reaches_rabbitmq_because_it_reads_the_rabbitmq_connection_string(string overlay)
+    {
+        // The flow list is derived from the code: Worker.Cpu reads ConnectionStrings:rabbitmq (chained events hand
+        // their result on to the I/O lane), so the derived flows require worker-cpu -> rabbitmq:5672, and it is open.
+        Assert.True(ServiceFacts.WorkerCpu.Uses("rabbitmq"), "Worker.Cpu no longer reads ConnectionStrings:rabbitmq");
+        var rendered = Manifests.Render(overlay);
+        var (peers, expected) = World(rendered, overlay);
+        Assert.Contains(("worker-cpu", "rabbitmq", 5672L, "TCP"), expected);
+        var model = new NetworkModel(Ns, [.. rendered.OfKind("NetworkPolicy")]);
+        Assert.True(model.Allows(peers.Single(p => p.Id == "worker-cpu"), peers.Single(p => p.Id == "rabbitmq"), 5672));
+    }
+
+    [Fact]
+    public void Dev_prometheus_scrapes_every_service_and_grafana_reaches_prometheus_but_not_the_brokers()
+    {
+        var rendered = Manifests.Render("overlays/dev");
+        var (peers, _) = World(rendered, "overlays/dev");
+        var model = new NetworkModel(Ns, [.. rendered.OfKind("NetworkPolicy")]);
+        Peer P(string id) => peers.Single(p => p.Id == id);
+
+        foreach (var service in new[] { "producer-api", "worker-cpu", "worker-io", "downstream-receiver" })
+        {
+            Assert.True(model.Allows(P("prometheus"), P(service), 8080), $"prometheus -> {service}:8080 is blocked");
+        }
+
+        Assert.True(model.Allows(P("prometheus"), P("kube-apiserver"), 6443));
+        Assert.True(model.Allows(P("grafana"), P("prometheus"), 9090));
+        Assert.False(model.Allows(P("prometheus"), P("internet"), 443));
+        Assert.False(model.Allows(P("grafana"), P("redis"), 6379));
+        Assert.False(model.Allows(P("prometheus"), P("redis"), 6379));
+        Assert.False(model.Allows(P("worker-cpu"), P("grafana"), 3000));
     }
 
     private static (List<Peer> Peers, HashSet<(string Source, string Destination, long Port, string Protocol)> Expected) World(Rendered rendered, string overlay)
@@ -96,13 +134,14 @@ public class NetworkPolicyTests
         }
 
         peers.Add(Peer.Pod("kube-dns", "kube-system", new Dictionary<string, string> { ["k8s-app"] = "kube-dns" }, "10.96.0.10", [("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")]));
-        peers.Add(Peer.Pod("prometheus", "monitoring", new Dictionary<string, string> { ["app.kubernetes.io/name"] = "prometheus" }, "10.244.1.5"));
+        peers.Add(Peer.Pod("prometheus-elsewhere", "monitoring", new Dictionary<string, string> { ["app.kubernetes.io/name"] = "prometheus" }, "10.244.1.5"));
         peers.Add(Peer.Pod("ingress-controller", "ingress-nginx", new Dictionary<string, string> { ["app.kubernetes.io/name"] = "ingress-nginx" }, "10.244.1.6"));
         peers.Add(Peer.Pod("keda-operator", "keda", new Dictionary<string, string> { ["app"] = "keda-operator" }, "10.244.1.7"));
         peers.Add(Peer.Pod("rabbitmq-operator", "rabbitmq-system", new Dictionary<string, string> { ["app.kubernetes.io/name"] = "rabbitmq-cluster-operator" }, "10.244.1.8"));
         peers.Add(Peer.Pod("other-pod", "other", new Dictionary<string, string> { ["app.kubernetes.io/name"] = "worker-io" }, "10.244.1.9"));
         peers.Add(Peer.External("internet", "203.0.113.10"));
         peers.Add(Peer.External("private-network", "10.99.0.5"));
+        peers.Add(Peer.External("kube-apiserver", "172.18.0.2")); // a kind control-plane node
         foreach (var slice in rendered.OfKind("EndpointSlice"))
         {
             foreach (var address in slice["endpoints"]!.AsArray().SelectMany(e => e!["addresses"]!.AsArray()))
@@ -132,7 +171,7 @@ public class NetworkPolicyTests
                 expected.Add((service.Workload, "rabbitmq", 5672, "TCP"));
             }
 
-            expected.Add(("prometheus", service.Workload, 8080, "TCP"));
+            expected.Add(("prometheus-elsewhere", service.Workload, 8080, "TCP"));
         }
 
         // The API takes requests from anywhere outside the namespace (ingress controllers, load balancers, other services).
@@ -144,6 +183,29 @@ public class NetworkPolicyTests
         if (overlay == "overlays/dev")
         {
             expected.Add(("worker-io", "downstream-receiver", 8080, "TCP"));
+
+            // The dev Prometheus scrapes every service and the receiver, and reads pods from the API server, whose
+            // address is cluster-specific: any private address outside the namespace on the API ports (the price of
+            // not naming it). Grafana queries Prometheus; the two UIs take connections from outside (dev convenience).
+            foreach (var scraped in new[] { "producer-api", "worker-cpu", "worker-io", "downstream-receiver" })
+            {
+                expected.Add(("prometheus", scraped, 8080, "TCP"));
+            }
+
+            foreach (var other in peers.Where(p => p.Namespace != Ns && IsPrivate(p.Ip)))
+            {
+                foreach (var port in ApiServerPorts)
+                {
+                    expected.Add(("prometheus", other.Id, port, "TCP"));
+                }
+            }
+
+            expected.Add(("grafana", "prometheus", 9090, "TCP"));
+            foreach (var outside in peers.Where(p => p.Namespace != Ns))
+            {
+                expected.Add((outside.Id, "grafana", 3000, "TCP"));
+                expected.Add((outside.Id, "prometheus", 9090, "TCP"));
+            }
         }
         else
         {
@@ -158,4 +220,7 @@ public class NetworkPolicyTests
 
         return (peers, expected);
     }
+
+    private static bool IsPrivate(System.Net.IPAddress ip) =>
+        new[] { "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16" }.Any(c => System.Net.IPNetwork.Parse(c).Contains(ip));
 }

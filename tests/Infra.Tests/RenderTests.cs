@@ -27,7 +27,7 @@ public class RenderTests
         }
 
         Assert.Equal(["producer-api", "worker-cpu", "worker-io"],
-            rendered.OfKind("Deployment").Select(Rendered.Name).Where(n => n != "downstream-receiver").Order(StringComparer.Ordinal));
+            rendered.AppWorkloads.Where(w => w.Kind == "Deployment" && w.Name != "downstream-receiver").Select(w => w.Name).Order(StringComparer.Ordinal));
     }
 
     [Fact]
@@ -130,6 +130,14 @@ public class RenderTests
                             case "secretRef": yield return ("Secret", (string)r["name"]!, null); break;
                             case "configMapKeyRef": yield return ("ConfigMap", (string)r["name"]!, (string?)r["key"]); break;
                             case "secretKeyRef": yield return ("Secret", (string)r["name"]!, (string?)r["key"]); break;
+                            case "configMap": // a volume or a projected source: the ConfigMap, and each key it picks
+                                yield return ("ConfigMap", (string)r["name"]!, null);
+                                foreach (var item in r["items"]?.AsArray().Cast<JsonObject>() ?? [])
+                                {
+                                    yield return ("ConfigMap", (string)r["name"]!, (string)item["key"]!);
+                                }
+
+                                break;
                         }
                     }
 

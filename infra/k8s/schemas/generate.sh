@@ -36,6 +36,8 @@ export type PodDisruptionBudget = k.V1PodDisruptionBudget;
 export type NetworkPolicy = k.V1NetworkPolicy;
 export type HorizontalPodAutoscaler = k.V2HorizontalPodAutoscaler;
 export type EndpointSlice = k.V1EndpointSlice;
+export type Role = k.V1Role;
+export type RoleBinding = k.V1RoleBinding;
 TS
 
 cat > keda.ts <<'TS'

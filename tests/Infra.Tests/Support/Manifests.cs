@@ -5,7 +5,7 @@ using System.Text.Json.Nodes;
 namespace EventPipeline.Infra.Tests.Support;
 
 /// <summary>
-/// Renders infra/k8s targets with <c>kubectl kustomize</c>. The tree is copied to a temporary folder first and each
+/// Renders infra/k8s targets with <c>kubectl kustomize</c>. infra/ is copied to a temporary folder first and each
 /// overlay's secrets.env is made from its committed secrets.env.example (the real file is never committed), so the
 /// example is proven complete by every render.
 /// </summary>
@@ -23,7 +23,7 @@ public static class Manifests
     public static (int ExitCode, string Stdout, string Stderr) Kustomize(string directory) =>
         Repo.Run(Repo.Kubectl, directory, "kustomize", directory);
 
-    public static string WorkspacePath(string target) => Path.Combine(Workspace.Value, target);
+    public static string WorkspacePath(string target) => Path.Combine(Workspace.Value, "infra", "k8s", target);
 
     private static Rendered RenderNow(string target)
     {
@@ -38,16 +38,18 @@ public static class Manifests
 
     private static string CreateWorkspace()
     {
+        // All of infra/: the dev overlay loads infra/prometheus and infra/grafana (folders with their own kustomization).
         var root = Path.Combine(Path.GetTempPath(), "eventpipeline-infra-tests-" + Guid.NewGuid().ToString("N")[..8]);
-        foreach (var file in Directory.EnumerateFiles(Repo.K8s, "*", SearchOption.AllDirectories))
+        var infra = Repo.PathOf("infra");
+        foreach (var file in Directory.EnumerateFiles(infra, "*", SearchOption.AllDirectories))
         {
-            var relative = Path.GetRelativePath(Repo.K8s, file);
-            if (relative.StartsWith("schemas", StringComparison.Ordinal) || Path.GetFileName(file) == "secrets.env")
+            var relative = Path.GetRelativePath(infra, file);
+            if (file.StartsWith(Repo.Schemas + Path.DirectorySeparatorChar, StringComparison.Ordinal) || Path.GetFileName(file) == "secrets.env")
             {
                 continue;
             }
 
-            var destination = Path.Combine(root, relative);
+            var destination = Path.Combine(root, "infra", relative);
             Directory.CreateDirectory(Path.GetDirectoryName(destination)!);
             File.Copy(file, destination);
             if (Path.GetFileName(file) == "secrets.env.example")

@@ -30,6 +30,8 @@ public static class Schemas
         ["networking.k8s.io/v1/NetworkPolicy"] = (KubernetesFile, "NetworkPolicy"),
         ["autoscaling/v2/HorizontalPodAutoscaler"] = (KubernetesFile, "HorizontalPodAutoscaler"),
         ["discovery.k8s.io/v1/EndpointSlice"] = (KubernetesFile, "EndpointSlice"),
+        ["rbac.authorization.k8s.io/v1/Role"] = (KubernetesFile, "Role"),
+        ["rbac.authorization.k8s.io/v1/RoleBinding"] = (KubernetesFile, "RoleBinding"),
         ["keda.sh/v1alpha1/ScaledObject"] = (KedaFile, "ScaledObject"),
         ["keda.sh/v1alpha1/TriggerAuthentication"] = (KedaFile, "TriggerAuthentication"),
         ["rabbitmq.com/v1beta1/RabbitmqCluster"] = (RabbitmqClusterFile, "RabbitmqCluster"),
