@@ -29,10 +29,15 @@ public sealed class CpuLaneConsumer(
     IOptions<CpuLaneOptions> options,
     ILogger<CpuLaneConsumer> logger) : BackgroundService
 {
+    // CPU work runs on at most EffectiveHandlers threads at once (one per core by default); the other handlers are
+    // meanwhile waiting on Redis, so the cores never idle through a round trip.
+    private readonly SemaphoreSlim _computeSlots = new(options.Value.EffectiveHandlers, options.Value.EffectiveHandlers);
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        var handlerCount = options.Value.EffectiveHandlers;
-        logger.LogInformation("CPU lane consumer {Consumer} starting with {Handlers} handlers", buffer.ConsumerName, handlerCount);
+        var handlerCount = options.Value.EffectiveHandlerTasks;
+        logger.LogInformation("CPU lane consumer {Consumer} starting {Tasks} handlers, at most {Parallel} running CPU work at once",
+            buffer.ConsumerName, handlerCount, options.Value.EffectiveHandlers);
 
         var handlers = Enumerable.Range(0, handlerCount)
             .Select(_ => Task.Run(RunHandlerAsync, CancellationToken.None))
@@ -152,7 +157,16 @@ public sealed class CpuLaneConsumer(
         try
         {
             var next = NextStage.Parse(entry.Payload);
-            result = work.Run(entry.Id, entry.Type, entry.Payload);
+            await _computeSlots.WaitAsync();
+            try
+            {
+                result = work.Run(entry.Id, entry.Type, entry.Payload);
+            }
+            finally
+            {
+                _computeSlots.Release();
+            }
+
             if (next is not null)
             {
                 // Before the acknowledgement: a crash after this re-runs the event and forwards the same derived id.

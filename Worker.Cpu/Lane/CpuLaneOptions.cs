@@ -44,4 +44,10 @@ public sealed class CpuLaneOptions
     public TimeSpan BlockTimeout { get; set; } = TimeSpan.FromSeconds(2);
 
     public int EffectiveHandlers => Handlers > 0 ? Handlers : Environment.ProcessorCount;
+
+    /// <summary>
+    /// Handler tasks: twice <see cref="EffectiveHandlers"/>, so that while one handler waits on its Redis round trips
+    /// (start, acknowledge) another runs CPU work. At most <see cref="EffectiveHandlers"/> run CPU work at once.
+    /// </summary>
+    public int EffectiveHandlerTasks => EffectiveHandlers * 2;
 }
