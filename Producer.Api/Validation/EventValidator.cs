@@ -25,6 +25,21 @@ public sealed partial class EventValidator(EventRouter router, DownstreamTargets
 
     public ValidatedEvent? Validate(JsonElement element, string path, Dictionary<string, string[]> errors)
     {
+        try
+        {
+            return ValidateEvent(element, path, errors);
+        }
+        catch (InvalidOperationException)
+        {
+            // Valid JSON can still hold a string that is not valid UTF-16 (an escaped lone surrogate, "\ud800"):
+            // reading it as text throws. Such an event is the client's mistake, not a server error.
+            Add(errors, Join(path, ""), "contains a string with an invalid escape (a lone UTF-16 surrogate)");
+            return null;
+        }
+    }
+
+    private ValidatedEvent? ValidateEvent(JsonElement element, string path, Dictionary<string, string[]> errors)
+    {
         var before = errors.Count;
         if (element.ValueKind != JsonValueKind.Object)
         {

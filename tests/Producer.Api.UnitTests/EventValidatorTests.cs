@@ -148,4 +148,11 @@ public sealed class EventValidatorTests
     [InlineData("""{"type":"test.fail","payload":{"lane":"cpu","failTimes":100000}}""")]
     public void Test_fail_times_must_be_a_small_whole_number(string json) =>
         Assert.Contains("payload.failTimes", Validate(json, testEvents: true).Errors.Keys);
+
+    [Theory]
+    [InlineData("""{"id":"\ud800","type":"noop.cpu","payload":{}}""")]
+    [InlineData("""{"type":"noop\udfff","payload":{}}""")]
+    [InlineData("""{"type":"hash.pbkdf2","payload":{"data":"\ud800x","iterations":1}}""")]
+    public void Lone_surrogate_escape_is_a_validation_error_not_a_crash(string json) =>
+        Assert.NotEmpty(Validate(json).Errors);
 }
