@@ -27,4 +27,20 @@ public static class IoLaneTopology
         queue.SetQueueArgument("x-dead-letter-strategy", "at-least-once");
         queue.SetQueueArgument("x-overflow", "reject-publish");
     }
+
+    /// <summary>
+    /// The error queue, declared alike by MassTransit's error transport (which otherwise copies every argument of the
+    /// lane's queue) and by the broker's dead-letter binding: durable quorum with no delivery limit and no dead-letter
+    /// target, so a dead letter stays until an operator replays or deletes it, however often it is inspected.
+    /// </summary>
+    public static void ConfigureErrorQueue(IRabbitMqQueueBindingConfigurator queue)
+    {
+        queue.Durable = true;
+        queue.AutoDelete = false;
+        queue.SetQueueArgument("x-queue-type", "quorum");
+        foreach (var argument in (string[])["x-delivery-limit", "x-dead-letter-exchange", "x-dead-letter-strategy", "x-overflow"])
+        {
+            queue.SetQueueArgument(argument, null!); // null removes an argument copied from the lane's queue
+        }
+    }
 }

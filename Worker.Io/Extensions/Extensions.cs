@@ -37,10 +37,13 @@ public static class IoLaneExtensions
             bus.UsingRabbitMq((context, cfg) =>
             {
                 cfg.Host(new Uri(connectionString));
+                // Without this the error queue inherits the lane queue's delivery limit and dead-letter target, and
+                // clashes with the dead-letter binding below (PRECONDITION_FAILED: the fault is never moved).
+                cfg.SendTopology.ConfigureErrorSettings = IoLaneTopology.ConfigureErrorQueue;
                 cfg.ReceiveEndpoint(IoLaneTopology.QueueName, endpoint =>
                 {
                     IoLaneTopology.ConfigureQueue(endpoint);
-                    endpoint.BindDeadLetterQueue(IoLaneTopology.ErrorQueueName, IoLaneTopology.ErrorQueueName);
+                    endpoint.BindDeadLetterQueue(IoLaneTopology.ErrorQueueName, IoLaneTopology.ErrorQueueName, IoLaneTopology.ConfigureErrorQueue);
                     endpoint.PrefetchCount = lane.PrefetchCount;
                     endpoint.ConcurrentMessageLimit = lane.ConcurrentMessageLimit;
                     // In-memory retries: the delayed-exchange plugin that scheduled redelivery needs is not on Debian's RabbitMQ.

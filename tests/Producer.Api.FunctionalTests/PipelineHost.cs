@@ -16,6 +16,8 @@ public sealed class PipelineHost : IAsyncDisposable
     public const string SubmitKey = "functional-submit-key-0123456789";
     public const string AdminKey = "functional-admin-key-9876543210ab";
     private readonly List<ChildProcess> _services = [];
+
+    public IReadOnlyList<ChildProcess> Services => _services;
     private readonly IDictionary<string, string?> _apiSettings;
     private ConnectionMultiplexer? _redisClient;
 
