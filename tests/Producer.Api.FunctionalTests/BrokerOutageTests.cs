@@ -61,7 +61,7 @@ public sealed class BrokerOutageTests : IAsyncLifetime
                 var (answer, _) = await SubmitAsync("noop.io", id);
                 last = $"{(int)answer.StatusCode} {await answer.Content.ReadAsStringAsync()}";
                 return answer.StatusCode == HttpStatusCode.Accepted;
-            }, TimeSpan.FromSeconds(240), "I/O submissions to be accepted again", TimeSpan.FromMilliseconds(1000));
+            }, TimeSpan.FromSeconds(120), "I/O submissions to be accepted again", TimeSpan.FromMilliseconds(1000));
         }
         catch (TimeoutException ex)
         {
