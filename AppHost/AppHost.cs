@@ -25,7 +25,14 @@ var api = builder.AddProject<Projects.Producer_Api>("producer-api")
     .WithEnvironment("Auth__ApiKeys__Submit", submitKey)
     .WithEnvironment("Auth__ApiKeys__Admin", adminKey)
     .WithEnvironment("TestEvents__Enabled", testEvents)
+    // An event's optional "target" URL must name one of these hosts (the local downstream receiver).
+    .WithEnvironment("Downstream__AllowedHosts__0", "localhost")
     .WithHttpHealthCheck("/health/ready");
+if (rabbitmq.Resource is LocalRabbitMQResource localRabbit)
+{
+    // Unacknowledged counts of the I/O lane come from RabbitMQ's Prometheus plugin (AMQP reports ready messages only).
+    api.WithEnvironment("LaneMonitor__RabbitMqPrometheusUrl", localRabbit.PrometheusEndpoint);
+}
 
 var workerCpu = builder.AddProject<Projects.Worker_Cpu>("worker-cpu")
     .WithReference(redis).WaitFor(redis)

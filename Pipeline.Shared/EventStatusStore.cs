@@ -63,6 +63,16 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
         return 1
         """);
 
+    // A dead letter sent back to its lane: accepted again with fresh attempts; the last error stays as history.
+    private static readonly LuaScript ReplayedScript = LuaScript.Prepare("""
+        redis.call('HSET', @key, 'id', @id, 'type', @type, 'lane', @lane, 'state', 'accepted', 'attempts', 0, 'replayedAt', @now)
+        redis.call('HSETNX', @key, 'acceptedAt', @acceptedAt)
+        redis.call('HDEL', @key, 'startedAt', 'finishedAt')
+        redis.call('HINCRBY', @key, 'replays', 1)
+        redis.call('EXPIRE', @key, @ttl)
+        return 1
+        """);
+
     private IDatabase Db => redis.GetDatabase();
 
     private long TtlSeconds => (long)options.Value.Retention.TotalSeconds;
@@ -100,6 +110,16 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
 
     public Task MarkDeadAsync(string id, int attempt, string error) => MarkDeadAsync(Db, id, attempt, error);
 
+    /// <summary>Records a dead-letter replay (queue it on the transaction that puts the event back into its lane).</summary>
+    public Task MarkReplayedAsync(IDatabaseAsync db, string id, string type, string lane, DateTimeOffset acceptedAt) =>
+        db.ScriptEvaluateAsync(ReplayedScript, new
+        {
+            key = Key(id), id, type, lane, acceptedAt = acceptedAt.ToUnixTimeMilliseconds(), now = Now, ttl = TtlSeconds,
+        });
+
+    public Task MarkReplayedAsync(string id, string type, string lane, DateTimeOffset acceptedAt) =>
+        MarkReplayedAsync(Db, id, type, lane, acceptedAt);
+
     public async Task<string?> GetStateAsync(string id) => await Db.HashGetAsync(Key(id), "state");
 
     public async Task<EventStatus?> GetAsync(string id)
@@ -121,7 +141,9 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
             Result: fields.GetValueOrDefault("result"),
             AcceptedAt: Time(fields, "acceptedAt"),
             StartedAt: Time(fields, "startedAt"),
-            FinishedAt: Time(fields, "finishedAt"));
+            FinishedAt: Time(fields, "finishedAt"),
+            Replays: int.TryParse(fields.GetValueOrDefault("replays"), out var replays) ? replays : 0,
+            ReplayedAt: Time(fields, "replayedAt"));
     }
 
     /// <summary>How many times a success was recorded for the event: 1 for every event, or work ran twice.</summary>

@@ -16,6 +16,16 @@ public static class IoLaneTopology
     /// <summary>Deliveries after which the broker itself dead-letters a message (a consumer that keeps dying).</summary>
     public const int DeliveryLimit = 3;
 
+    /// <summary>
+    /// Publishers bind the lane's queue straight to the message type's exchange, so an event published before any
+    /// worker ever ran is routed to the queue. (Binding an "events-io" exchange to the queue left the message exchange
+    /// with no route until Worker.Io bound it: publishes were confirmed and dropped.) RabbitMQ delivers one copy per
+    /// queue however many routes lead there.
+    /// </summary>
+    public static void BindQueueOnPublish(IRabbitMqBusFactoryConfigurator bus) =>
+        bus.Publish<EventPipeline.Contracts.IoEventSubmitted>(publish =>
+            publish.BindQueue(publish.Exchange.ExchangeName, QueueName, ConfigureQueue));
+
     public static void ConfigureQueue(IRabbitMqQueueConfigurator queue)
     {
         queue.Durable = true;
@@ -29,18 +39,18 @@ public static class IoLaneTopology
     }
 
     /// <summary>
-    /// <c>events-io_error</c>: a durable quorum queue without the lane queue's delivery limit and dead-letter target.
-    /// MassTransit copies the input queue's arguments to its error queue; left alone, the error queue would dead-letter
-    /// into itself, and the worker's own declaration of it would not match (PRECONDITION_FAILED, faults never moved).
+    /// The error queue, declared alike by MassTransit's error transport (which otherwise copies every argument of the
+    /// lane's queue) and by the broker's dead-letter binding: durable quorum with no delivery limit and no dead-letter
+    /// target, so a dead letter stays until an operator replays or deletes it, however often it is inspected.
     /// </summary>
-    public static void ConfigureErrorQueue(IRabbitMqQueueConfigurator queue)
+    public static void ConfigureErrorQueue(IRabbitMqQueueBindingConfigurator queue)
     {
         queue.Durable = true;
         queue.AutoDelete = false;
-        queue.SetQuorumQueue();
-        queue.SetQueueArgument("x-delivery-limit", null);
-        queue.SetQueueArgument("x-dead-letter-exchange", null);
-        queue.SetQueueArgument("x-dead-letter-strategy", null);
-        queue.SetQueueArgument("x-overflow", null);
+        queue.SetQueueArgument("x-queue-type", "quorum");
+        foreach (var argument in (string[])["x-delivery-limit", "x-dead-letter-exchange", "x-dead-letter-strategy", "x-overflow"])
+        {
+            queue.SetQueueArgument(argument, null!); // null removes an argument copied from the lane's queue
+        }
     }
 }

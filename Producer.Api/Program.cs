@@ -10,8 +10,10 @@ var app = builder.Build();
 app.UseExceptionHandler();
 app.UseStatusCodePages();
 app.MapDefaultEndpoints();
+app.MapApiDocument();
 app.MapEventsApi();
 app.MapLanesApi();
+app.MapDeadLettersApi();
 
 app.Run();
 

@@ -13,7 +13,8 @@ public static class PipelineTelemetry
 }
 
 /// <summary>A lane's backlog as the broker reports it; exported as gauges by the API.</summary>
-public sealed record LaneSnapshot(string Lane, long Depth, long Lag, long Pending, double OldestPendingAgeSeconds, long DeadLetters, long Consumers);
+/// <remarks>Pending and oldest pending age are null when the broker cannot tell them; such a gauge is left out, not faked.</remarks>
+public sealed record LaneSnapshot(string Lane, long Depth, long Lag, long? Pending, double? OldestPendingAgeSeconds, long DeadLetters, long Consumers);
 
 /// <summary>
 /// The pipeline's instruments. Prometheus names: <c>eventpipeline_events_accepted_total</c>,
@@ -42,12 +43,12 @@ public sealed class PipelineMetrics
         _handlerDuration = _meter.CreateHistogram("eventpipeline.handler.duration", "s", "Time one handler run took.", advice: advice);
         _latency = _meter.CreateHistogram("eventpipeline.event.latency", "s", "From accepted to finished (succeeded or dead).", advice: advice);
 
-        _meter.CreateObservableGauge("eventpipeline.lane.depth", () => Observe(s => s.Depth), "{event}", "Events in the lane not yet finished.");
-        _meter.CreateObservableGauge("eventpipeline.lane.lag", () => Observe(s => s.Lag), "{event}", "Events no consumer has picked up yet.");
-        _meter.CreateObservableGauge("eventpipeline.lane.pending", () => Observe(s => s.Pending), "{event}", "Events delivered to a consumer and not yet acknowledged.");
-        _meter.CreateObservableGauge("eventpipeline.lane.oldest_pending_age", () => Observe(s => s.OldestPendingAgeSeconds), "s", "Age of the oldest unacknowledged delivery.");
-        _meter.CreateObservableGauge("eventpipeline.lane.dead_letters", () => Observe(s => s.DeadLetters), "{event}", "Events in the lane's dead-letter store.");
-        _meter.CreateObservableGauge("eventpipeline.lane.consumers", () => Observe(s => s.Consumers), "{consumer}", "Consumers attached to the lane.");
+        _meter.CreateObservableGauge("eventpipeline.lane.depth", () => Observe<long>(s => s.Depth), "{event}", "Events in the lane not yet finished.");
+        _meter.CreateObservableGauge("eventpipeline.lane.lag", () => Observe<long>(s => s.Lag), "{event}", "Events no consumer has picked up yet.");
+        _meter.CreateObservableGauge("eventpipeline.lane.pending", () => Observe<long>(s => s.Pending), "{event}", "Events delivered to a consumer and not yet acknowledged.");
+        _meter.CreateObservableGauge("eventpipeline.lane.oldest_pending_age", () => Observe<double>(s => s.OldestPendingAgeSeconds), "s", "Age of the oldest unacknowledged delivery.");
+        _meter.CreateObservableGauge("eventpipeline.lane.dead_letters", () => Observe<long>(s => s.DeadLetters), "{event}", "Events in the lane's dead-letter store.");
+        _meter.CreateObservableGauge("eventpipeline.lane.consumers", () => Observe<long>(s => s.Consumers), "{consumer}", "Consumers attached to the lane.");
     }
 
     public void Accepted(string lane, string type, int count = 1) =>
@@ -65,8 +66,11 @@ public sealed class PipelineMetrics
     /// <summary>Registers the source of the lane gauges (only the API does, so each lane is reported once).</summary>
     public void ObserveLanes(Func<IReadOnlyList<LaneSnapshot>> lanes) => _lanes = lanes;
 
-    private IEnumerable<Measurement<T>> Observe<T>(Func<LaneSnapshot, T> value) where T : struct =>
-        (_lanes?.Invoke() ?? []).Select(s => new Measurement<T>(value(s), new KeyValuePair<string, object?>("lane", s.Lane)));
+    private IEnumerable<Measurement<T>> Observe<T>(Func<LaneSnapshot, T?> value) where T : struct =>
+        from snapshot in _lanes?.Invoke() ?? []
+        let measured = value(snapshot)
+        where measured.HasValue
+        select new Measurement<T>(measured.Value, new KeyValuePair<string, object?>("lane", snapshot.Lane));
 }
 
 public static class Outcomes

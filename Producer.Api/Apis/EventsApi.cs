@@ -19,9 +19,14 @@ public static class EventsApi
             .WithDescription("Validates the event, routes it by type to a lane and answers 202 once the lane's broker holds it durably.")
             .Accepts<SubmitEventRequest>("application/json")
             .Produces<SubmittedEvent>(StatusCodes.Status202Accepted)
+            .Produces<SubmittedEvent>(StatusCodes.Status200OK)
             .ProducesValidationProblem()
+            .ProducesProblem(StatusCodes.Status401Unauthorized)
+            .ProducesProblem(StatusCodes.Status409Conflict)
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
             .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
+            .ProducesProblem(StatusCodes.Status422UnprocessableEntity)
+            .ProducesProblem(StatusCodes.Status429TooManyRequests)
             .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
         events.MapPost("/batch", (HttpRequest request, EventIngest ingest, CancellationToken ct) => ingest.SubmitBatchAsync(request, ct))
@@ -30,13 +35,22 @@ public static class EventsApi
             .WithDescription("All-or-nothing validation: one invalid event rejects the whole batch and nothing is enqueued.")
             .Accepts<SubmitBatchRequest>("application/json")
             .Produces<SubmittedBatch>(StatusCodes.Status202Accepted)
+            .Produces<SubmittedBatch>(StatusCodes.Status200OK)
             .ProducesValidationProblem()
+            .ProducesProblem(StatusCodes.Status401Unauthorized)
+            .ProducesProblem(StatusCodes.Status409Conflict)
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
+            .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
+            .ProducesProblem(StatusCodes.Status422UnprocessableEntity)
+            .ProducesProblem(StatusCodes.Status429TooManyRequests)
             .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
         events.MapGet("/{id}", GetEventAsync)
             .WithName("GetEvent")
-            .WithSummary("Look up an event's state, attempts, error, result and timings");
+            .WithSummary("Look up an event's state, attempts, error, result and timings")
+            .Produces<EventStatus>()
+            .ProducesProblem(StatusCodes.Status401Unauthorized)
+            .ProducesProblem(StatusCodes.Status404NotFound);
 
         return app;
     }

@@ -1,6 +1,7 @@
 using EventPipeline.Producer.Ingest;
+using EventPipeline.Producer.Monitoring;
 using EventPipeline.Producer.Security;
-using EventPipeline.ServiceDefaults;
+using Microsoft.AspNetCore.Mvc;
 
 namespace EventPipeline.Producer.Apis;
 
@@ -8,23 +9,48 @@ public static class LanesApi
 {
     public static IEndpointRouteBuilder MapLanesApi(this IEndpointRouteBuilder app)
     {
-        app.MapGet("/lanes", async (LaneMonitor monitor, CancellationToken ct) =>
-            {
-                var lanes = await monitor.ReadAsync(ct);
-                return TypedResults.Ok(new LanesResponse([.. lanes.Select(LaneView.From)]));
-            })
+        app.MapGet("/lanes", GetLanesAsync)
             .WithTags("Lanes")
             .WithName("GetLanes")
             .WithSummary("Backlog of each lane: depth, lag, pending, oldest pending age, dead letters, consumers")
+            .WithDescription("Read from the brokers on each call. `pending` and `oldestPendingAgeMs` are null where the broker cannot tell them " +
+                             "(RabbitMQ keeps no delivery time; its unacknowledged count needs the Prometheus plugin).")
+            .Produces<LanesResponse>()
+            .ProducesProblem(StatusCodes.Status401Unauthorized)
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable)
             .RequireApiKey(ApiKeyScope.Submit);
         return app;
+    }
+
+    private static async Task<IResult> GetLanesAsync(LaneMonitor monitor, CancellationToken ct)
+    {
+        try
+        {
+            var lanes = await monitor.ReadAsync(ct);
+            return TypedResults.Ok(new LanesResponse([.. lanes.Select(LaneView.From)]));
+        }
+        catch (LaneUnavailableException ex)
+        {
+            var problem = new ProblemDetails
+            {
+                Status = StatusCodes.Status503ServiceUnavailable,
+                Type = Problems.BrokerUnavailable,
+                Title = $"The {ex.Lane} lane's broker is unavailable",
+                Detail = "Its backlog could not be read in time.",
+                Extensions = { ["lane"] = ex.Lane },
+            };
+            return new HeaderResult(TypedResults.Problem(problem), ("Retry-After", "5"));
+        }
     }
 }
 
 public sealed record LanesResponse(IReadOnlyList<LaneView> Lanes);
 
-public sealed record LaneView(string Name, long Depth, long Lag, long Pending, long OldestPendingAgeMs, long DeadLetters, long Consumers)
+/// <param name="Depth">events in the lane not yet finished (waiting, running, or waiting for a retry).</param>
+/// <param name="Lag">events no consumer has picked up yet; backpressure compares this with its limit.</param>
+/// <param name="Pending">delivered to a consumer and not yet acknowledged; null when the broker cannot tell.</param>
+/// <param name="OldestPendingAgeMs">age of the oldest unacknowledged delivery; null when the broker cannot tell.</param>
+public sealed record LaneView(string Name, long Depth, long Lag, long? Pending, long? OldestPendingAgeMs, long DeadLetters, long Consumers)
 {
-    public static LaneView From(LaneSnapshot s) =>
-        new(s.Lane, s.Depth, s.Lag, s.Pending, (long)(s.OldestPendingAgeSeconds * 1000), s.DeadLetters, s.Consumers);
+    public static LaneView From(LaneState s) => new(s.Lane, s.Depth, s.Lag, s.Pending, s.OldestPendingAgeMs, s.DeadLetters, s.Consumers);
 }

@@ -13,7 +13,41 @@ public static class Problems
     public const string NotFound = Base + "not-found";
     public const string Unauthorized = Base + "unauthorized";
     public const string Forbidden = Base + "forbidden";
+    public const string LaneBackpressure = Base + "lane-backpressure";
+    public const string IdempotencyInFlight = Base + "idempotency-in-flight";
+    public const string IdempotencyKeyReused = Base + "idempotency-key-reused";
+    public const string UnknownLane = Base + "unknown-lane";
+    public const string DeadLetterBusy = Base + "dead-letter-busy";
+    public const string RouteNotFound = Base + "route-not-found";
+    public const string MethodNotAllowed = Base + "method-not-allowed";
+    public const string BadRequest = Base + "bad-request";
+    public const string InternalError = Base + "internal-error";
 
     public static IResult Problem(int status, string type, string title, string? detail = null) =>
         TypedResults.Problem(statusCode: status, type: type, title: title, detail: detail);
+
+    /// <summary>
+    /// Gives the problems the framework writes itself (no route, wrong method, unreadable request, unhandled error) a
+    /// stable type of ours instead of a link to an RFC section.
+    /// </summary>
+    public static void AssignStableType(Microsoft.AspNetCore.Http.ProblemDetailsContext context)
+    {
+        var problem = context.ProblemDetails;
+        if (problem.Type is not null && problem.Type.StartsWith(Base, StringComparison.Ordinal))
+        {
+            return;
+        }
+
+        problem.Type = problem.Status switch
+        {
+            StatusCodes.Status404NotFound => RouteNotFound,
+            StatusCodes.Status405MethodNotAllowed => MethodNotAllowed,
+            StatusCodes.Status413PayloadTooLarge => PayloadTooLarge,
+            StatusCodes.Status415UnsupportedMediaType => UnsupportedMediaType,
+            StatusCodes.Status401Unauthorized => Unauthorized,
+            StatusCodes.Status403Forbidden => Forbidden,
+            >= 500 => InternalError,
+            _ => BadRequest,
+        };
+    }
 }

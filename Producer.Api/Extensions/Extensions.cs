@@ -1,5 +1,8 @@
 using EventPipeline.Contracts;
+using EventPipeline.Producer.Apis;
+using EventPipeline.Producer.DeadLetters;
 using EventPipeline.Producer.Ingest;
+using EventPipeline.Producer.Monitoring;
 using EventPipeline.Producer.Security;
 using EventPipeline.Producer.Validation;
 using EventPipeline.Shared;
@@ -20,25 +23,71 @@ public static class ProducerExtensions
 
         builder.Services.AddOptions<RoutingOptions>().BindConfiguration("Routing");
         builder.Services.AddOptions<TestEventsOptions>().BindConfiguration("TestEvents");
-        builder.Services.AddOptions<IngestOptions>().BindConfiguration("Ingest");
+        builder.Services.AddOptions<IngestOptions>().BindConfiguration("Ingest")
+            .Validate(o => o.MaxEventBytes > 0 && o.MaxBatchBytes >= o.MaxEventBytes && o.MaxBatchEvents > 0 && o.BrokerTimeout > TimeSpan.Zero,
+                "Ingest limits must be positive and MaxBatchBytes at least MaxEventBytes")
+            .ValidateOnStart();
         builder.Services.AddOptions<StatusOptions>().BindConfiguration("Status");
+        builder.Services.AddOptions<DownstreamTargetOptions>().BindConfiguration("Downstream");
+        builder.Services.AddOptions<BackpressureOptions>().BindConfiguration("Backpressure")
+            .Validate(o => o.RetryAfterSeconds > 0 && o.MaxLag.All(l => Lanes.All.Contains(l.Key) && l.Value >= 0),
+                "Backpressure:MaxLag keys must be lanes (cpu, io) with limits >= 0, and RetryAfterSeconds positive")
+            .ValidateOnStart();
+        builder.Services.AddOptions<LaneMonitorOptions>().BindConfiguration("LaneMonitor")
+            .Validate(o => o.SampleInterval > TimeSpan.Zero && o.Timeout > TimeSpan.Zero, "LaneMonitor intervals must be positive")
+            .ValidateOnStart();
+        builder.Services.AddOptions<DeadLetterOptions>().BindConfiguration("DeadLetters")
+            .Validate(o => o.ReplayAllLimit > 0 && o.MaxScan > 0 && o.DefaultPageSize > 0 && o.MaxPageSize >= o.DefaultPageSize,
+                "DeadLetters limits must be positive and MaxPageSize at least DefaultPageSize")
+            .ValidateOnStart();
         builder.Services.AddOptions<ApiKeyOptions>().BindConfiguration("Auth:ApiKeys")
             .Validate(o => o.Submit.Length >= 16 && o.Admin.Length >= 16 && o.Submit != o.Admin,
                 "Auth:ApiKeys:Submit and Auth:ApiKeys:Admin must be set, at least 16 characters, and differ")
             .ValidateOnStart();
 
         builder.Services.AddSingleton<EventRouter>();
+        builder.Services.AddSingleton<DownstreamTargets>();
         builder.Services.AddSingleton<EventValidator>();
         builder.Services.AddSingleton<EventStatusStore>();
         builder.Services.AddSingleton<ILanePublisher, CpuLanePublisher>();
         builder.Services.AddSingleton<ILanePublisher, IoLanePublisher>();
+        builder.Services.AddSingleton<IdempotencyGuard>();
+        builder.Services.AddSingleton<Backpressure>();
         builder.Services.AddSingleton<EventIngest>();
+
+        builder.Services.AddSingleton<RabbitMqConnection>();
+        builder.Services.AddHttpClient<RabbitMqQueueMetrics>(http => http.Timeout = TimeSpan.FromSeconds(2));
         builder.Services.AddSingleton<LaneMonitor>();
-        builder.Services.AddLaneGaugeSampler();
-        builder.Services.AddProblemDetails();
+        builder.Services.AddSingleton<LaneSampler>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<LaneSampler>());
+        builder.Services.AddHostedService<LaneGauges>();
+
+        builder.Services.AddSingleton<DeadLetterLock>();
+        builder.Services.AddSingleton<IDeadLetterLane, CpuDeadLetters>();
+        builder.Services.AddSingleton<IDeadLetterLane, IoDeadLetters>();
+        builder.Services.AddSingleton<DeadLetterLanes>();
+
+        builder.Services.AddProblemDetails(options => options.CustomizeProblemDetails = Problems.AssignStableType);
+        builder.AddRequestLimits();
+        builder.Services.AddApiDocument();
 
         builder.AddIoLanePublishing();
         return builder;
+    }
+
+    /// <summary>
+    /// Kestrel refuses bodies past the largest the API accepts before any of it is buffered; the ingest path checks the
+    /// exact per-endpoint limit on top (413 either way).
+    /// </summary>
+    private static void AddRequestLimits(this IHostApplicationBuilder builder)
+    {
+        var ingest = builder.Configuration.GetSection("Ingest").Get<IngestOptions>() ?? new IngestOptions();
+        builder.Services.Configure<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>(kestrel =>
+        {
+            kestrel.Limits.MaxRequestBodySize = Math.Max(ingest.MaxBatchBytes, ingest.MaxEventBytes);
+            kestrel.Limits.MaxRequestHeadersTotalSize = 32 * 1024;
+            kestrel.AddServerHeader = false;
+        });
     }
 
     private static void AddIoLanePublishing(this IHostApplicationBuilder builder)
@@ -51,12 +100,7 @@ public static class ProducerExtensions
             bus.UsingRabbitMq((_, cfg) =>
             {
                 cfg.Host(new Uri(connectionString), host => host.PublisherConfirmation = true);
-                // Bind the lane's queue at publish time too, so an event published before any worker ever ran is kept.
-                // The queue is bound to the event's own exchange: BindQueue(name, …) declares exchange "name" → queue
-                // but never binds the event's exchange to it, so an event published before the worker ran was dropped.
-                var eventExchange = cfg.MessageTopology.GetMessageTopology<IoEventSubmitted>().EntityName;
-                cfg.Publish<IoEventSubmitted>(publish =>
-                    publish.BindQueue(eventExchange, IoLaneTopology.QueueName, IoLaneTopology.ConfigureQueue));
+                IoLaneTopology.BindQueueOnPublish(cfg);
             });
         });
         builder.Services.Configure<MassTransitHostOptions>(options =>

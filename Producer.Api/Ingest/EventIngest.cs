@@ -1,5 +1,11 @@
+using System.Globalization;
 using System.Text.Json;
+using System.Text.Json.Serialization;
+using EventPipeline.Contracts;
 using EventPipeline.Producer.Apis;
+using EventPipeline.Producer.Security;
+using Microsoft.AspNetCore.Mvc;
+using StackExchange.Redis;
 using EventPipeline.Producer.Validation;
 using EventPipeline.ServiceDefaults;
 using Microsoft.Extensions.Options;
@@ -16,27 +22,37 @@ public sealed class IngestOptions
     public TimeSpan BrokerTimeout { get; set; } = TimeSpan.FromSeconds(5);
 }
 
-public sealed record SubmittedEvent(string Id, string Lane, string State);
+/// <param name="Duplicate">true when this event was accepted before (same id or Idempotency-Key) and nothing was enqueued now.</param>
+public sealed record SubmittedEvent(
+    string Id,
+    string Lane,
+    string State,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] bool? Duplicate = null);
 
 public sealed record SubmittedBatch(IReadOnlyList<SubmittedEvent> Events);
 
 /// <summary>
-/// The path from request body to broker: read within the size limit, parse, validate everything, then publish per
-/// lane. Nothing is written to a broker unless the whole request is valid.
+/// The path from request body to broker: read within the size limit, parse, validate everything, check the lanes'
+/// backpressure, reserve ids against repeats, then publish per lane. Nothing is written to a broker unless the whole
+/// request is valid, and nothing is written twice for a repeated request.
 /// </summary>
 public sealed class EventIngest(
     EventValidator validator,
     IEnumerable<ILanePublisher> publishers,
+    IdempotencyGuard idempotency,
+    Backpressure backpressure,
     PipelineMetrics metrics,
     IOptions<IngestOptions> options,
     ILogger<EventIngest> logger)
 {
+    public const string ReplayedHeader = "Idempotent-Replayed";
     private const int BrokerRetryAfterSeconds = 5;
+    private const int InFlightRetryAfterSeconds = 1;
     private static readonly JsonDocumentOptions JsonOptions = new() { MaxDepth = 64, CommentHandling = JsonCommentHandling.Disallow };
 
     public async Task<IResult> SubmitOneAsync(HttpRequest request, CancellationToken cancellationToken)
     {
-        var (document, problem) = await ReadJsonAsync(request, options.Value.MaxEventBytes, cancellationToken);
+        var (body, document, problem) = await ReadJsonAsync(request, options.Value.MaxEventBytes, cancellationToken);
         if (problem is not null)
         {
             return problem;
@@ -45,25 +61,29 @@ public sealed class EventIngest(
         using (document)
         {
             var errors = new Dictionary<string, string[]>();
+            var key = ReadIdempotencyKey(request, errors);
             var validated = validator.Validate(document!.RootElement, "", errors);
-            if (validated is null)
+            if (validated is null || errors.Count > 0)
             {
                 return ValidationProblem(errors);
             }
 
-            var failure = await PublishAsync([validated], cancellationToken);
+            var (events, failure) = await AcceptAsync(request, key, body, [validated], cancellationToken);
             if (failure is not null)
             {
                 return failure;
             }
 
-            return TypedResults.Accepted($"/events/{validated.Id}", new SubmittedEvent(validated.Id, validated.Lane, "accepted"));
+            var only = events![0];
+            return only.Duplicate == true
+                ? new HeaderResult(TypedResults.Ok(only), ("Location", $"/events/{only.Id}"), (ReplayedHeader, "true"))
+                : TypedResults.Accepted($"/events/{only.Id}", only);
         }
     }
 
     public async Task<IResult> SubmitBatchAsync(HttpRequest request, CancellationToken cancellationToken)
     {
-        var (document, problem) = await ReadJsonAsync(request, options.Value.MaxBatchBytes, cancellationToken);
+        var (body, document, problem) = await ReadJsonAsync(request, options.Value.MaxBatchBytes, cancellationToken);
         if (problem is not null)
         {
             return problem;
@@ -71,6 +91,8 @@ public sealed class EventIngest(
 
         using (document)
         {
+            var errors = new Dictionary<string, string[]>();
+            var key = ReadIdempotencyKey(request, errors);
             var root = document!.RootElement;
             if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("events", out var items) || items.ValueKind != JsonValueKind.Array)
             {
@@ -83,7 +105,6 @@ public sealed class EventIngest(
                 return ValidationProblem(new() { ["events"] = [$"must hold 1 to {options.Value.MaxBatchEvents} events (got {count})"] });
             }
 
-            var errors = new Dictionary<string, string[]>();
             var validated = new List<ValidatedEvent>(count);
             var index = 0;
             foreach (var item in items.EnumerateArray())
@@ -105,22 +126,104 @@ public sealed class EventIngest(
                 return ValidationProblem(errors);
             }
 
-            var failure = await PublishAsync(validated, cancellationToken);
+            var (events, failure) = await AcceptAsync(request, key, body, validated, cancellationToken);
             if (failure is not null)
             {
                 return failure;
             }
 
-            return TypedResults.Accepted((string?)null, new SubmittedBatch([.. validated.Select(e => new SubmittedEvent(e.Id, e.Lane, "accepted"))]));
+            var batch = new SubmittedBatch(events!);
+            return events!.All(e => e.Duplicate == true)
+                ? new HeaderResult(TypedResults.Ok(batch), (ReplayedHeader, "true"))
+                : TypedResults.Accepted((string?)null, batch);
         }
     }
 
-    private async Task<IResult?> PublishAsync(IReadOnlyList<ValidatedEvent> events, CancellationToken cancellationToken)
+    /// <summary>Backpressure, then the idempotency claim, then the broker writes; answers in request order.</summary>
+    private async Task<(IReadOnlyList<SubmittedEvent>? Events, IResult? Problem)> AcceptAsync(
+        HttpRequest request, string? key, ReadOnlyMemory<byte> body, IReadOnlyList<ValidatedEvent> events, CancellationToken cancellationToken)
+    {
+        if (backpressure.Overloaded(events.Select(e => e.Lane).Distinct()) is { } busy)
+        {
+            logger.LogInformation("Refusing a submission: the {Lane} lane's lag {Lag} is over its limit {Limit}", busy.Lane, busy.Lag, busy.Limit);
+            var problem = new ProblemDetails
+            {
+                Status = StatusCodes.Status429TooManyRequests,
+                Type = Problems.LaneBackpressure,
+                Title = $"The {busy.Lane} lane is over its lag limit",
+                Detail = $"{busy.Lag} events are waiting for a consumer (limit {busy.Limit}). Nothing was enqueued; retry after the indicated delay.",
+                Extensions = { ["lane"] = busy.Lane, ["lag"] = busy.Lag, ["limit"] = busy.Limit },
+            };
+            return (null, new HeaderResult(TypedResults.Problem(problem), ("Retry-After", backpressure.RetryAfterSeconds.ToString(CultureInfo.InvariantCulture))));
+        }
+
+        var scope = request.HttpContext.Items[ApiKeyFilter.ScopeItem] as string ?? "";
+        IdempotencyClaim claim;
+        try
+        {
+            claim = IdempotencyGuard.NeedsClaim(key, events)
+                ? await idempotency.ClaimAsync(key, scope, body, events).WaitAsync(options.Value.BrokerTimeout, cancellationToken)
+                : IdempotencyClaim.Unguarded(events);
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        {
+            logger.LogWarning(ex, "The idempotency store did not answer");
+            return (null, Unavailable(null, "The idempotency store (Redis) is unavailable",
+                "Events with a client-given id or an Idempotency-Key are checked against earlier submissions first, and that check could not run. Nothing was enqueued."));
+        }
+
+        switch (claim.Outcome)
+        {
+            case ClaimOutcome.KeyReused:
+                return (null, Problems.Problem(StatusCodes.Status422UnprocessableEntity, Problems.IdempotencyKeyReused,
+                    "This Idempotency-Key was used for a different request",
+                    "A key identifies one request body for the retention window; send a new key for a new request."));
+            case ClaimOutcome.InFlight:
+                return (null, new HeaderResult(
+                    Problems.Problem(StatusCodes.Status409Conflict, Problems.IdempotencyInFlight, "The same event is being submitted right now",
+                        "Another request with this Idempotency-Key or event id is still waiting for its broker. Retry after the indicated delay to get its outcome."),
+                    ("Retry-After", InFlightRetryAfterSeconds.ToString(CultureInfo.InvariantCulture))));
+        }
+
+        var (published, failure) = await PublishAsync(claim.Fresh, cancellationToken);
+        try
+        {
+            if (published.Count > 0 && claim.Token.Length > 0)
+            {
+                await idempotency.ConfirmAsync(claim, published);
+            }
+
+            if (failure is not null && claim.Token.Length > 0)
+            {
+                await idempotency.ReleaseAsync(claim, [.. claim.Fresh.Except(published)], anyPublished: published.Count > 0);
+            }
+        }
+        catch (RedisException ex)
+        {
+            // The reservations then simply expire (pending TTL): a repeat meanwhile gets 409, never a second enqueue.
+            logger.LogWarning(ex, "Could not update idempotency reservations after publishing");
+        }
+
+        if (failure is not null)
+        {
+            return (null, failure);
+        }
+
+        var repeats = claim.Repeats.ToDictionary(r => r.Id);
+        var answer = claim.Requested
+            .Select(e => repeats.TryGetValue(e.Id, out var r)
+                ? new SubmittedEvent(r.Id, r.Lane ?? e.Lane, r.State, Duplicate: true)
+                : new SubmittedEvent(e.Id, e.Lane, EventStates.Accepted))
+            .ToList();
+        return (answer, null);
+    }
+
+    private async Task<(List<ValidatedEvent> Published, IResult? Failure)> PublishAsync(IReadOnlyList<ValidatedEvent> events, CancellationToken cancellationToken)
     {
         var acceptedAt = DateTimeOffset.UtcNow;
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(options.Value.BrokerTimeout);
-        var held = new List<string>();
+        var held = new List<ValidatedEvent>();
         foreach (var publisher in publishers)
         {
             var forLane = events.Where(e => e.Lane == publisher.Lane).ToList();
@@ -136,68 +239,109 @@ public sealed class EventIngest(
             catch (BrokerUnavailableException ex)
             {
                 logger.LogWarning(ex, "The {Lane} lane's broker did not confirm {Count} events", ex.Lane, forLane.Count);
-                var problem = new Microsoft.AspNetCore.Mvc.ProblemDetails
-                {
-                    Status = StatusCodes.Status503ServiceUnavailable,
-                    Type = Problems.BrokerUnavailable,
-                    Title = $"The {ex.Lane} lane's broker is unavailable",
-                    Detail = "The broker did not confirm the write, so these events are not guaranteed to be held. " +
-                             "Retry after the indicated delay; resubmitting with the same event ids is safe.",
-                    Extensions = { ["lane"] = ex.Lane },
-                };
-                if (held.Count > 0)
-                {
-                    // A batch that spans both lanes: the other lane's broker already holds these.
-                    problem.Extensions["heldIds"] = held;
-                }
-
-                return new RetryAfterResult(TypedResults.Problem(problem), BrokerRetryAfterSeconds);
+                var problem = Unavailable(ex.Lane, $"The {ex.Lane} lane's broker is unavailable",
+                    "The broker did not confirm the write, so these events are not guaranteed to be held. " +
+                    "Retry after the indicated delay; resubmitting with the same event ids or Idempotency-Key is safe.",
+                    held.Count > 0 ? held.Select(e => e.Id).ToList() : null);
+                return (held, problem);
             }
 
-            held.AddRange(forLane.Select(e => e.Id));
+            held.AddRange(forLane);
             foreach (var group in forLane.GroupBy(e => e.Type))
             {
                 metrics.Accepted(publisher.Lane, group.Key, group.Count());
             }
         }
 
-        return null;
+        return (held, null);
     }
 
-    private static async Task<(JsonDocument? Document, IResult? Problem)> ReadJsonAsync(HttpRequest request, int maxBytes, CancellationToken cancellationToken)
+    private static IResult Unavailable(string? lane, string title, string detail, IReadOnlyList<string>? heldIds = null)
+    {
+        var problem = new ProblemDetails
+        {
+            Status = StatusCodes.Status503ServiceUnavailable,
+            Type = Problems.BrokerUnavailable,
+            Title = title,
+            Detail = detail,
+        };
+        if (lane is not null)
+        {
+            problem.Extensions["lane"] = lane;
+        }
+
+        if (heldIds is not null)
+        {
+            // A batch that spans both lanes: the other lane's broker already holds these.
+            problem.Extensions["heldIds"] = heldIds;
+        }
+
+        return new HeaderResult(TypedResults.Problem(problem), ("Retry-After", BrokerRetryAfterSeconds.ToString(CultureInfo.InvariantCulture)));
+    }
+
+    private static string? ReadIdempotencyKey(HttpRequest request, Dictionary<string, string[]> errors)
+    {
+        var values = request.Headers[IdempotencyGuard.HeaderName];
+        if (values.Count == 0)
+        {
+            return null;
+        }
+
+        var key = values.Count == 1 ? values[0] : null;
+        if (key is null || key.Length is 0 or > IdempotencyGuard.MaxKeyLength || key.Any(c => c is < '!' or > '~'))
+        {
+            errors[IdempotencyGuard.HeaderName] = [$"must be sent once, 1 to {IdempotencyGuard.MaxKeyLength} visible ASCII characters"];
+            return null;
+        }
+
+        return key;
+    }
+
+    private static async Task<(byte[] Body, JsonDocument? Document, IResult? Problem)> ReadJsonAsync(HttpRequest request, int maxBytes, CancellationToken cancellationToken)
     {
         if (!request.HasJsonContentType())
         {
-            return (null, Problems.Problem(StatusCodes.Status415UnsupportedMediaType, Problems.UnsupportedMediaType,
+            return ([], null, Problems.Problem(StatusCodes.Status415UnsupportedMediaType, Problems.UnsupportedMediaType,
                 "Unsupported media type", "Send the event as JSON with Content-Type: application/json."));
         }
 
         if (request.ContentLength > maxBytes)
         {
-            return (null, TooLarge(maxBytes));
+            return ([], null, TooLarge(maxBytes));
         }
 
         // Read at most maxBytes + 1 so a body without Content-Length cannot grow past the limit either.
         using var buffer = new MemoryStream();
         var chunk = new byte[16 * 1024];
-        int read;
-        while ((read = await request.Body.ReadAsync(chunk, cancellationToken)) > 0)
-        {
-            if (buffer.Length + read > maxBytes)
-            {
-                return (null, TooLarge(maxBytes));
-            }
-
-            buffer.Write(chunk, 0, read);
-        }
-
         try
         {
-            return (JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length), JsonOptions), null);
+            int read;
+            while ((read = await request.Body.ReadAsync(chunk, cancellationToken)) > 0)
+            {
+                if (buffer.Length + read > maxBytes)
+                {
+                    return ([], null, TooLarge(maxBytes));
+                }
+
+                buffer.Write(chunk, 0, read);
+            }
+        }
+        catch (BadHttpRequestException ex)
+        {
+            // Kestrel's own limits (MaxRequestBodySize, minimum data rate) or a broken chunked encoding.
+            return ([], null, ex.StatusCode == StatusCodes.Status413PayloadTooLarge
+                ? TooLarge(maxBytes)
+                : Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body could not be read", ex.Message));
+        }
+
+        var body = buffer.ToArray();
+        try
+        {
+            return (body, JsonDocument.Parse(body, JsonOptions), null);
         }
         catch (JsonException ex)
         {
-            return (null, Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body is not valid JSON", ex.Message));
+            return ([], null, Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body is not valid JSON", ex.Message));
         }
     }
 
@@ -208,12 +352,16 @@ public sealed class EventIngest(
         TypedResults.ValidationProblem(errors, type: Problems.Validation, title: "The event is not valid");
 }
 
-/// <summary>Adds <c>Retry-After</c> to a result (503 broker unavailable, 429 backpressure).</summary>
-public sealed class RetryAfterResult(IResult inner, int seconds) : IResult
+/// <summary>Adds response headers to a result (Retry-After on 503/429/409, Location and Idempotent-Replayed on a repeat).</summary>
+public sealed class HeaderResult(IResult inner, params (string Name, string Value)[] headers) : IResult
 {
     public Task ExecuteAsync(HttpContext httpContext)
     {
-        httpContext.Response.Headers.RetryAfter = seconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        foreach (var (name, value) in headers)
+        {
+            httpContext.Response.Headers[name] = value;
+        }
+
         return inner.ExecuteAsync(httpContext);
     }
 }

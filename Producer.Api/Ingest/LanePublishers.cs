@@ -75,11 +75,13 @@ public sealed class IoLanePublisher(IBus bus, EventStatusStore statuses, ILogger
 
     public async Task PublishAsync(IReadOnlyList<ValidatedEvent> events, DateTimeOffset acceptedAt, CancellationToken cancellationToken)
     {
-        var messages = events.Select(e => new IoEventSubmitted(e.Id, e.Type, e.Payload, acceptedAt)).ToList();
+        var messages = events.Select(e => new IoEventSubmitted(e.Id, e.Type, e.Payload, acceptedAt, e.Target)).ToList();
         try
         {
             // Messages are persistent by default; the await completes on the publisher confirm.
-            await bus.PublishBatch(messages, cancellationToken);
+            // Mandatory: a message the broker cannot route to a queue comes back as an error (503) instead of being
+            // confirmed and dropped.
+            await bus.PublishBatch(messages, context => context.Mandatory = true, cancellationToken);
         }
         catch (Exception ex)
         {

@@ -29,11 +29,15 @@ public sealed class ApiKeyOptions
 /// </summary>
 public sealed class ApiKeyFilter(ApiKeyScope required, IOptions<ApiKeyOptions> options) : IEndpointFilter
 {
+    /// <summary>HttpContext item holding the caller's scope name, so per-client state (idempotency keys) stays per scope.</summary>
+    public const string ScopeItem = "EventPipeline.ApiKeyScope";
+
     public ValueTask<object?> InvokeAsync(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
     {
         var presented = context.HttpContext.Request.Headers[ApiKeyOptions.HeaderName].ToString();
+        // Both comparisons always run, so the time taken does not tell which key (if any) matched.
         var isAdmin = Matches(presented, options.Value.Admin);
-        var isSubmit = isAdmin || Matches(presented, options.Value.Submit);
+        var isSubmit = Matches(presented, options.Value.Submit) | isAdmin;
 
         if (!isSubmit)
         {
@@ -47,6 +51,7 @@ public sealed class ApiKeyFilter(ApiKeyScope required, IOptions<ApiKeyOptions> o
                 "This key may not do that", "Dead-letter operations need the admin key."));
         }
 
+        context.HttpContext.Items[ScopeItem] = isAdmin ? nameof(ApiKeyScope.Admin) : nameof(ApiKeyScope.Submit);
         return next(context);
     }
 

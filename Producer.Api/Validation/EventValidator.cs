@@ -5,15 +5,18 @@ using EventPipeline.Contracts;
 namespace EventPipeline.Producer.Validation;
 
 /// <summary>An event that passed validation and has a lane: ready to be handed to its broker.</summary>
-public sealed record ValidatedEvent(string Id, string Type, string Lane, string Payload);
+/// <param name="ClientGivenId">true when the client chose the id: a repeat of that id is a duplicate, not a new event.</param>
+/// <param name="Target">the allow-listed delivery URL of an I/O event, or null for the worker's configured downstream.</param>
+public sealed record ValidatedEvent(string Id, string Type, string Lane, string Payload, bool ClientGivenId = false, string? Target = null);
 
 /// <summary>
 /// Checks one event object (<c>{"id"?, "type", "payload"}</c>) and its type's payload. Errors are keyed by JSON path
 /// (<c>payload.iterations</c>, <c>events[3].type</c>) so a client sees exactly what to fix.
 /// </summary>
-public sealed partial class EventValidator(EventRouter router)
+public sealed partial class EventValidator(EventRouter router, DownstreamTargets targets)
 {
     public const int MaxIdLength = 128;
+    public const int MaxTestFailTimes = 1000;
     public const int MaxPbkdf2Iterations = 10_000_000;
     public const int MaxPbkdf2DataLength = 65_536;
 
@@ -21,6 +24,21 @@ public sealed partial class EventValidator(EventRouter router)
     private static partial Regex IdPattern();
 
     public ValidatedEvent? Validate(JsonElement element, string path, Dictionary<string, string[]> errors)
+    {
+        try
+        {
+            return ValidateEvent(element, path, errors);
+        }
+        catch (InvalidOperationException)
+        {
+            // Valid JSON can still hold a string that is not valid UTF-16 (an escaped lone surrogate, "\ud800"):
+            // reading it as text throws. Such an event is the client's mistake, not a server error.
+            Add(errors, Join(path, ""), "contains a string with an invalid escape (a lone UTF-16 surrogate)");
+            return null;
+        }
+    }
+
+    private ValidatedEvent? ValidateEvent(JsonElement element, string path, Dictionary<string, string[]> errors)
     {
         var before = errors.Count;
         if (element.ValueKind != JsonValueKind.Object)
@@ -72,12 +90,74 @@ public sealed partial class EventValidator(EventRouter router)
             lane = ValidatePayload(type, payload, Join(path, "payload"), errors);
         }
 
+        string? target = null;
+        if (element.TryGetProperty("target", out var targetElement) && targetElement.ValueKind != JsonValueKind.Null)
+        {
+            target = ValidateTarget(type, targetElement, Join(path, "target"), errors);
+        }
+
         if (errors.Count != before || type is null || lane is null)
         {
             return null;
         }
 
-        return new ValidatedEvent(id ?? Guid.CreateVersion7().ToString("N"), type, lane, payload.GetRawText());
+        return new ValidatedEvent(id ?? Guid.CreateVersion7().ToString("N"), type, lane, payload.GetRawText(), id is not null, target);
+    }
+
+    /// <summary>
+    /// <c>target</c>: where an I/O event is delivered. Only an absolute http(s) URL whose host is on
+    /// <c>Downstream:AllowedHosts</c> passes, so no client can make a worker call an address of its choosing.
+    /// </summary>
+    private string? ValidateTarget(string? type, JsonElement target, string path, Dictionary<string, string[]> errors)
+    {
+        if (type is not null && type != EventTypes.WebhookPost)
+        {
+            Add(errors, path, $"is only accepted for {EventTypes.WebhookPost} events");
+            return null;
+        }
+
+        if (target.ValueKind != JsonValueKind.String)
+        {
+            Add(errors, path, "must be a string (an absolute http or https URL)");
+            return null;
+        }
+
+        if (!targets.IsAllowed(target.GetString()!, out var reason))
+        {
+            Add(errors, path, reason);
+            return null;
+        }
+
+        return target.GetString();
+    }
+
+    /// <summary>
+    /// <c>then</c> of a CPU event: the I/O event the worker hands its result on to. Checked here, at the door, so a
+    /// chain cannot fail late on a type or target the API would never have accepted.
+    /// </summary>
+    private void ValidateThen(JsonElement then, string path, Dictionary<string, string[]> errors)
+    {
+        if (then.ValueKind != JsonValueKind.Object)
+        {
+            Add(errors, path, "must be an object {\"type\", \"payload\", \"target\"?}");
+            return;
+        }
+
+        var ioTypes = router.KnownTypes.Where(t => router.LaneOf(t) == Lanes.Io && !EventTypes.IsTestType(t)).ToList();
+        if (!then.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String || !ioTypes.Contains(type.GetString()!))
+        {
+            Add(errors, Join(path, "type"), $"is required and must be an I/O-lane event type: {string.Join(", ", ioTypes)}");
+        }
+
+        if (!then.TryGetProperty("payload", out var payload) || payload.ValueKind != JsonValueKind.Object)
+        {
+            Add(errors, Join(path, "payload"), "is required and must be a JSON object");
+        }
+
+        if (then.TryGetProperty("target", out var target) && target.ValueKind != JsonValueKind.Null)
+        {
+            ValidateTarget(type.ValueKind == JsonValueKind.String ? type.GetString() : null, target, Join(path, "target"), errors);
+        }
     }
 
     /// <returns>the lane, or null when the payload is invalid.</returns>
@@ -101,6 +181,11 @@ public sealed partial class EventValidator(EventRouter router)
                     Add(errors, Join(path, "iterations"), $"is required and must be a whole number from 1 to {MaxPbkdf2Iterations}");
                 }
 
+                if (payload.TryGetProperty("then", out var then))
+                {
+                    ValidateThen(then, Join(path, "then"), errors);
+                }
+
                 return router.LaneOf(type);
 
             case EventTypes.TestFail or EventTypes.TestCrash:
@@ -108,6 +193,12 @@ public sealed partial class EventValidator(EventRouter router)
                 {
                     Add(errors, Join(path, "lane"), "is required and must be \"cpu\" or \"io\"");
                     return null;
+                }
+
+                if (payload.TryGetProperty("failTimes", out var failTimes)
+                    && (failTimes.ValueKind != JsonValueKind.Number || !failTimes.TryGetInt32(out var times) || times is < 0 or > MaxTestFailTimes))
+                {
+                    Add(errors, Join(path, "failTimes"), $"must be a whole number from 0 to {MaxTestFailTimes}");
                 }
 
                 return lane.GetString();

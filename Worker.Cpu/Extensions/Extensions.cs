@@ -64,11 +64,7 @@ public static class CpuLaneExtensions
             bus.UsingRabbitMq((_, cfg) =>
             {
                 cfg.Host(new Uri(connectionString), host => host.PublisherConfirmation = true);
-                // Bind the lane's queue straight to the message type's exchange. BindQueue(QueueName, QueueName) alone
-                // declares an "events-io" exchange and queue but never binds the message exchange to them, so until
-                // Worker.Io has bound it a publish is confirmed and silently dropped (seen with a real broker).
-                cfg.Publish<IoEventSubmitted>(publish =>
-                    publish.BindQueue(publish.Exchange.ExchangeName, IoLaneTopology.QueueName, IoLaneTopology.ConfigureQueue));
+                IoLaneTopology.BindQueueOnPublish(cfg);
             });
         });
         builder.Services.Configure<MassTransitHostOptions>(options =>

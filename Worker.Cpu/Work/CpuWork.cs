@@ -20,6 +20,10 @@ public sealed class TestEventsOptions
 /// <summary>The CPU-bound work of each event type. Runs on a handler thread, never on the reading loop.</summary>
 public sealed class CpuWork(IOptions<TestEventsOptions> testEvents)
 {
+    // test.fail's optional payload.failTimes counts runs per event id in this process, so a test can see a
+    // dead-lettered event succeed once it is replayed (see docs/api.md, "Test events").
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, int> _testRuns = new(StringComparer.Ordinal);
+
     /// <summary>Runs the event and returns its result (stored in the status, keyed by the event id).</summary>
     public string Run(string eventId, string type, string payload)
     {
@@ -30,6 +34,11 @@ public sealed class CpuWork(IOptions<TestEventsOptions> testEvents)
             case EventTypes.NoopCpu:
                 return "";
             case EventTypes.TestFail when testEvents.Value.Enabled:
+                if (TestFailTimes(payload) is { } failTimes && _testRuns.AddOrUpdate(eventId, 1, (_, runs) => runs + 1) > failTimes)
+                {
+                    return $"test.fail: succeeded after {failTimes} failures";
+                }
+
                 throw new RequestedTestFailureException();
             case EventTypes.TestCrash when testEvents.Value.Enabled:
                 // Ends the process without any cleanup: exactly what a segfault or OOM kill does to the lane.
@@ -37,6 +46,19 @@ public sealed class CpuWork(IOptions<TestEventsOptions> testEvents)
                 return "";
             default:
                 throw new PermanentEventException($"The CPU lane has no handler for event type '{type}'.");
+        }
+    }
+
+    private static int? TestFailTimes(string payload)
+    {
+        try
+        {
+            using var document = JsonDocument.Parse(payload);
+            return document.RootElement.TryGetProperty("failTimes", out var n) && n.ValueKind == JsonValueKind.Number && n.TryGetInt32(out var times) ? times : null;
+        }
+        catch (JsonException)
+        {
+            return null;
         }
     }
 

@@ -43,7 +43,8 @@ public static class IoLaneExtensions
             bus.UsingRabbitMq((context, cfg) =>
             {
                 cfg.Host(new Uri(connectionString));
-                // Every error queue this worker declares or moves faults into has one shape (see IoLaneTopology).
+                // Without this the error queue inherits the lane queue's delivery limit and dead-letter target, and
+                // clashes with the dead-letter binding below (PRECONDITION_FAILED: the fault is never moved).
                 cfg.SendTopology.ConfigureErrorSettings = IoLaneTopology.ConfigureErrorQueue;
                 cfg.ReceiveEndpoint(IoLaneTopology.QueueName, endpoint =>
                 {

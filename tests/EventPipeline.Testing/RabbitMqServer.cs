@@ -68,6 +68,9 @@ public sealed class RabbitMqServer : IAsyncDisposable
             ["RABBITMQ_LOGS"] = "-",
             ["RABBITMQ_CONFIG_FILE"] = Path.Combine(_directory.Path, "rabbitmq.conf"),
             ["RABBITMQ_ENABLED_PLUGINS_FILE"] = Path.Combine(_directory.Path, "enabled_plugins"),
+            // Makes the script exec the Erlang VM instead of running it as a child: the PID we hold is then the broker
+            // itself, so kill -9 really kills it (otherwise beam.smp lives on, orphaned, and holds our output pipes).
+            ["RUNNING_UNDER_SYSTEMD"] = "true",
             ["RABBITMQ_DEFAULT_USER"] = User,
             ["RABBITMQ_DEFAULT_PASS"] = Password,
             ["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] =

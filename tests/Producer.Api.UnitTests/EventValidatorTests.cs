@@ -1,5 +1,6 @@
 using System.Text.Json;
 using EventPipeline.Producer.Validation;
+using Microsoft.Extensions.Options;
 
 namespace EventPipeline.Producer.UnitTests;
 
@@ -9,7 +10,8 @@ public sealed class EventValidatorTests
     {
         var errors = new Dictionary<string, string[]>();
         using var document = JsonDocument.Parse(json);
-        var result = new EventValidator(EventRouterTests.Router(testEvents)).Validate(document.RootElement, "", errors);
+        var targets = new DownstreamTargets(Options.Create(new DownstreamTargetOptions { AllowedHosts = ["hooks.example.com", "localhost"] }));
+        var result = new EventValidator(EventRouterTests.Router(testEvents), targets).Validate(document.RootElement, "", errors);
         return (result, errors);
     }
 
@@ -83,8 +85,74 @@ public sealed class EventValidatorTests
     {
         var errors = new Dictionary<string, string[]>();
         using var document = JsonDocument.Parse("""{"type":"nope","payload":{}}""");
-        new EventValidator(EventRouterTests.Router()).Validate(document.RootElement, "events[3]", errors);
+        new EventValidator(EventRouterTests.Router(), new DownstreamTargets(Options.Create(new DownstreamTargetOptions()))).Validate(document.RootElement, "events[3]", errors);
 
         Assert.Contains("events[3].type", errors.Keys);
     }
+
+    [Theory]
+    [InlineData("https://hooks.example.com/orders")]
+    [InlineData("http://localhost:5183/webhook")]
+    [InlineData("https://HOOKS.example.com/a?b=c")]
+    public void Webhook_target_on_the_allow_list_is_carried(string target)
+    {
+        var (e, errors) = Validate("{\"type\":\"webhook.post\",\"target\":\"" + target + "\",\"payload\":{}}");
+
+        Assert.Empty(errors);
+        Assert.Equal(target, e?.Target);
+    }
+
+    [Theory]
+    [InlineData("\"https://evil.example.net/x\"")]
+    [InlineData("\"https://hooks.example.com.evil.net/x\"")]
+    [InlineData("\"ftp://hooks.example.com/x\"")]
+    [InlineData("\"/relative/path\"")]
+    [InlineData("\"https://user:pw@hooks.example.com/x\"")]
+    [InlineData("\"http://169.254.169.254/latest/meta-data\"")]
+    [InlineData("\"file:///etc/passwd\"")]
+    [InlineData("42")]
+    public void Target_off_the_allow_list_is_rejected(string target)
+    {
+        var (e, errors) = Validate("{\"type\":\"webhook.post\",\"target\":" + target + ",\"payload\":{}}");
+
+        Assert.Null(e);
+        Assert.Contains("target", errors.Keys);
+    }
+
+    [Fact]
+    public void Target_is_refused_on_a_cpu_event() =>
+        Assert.Contains("target", Validate("""{"type":"noop.cpu","target":"https://hooks.example.com/","payload":{}}""").Errors.Keys);
+
+    [Fact]
+    public void Chained_pbkdf2_with_a_known_io_type_is_valid()
+    {
+        var (e, errors) = Validate("""{"type":"hash.pbkdf2","payload":{"data":"x","iterations":1,"then":{"type":"webhook.post","payload":{"k":1}}}}""");
+
+        Assert.Empty(errors);
+        Assert.Equal("cpu", e?.Lane);
+    }
+
+    [Theory]
+    [InlineData("""{"type":"hash.pbkdf2","payload":{"data":"x","iterations":1,"then":"webhook.post"}}""", "payload.then")]
+    [InlineData("""{"type":"hash.pbkdf2","payload":{"data":"x","iterations":1,"then":{"type":"hash.pbkdf2","payload":{}}}}""", "payload.then.type")]
+    [InlineData("""{"type":"hash.pbkdf2","payload":{"data":"x","iterations":1,"then":{"type":"System.IO.File","payload":{}}}}""", "payload.then.type")]
+    [InlineData("""{"type":"hash.pbkdf2","payload":{"data":"x","iterations":1,"then":{"type":"webhook.post"}}}""", "payload.then.payload")]
+    [InlineData("""{"type":"hash.pbkdf2","payload":{"data":"x","iterations":1,"then":{"type":"webhook.post","payload":[]}}}""", "payload.then.payload")]
+    [InlineData("""{"type":"hash.pbkdf2","payload":{"data":"x","iterations":1,"then":{"type":"webhook.post","payload":{},"target":"https://evil.example.net/"}}}""", "payload.then.target")]
+    public void Invalid_chain_is_rejected_naming_the_field(string json, string field) =>
+        Assert.Contains(field, Validate(json).Errors.Keys);
+
+    [Theory]
+    [InlineData("""{"type":"test.fail","payload":{"lane":"cpu","failTimes":-1}}""")]
+    [InlineData("""{"type":"test.fail","payload":{"lane":"cpu","failTimes":"2"}}""")]
+    [InlineData("""{"type":"test.fail","payload":{"lane":"cpu","failTimes":100000}}""")]
+    public void Test_fail_times_must_be_a_small_whole_number(string json) =>
+        Assert.Contains("payload.failTimes", Validate(json, testEvents: true).Errors.Keys);
+
+    [Theory]
+    [InlineData("""{"id":"\ud800","type":"noop.cpu","payload":{}}""")]
+    [InlineData("""{"type":"noop\udfff","payload":{}}""")]
+    [InlineData("""{"type":"hash.pbkdf2","payload":{"data":"\ud800x","iterations":1}}""")]
+    public void Lone_surrogate_escape_is_a_validation_error_not_a_crash(string json) =>
+        Assert.NotEmpty(Validate(json).Errors);
 }

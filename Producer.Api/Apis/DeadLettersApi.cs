@@ -1,0 +1,142 @@
+using System.Globalization;
+using EventPipeline.Producer.DeadLetters;
+using EventPipeline.Producer.Ingest;
+using EventPipeline.Producer.Security;
+using Microsoft.AspNetCore.Mvc;
+using Microsoft.Extensions.Options;
+
+namespace EventPipeline.Producer.Apis;
+
+/// <summary>Dead letters of both lanes, one shape: list, inspect, replay one or all, delete. Admin key only.</summary>
+public static class DeadLettersApi
+{
+    public static IEndpointRouteBuilder MapDeadLettersApi(this IEndpointRouteBuilder app)
+    {
+        var group = app.MapGroup("/dead-letters/{lane}").WithTags("Dead letters").RequireApiKey(ApiKeyScope.Admin)
+            .ProducesProblem(StatusCodes.Status401Unauthorized)
+            .ProducesProblem(StatusCodes.Status403Forbidden)
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+
+        group.MapGet("/", ListAsync)
+            .WithName("ListDeadLetters")
+            .WithSummary("List a lane's dead letters (paged)")
+            .WithDescription("Oldest first. `limit` (default 50, at most 500) and `after` (the `next` of the previous page).")
+            .Produces<DeadLetterPage>()
+            .ProducesValidationProblem();
+
+        group.MapGet("/{id}", GetAsync)
+            .WithName("GetDeadLetter")
+            .WithSummary("Inspect one dead letter: the event, its last error with stack trace, and its error history")
+            .Produces<DeadLetter>();
+
+        group.MapPost("/{id}/replay", ReplayAsync)
+            .WithName("ReplayDeadLetter")
+            .WithSummary("Send one dead letter back to its lane")
+            .WithDescription("The event keeps its id and error history and starts its attempts afresh. Answers 202 once the lane's broker holds it again.")
+            .Produces<DeadLetterReplayed>(StatusCodes.Status202Accepted)
+            .ProducesProblem(StatusCodes.Status409Conflict);
+
+        group.MapPost("/replay", ReplayAllAsync)
+            .WithName("ReplayAllDeadLetters")
+            .WithSummary("Send a lane's dead letters back to it, oldest first, up to a bound")
+            .WithDescription("`max` (default and upper bound: DeadLetters:ReplayAllLimit, 1000). Reports how many were replayed and how many remain.")
+            .Produces<DeadLettersReplayed>()
+            .ProducesProblem(StatusCodes.Status409Conflict)
+            .ProducesValidationProblem();
+
+        group.MapDelete("/{id}", DeleteAsync)
+            .WithName("DeleteDeadLetter")
+            .WithSummary("Delete one dead letter for good")
+            .Produces(StatusCodes.Status204NoContent)
+            .ProducesProblem(StatusCodes.Status409Conflict);
+
+        return app;
+    }
+
+    private static Task<IResult> ListAsync(string lane, string? limit, string? after, DeadLetterLanes lanes, IOptions<DeadLetterOptions> options, CancellationToken ct) =>
+        lanes.RunAsync(lane, async store =>
+        {
+            var size = options.Value.DefaultPageSize;
+            if (limit is not null && (!int.TryParse(limit, NumberStyles.None, CultureInfo.InvariantCulture, out size) || size < 1 || size > options.Value.MaxPageSize))
+            {
+                return Invalid("limit", $"must be a whole number from 1 to {options.Value.MaxPageSize}");
+            }
+
+            if (after is { Length: > 200 })
+            {
+                return Invalid("after", "is not a cursor this API handed out");
+            }
+
+            return TypedResults.Ok(await store.ListAsync(after, size, ct));
+        });
+
+    private static Task<IResult> GetAsync(string lane, string id, DeadLetterLanes lanes, CancellationToken ct) =>
+        lanes.RunAsync(lane, async store => await store.GetAsync(id, ct) is { } dead ? TypedResults.Ok(dead) : NotFound(lane, id));
+
+    private static Task<IResult> ReplayAsync(string lane, string id, DeadLetterLanes lanes, CancellationToken ct) =>
+        lanes.RunAsync(lane, async store => await store.ReplayAsync(id, ct)
+            ? TypedResults.Accepted($"/events/{id}", new DeadLetterReplayed(id, store.Lane, Contracts.EventStates.Accepted))
+            : NotFound(lane, id));
+
+    private static Task<IResult> ReplayAllAsync(string lane, string? max, DeadLetterLanes lanes, IOptions<DeadLetterOptions> options, CancellationToken ct) =>
+        lanes.RunAsync(lane, async store =>
+        {
+            var bound = options.Value.ReplayAllLimit;
+            if (max is not null && (!int.TryParse(max, NumberStyles.None, CultureInfo.InvariantCulture, out bound) || bound < 1 || bound > options.Value.ReplayAllLimit))
+            {
+                return Invalid("max", $"must be a whole number from 1 to {options.Value.ReplayAllLimit}");
+            }
+
+            var replayed = await store.ReplayAllAsync(bound, ct);
+            return TypedResults.Ok(new DeadLettersReplayed(store.Lane, replayed, await store.CountAsync(ct)));
+        });
+
+    private static Task<IResult> DeleteAsync(string lane, string id, DeadLetterLanes lanes, CancellationToken ct) =>
+        lanes.RunAsync(lane, async store => await store.DeleteAsync(id, ct) ? TypedResults.NoContent() : NotFound(lane, id));
+
+    private static IResult NotFound(string lane, string id) =>
+        Problems.Problem(StatusCodes.Status404NotFound, Problems.NotFound, "No such dead letter", $"The {lane} lane holds no dead letter for event '{id}'.");
+
+    private static IResult Invalid(string field, string message) =>
+        TypedResults.ValidationProblem(new Dictionary<string, string[]> { [field] = [message] }, type: Problems.Validation, title: "The request is not valid");
+}
+
+/// <summary>Finds a lane's dead-letter store and turns its failures into ProblemDetails.</summary>
+public sealed class DeadLetterLanes(IEnumerable<IDeadLetterLane> lanes, ILogger<DeadLetterLanes> logger)
+{
+    private const int RetryAfterSeconds = 5;
+
+    public async Task<IResult> RunAsync(string lane, Func<IDeadLetterLane, Task<IResult>> operation)
+    {
+        var store = lanes.FirstOrDefault(l => l.Lane == lane);
+        if (store is null)
+        {
+            return Problems.Problem(StatusCodes.Status404NotFound, Problems.UnknownLane, "No such lane",
+                $"Lanes are: {string.Join(", ", lanes.Select(l => l.Lane))}.");
+        }
+
+        try
+        {
+            return await operation(store);
+        }
+        catch (DeadLetterBusyException ex)
+        {
+            return new HeaderResult(Problems.Problem(StatusCodes.Status409Conflict, Problems.DeadLetterBusy, "Another dead-letter operation is running", ex.Message),
+                ("Retry-After", "1"));
+        }
+        catch (DeadLetterStoreUnavailableException ex)
+        {
+            logger.LogWarning(ex, "Dead-letter store of the {Lane} lane is unavailable", ex.Lane);
+            var problem = new ProblemDetails
+            {
+                Status = StatusCodes.Status503ServiceUnavailable,
+                Type = Problems.BrokerUnavailable,
+                Title = $"The {ex.Lane} lane's broker is unavailable",
+                Detail = "The dead-letter store could not be read or changed; nothing was changed unless the broker confirmed it.",
+                Extensions = { ["lane"] = ex.Lane },
+            };
+            return new HeaderResult(TypedResults.Problem(problem), ("Retry-After", RetryAfterSeconds.ToString(CultureInfo.InvariantCulture)));
+        }
+    }
+}

@@ -1,0 +1,32 @@
+using StackExchange.Redis;
+using Microsoft.Extensions.Options;
+
+namespace EventPipeline.Producer.DeadLetters;
+
+/// <summary>
+/// One dead-letter operation that changes a lane at a time, across every API replica (a Redis lock with a token and
+/// a TTL), so two replays of the same dead letter cannot both put it back.
+/// </summary>
+public sealed class DeadLetterLock(IConnectionMultiplexer redis, IOptions<DeadLetterOptions> options)
+{
+    private const string ReleaseScript = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+    /// <exception cref="DeadLetterBusyException">another operation holds the lane.</exception>
+    public async Task<IAsyncDisposable> AcquireAsync(string lane)
+    {
+        var key = (RedisKey)$"deadletters:{lane}:lock";
+        var token = Guid.NewGuid().ToString("N");
+        var db = redis.GetDatabase();
+        if (!await db.StringSetAsync(key, token, options.Value.LockTimeout, When.NotExists))
+        {
+            throw new DeadLetterBusyException(lane);
+        }
+
+        return new Held(db, key, token);
+    }
+
+    private sealed class Held(IDatabase db, RedisKey key, string token) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync() => await db.ScriptEvaluateAsync(ReleaseScript, [key], [token]);
+    }
+}

@@ -1,0 +1,313 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using EventPipeline.Contracts;
+using EventPipeline.Producer.Monitoring;
+using EventPipeline.Shared;
+using Microsoft.Extensions.Options;
+using RabbitMQ.Client;
+using RabbitMQ.Client.Exceptions;
+
+namespace EventPipeline.Producer.DeadLetters;
+
+/// <summary>
+/// The I/O lane's dead letters: the <c>events-io_error</c> queue, where MassTransit moves a message after its last
+/// attempt (fault headers <c>MT-Fault-*</c>) and where the broker dead-letters a message whose consumer kept dying
+/// (<c>x-death</c> headers). A queue has no random access, so every operation reads messages with basic.get on its own
+/// channel without acknowledging them; closing the channel hands back every message it did not acknowledge, in its
+/// place. A replay publishes a copy to <c>events-io</c> with publisher confirms (mandatory, so a missing queue is an
+/// error) and acknowledges the dead letter only after the confirm: at worst a crash in between leaves the event both
+/// replayed and still listed, never lost. Fault headers of earlier deaths travel with the message as
+/// <c>EP-Error-History</c>, so the history survives replays.
+/// </summary>
+public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore statuses, DeadLetterLock locks, IOptions<DeadLetterOptions> options,
+    ILogger<IoDeadLetters> logger) : IDeadLetterLane
+{
+    public const string HistoryHeader = "EP-Error-History";
+    private static readonly JsonSerializerOptions Envelope = new(JsonSerializerDefaults.Web);
+
+    public string Lane => Lanes.Io;
+
+    public Task<long> CountAsync(CancellationToken cancellationToken) => Guard(async () =>
+    {
+        var connection = await rabbit.GetAsync(cancellationToken);
+        await using var channel = await connection.CreateChannelAsync(cancellationToken: cancellationToken);
+        try
+        {
+            return (long)(await channel.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, cancellationToken)).MessageCount;
+        }
+        catch (OperationInterruptedException ex) when (ex.ShutdownReason?.ReplyCode == 404)
+        {
+            return 0L; // nothing ever failed: MassTransit declares the error queue on the first fault
+        }
+    });
+
+    public Task<DeadLetterPage> ListAsync(string? after, int limit, CancellationToken cancellationToken) => Guard(async () =>
+    {
+        // The cursor is a position in the queue: good for paging a queue that is not changing under you.
+        var skip = after is not null && int.TryParse(after, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0;
+        await using var scan = await ScanAsync(cancellationToken);
+        var items = new List<DeadLetterSummary>();
+        var position = 0;
+        var more = false;
+        while (position < options.Value.MaxScan && await scan.NextAsync() is { } message)
+        {
+            if (position++ < skip)
+            {
+                continue;
+            }
+
+            if (items.Count == limit)
+            {
+                more = true;
+                break;
+            }
+
+            items.Add(Parse(message).Summary());
+        }
+
+        var total = scan.QueueLength;
+        return new DeadLetterPage(Lane, total, items, more ? (skip + limit).ToString(CultureInfo.InvariantCulture) : null);
+    });
+
+    public Task<DeadLetter?> GetAsync(string id, CancellationToken cancellationToken) => Guard(async () =>
+    {
+        await using var scan = await ScanAsync(cancellationToken);
+        return await scan.FindAsync(id, options.Value.MaxScan) is { } message ? Parse(message) : null;
+    });
+
+    public Task<bool> ReplayAsync(string id, CancellationToken cancellationToken) => Guard(async () =>
+    {
+        await using var held = await locks.AcquireAsync(Lane);
+        await using var scan = await ScanAsync(cancellationToken);
+        if (await scan.FindAsync(id, options.Value.MaxScan) is not { } message)
+        {
+            return false;
+        }
+
+        await ReplayAsync(scan, message, cancellationToken);
+        return true;
+    });
+
+    public Task<int> ReplayAllAsync(int max, CancellationToken cancellationToken) => Guard(async () =>
+    {
+        await using var held = await locks.AcquireAsync(Lane);
+        await using var scan = await ScanAsync(cancellationToken);
+        var replayed = 0;
+        // Bounded by the queue length at the start, so a message that dies again at once is not replayed twice in one call.
+        var bound = (int)Math.Min(max, scan.QueueLength);
+        while (replayed < bound && await scan.NextAsync() is { } message)
+        {
+            await ReplayAsync(scan, message, cancellationToken);
+            replayed++;
+        }
+
+        return replayed;
+    });
+
+    public Task<bool> DeleteAsync(string id, CancellationToken cancellationToken) => Guard(async () =>
+    {
+        await using var held = await locks.AcquireAsync(Lane);
+        await using var scan = await ScanAsync(cancellationToken);
+        if (await scan.FindAsync(id, options.Value.MaxScan) is not { } message)
+        {
+            return false;
+        }
+
+        await scan.Channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
+        return true;
+    });
+
+    private async Task ReplayAsync(QueueScan scan, BasicGetResult message, CancellationToken cancellationToken)
+    {
+        var dead = Parse(message);
+        var properties = new BasicProperties(message.BasicProperties)
+        {
+            Persistent = true,
+            Headers = new Dictionary<string, object?>(StringComparer.Ordinal),
+        };
+        foreach (var (name, value) in message.BasicProperties.Headers ?? new Dictionary<string, object?>())
+        {
+            if (!IsDeathHeader(name))
+            {
+                properties.Headers[name] = value;
+            }
+        }
+
+        properties.Headers[HistoryHeader] = Encoding.UTF8.GetBytes(PayloadJson.WriteHistory(dead.Errors));
+        // Straight to the lane's queue through the default exchange; mandatory turns a missing queue into an error.
+        await scan.Channel.BasicPublishAsync("", IoLaneTopology.QueueName, mandatory: true, properties, message.Body, cancellationToken);
+        await scan.Channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
+        try
+        {
+            await statuses.MarkReplayedAsync(dead.Id, dead.Type, Lane, dead.AcceptedAt ?? DateTimeOffset.UtcNow);
+        }
+        catch (StackExchange.Redis.RedisException ex)
+        {
+            // RabbitMQ holds the replayed event; the worker's own status writes will show it running.
+            logger.LogWarning(ex, "Replayed {EventId} but could not record the replay in its status", dead.Id);
+        }
+    }
+
+    /// <summary>Headers of the last death: dropped on replay (MassTransit and the broker add fresh ones if it dies again).</summary>
+    private static bool IsDeathHeader(string name) =>
+        name.StartsWith("MT-Fault-", StringComparison.OrdinalIgnoreCase)
+        || name.StartsWith("MT-Host-", StringComparison.OrdinalIgnoreCase)
+        || name.Equals("MT-Reason", StringComparison.OrdinalIgnoreCase)
+        || name.StartsWith("x-death", StringComparison.OrdinalIgnoreCase)
+        || name.StartsWith("x-first-death-", StringComparison.OrdinalIgnoreCase)
+        || name.StartsWith("x-last-death-", StringComparison.OrdinalIgnoreCase)
+        || name.Equals("x-delivery-count", StringComparison.OrdinalIgnoreCase)
+        || name.Equals(HistoryHeader, StringComparison.Ordinal);
+
+    internal static DeadLetter Parse(BasicGetResult message)
+    {
+        var headers = message.BasicProperties.Headers ?? new Dictionary<string, object?>();
+        IoEventSubmitted? submitted = null;
+        try
+        {
+            using var envelope = JsonDocument.Parse(message.Body);
+            if (envelope.RootElement.TryGetProperty("message", out var body))
+            {
+                submitted = body.Deserialize<IoEventSubmitted>(Envelope);
+            }
+        }
+        catch (JsonException)
+        {
+            // Not a MassTransit envelope: still listed (by its message id) so it can be inspected and deleted.
+        }
+
+        var history = PayloadJson.ParseHistory(Text(headers, HistoryHeader));
+        DeadLetterError error;
+        string reason;
+        int? attempts;
+        DateTimeOffset? deadAt;
+        if (Text(headers, "MT-Fault-ExceptionType") is { } faultType)
+        {
+            reason = "failed";
+            error = new DeadLetterError(faultType, Text(headers, "MT-Fault-Message"), Text(headers, "MT-Fault-StackTrace"));
+            attempts = int.TryParse(Text(headers, "MT-Fault-RetryCount"), CultureInfo.InvariantCulture, out var retries) ? retries + 1 : null;
+            deadAt = DateTimeOffset.TryParse(Text(headers, "MT-Fault-Timestamp"), CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var at) ? at : null;
+        }
+        else
+        {
+            // Dead-lettered by the broker itself (x-death): the consumer never finished, so there is no exception.
+            var death = FirstDeath(headers);
+            reason = death.Reason == "delivery_limit" ? "delivery-limit" : death.Reason ?? "unknown";
+            error = new DeadLetterError("BrokerDeadLetter", $"RabbitMQ dead-lettered the message from {death.Queue ?? IoLaneTopology.QueueName} ({death.Reason ?? "no reason given"})", null);
+            attempts = headers.TryGetValue("x-delivery-count", out var count) && count is not null
+                ? Convert.ToInt32(count, CultureInfo.InvariantCulture) + 1
+                : null;
+            deadAt = death.Time;
+        }
+
+        history.Add(new DeadLetterHistoryEntry(attempts, error.Type, error.Message, deadAt));
+        return new DeadLetter(
+            Id: submitted?.EventId ?? message.BasicProperties.MessageId ?? "",
+            Lane: Lanes.Io,
+            Type: submitted?.Type ?? "",
+            Payload: PayloadJson.Parse(submitted?.Payload),
+            AcceptedAt: submitted?.AcceptedAt,
+            DeadAt: deadAt,
+            Attempts: attempts,
+            Reason: reason,
+            Error: error,
+            Errors: history);
+    }
+
+    private static (string? Reason, string? Queue, DateTimeOffset? Time) FirstDeath(IDictionary<string, object?> headers)
+    {
+        if (headers.TryGetValue("x-death", out var value) && value is IList<object> deaths && deaths.Count > 0
+            && deaths[0] is IDictionary<string, object?> first)
+        {
+            var time = first.TryGetValue("time", out var t) && t is AmqpTimestamp ts
+                ? DateTimeOffset.FromUnixTimeSeconds(ts.UnixTime)
+                : (DateTimeOffset?)null;
+            return (Text(first, "reason"), Text(first, "queue"), time);
+        }
+
+        return (Text(headers, "x-first-death-reason"), Text(headers, "x-first-death-queue"), null);
+    }
+
+    private static string? Text(IDictionary<string, object?> headers, string name) =>
+        headers.TryGetValue(name, out var value) ? value switch
+        {
+            null => null,
+            byte[] bytes => Encoding.UTF8.GetString(bytes),
+            string s => s,
+            _ => Convert.ToString(value, CultureInfo.InvariantCulture),
+        } : null;
+
+    private async Task<QueueScan> ScanAsync(CancellationToken cancellationToken)
+    {
+        var connection = await rabbit.GetAsync(cancellationToken);
+        var channel = await connection.CreateChannelAsync(
+            new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true), cancellationToken);
+        long length = 0;
+        try
+        {
+            length = (await channel.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, cancellationToken)).MessageCount;
+        }
+        catch (OperationInterruptedException ex) when (ex.ShutdownReason?.ReplyCode == 404)
+        {
+            await channel.DisposeAsync();
+            return new QueueScan(null, 0, cancellationToken);
+        }
+
+        return new QueueScan(channel, length, cancellationToken);
+    }
+
+    private async Task<T> Guard<T>(Func<Task<T>> operation)
+    {
+        try
+        {
+            return await operation();
+        }
+        catch (Exception ex) when (ex is RabbitMQClientException or OperationInterruptedException or PublishException
+                                       or System.Net.Sockets.SocketException or IOException or TimeoutException
+                                       or StackExchange.Redis.RedisException)
+        {
+            throw new DeadLetterStoreUnavailableException(Lane, ex);
+        }
+    }
+
+    /// <summary>
+    /// Reads the error queue on one channel without acknowledging; disposing closes the channel, which returns every
+    /// message not acknowledged to the queue.
+    /// </summary>
+    private sealed class QueueScan(IChannel? channel, long queueLength, CancellationToken cancellationToken) : IAsyncDisposable
+    {
+        public IChannel Channel => channel ?? throw new InvalidOperationException("no error queue");
+
+        public long QueueLength => queueLength;
+
+        public async Task<BasicGetResult?> NextAsync() =>
+            channel is null ? null : await channel.BasicGetAsync(IoLaneTopology.ErrorQueueName, autoAck: false, cancellationToken);
+
+        public async Task<BasicGetResult?> FindAsync(string id, int maxScan)
+        {
+            for (var i = 0; i < maxScan && await NextAsync() is { } message; i++)
+            {
+                if (Parse(message).Id == id)
+                {
+                    return message;
+                }
+            }
+
+            return null;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            if (channel is not null)
+            {
+                if (channel.IsOpen)
+                {
+                    await channel.CloseAsync();
+                }
+
+                await channel.DisposeAsync();
+            }
+        }
+    }
+}
