@@ -43,6 +43,21 @@ public static class IoLaneTopology
     /// lane's queue) and by the broker's dead-letter binding: durable quorum with no delivery limit and no dead-letter
     /// target, so a dead letter stays until an operator replays or deletes it, however often it is inspected.
     /// </summary>
+    /// <summary>
+    /// Declares <c>events-io_error</c> (fanout exchange → quorum queue) exactly as MassTransit's error transport does.
+    /// Publishers call this at start: the lane queue dead-letters into that exchange with the at-least-once strategy,
+    /// and until the exchange exists (it used to appear only when Worker.Io first ran) a restarted broker cannot
+    /// bring the lane queue back into service.
+    /// </summary>
+    public static async Task DeclareErrorQueueAsync(RabbitMQ.Client.IChannel channel, CancellationToken cancellationToken)
+    {
+        await channel.ExchangeDeclareAsync(ErrorQueueName, RabbitMQ.Client.ExchangeType.Fanout, durable: true, autoDelete: false,
+            cancellationToken: cancellationToken);
+        await channel.QueueDeclareAsync(ErrorQueueName, durable: true, exclusive: false, autoDelete: false,
+            arguments: new Dictionary<string, object?> { ["x-queue-type"] = "quorum" }, cancellationToken: cancellationToken);
+        await channel.QueueBindAsync(ErrorQueueName, ErrorQueueName, "", cancellationToken: cancellationToken);
+    }
+
     public static void ConfigureErrorQueue(IRabbitMqQueueBindingConfigurator queue)
     {
         queue.Durable = true;

@@ -61,6 +61,7 @@ public static class ProducerExtensions
         builder.Services.AddSingleton<LaneSampler>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<LaneSampler>());
         builder.Services.AddHostedService<LaneGauges>();
+        builder.Services.AddHostedService<IoLaneTopologyDeclarer>();
 
         builder.Services.AddSingleton<DeadLetterLock>();
         builder.Services.AddSingleton<IDeadLetterLane, CpuDeadLetters>();

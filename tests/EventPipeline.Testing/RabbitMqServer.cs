@@ -99,6 +99,15 @@ public sealed class RabbitMqServer : IAsyncDisposable
         }
     }
 
+    /// <summary>SIGTERM: the node shuts down cleanly, writing everything it holds (a planned restart).</summary>
+    public async Task StopAsync()
+    {
+        if (_server is not null)
+        {
+            await _server.TerminateAsync(TimeSpan.FromSeconds(90));
+        }
+    }
+
     public async Task<IConnection> ConnectAsync()
     {
         var factory = new ConnectionFactory { Uri = new Uri(ConnectionString), RequestedConnectionTimeout = TimeSpan.FromSeconds(3) };

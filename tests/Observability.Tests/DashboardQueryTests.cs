@@ -22,6 +22,13 @@ public sealed partial class DashboardQueryTests(ObservedAppHostFixture fixture)
         {
             foreach (var promql in query.Expand(["cpu", "io"]))
             {
+                if (IsUnknownForTheIoLane(promql))
+                {
+                    // RabbitMQ cannot tell when an unacknowledged delivery was made: the API leaves the gauge out.
+                    Assert.Empty(await fixture.Prometheus.QueryAsync(promql));
+                    continue;
+                }
+
                 try
                 {
                     await Eventually.ReturnsAsync(() => fixture.Prometheus.QueryAsync(promql), r => r.Count > 0, QueryDeadline, promql, TimeSpan.FromSeconds(1));
@@ -35,6 +42,9 @@ public sealed partial class DashboardQueryTests(ObservedAppHostFixture fixture)
 
         Assert.True(failures.Count == 0, "Panels without data:\n" + string.Join("\n", failures));
     }
+
+    private static bool IsUnknownForTheIoLane(string promql) =>
+        promql.Contains("eventpipeline_lane_oldest_pending_age_seconds{lane=\"io\"}", StringComparison.Ordinal);
 
     [Fact]
     public async Task Lane_variable_of_the_lane_dashboard_lists_both_lanes()

@@ -37,6 +37,13 @@ public sealed partial class MetricsExportTests(ObservedAppHostFixture fixture)
         foreach (var gauge in new[] { "depth", "lag", "pending", "oldest_pending_age_seconds", "dead_letters", "consumers" })
         {
             Assert.Matches($"eventpipeline_lane_{gauge}\\{{[^}}]*lane=\"cpu\"", api);
+            if (gauge == "oldest_pending_age_seconds")
+            {
+                // RabbitMQ does not record when an unacknowledged delivery was made: unknown is left out, never shown as 0.
+                Assert.DoesNotMatch($"eventpipeline_lane_{gauge}\\{{[^}}]*lane=\"io\"", api);
+                continue;
+            }
+
             Assert.Matches($"eventpipeline_lane_{gauge}\\{{[^}}]*lane=\"io\"", api);
         }
 

@@ -43,6 +43,13 @@ public sealed class BrokerOutageTests : IAsyncLifetime
     public async Task RabbitMQ_down_gives_503_for_the_io_lane_only_and_recovers_without_an_api_restart()
     {
         Assert.Equal(HttpStatusCode.Accepted, (await SubmitAsync("noop.io")).Response.StatusCode);
+        // A broker in service has been through restarts since its queues were declared. RabbitMQ 3.10 does not bring back
+        // a quorum queue whose node was SIGKILLed within moments of declaring it (seen here: the queue stays unavailable
+        // after the restart); that edge is the broker's, not the API's, so let the node settle with one clean restart first.
+        await _host.Rabbit.StopAsync();
+        await _host.Rabbit.StartServerAsync();
+        await Eventually.TrueAsync(async () => await _host.Rabbit.MessageCountAsync("events-io") >= 1,
+            TimeSpan.FromSeconds(60), "events-io to be back after the clean restart", TimeSpan.FromSeconds(1));
         await _host.Rabbit.KillAsync();
 
         var (response, took) = await SubmitAsync("noop.io");
