@@ -35,6 +35,13 @@ namespace EventPipeline.Downstream
             public volatile string? TraceParent;
         }
 
+        private readonly ConcurrentDictionary<string, string> _paths = new();
+
+        /// <summary>Remembers the path (and query) the latest delivery of a key was sent to.</summary>
+        public void RecordPath(string key, string path) => _paths[key] = path;
+
+        public string? PathOf(string key) => _paths.GetValueOrDefault(key);
+
         /// <summary>Counts an arriving delivery; returns how many times this key has arrived, this one included.</summary>
         public int Arrived(string key, string? traceParent)
         {
@@ -89,7 +96,7 @@ namespace Microsoft.AspNetCore.Builder
         /// </summary>
         public static WebApplication MapReceiverApi(this WebApplication app)
         {
-            app.MapPost("/webhook", async (HttpRequest request, DeliveryLedger ledger, IOptions<ReceiverOptions> options, ILogger<DeliveryLedger> logger, CancellationToken ct) =>
+            var receive = async (HttpRequest request, DeliveryLedger ledger, IOptions<ReceiverOptions> options, ILogger<DeliveryLedger> logger, CancellationToken ct) =>
             {
                 var key = request.Headers["Idempotency-Key"].ToString();
                 if (key.Length == 0)
@@ -98,6 +105,7 @@ namespace Microsoft.AspNetCore.Builder
                 }
 
                 var arrival = ledger.Arrived(key, request.Headers["traceparent"].ToString());
+                ledger.RecordPath(key, request.Path + request.QueryString);
                 Simulation simulate;
                 try
                 {
@@ -129,7 +137,10 @@ namespace Microsoft.AspNetCore.Builder
 
                 var count = ledger.Accepted(key);
                 return Results.Ok(new { received = key, count });
-            });
+            };
+            app.MapPost("/webhook", receive);
+            // Any path below /webhook works too and is recorded, so a test can tell which URL a delivery went to.
+            app.MapPost("/webhook/{**path}", receive);
 
             app.MapGet("/received", (DeliveryLedger ledger) =>
                 Results.Ok(new { total = ledger.Total, distinct = ledger.Distinct, arrivals = ledger.Arrivals }));
@@ -148,7 +159,7 @@ namespace Microsoft.AspNetCore.Builder
             app.MapGet("/received/{key}", (string key, DeliveryLedger ledger) =>
             {
                 var (count, arrivals, traceParent) = ledger.For(key);
-                return Results.Ok(new { count, arrivals, traceparent = traceParent });
+                return Results.Ok(new { count, arrivals, traceparent = traceParent, path = ledger.PathOf(key) });
             });
             return app;
         }

@@ -96,18 +96,6 @@ public static class ProducerExtensions
         var connectionString = builder.Configuration.GetConnectionString("rabbitmq")
             ?? throw new InvalidOperationException("ConnectionStrings:rabbitmq is not set");
 
-        builder.Services.AddMassTransit(bus =>
-        {
-            bus.UsingRabbitMq((_, cfg) =>
-            {
-                cfg.Host(new Uri(connectionString), host => host.PublisherConfirmation = true);
-                IoLaneTopology.BindQueueOnPublish(cfg);
-            });
-        });
-        builder.Services.Configure<MassTransitHostOptions>(options =>
-        {
-            options.WaitUntilStarted = false;
-            options.StopTimeout = TimeSpan.FromSeconds(10);
-        });
+        builder.Services.AddIoLanePublisher(connectionString);
     }
 }

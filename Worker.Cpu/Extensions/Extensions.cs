@@ -59,18 +59,6 @@ public static class CpuLaneExtensions
         }
 
         builder.Services.AddSingleton<INextStageForwarder, IoLaneForwarder>();
-        builder.Services.AddMassTransit(bus =>
-        {
-            bus.UsingRabbitMq((_, cfg) =>
-            {
-                cfg.Host(new Uri(connectionString), host => host.PublisherConfirmation = true);
-                IoLaneTopology.BindQueueOnPublish(cfg);
-            });
-        });
-        builder.Services.Configure<MassTransitHostOptions>(options =>
-        {
-            options.WaitUntilStarted = false;
-            options.StopTimeout = TimeSpan.FromSeconds(10);
-        });
+        builder.Services.AddIoLanePublisher(connectionString);
     }
 }

@@ -25,9 +25,10 @@ public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions
     private static readonly TimeSpan MaxRetryAfter = TimeSpan.FromSeconds(30);
     private readonly ConcurrentDictionary<string, TokenBucketRateLimiter> _limiters = new(StringComparer.OrdinalIgnoreCase);
 
-    public async Task DeliverAsync(string eventId, string body, CancellationToken cancellationToken)
+    /// <param name="requestedTarget">the event's own delivery URL (validated by the API); null for the configured one.</param>
+    public async Task DeliverAsync(string eventId, string body, string? requestedTarget, CancellationToken cancellationToken)
     {
-        var target = new Uri(options.Value.BaseAddress, options.Value.Path);
+        var target = ResolveTarget(requestedTarget);
         using (var lease = await LimiterFor(target.Host).AcquireAsync(1, cancellationToken))
         {
             if (!lease.IsAcquired)
@@ -78,6 +79,27 @@ public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions
 
             throw new PermanentDownstreamException($"POST {target} answered {status} {response.ReasonPhrase}");
         }
+    }
+
+    /// <summary>
+    /// The configured downstream, or the event's own URL when it has one — checked again here against
+    /// <c>Downstream:AllowedHosts</c> (the API checks it too), so no message can make the worker call a host it was not
+    /// configured for.
+    /// </summary>
+    private Uri ResolveTarget(string? requestedTarget)
+    {
+        if (string.IsNullOrEmpty(requestedTarget))
+        {
+            return new Uri(options.Value.BaseAddress, options.Value.Path);
+        }
+
+        if (!Uri.TryCreate(requestedTarget, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https")
+            || !options.Value.AllowedHosts.Contains(uri.Host, StringComparer.OrdinalIgnoreCase))
+        {
+            throw new PermanentDownstreamException($"target '{requestedTarget}' is not an http(s) URL on Downstream:AllowedHosts");
+        }
+
+        return uri;
     }
 
     private static TimeSpan RetryAfter(RetryConditionHeaderValue? header)

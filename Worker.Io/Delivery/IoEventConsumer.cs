@@ -97,7 +97,7 @@ public sealed class IoEventConsumer(
         switch (message.Type)
         {
             case EventTypes.WebhookPost:
-                return downstream.DeliverAsync(message.EventId, message.Payload, cancellationToken);
+                return downstream.DeliverAsync(message.EventId, message.Payload, message.Target, cancellationToken);
             case EventTypes.NoopIo:
                 return Task.CompletedTask;
             case EventTypes.TestFail when testEvents.Value.Enabled:

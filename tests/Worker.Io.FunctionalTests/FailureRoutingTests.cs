@@ -91,5 +91,20 @@ public sealed class FailureRoutingTests(SharedIoLane lane, ITestOutputHelper out
         Assert.Matches("^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$", json.GetProperty("traceparent").GetString());
     }
 
+    [Fact]
+    public async Task Event_with_an_allowed_target_is_delivered_to_that_url_not_the_configured_one()
+    {
+        await Host.EnsureWorkerAsync();
+        var id = IoLaneHost.NewId("targeted");
+        var evt = IoLaneHost.Webhook(id);
+        evt["target"] = new Uri(Host.ReceiverClient.BaseAddress!, "/webhook/alternate?via=target").ToString();
+        await Host.SubmitAcceptedAsync(evt);
+        await Host.WaitForStateAsync(id, "succeeded", Deadline);
+
+        var json = await Host.ReceiverClient.GetFromJsonAsync<System.Text.Json.JsonElement>($"/received/{id}");
+        Assert.Equal(1, json.GetProperty("count").GetInt32());
+        Assert.Equal("/webhook/alternate?via=target", json.GetProperty("path").GetString());
+    }
+
     private static string Truncate(string value) => value.Length > 200 ? value[..200] + "…" : value;
 }

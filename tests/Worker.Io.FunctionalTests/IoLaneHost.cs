@@ -94,6 +94,7 @@ public sealed class IoLaneHost : IAsyncDisposable
             ["Auth__ApiKeys__Submit"] = _submitKey,
             ["Auth__ApiKeys__Admin"] = _adminKey,
             ["TestEvents__Enabled"] = "true",
+            ["Downstream__AllowedHosts__0"] = "127.0.0.1",
             ["Logging__LogLevel__Default"] = "Warning",
         }, out var port);
         ApiClient = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(30) };
