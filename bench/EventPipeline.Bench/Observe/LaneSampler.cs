@@ -95,5 +95,5 @@ public sealed class LaneSampler(HttpClient api, TimeSpan interval) : IAsyncDispo
         [property: JsonPropertyName("name")] string Name,
         [property: JsonPropertyName("depth")] long Depth,
         [property: JsonPropertyName("lag")] long Lag,
-        [property: JsonPropertyName("pending")] long Pending);
+        [property: JsonPropertyName("pending")] long? Pending); // null where the broker cannot tell (see GET /lanes)
 }
