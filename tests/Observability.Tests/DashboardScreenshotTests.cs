@@ -36,7 +36,7 @@ public sealed class DashboardScreenshotTests(ObservedAppHostFixture fixture)
             Assert.Equal(0, await page.GetByText(bad, new() { Exact = true }).CountAsync());
         }
 
-        var path = Repository.PathOf("docs", "images", "aspire-dashboard-resources.png");
+        var path = Browser.ScreenshotPath("aspire-dashboard-resources.png");
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         await page.ScreenshotAsync(new() { Path = path, FullPage = true });
         Assert.True(new FileInfo(path).Length > 10_000, "the screenshot should hold a rendered page");
@@ -47,6 +47,15 @@ public sealed class DashboardScreenshotTests(ObservedAppHostFixture fixture)
 public static class Browser
 {
     public const string ChromiumPath = "/usr/bin/chromium";
+
+    /// <summary>
+    /// Where a screenshot goes: artifacts/screenshots on every run, docs/images (the README's pictures) only when
+    /// UPDATE_DOC_IMAGES=1, so a test run does not rewrite committed files.
+    /// </summary>
+    public static string ScreenshotPath(string fileName) =>
+        Environment.GetEnvironmentVariable("UPDATE_DOC_IMAGES") == "1"
+            ? Repository.PathOf("docs", "images", fileName)
+            : Repository.PathOf("artifacts", "screenshots", fileName);
 
     public static readonly string[] ChromiumArgs =
         ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"];
@@ -61,7 +70,8 @@ public static class Browser
         await page.GotoAsync(url.ToString(), new() { Timeout = 60_000 });
         // Debian's Prometheus serves the classic UI, which draws the graph as SVG paths (one per series).
         await Assertions.Expect(page.Locator("svg path").First).ToBeVisibleAsync(new() { Timeout = 60_000 });
-        var path = Repository.PathOf("docs", "images", fileName);
+        var path = ScreenshotPath(fileName);
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         await page.ScreenshotAsync(new() { Path = path, FullPage = true });
     }
 }
