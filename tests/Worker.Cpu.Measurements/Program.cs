@@ -80,10 +80,9 @@ await using (worker)
     }
 
     Console.WriteLine($"enqueued {events} in {watch.Elapsed.TotalSeconds:F2} s");
-    while (await CountSucceededAsync(db, drainIds) < events)
-    {
-        await Task.Delay(200);
-    }
+    // Generous deadline: a stuck lane must end the measurement with an error, not hang it.
+    await Eventually.TrueAsync(async () => await CountSucceededAsync(db, drainIds) >= events,
+        TimeSpan.FromMinutes(30), $"all {events} drain events to succeed", TimeSpan.FromMilliseconds(200));
 
     var lastFinished = DateTimeOffset.MinValue;
     foreach (var id in drainIds)
