@@ -23,5 +23,19 @@ for trx in "$results"/*.trx; do
   t=$(sed -n 's/.* total="\([0-9]*\)".*/\1/p' <<<"$counters"); e=$(sed -n 's/.* executed="\([0-9]*\)".*/\1/p' <<<"$counters")
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0})); skipped=$((skipped + ${t:-0} - ${e:-0}))
 done
+# Name each failed test with the start of its message at the very end, where a CI log tail shows it.
+if [ "$failed" -gt 0 ]; then
+  echo "failed tests:"
+  for trx in "$results"/*.trx; do
+    [ -f "$trx" ] || continue
+    awk '
+      /<UnitTestResult / && /outcome="Failed"/ { match($0, /testName="[^"]*"/); name = substr($0, RSTART + 10, RLENGTH - 11); gsub(/&quot;/, "\"", name); print "  FAILED " name; infail = 1; lines = 0 }
+      infail && /<Message>/ { inmsg = 1 }
+      inmsg && lines < 12 { line = $0; gsub(/<\/?Message>/, "", line); gsub(/&quot;/, "\"", line); gsub(/&lt;/, "<", line); gsub(/&gt;/, ">", line); gsub(/&amp;/, "\\&", line); print "    " line; lines++ }
+      inmsg && /<\/Message>/ { inmsg = 0; infail = 0 }
+      /<\/UnitTestResult>/ { infail = 0; inmsg = 0 }
+    ' "$trx"
+  done
+fi
 echo "tests: $passed passed, $failed failed, $skipped skipped"
 exit $status
