@@ -39,10 +39,12 @@ public sealed class TraceTests(ObservedAppHostFixture fixture)
         await fixture.WaitForStateAsync(id, "succeeded");
 
         var consume = await SpanOfEventAsync("worker-io", id);
-        var trace = await TraceAsync(consume.TraceId, spans => spans.Any(IsApiServerSpan) && spans.Any(IsDownstreamServerSpan));
+        // Each service exports on its own schedule: wait for every span asserted on below, not only the last hop.
+        var trace = await TraceAsync(consume.TraceId, spans => spans.Any(IsApiServerSpan) && spans.Any(IsDownstreamServerSpan)
+            && spans.Any(IsRabbitMqReceiveSpan) && spans.Any(IsApiRabbitMqSendSpan) && spans.Any(IsWorkerIoPostSpan));
 
         Assert.Single(trace, IsApiServerSpan);
-        var send = Assert.Single(trace, s => s.Service == "producer-api" && s.Kind == ReceivedSpan.Producer && s.Attribute("messaging.system") == "rabbitmq");
+        var send = Assert.Single(trace, IsApiRabbitMqSendSpan);
         Assert.False(string.IsNullOrEmpty(send.Attribute("messaging.destination.name")), send.ToString());
         // MassTransit's receive span carries the messaging attributes; the consume span under it is where the consumer runs.
         var receive = trace.SingleOrDefault(IsRabbitMqReceiveSpan);
@@ -53,16 +55,13 @@ public sealed class TraceTests(ObservedAppHostFixture fixture)
         Assert.True(IsDescendant(receive, send, trace), $"{receive} should descend from {send}");
         Assert.True(IsDescendant(consume, receive, trace), $"{consume} should descend from {receive}");
 
-        var call = Assert.Single(trace, s => s.Service == "worker-io" && s.Kind == ReceivedSpan.Client && s.Attribute("http.request.method") == "POST");
+        var call = Assert.Single(trace, IsWorkerIoPostSpan);
         var received = Assert.Single(trace, IsDownstreamServerSpan);
         Assert.True(IsDescendant(call, consume, trace), $"{call} should descend from {consume}");
         Assert.Equal(call.SpanId, received.ParentSpanId);
     }
 
-    /// <summary>
-    /// A CPU event whose result is handed on to the I/O lane (<c>"then"</c>) is one trace through all four services.
-    /// Needs the CPU lane's chaining (another branch); until it merges, this test fails here.
-    /// </summary>
+    /// <summary>A CPU event whose result is handed on to the I/O lane (<c>"then"</c>) is one trace through all four services.</summary>
     [Fact]
     public async Task Chained_event_is_one_trace_from_the_api_through_both_lanes_to_downstream()
     {
@@ -76,10 +75,13 @@ public sealed class TraceTests(ObservedAppHostFixture fixture)
         await fixture.WaitForStateAsync(id, "succeeded");
 
         var process = await SpanOfEventAsync("worker-cpu", id);
-        var trace = await TraceAsync(process.TraceId, spans => spans.Any(IsDownstreamServerSpan));
+        // Each service exports on its own schedule (the downstream's span can arrive before worker-io's): wait for
+        // every span asserted on below.
+        var trace = await TraceAsync(process.TraceId, spans => spans.Any(IsDownstreamServerSpan) && spans.Any(IsApiServerSpan)
+            && spans.Any(IsRabbitMqReceiveSpan) && spans.Any(IsWorkerCpuHandOffSpan));
 
         Assert.Equal(["downstream", "producer-api", "worker-cpu", "worker-io"], trace.Select(s => s.Service).Distinct().Order());
-        var handOff = Assert.Single(trace, s => s.Service == "worker-cpu" && s.Kind == ReceivedSpan.Producer && s.Attribute("messaging.system") == "rabbitmq");
+        var handOff = Assert.Single(trace, IsWorkerCpuHandOffSpan);
         var consume = Assert.Single(trace, IsRabbitMqReceiveSpan);
         Assert.True(IsDescendant(handOff, process, trace), $"{handOff} should descend from {process}");
         Assert.True(IsDescendant(consume, handOff, trace), $"{consume} should descend from {handOff}");
@@ -111,6 +113,15 @@ public sealed class TraceTests(ObservedAppHostFixture fixture)
 
     private static bool IsApiServerSpan(ReceivedSpan s) =>
         s.Service == "producer-api" && s.Kind == ReceivedSpan.Server && s.Name.StartsWith("POST /events", StringComparison.Ordinal);
+
+    private static bool IsApiRabbitMqSendSpan(ReceivedSpan s) =>
+        s.Service == "producer-api" && s.Kind == ReceivedSpan.Producer && s.Attribute("messaging.system") == "rabbitmq";
+
+    private static bool IsWorkerCpuHandOffSpan(ReceivedSpan s) =>
+        s.Service == "worker-cpu" && s.Kind == ReceivedSpan.Producer && s.Attribute("messaging.system") == "rabbitmq";
+
+    private static bool IsWorkerIoPostSpan(ReceivedSpan s) =>
+        s.Service == "worker-io" && s.Kind == ReceivedSpan.Client && s.Attribute("http.request.method") == "POST";
 
     private static bool IsDownstreamServerSpan(ReceivedSpan s) => s.Service == "downstream" && s.Kind == ReceivedSpan.Server;
 
