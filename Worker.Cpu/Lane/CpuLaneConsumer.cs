@@ -10,9 +10,10 @@ using StackExchange.Redis;
 namespace EventPipeline.Worker.Cpu.Lane;
 
 /// <summary>
-/// The CPU lane's consumer: one reading loop feeding <see cref="LaneBuffer"/>, N handlers (default: one per core)
-/// running the work, and the drain on shutdown — stop reading, finish everything buffered, acknowledge, exit.
-/// An entry is acknowledged only after its handler finished (success, scheduled retry or dead letter).
+/// The CPU lane's consumer: one reading loop feeding <see cref="LaneBuffer"/>, handler tasks running the work (at most
+/// <c>Handlers</c> computing at once, at most <c>MaxStarted</c> started), and the drain on shutdown — stop reading,
+/// finish everything buffered, acknowledge, exit. An entry is acknowledged only after its handler finished (success,
+/// scheduled retry or dead letter); successes are recorded and acknowledged in batches (<see cref="SuccessBatcher"/>).
 /// </summary>
 public sealed class CpuLaneConsumer(
     LaneBuffer buffer,
@@ -20,6 +21,7 @@ public sealed class CpuLaneConsumer(
     CpuWork work,
     EventStatusStore statuses,
     EntryAcknowledger acknowledger,
+    SuccessBatcher successes,
     RetryScheduler retries,
     DeadLetterStream deadLetters,
     INextStageForwarder forwarder,
@@ -35,10 +37,12 @@ public sealed class CpuLaneConsumer(
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        var handlerCount = options.Value.EffectiveHandlerTasks;
-        logger.LogInformation("CPU lane consumer {Consumer} starting {Tasks} handlers, at most {Parallel} running CPU work at once",
-            buffer.ConsumerName, handlerCount, options.Value.EffectiveHandlers);
+        // Twice MaxStarted: while half of them wait on their success being written, the other half start new entries.
+        var handlerCount = options.Value.EffectiveMaxStarted * 2;
+        logger.LogInformation("CPU lane consumer {Consumer} starting {Tasks} handlers, at most {Started} started and {Parallel} running CPU work at once",
+            buffer.ConsumerName, handlerCount, options.Value.EffectiveMaxStarted, options.Value.EffectiveHandlers);
 
+        var writing = Task.Run(successes.RunAsync, CancellationToken.None);
         var handlers = Enumerable.Range(0, handlerCount)
             .Select(_ => Task.Run(RunHandlerAsync, CancellationToken.None))
             .ToArray();
@@ -60,6 +64,8 @@ public sealed class CpuLaneConsumer(
             logger.LogInformation("CPU lane consumer {Consumer} drained", buffer.ConsumerName);
         }
 
+        successes.Complete();
+        await writing;
         await heartbeatStop.CancelAsync();
         await heartbeat;
     }
@@ -115,10 +121,7 @@ public sealed class CpuLaneConsumer(
         {
             try
             {
-                await using (await isolation.EnterAsync(entry))
-                {
-                    await HandleAsync(entry);
-                }
+                await HandleAsync(entry);
             }
             catch (Exception ex)
             {
@@ -135,53 +138,59 @@ public sealed class CpuLaneConsumer(
     private async Task HandleAsync(LaneEntry entry)
     {
         using var activity = StartProcessActivity(entry);
-        if (entry.IsSuspect)
-        {
-            logger.LogWarning("Event {EventId} (entry {EntryId}) was running when its consumer died {Runs} time(s); running it alone",
-                entry.Id, entry.EntryId, entry.UnfinishedRuns);
-        }
-
-        // Both go out on the same connection back to back: one round trip.
-        var started = acknowledger.MarkStartedAsync(entry);
-        var processing = statuses.MarkProcessingAsync(entry.Id, entry.Attempt);
-        await started;
-        if (!await processing)
-        {
-            logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without running it", entry.Id);
-            await acknowledger.AcknowledgeAsync(entry);
-            return;
-        }
-
-        var startedAt = Stopwatch.GetTimestamp();
+        long startedAt;
         string result;
-        try
+        await using (await isolation.EnterAsync(entry))
         {
-            var next = NextStage.Parse(entry.Payload);
-            await _computeSlots.WaitAsync();
+            if (entry.IsSuspect)
+            {
+                logger.LogWarning("Event {EventId} (entry {EntryId}) was running when its consumer died {Runs} time(s); running it alone",
+                    entry.Id, entry.EntryId, entry.UnfinishedRuns);
+            }
+
+            // Both go out on the same connection back to back: one round trip.
+            var started = acknowledger.MarkStartedAsync(entry);
+            var processing = statuses.MarkProcessingAsync(entry.Id, entry.Attempt);
+            await started;
+            if (!await processing)
+            {
+                logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without running it", entry.Id);
+                await acknowledger.AcknowledgeAsync(entry);
+                return;
+            }
+
+            startedAt = Stopwatch.GetTimestamp();
             try
             {
-                result = work.Run(entry.Id, entry.Type, entry.Payload);
-            }
-            finally
-            {
-                _computeSlots.Release();
-            }
+                var next = NextStage.Parse(entry.Payload);
+                await _computeSlots.WaitAsync();
+                try
+                {
+                    result = work.Run(entry.Id, entry.Type, entry.Payload);
+                }
+                finally
+                {
+                    _computeSlots.Release();
+                }
 
-            if (next is not null)
+                if (next is not null)
+                {
+                    // Before the acknowledgement: a crash after this re-runs the event and forwards the same derived id.
+                    await forwarder.ForwardAsync(entry, next, result);
+                }
+            }
+            catch (Exception ex)
             {
-                // Before the acknowledgement: a crash after this re-runs the event and forwards the same derived id.
-                await forwarder.ForwardAsync(entry, next, result);
+                activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
+                await FailAsync(entry, ex, Stopwatch.GetElapsedTime(startedAt));
+                return;
             }
         }
-        catch (Exception ex)
-        {
-            activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
-            await FailAsync(entry, ex, Stopwatch.GetElapsedTime(startedAt));
-            return;
-        }
 
-        await acknowledger.SucceededAsync(entry, result);
-        metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Succeeded, Stopwatch.GetElapsedTime(startedAt));
+        // The work is done: another entry may start while this success is written (with others, in one transaction).
+        var handled = Stopwatch.GetElapsedTime(startedAt);
+        await successes.SucceededAsync(entry, result);
+        metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Succeeded, handled);
         metrics.Finished(Lanes.Cpu, Outcomes.Succeeded, entry.AcceptedAt);
     }
 

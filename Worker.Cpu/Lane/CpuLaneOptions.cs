@@ -43,11 +43,26 @@ public sealed class CpuLaneOptions
     /// <summary>How long one XREADGROUP blocks waiting for new entries.</summary>
     public TimeSpan BlockTimeout { get; set; } = TimeSpan.FromSeconds(2);
 
+    /// <summary>
+    /// Entries started (status <c>processing</c>, counted as running should this process die) but not finished;
+    /// 0 means 8 × <see cref="EffectiveHandlers"/>. Above <see cref="Handlers"/>, so that while some entries wait on
+    /// their Redis round trips others keep every core busy; small, so that a crash makes few suspects.
+    /// </summary>
+    [Range(0, 4096)]
+    public int MaxStarted { get; set; }
+
+    /// <summary>Successes recorded (status, XACK, XDEL) in one MULTI/EXEC at most.</summary>
+    [Range(1, 4096)]
+    public int AckBatchSize { get; set; } = 256;
+
     public int EffectiveHandlers => Handlers > 0 ? Handlers : Environment.ProcessorCount;
 
+    /// <summary>Handler tasks, each carrying one entry from start to the end of its work.</summary>
+    public int EffectiveMaxStarted => Math.Max(EffectiveHandlers, MaxStarted > 0 ? MaxStarted : EffectiveHandlers * 8);
+
     /// <summary>
-    /// Handler tasks: twice <see cref="EffectiveHandlers"/>, so that while one handler waits on its Redis round trips
-    /// (start, acknowledge) another runs CPU work. At most <see cref="EffectiveHandlers"/> run CPU work at once.
+    /// Entries read ahead of the handlers (the read batch): 2 × <see cref="EffectiveMaxStarted"/>. A consumer holds at
+    /// most this many waiting entries plus the ones started; a full buffer stops reading, so the rest wait in Redis.
     /// </summary>
-    public int EffectiveHandlerTasks => EffectiveHandlers * 2;
+    public int BufferCapacity => EffectiveMaxStarted * 2;
 }

@@ -4,22 +4,13 @@ using StackExchange.Redis;
 namespace EventPipeline.Worker.Cpu.Lane;
 
 /// <summary>
-/// Finishes an entry after its handler ran: the status/result write, XACK and XDEL happen in one MULTI/EXEC, so the
-/// entry is acknowledged exactly when its outcome is recorded. Deleting acknowledged entries keeps the stream equal to
-/// the lane's unfinished work (its length is the depth).
+/// Start marks and acknowledgements of single entries. Whoever finishes an entry queues its outcome write with XACK and
+/// XDEL in one MULTI/EXEC (<see cref="AcknowledgeAsync(ITransaction, RedisValue)"/>), so the entry is acknowledged
+/// exactly when its outcome is recorded; successes go in batches through <see cref="SuccessBatcher"/>. Deleting
+/// acknowledged entries keeps the stream equal to the lane's unfinished work (its length is the depth).
 /// </summary>
-public sealed class EntryAcknowledger(IConnectionMultiplexer redis, EventStatusStore statuses)
+public sealed class EntryAcknowledger(IConnectionMultiplexer redis)
 {
-    /// <returns>true when this run recorded the success; false when the event had already succeeded (redelivery).</returns>
-    public async Task<bool> SucceededAsync(LaneEntry entry, string result)
-    {
-        var transaction = redis.GetDatabase().CreateTransaction();
-        var recorded = statuses.MarkSucceededAsync(transaction, entry.Id, entry.Attempt, result);
-        _ = AcknowledgeAsync(transaction, entry.EntryId);
-        await CommitAsync(transaction);
-        return await recorded;
-    }
-
     /// <summary>Acknowledges an entry whose event had already succeeded: nothing to record, nothing to run.</summary>
     public Task AcknowledgeAsync(LaneEntry entry)
     {

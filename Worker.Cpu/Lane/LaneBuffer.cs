@@ -17,7 +17,7 @@ public sealed class LaneBuffer
 
     public LaneBuffer(IOptions<CpuLaneOptions> options)
     {
-        Capacity = options.Value.EffectiveHandlerTasks * 2;
+        Capacity = options.Value.BufferCapacity;
         _channel = Channel.CreateBounded<LaneEntry>(new BoundedChannelOptions(Capacity)
         {
             SingleReader = false,

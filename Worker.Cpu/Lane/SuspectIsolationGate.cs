@@ -9,8 +9,8 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// </summary>
 public sealed class SuspectIsolationGate(IOptions<CpuLaneOptions> options)
 {
-    private readonly int _slots = options.Value.EffectiveHandlerTasks;
-    private readonly SemaphoreSlim _free = new(options.Value.EffectiveHandlerTasks, options.Value.EffectiveHandlerTasks);
+    private readonly int _slots = options.Value.EffectiveMaxStarted;
+    private readonly SemaphoreSlim _free = new(options.Value.EffectiveMaxStarted, options.Value.EffectiveMaxStarted);
     private readonly SemaphoreSlim _alone = new(1, 1);
 
     public async Task<IAsyncDisposable> EnterAsync(LaneEntry entry)

@@ -3,7 +3,8 @@
 //   2. pickup latency (acceptedAt → startedAt) of spaced single events, p50/p99,
 //   3. drain time of N hash.pbkdf2 events against the same N PBKDF2 calls made directly on all cores.
 // Usage: dotnet run -c Release --project tests/Worker.Cpu.Measurements -- [events=10000] [iterations=10000] [idleSeconds=30] [settleSeconds=30]
-// (events=0 measures only idle CPU and pickup latency)
+// (events=0 measures only idle CPU and pickup latency; iterations=0 drains noop.cpu events: the lane's own overhead).
+// CpuLane__* environment variables (e.g. CpuLane__MaxStarted=32) are passed on to the worker.
 using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text;
@@ -30,7 +31,11 @@ var worker = ServiceProcess.Start("Worker.Cpu", new Dictionary<string, string?>
     ["ConnectionStrings__redis"] = redis.ConnectionString,
     ["ASPNETCORE_ENVIRONMENT"] = "Production",
     ["Logging__LogLevel__Default"] = "Warning",
-}, out var port);
+}.Concat(
+    // CpuLane__* settings of this process's environment go to the worker, to compare settings back to back.
+    Environment.GetEnvironmentVariables().Keys.Cast<string>().Where(k => k.StartsWith("CpuLane__", StringComparison.Ordinal))
+        .Select(k => KeyValuePair.Create(k, Environment.GetEnvironmentVariable(k))))
+    .ToDictionary(), out var port);
 await using (worker)
 {
     await ServiceProcess.WaitUntilReadyAsync(worker, port, TimeSpan.FromSeconds(120));
@@ -76,7 +81,10 @@ await using (worker)
     var watch = Stopwatch.StartNew();
     foreach (var chunk in drainIds.Chunk(1000))
     {
-        await EnqueueAsync(db, statuses, [.. chunk.Select(id => (id, EventTypes.Pbkdf2, JsonSerializer.Serialize(new { data = "data of " + id, iterations })))]);
+        // iterations = 0 measures the lane's own overhead: noop.cpu events, no work.
+        await EnqueueAsync(db, statuses, [.. chunk.Select(id => iterations == 0
+            ? (id, EventTypes.NoopCpu, "{}")
+            : (id, EventTypes.Pbkdf2, JsonSerializer.Serialize(new { data = "data of " + id, iterations })))]);
     }
 
     Console.WriteLine($"enqueued {events} in {watch.Elapsed.TotalSeconds:F2} s");
@@ -94,7 +102,7 @@ await using (worker)
     var drain = lastFinished - drainStart;
     var baselineAfter = Direct(events, iterations);
     var baseline = (baselineBefore + baselineAfter) / 2;
-    Console.WriteLine($"lane drain of {events} hash.pbkdf2 × {iterations} iterations: {drain.TotalSeconds:F2} s (first enqueue → last finishedAt)");
+    Console.WriteLine($"lane drain of {events} {(iterations == 0 ? "noop.cpu" : $"hash.pbkdf2 × {iterations} iterations")}: {drain.TotalSeconds:F2} s = {events / drain.TotalSeconds:F0} events/s (first enqueue → last finishedAt)");
     Console.WriteLine($"direct again: {baselineAfter.TotalSeconds:F2} s; mean direct {baseline.TotalSeconds:F2} s; lane/direct = {drain / baseline:F3}");
     Console.WriteLine($"load average at end: {File.ReadAllText("/proc/loadavg").Trim()}");
 }
@@ -109,6 +117,11 @@ static long CpuTicks(int pid)
 
 static TimeSpan Direct(int count, int iterations)
 {
+    if (iterations == 0)
+    {
+        return TimeSpan.Zero; // noop: no work to time
+    }
+
     var watch = Stopwatch.StartNew();
     Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, i =>
     {

@@ -1,0 +1,92 @@
+using System.Threading.Channels;
+using EventPipeline.Shared;
+using Microsoft.Extensions.Options;
+using StackExchange.Redis;
+
+namespace EventPipeline.Worker.Cpu.Lane;
+
+/// <summary>
+/// Records successes in batches: every success that finished while the previous batch was on its way goes out in the
+/// next MULTI/EXEC — one status script per event, then one XACK, one HDEL and one XDEL for all of them. An entry is
+/// still acknowledged exactly when its outcome is recorded (same transaction), never before its work finished; only
+/// the number of round trips and commands per event falls. One batch is in flight at a time, so a batch grows by
+/// itself under load and is a single event when the lane is quiet.
+/// </summary>
+public sealed class SuccessBatcher(IConnectionMultiplexer redis, EventStatusStore statuses, IOptions<CpuLaneOptions> options)
+{
+    private readonly Channel<Success> _pending = Channel.CreateBounded<Success>(new BoundedChannelOptions(options.Value.AckBatchSize * 4)
+    {
+        SingleReader = true,
+        FullMode = BoundedChannelFullMode.Wait,
+    });
+
+    /// <summary>Queues a success; the task ends when it is recorded (true) or found already recorded (false).</summary>
+    /// <remarks>Waits while too many successes are queued, so a slow Redis slows the handlers instead of filling memory.</remarks>
+    public async Task<bool> SucceededAsync(LaneEntry entry, string result)
+    {
+        var success = new Success(entry, result, new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously));
+        await _pending.Writer.WriteAsync(success);
+        return await success.Recorded.Task;
+    }
+
+    /// <summary>Writes batches until <see cref="Complete"/> was called and every queued success is written.</summary>
+    public async Task RunAsync()
+    {
+        var batch = new List<Success>(options.Value.AckBatchSize);
+        while (await _pending.Reader.WaitToReadAsync())
+        {
+            batch.Clear();
+            while (batch.Count < options.Value.AckBatchSize && _pending.Reader.TryRead(out var success))
+            {
+                batch.Add(success);
+            }
+
+            await WriteAsync(batch);
+        }
+    }
+
+    /// <summary>No more successes will come (the handlers have finished).</summary>
+    public void Complete() => _pending.Writer.TryComplete();
+
+    private async Task WriteAsync(List<Success> batch)
+    {
+        try
+        {
+            var transaction = redis.GetDatabase().CreateTransaction();
+            var recorded = new Task<bool>[batch.Count];
+            var ids = new RedisValue[batch.Count];
+            for (var i = 0; i < batch.Count; i++)
+            {
+                var entry = batch[i].Entry;
+                recorded[i] = statuses.MarkSucceededAsync(transaction, entry.Id, entry.Attempt, batch[i].Result);
+                ids[i] = entry.EntryId;
+            }
+
+            _ = transaction.StreamAcknowledgeAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, ids);
+            _ = transaction.HashDeleteAsync(CpuLaneStreams.Started, ids);
+            _ = transaction.StreamDeleteAsync(CpuLaneStreams.Stream, ids);
+            await EntryAcknowledger.CommitAsync(transaction);
+            for (var i = 0; i < batch.Count; i++)
+            {
+                try
+                {
+                    batch[i].Recorded.TrySetResult(await recorded[i]);
+                }
+                catch (Exception ex)
+                {
+                    batch[i].Recorded.TrySetException(ex);
+                }
+            }
+        }
+        catch (Exception ex)
+        {
+            // Nothing of the batch was committed (MULTI/EXEC): each entry stays pending and its handler reports it.
+            foreach (var success in batch)
+            {
+                success.Recorded.TrySetException(ex);
+            }
+        }
+    }
+
+    private sealed record Success(LaneEntry Entry, string Result, TaskCompletionSource<bool> Recorded);
+}
