@@ -99,7 +99,7 @@ public static class BenchApp
             run.Scenarios.Add(await runner.RunAsync(Steady(options, workload, 20, quick ? 2 : 10, 1) with { Name = name }, options.OutDirectory, label, cancellationToken));
         }
 
-        run.Idle = await IdleAsync(target, quick ? 3 : 15, log, cancellationToken);
+        run.Idle = await IdleAsync(target, quick ? 3 : 30, log, cancellationToken);
         var specs = new List<ScenarioSpec>
         {
             Burst(options, "noop-cpu", N(10_000)) with { Name = "noop-cpu-burst", Batch = batch, Connections = 8 },

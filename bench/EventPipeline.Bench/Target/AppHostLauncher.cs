@@ -39,6 +39,14 @@ public static class AppHostLauncher
             .AddFilter("AppHost.Resources", quiet)
             .AddFilter("Aspire.Hosting", options.Verbose ? LogLevel.Information : LogLevel.Error)
             .AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks", quiet));
+        foreach (var project in builder.Resources.OfType<ProjectResource>())
+        {
+            // Aspire points every service at the dashboard's OTLP endpoint, exporting each second; a bench starts no
+            // dashboard, so each export would fail and cost CPU that no deployment pays. Without the endpoint the
+            // services do not export OTLP (ServiceDefaults); their /metrics stay, scraped by Prometheus as usual.
+            project.Annotations.Add(new EnvironmentCallbackAnnotation(env => env.Remove("OTEL_EXPORTER_OTLP_ENDPOINT")));
+        }
+
         foreach (var (resource, name, value) in options.Settings)
         {
             var target = builder.Resources.OfType<IResourceWithEnvironment>().FirstOrDefault(r => r.Name == resource)
