@@ -28,16 +28,7 @@ public sealed class AppHostFixture : IAsyncLifetime
     public async Task InitializeAsync()
     {
         var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.AppHost>(
-        [
-            "Brokers:Mode=Executables",
-            $"Brokers:DataDirectory={_data.Path}",
-            "TestEvents:Enabled=true",
-            $"Parameters:api-key-submit={SubmitKey}",
-            $"Parameters:api-key-admin={AdminKey}",
-            "Parameters:redis-password=e2e-redis-" + Guid.NewGuid().ToString("N")[..12],
-            "Parameters:rabbitmq-password=e2e-rabbit-" + Guid.NewGuid().ToString("N")[..12],
-            "ASPIRE_VERSION_CHECK_DISABLED=true",
-        ]);
+            [.. AppHostArguments.ForTest(_data.Path, SubmitKey, AdminKey, "e2e")]);
         builder.Services.AddLogging(logging => logging
             .SetMinimumLevel(LogLevel.Warning)
             // Brokers are unhealthy until they finished booting: expected, and noise in the test output.

@@ -49,14 +49,7 @@ public sealed class ObservedAppHostFixture : IAsyncLifetime
         await Otlp.StartAsync(LocalPorts.Free());
         var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.AppHost>(
         [
-            "Brokers:Mode=Executables",
-            $"Brokers:DataDirectory={_data.Path}",
-            "TestEvents:Enabled=true",
-            $"Parameters:api-key-submit={SubmitKey}",
-            $"Parameters:api-key-admin={AdminKey}",
-            "Parameters:redis-password=obs-redis-" + Guid.NewGuid().ToString("N")[..12],
-            "Parameters:rabbitmq-password=obs-rabbit-" + Guid.NewGuid().ToString("N")[..12],
-            "ASPIRE_VERSION_CHECK_DISABLED=true",
+            .. AppHostArguments.ForTest(_data.Path, SubmitKey, AdminKey, "obs"),
             // The dashboard, without login and without TLS, on loopback ports of its own.
             $"ASPNETCORE_URLS=http://127.0.0.1:{LocalPorts.Free()}",
             $"ASPIRE_DASHBOARD_OTLP_ENDPOINT_URL=http://127.0.0.1:{LocalPorts.Free()}",
