@@ -18,6 +18,12 @@ public sealed class IngestOptions
     public int MaxBatchBytes { get; set; } = 4 * 1024 * 1024;
     public int MaxBatchEvents { get; set; } = 1000;
 
+    /// <summary>
+    /// I/O-lane messages published (and confirmed) at once per request: bounds the memory a large batch holds.
+    /// </summary>
+    [System.ComponentModel.DataAnnotations.Range(1, 10_000)]
+    public int IoPublishChunk { get; set; } = 100;
+
     /// <summary>How long a submission waits for the broker's confirmation before answering 503.</summary>
     public TimeSpan BrokerTimeout { get; set; } = TimeSpan.FromSeconds(5);
 }

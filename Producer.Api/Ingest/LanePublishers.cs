@@ -4,6 +4,7 @@ using EventPipeline.Producer.Validation;
 using EventPipeline.ServiceDefaults;
 using EventPipeline.Shared;
 using MassTransit;
+using Microsoft.Extensions.Options;
 using StackExchange.Redis;
 
 namespace EventPipeline.Producer.Ingest;
@@ -68,12 +69,22 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
 /// <summary>
 /// I/O lane: MassTransit publishes with publisher confirms, so the await returns once RabbitMQ has the messages in
 /// its durable quorum queue. The status is written after the confirm and never moves a running event backwards.
+/// A batch goes out in chunks of <see cref="IngestOptions.IoPublishChunk"/>, each confirmed before the next: the
+/// messages one request holds in memory at once stay bounded however large the batch.
 /// </summary>
-public sealed class IoLanePublisher(IBus bus, EventStatusStore statuses, ILogger<IoLanePublisher> logger) : ILanePublisher
+public sealed class IoLanePublisher(IBus bus, EventStatusStore statuses, IOptions<IngestOptions> options, ILogger<IoLanePublisher> logger) : ILanePublisher
 {
     public string Lane => Lanes.Io;
 
     public async Task PublishAsync(IReadOnlyList<ValidatedEvent> events, DateTimeOffset acceptedAt, CancellationToken cancellationToken)
+    {
+        foreach (var chunk in events.Chunk(options.Value.IoPublishChunk))
+        {
+            await PublishChunkAsync(chunk, acceptedAt, cancellationToken);
+        }
+    }
+
+    private async Task PublishChunkAsync(ValidatedEvent[] events, DateTimeOffset acceptedAt, CancellationToken cancellationToken)
     {
         var messages = events.Select(e => new IoEventSubmitted(e.Id, e.Type, e.Payload, acceptedAt, e.Target)).ToList();
         try
@@ -90,7 +101,7 @@ public sealed class IoLanePublisher(IBus bus, EventStatusStore statuses, ILogger
 
         try
         {
-            var batch = new List<Task>(events.Count);
+            var batch = new List<Task>(events.Length);
             foreach (var e in events)
             {
                 batch.Add(statuses.MarkAcceptedAsync(e.Id, e.Type, Lane, acceptedAt));
@@ -101,7 +112,7 @@ public sealed class IoLanePublisher(IBus bus, EventStatusStore statuses, ILogger
         catch (RedisException ex)
         {
             // RabbitMQ holds the events, so they will run; only their status shows up late.
-            logger.LogWarning(ex, "Status store unavailable after {Count} I/O events were published; statuses appear when workers run them", events.Count);
+            logger.LogWarning(ex, "Status store unavailable after {Count} I/O events were published; statuses appear when workers run them", events.Length);
         }
     }
 }
