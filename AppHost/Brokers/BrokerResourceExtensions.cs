@@ -57,9 +57,12 @@ public static class BrokerResourceExtensions
         var dataDirectory = builder.BrokerDataDirectory(name);
         var redis = builder.AddResource(new LocalRedisResource(name, dataDirectory, password.Resource))
             .WithLocalPort(LocalRedisResource.PrimaryEndpointName, "tcp")
-            .WithArgs(context =>
+            .WithArgs(async context =>
             {
                 var resource = (LocalRedisResource)context.Resource;
+                // The password goes in a file only this user can read, not on the command line where `ps` shows it
+                // to everyone on the machine. A config file must be redis-server's first argument.
+                context.Args.Add(await WriteRedisAuthFileAsync(resource, context.CancellationToken));
                 context.Args.Add("--port");
                 context.Args.Add(resource.PrimaryEndpoint.Property(EndpointProperty.TargetPort));
                 context.Args.Add("--bind");
@@ -72,12 +75,37 @@ public static class BrokerResourceExtensions
                 context.Args.Add("yes");
                 context.Args.Add("--appendfsync");
                 context.Args.Add("everysec");
-                context.Args.Add("--requirepass");
-                context.Args.Add(resource.Password);
                 context.Args.Add("--save");
                 context.Args.Add("");
             });
         return redis.WithProtocolHealthCheck(resource => new RedisPingHealthCheck(resource));
+    }
+
+    private static async Task<string> WriteRedisAuthFileAsync(LocalRedisResource resource, CancellationToken cancellationToken)
+    {
+        var password = await resource.Password.GetValueAsync(cancellationToken)
+            ?? throw new InvalidOperationException($"Parameter '{resource.Password.Name}' has no value");
+        Directory.CreateDirectory(resource.DataDirectory);
+        var path = Path.Combine(resource.DataDirectory, "auth.conf");
+        const UnixFileMode ownerOnly = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        var options = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows())
+        {
+            options.UnixCreateMode = ownerOnly;
+        }
+
+        await using (var file = new StreamWriter(path, new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false), options))
+        {
+            await file.WriteLineAsync($"requirepass \"{password.Replace("\\", "\\\\").Replace("\"", "\\\"")}\"");
+        }
+
+        if (!OperatingSystem.IsWindows())
+        {
+            // An existing file keeps its old mode on Create: make sure it is the owner's alone.
+            File.SetUnixFileMode(path, ownerOnly);
+        }
+
+        return path;
     }
 
     public static IResourceBuilder<IResourceWithConnectionString> AddPipelineRabbitMQ(
