@@ -16,6 +16,12 @@ var testEvents = builder.Configuration["TestEvents:Enabled"] ?? "false";
 
 // The HTTP receiver the I/O lane delivers webhooks to (stands in for a real downstream service).
 var downstream = builder.AddProject<Projects.Downstream_Receiver>("downstream")
+    // Worker.Io calls it on its own port, not through Aspire's development proxy: a deployment has no such hop.
+    .WithEndpoint("http", endpoint =>
+    {
+        var port = BrokerResourceExtensions.FreeLoopbackPort();
+        (endpoint.Port, endpoint.TargetPort, endpoint.IsProxied) = (port, port, false);
+    })
     .WithHttpHealthCheck("/health/ready");
 
 var api = builder.AddProject<Projects.Producer_Api>("producer-api")

@@ -176,7 +176,7 @@ public static class BrokerResourceExtensions
         return builder.WithEndpoint(port: port, targetPort: port, scheme: scheme, name: name, isProxied: false);
     }
 
-    private static int FreeLoopbackPort()
+    internal static int FreeLoopbackPort()
     {
         using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
         listener.Start();
