@@ -157,8 +157,10 @@ public static class BrokerResourceExtensions
                 env["RABBITMQ_ENABLED_PLUGINS_FILE"] = WritePluginFiles(resource.DataDirectory);
                 env["RABBITMQ_DEFAULT_USER"] = resource.UserName;
                 env["RABBITMQ_DEFAULT_PASS"] = resource.Password;
+                // -start_epmd false: the node registers with the epmd resource above and never starts a daemon of
+                // its own, which would outlive the AppHost (it happened once when epmd was stopped first).
                 env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = ReferenceExpression.Create(
-                    $"-kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_prometheus tcp_config [{{port,{resource.PrometheusEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}]");
+                    $"-start_epmd false -kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_prometheus tcp_config [{{port,{resource.PrometheusEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}]");
             })
             .WaitFor(epmd);
         return rabbit.WithProtocolHealthCheck(resource => new RabbitMQConnectHealthCheck(resource));
