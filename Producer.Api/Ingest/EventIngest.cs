@@ -316,35 +316,31 @@ public sealed class EventIngest(
             return ([], null, TooLarge(maxBytes));
         }
 
-        byte[] body;
+        // Read at most maxBytes + 1 so a body without Content-Length cannot grow past the limit either.
+        using var buffer = new MemoryStream();
+        var chunk = new byte[16 * 1024];
         try
         {
-            // With a Content-Length (already checked against the limit) the body is read into one array of exactly
-            // that size. Growing a MemoryStream instead allocated about four times a batch body on the large-object
-            // heap, and that allocation rate set off most of the API's full GCs under load.
-            body = request.ContentLength is { } length
-                ? await ReadExactlyAsync(request.Body, (int)length, cancellationToken)
-                : await ReadBoundedAsync(request.Body, maxBytes, cancellationToken);
+            int read;
+            while ((read = await request.Body.ReadAsync(chunk, cancellationToken)) > 0)
+            {
+                if (buffer.Length + read > maxBytes)
+                {
+                    return ([], null, TooLarge(maxBytes));
+                }
+
+                buffer.Write(chunk, 0, read);
+            }
         }
         catch (BadHttpRequestException ex)
         {
-            // Kestrel's own limits (MaxRequestBodySize, minimum data rate), a body shorter than its Content-Length,
-            // or a broken chunked encoding.
+            // Kestrel's own limits (MaxRequestBodySize, minimum data rate) or a broken chunked encoding.
             return ([], null, ex.StatusCode == StatusCodes.Status413PayloadTooLarge
                 ? TooLarge(maxBytes)
                 : Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body could not be read", ex.Message));
         }
-        catch (EndOfStreamException)
-        {
-            return ([], null, Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body could not be read",
-                "The body ended before its Content-Length."));
-        }
 
-        if (body.Length > maxBytes)
-        {
-            return ([], null, TooLarge(maxBytes));
-        }
-
+        var body = buffer.ToArray();
         try
         {
             return (body, JsonDocument.Parse(body, JsonOptions), null);
@@ -353,31 +349,6 @@ public sealed class EventIngest(
         {
             return ([], null, Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body is not valid JSON", ex.Message));
         }
-    }
-
-    private static async Task<byte[]> ReadExactlyAsync(Stream stream, int length, CancellationToken cancellationToken)
-    {
-        var body = new byte[length];
-        await stream.ReadExactlyAsync(body, cancellationToken);
-        return body;
-    }
-
-    /// <summary>A body without Content-Length (chunked): read at most maxBytes + 1, so it cannot grow past the limit.</summary>
-    private static async Task<byte[]> ReadBoundedAsync(Stream stream, int maxBytes, CancellationToken cancellationToken)
-    {
-        using var buffer = new MemoryStream();
-        var chunk = new byte[16 * 1024];
-        int read;
-        while ((read = await stream.ReadAsync(chunk, cancellationToken)) > 0)
-        {
-            buffer.Write(chunk, 0, read);
-            if (buffer.Length > maxBytes)
-            {
-                break;
-            }
-        }
-
-        return buffer.ToArray();
     }
 
     private static IResult TooLarge(int maxBytes) =>
