@@ -19,7 +19,7 @@ var downstream = builder.AddProject<Projects.Downstream_Receiver>("downstream")
     // Worker.Io calls it on its own port, not through Aspire's development proxy: a deployment has no such hop.
     .WithEndpoint("http", endpoint =>
     {
-        var port = BrokerResourceExtensions.FreeLoopbackPort();
+        var port = LocalProcessResources.FreeLoopbackPort();
         (endpoint.Port, endpoint.TargetPort, endpoint.IsProxied) = (port, port, false);
     })
     .WithHttpHealthCheck("/health/ready");

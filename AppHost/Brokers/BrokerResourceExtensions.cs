@@ -32,7 +32,7 @@ public static class BrokerResourceExtensions
 
         if (mode == BrokerHosting.Executables)
         {
-            var missing = new[] { "redis-server", "epmd", LocalRabbitMQResource.RabbitMQServerPath }.Where(exe => !IsExecutableAvailable(exe)).ToList();
+            var missing = LocalProcessResources.MissingExecutables("redis-server", "epmd", LocalRabbitMQResource.RabbitMQServerPath);
             if (missing.Count > 0)
             {
                 throw new DistributedApplicationException(
@@ -54,7 +54,7 @@ public static class BrokerResourceExtensions
                 .WithArgs("--appendonly", "yes", "--appendfsync", "everysec");
         }
 
-        var dataDirectory = builder.BrokerDataDirectory(name);
+        var dataDirectory = builder.LocalDataDirectory(name);
         var redis = builder.AddResource(new LocalRedisResource(name, dataDirectory, password.Resource))
             .WithLocalPort(LocalRedisResource.PrimaryEndpointName, "tcp")
             .WithArgs(async context =>
@@ -117,7 +117,7 @@ public static class BrokerResourceExtensions
             return builder.AddRabbitMQ(name, userName, password).WithDataVolume();
         }
 
-        var dataDirectory = builder.BrokerDataDirectory(name);
+        var dataDirectory = builder.LocalDataDirectory(name);
         var epmd = builder.AddResource(new EpmdResource($"{name}-epmd", dataDirectory))
             .WithLocalPort(EpmdResource.PrimaryEndpointName, "tcp")
             .WithArgs(context =>
@@ -166,25 +166,6 @@ public static class BrokerResourceExtensions
         return rabbit.WithProtocolHealthCheck(resource => new RabbitMQConnectHealthCheck(resource));
     }
 
-    /// <summary>
-    /// A proxy-less endpoint on a free loopback port chosen now. The brokers listen on it themselves: Erlang's
-    /// distribution (epmd registration, node ports) does not work through Aspire's TCP proxy, and a proxy hop would
-    /// only add latency to every broker call. Picking the port at start also keeps clear of any system-wide broker
-    /// on the default ports.
-    /// </summary>
-    private static IResourceBuilder<T> WithLocalPort<T>(this IResourceBuilder<T> builder, string name, string scheme) where T : IResourceWithEndpoints
-    {
-        var port = FreeLoopbackPort();
-        return builder.WithEndpoint(port: port, targetPort: port, scheme: scheme, name: name, isProxied: false);
-    }
-
-    internal static int FreeLoopbackPort()
-    {
-        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
-    }
-
     private static IResourceBuilder<IResourceWithConnectionString> WithProtocolHealthCheck<T>(
         this IResourceBuilder<T> builder, Func<T, IHealthCheck> createCheck) where T : class, IResourceWithConnectionString
     {
@@ -194,16 +175,6 @@ public static class BrokerResourceExtensions
         return builder.WithHealthCheck(key);
     }
 
-    private static string BrokerDataDirectory(this IDistributedApplicationBuilder builder, string name)
-    {
-        var root = builder.Configuration["Brokers:DataDirectory"] is { Length: > 0 } configured
-            ? configured
-            : Path.Combine(builder.AppHostDirectory, ".data");
-        var directory = Path.GetFullPath(Path.Combine(root, name));
-        Directory.CreateDirectory(directory);
-        return directory;
-    }
-
     private static string WritePluginFiles(string dataDirectory)
     {
         File.WriteAllText(Path.Combine(dataDirectory, "rabbitmq.conf"), "loopback_users = none\n");
@@ -211,10 +182,4 @@ public static class BrokerResourceExtensions
         File.WriteAllText(plugins, "[rabbitmq_prometheus].\n");
         return plugins;
     }
-
-    private static bool IsExecutableAvailable(string executable) =>
-        Path.IsPathRooted(executable)
-            ? File.Exists(executable)
-            : (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator)
-                .Any(dir => File.Exists(Path.Combine(dir, executable)));
 }

@@ -60,11 +60,11 @@ public static class MonitoringResourceExtensions
 
     private static IResourceBuilder<IResourceWithEndpoints> AddLocalPrometheus(this IDistributedApplicationBuilder builder, IReadOnlyList<ScrapeTarget> targets)
     {
-        var directory = MonitoringDataDirectory(builder, "prometheus");
+        var directory = builder.LocalDataDirectory("prometheus");
         var source = PrometheusConfiguration.SourceDirectory(builder);
         var configDirectory = Path.Combine(directory, "config");
         var prometheus = builder.AddResource(new LocalPrometheusResource("prometheus", directory))
-            .WithLocalPort(LocalPrometheusResource.PrimaryEndpointName)
+            .WithLocalPort(LocalPrometheusResource.PrimaryEndpointName, "http")
             .WithArgs(async context =>
             {
                 var resource = (LocalPrometheusResource)context.Resource;
@@ -80,7 +80,7 @@ public static class MonitoringResourceExtensions
 
     private static IResourceBuilder<IResourceWithEndpoints> AddPrometheusContainer(this IDistributedApplicationBuilder builder, IReadOnlyList<ScrapeTarget> targets)
     {
-        var configDirectory = Path.Combine(MonitoringDataDirectory(builder, "prometheus"), "config");
+        var configDirectory = Path.Combine(builder.LocalDataDirectory("prometheus"), "config");
         var source = PrometheusConfiguration.SourceDirectory(builder);
         var prometheus = builder.AddContainer("prometheus", "prom/prometheus", PrometheusImageTag)
             .WithBindMount(configDirectory, "/etc/prometheus", isReadOnly: true)
@@ -100,8 +100,8 @@ public static class MonitoringResourceExtensions
         IResourceBuilder<IResourceWithConnectionString> redis, IResourceBuilder<ParameterResource> redisPassword)
     {
         var redisEndpoint = ((IResourceWithEndpoints)redis.Resource).GetEndpoint("tcp");
-        var exporter = builder.AddResource(new LocalRedisExporterResource("redis-exporter", MonitoringDataDirectory(builder, "redis-exporter")))
-            .WithLocalPort(LocalRedisExporterResource.PrimaryEndpointName)
+        var exporter = builder.AddResource(new LocalRedisExporterResource("redis-exporter", builder.LocalDataDirectory("redis-exporter")))
+            .WithLocalPort(LocalRedisExporterResource.PrimaryEndpointName, "http")
             .WithArgs(context =>
             {
                 var resource = (LocalRedisExporterResource)context.Resource;
@@ -171,30 +171,9 @@ public static class MonitoringResourceExtensions
     private static IResourceBuilder<IResourceWithEndpoints> AsEndpointResource<T>(this IResourceBuilder<T> builder) where T : IResourceWithEndpoints =>
         builder.ApplicationBuilder.CreateResourceBuilder<IResourceWithEndpoints>(builder.Resource);
 
-    /// <summary>A proxy-less endpoint on a free loopback port chosen now; the process is told to listen on it.</summary>
-    private static IResourceBuilder<T> WithLocalPort<T>(this IResourceBuilder<T> builder, string name) where T : IResourceWithEndpoints
-    {
-        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
-        return builder.WithEndpoint(port: port, targetPort: port, scheme: "http", name: name, isProxied: false);
-    }
-
-    /// <summary>Beside the brokers' data (Brokers:DataDirectory, a temp directory in tests), so one run keeps it all together.</summary>
-    private static string MonitoringDataDirectory(IDistributedApplicationBuilder builder, string name)
-    {
-        var root = builder.Configuration["Brokers:DataDirectory"] is { Length: > 0 } configured
-            ? configured
-            : Path.Combine(builder.AppHostDirectory, ".data");
-        var directory = Path.GetFullPath(Path.Combine(root, name));
-        Directory.CreateDirectory(directory);
-        return directory;
-    }
-
     private static void RequireExecutables(params string[] executables)
     {
-        var path = (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator);
-        var missing = executables.Where(exe => !path.Any(dir => File.Exists(Path.Combine(dir, exe)))).ToList();
+        var missing = LocalProcessResources.MissingExecutables(executables);
         if (missing.Count > 0)
         {
             throw new DistributedApplicationException(
