@@ -20,14 +20,7 @@ public static class EventsApi
             .Accepts<SubmitEventRequest>("application/json")
             .Produces<SubmittedEvent>(StatusCodes.Status202Accepted)
             .Produces<SubmittedEvent>(StatusCodes.Status200OK)
-            .ProducesValidationProblem()
-            .ProducesProblem(StatusCodes.Status401Unauthorized)
-            .ProducesProblem(StatusCodes.Status409Conflict)
-            .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
-            .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
-            .ProducesProblem(StatusCodes.Status422UnprocessableEntity)
-            .ProducesProblem(StatusCodes.Status429TooManyRequests)
-            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+            .ProducesSubmissionProblems();
 
         events.MapPost("/batch", (HttpRequest request, EventIngest ingest, CancellationToken ct) => ingest.SubmitBatchAsync(request, ct))
             .WithName("SubmitEventBatch")
@@ -36,14 +29,7 @@ public static class EventsApi
             .Accepts<SubmitBatchRequest>("application/json")
             .Produces<SubmittedBatch>(StatusCodes.Status202Accepted)
             .Produces<SubmittedBatch>(StatusCodes.Status200OK)
-            .ProducesValidationProblem()
-            .ProducesProblem(StatusCodes.Status401Unauthorized)
-            .ProducesProblem(StatusCodes.Status409Conflict)
-            .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
-            .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
-            .ProducesProblem(StatusCodes.Status422UnprocessableEntity)
-            .ProducesProblem(StatusCodes.Status429TooManyRequests)
-            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+            .ProducesSubmissionProblems();
 
         events.MapGet("/{id}", GetEventAsync)
             .WithName("GetEvent")
@@ -54,6 +40,17 @@ public static class EventsApi
 
         return app;
     }
+
+    /// <summary>What a submission can answer besides its 202/200: the same for one event and for a batch.</summary>
+    private static RouteHandlerBuilder ProducesSubmissionProblems(this RouteHandlerBuilder endpoint) => endpoint
+        .ProducesValidationProblem()
+        .ProducesProblem(StatusCodes.Status401Unauthorized)
+        .ProducesProblem(StatusCodes.Status409Conflict)
+        .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
+        .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
+        .ProducesProblem(StatusCodes.Status422UnprocessableEntity)
+        .ProducesProblem(StatusCodes.Status429TooManyRequests)
+        .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
     private static async Task<Results<Ok<EventStatus>, ProblemHttpResult>> GetEventAsync(string id, EventStatusStore statuses)
     {
