@@ -128,15 +128,8 @@ public sealed class DeadLetterLanes(IEnumerable<IDeadLetterLane> lanes, ILogger<
         catch (DeadLetterStoreUnavailableException ex)
         {
             logger.LogWarning(ex, "Dead-letter store of the {Lane} lane is unavailable", ex.Lane);
-            var problem = new ProblemDetails
-            {
-                Status = StatusCodes.Status503ServiceUnavailable,
-                Type = Problems.BrokerUnavailable,
-                Title = $"The {ex.Lane} lane's broker is unavailable",
-                Detail = "The dead-letter store could not be read or changed; nothing was changed unless the broker confirmed it.",
-                Extensions = { ["lane"] = ex.Lane },
-            };
-            return new HeaderResult(TypedResults.Problem(problem), ("Retry-After", RetryAfterSeconds.ToString(CultureInfo.InvariantCulture)));
+            return Problems.Unavailable(ex.Lane, $"The {ex.Lane} lane's broker is unavailable",
+                "The dead-letter store could not be read or changed; nothing was changed unless the broker confirmed it.", RetryAfterSeconds);
         }
     }
 }

@@ -1,7 +1,5 @@
-using EventPipeline.Producer.Ingest;
 using EventPipeline.Producer.Monitoring;
 using EventPipeline.Producer.Security;
-using Microsoft.AspNetCore.Mvc;
 
 namespace EventPipeline.Producer.Apis;
 
@@ -31,15 +29,7 @@ public static class LanesApi
         }
         catch (LaneUnavailableException ex)
         {
-            var problem = new ProblemDetails
-            {
-                Status = StatusCodes.Status503ServiceUnavailable,
-                Type = Problems.BrokerUnavailable,
-                Title = $"The {ex.Lane} lane's broker is unavailable",
-                Detail = "Its backlog could not be read in time.",
-                Extensions = { ["lane"] = ex.Lane },
-            };
-            return new HeaderResult(TypedResults.Problem(problem), ("Retry-After", "5"));
+            return Problems.Unavailable(ex.Lane, $"The {ex.Lane} lane's broker is unavailable", "Its backlog could not be read in time.", 5);
         }
     }
 }

@@ -27,6 +27,33 @@ public static class Problems
         TypedResults.Problem(statusCode: status, type: type, title: title, detail: detail);
 
     /// <summary>
+    /// 503 <see cref="BrokerUnavailable"/> with Retry-After: a lane's broker, or the store behind an operation, did not
+    /// answer in time. <paramref name="heldIds"/> names events another lane's broker already holds (a mixed batch).
+    /// </summary>
+    public static IResult Unavailable(string? lane, string title, string detail, int retryAfterSeconds, IReadOnlyList<string>? heldIds = null)
+    {
+        var problem = new Microsoft.AspNetCore.Mvc.ProblemDetails
+        {
+            Status = StatusCodes.Status503ServiceUnavailable,
+            Type = BrokerUnavailable,
+            Title = title,
+            Detail = detail,
+        };
+        if (lane is not null)
+        {
+            problem.Extensions["lane"] = lane;
+        }
+
+        if (heldIds is not null)
+        {
+            problem.Extensions["heldIds"] = heldIds;
+        }
+
+        return new Ingest.HeaderResult(TypedResults.Problem(problem),
+            ("Retry-After", retryAfterSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+    }
+
+    /// <summary>
     /// Gives the problems the framework writes itself (no route, wrong method, unreadable request, unhandled error) a
     /// stable type of ours instead of a link to an RFC section.
     /// </summary>

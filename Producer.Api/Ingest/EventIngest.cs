@@ -174,8 +174,9 @@ public sealed class EventIngest(
         catch (Exception ex) when (ex is RedisException or TimeoutException)
         {
             logger.LogWarning(ex, "The idempotency store did not answer");
-            return (null, Unavailable(null, "The idempotency store (Redis) is unavailable",
-                "Events with a client-given id or an Idempotency-Key are checked against earlier submissions first, and that check could not run. Nothing was enqueued."));
+            return (null, Problems.Unavailable(null, "The idempotency store (Redis) is unavailable",
+                "Events with a client-given id or an Idempotency-Key are checked against earlier submissions first, and that check could not run. Nothing was enqueued.",
+                BrokerRetryAfterSeconds));
         }
 
         switch (claim.Outcome)
@@ -245,10 +246,11 @@ public sealed class EventIngest(
             catch (BrokerUnavailableException ex)
             {
                 logger.LogWarning(ex, "The {Lane} lane's broker did not confirm {Count} events", ex.Lane, forLane.Count);
-                var problem = Unavailable(ex.Lane, $"The {ex.Lane} lane's broker is unavailable",
+                // A batch that spans both lanes: heldIds names what the other lane's broker already holds.
+                var problem = Problems.Unavailable(ex.Lane, $"The {ex.Lane} lane's broker is unavailable",
                     "The broker did not confirm the write, so these events are not guaranteed to be held. " +
                     "Retry after the indicated delay; resubmitting with the same event ids or Idempotency-Key is safe.",
-                    held.Count > 0 ? held.Select(e => e.Id).ToList() : null);
+                    BrokerRetryAfterSeconds, held.Count > 0 ? held.Select(e => e.Id).ToList() : null);
                 return (held, problem);
             }
 
@@ -260,29 +262,6 @@ public sealed class EventIngest(
         }
 
         return (held, null);
-    }
-
-    private static IResult Unavailable(string? lane, string title, string detail, IReadOnlyList<string>? heldIds = null)
-    {
-        var problem = new ProblemDetails
-        {
-            Status = StatusCodes.Status503ServiceUnavailable,
-            Type = Problems.BrokerUnavailable,
-            Title = title,
-            Detail = detail,
-        };
-        if (lane is not null)
-        {
-            problem.Extensions["lane"] = lane;
-        }
-
-        if (heldIds is not null)
-        {
-            // A batch that spans both lanes: the other lane's broker already holds these.
-            problem.Extensions["heldIds"] = heldIds;
-        }
-
-        return new HeaderResult(TypedResults.Problem(problem), ("Retry-After", BrokerRetryAfterSeconds.ToString(CultureInfo.InvariantCulture)));
     }
 
     private static string? ReadIdempotencyKey(HttpRequest request, Dictionary<string, string[]> errors)
