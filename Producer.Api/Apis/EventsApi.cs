@@ -9,6 +9,8 @@ namespace EventPipeline.Producer.Apis;
 
 public static class EventsApi
 {
+    private const int StatusRetryAfterSeconds = 2;
+
     public static IEndpointRouteBuilder MapEventsApi(this IEndpointRouteBuilder app)
     {
         var events = app.MapGroup("/events").WithTags("Events").RequireApiKey(ApiKeyScope.Submit);
@@ -36,7 +38,8 @@ public static class EventsApi
             .WithSummary("Look up an event's state, attempts, error, result and timings")
             .Produces<EventStatus>()
             .ProducesProblem(StatusCodes.Status401Unauthorized)
-            .ProducesProblem(StatusCodes.Status404NotFound);
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
         return app;
     }
@@ -52,9 +55,21 @@ public static class EventsApi
         .ProducesProblem(StatusCodes.Status429TooManyRequests)
         .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
-    private static async Task<Results<Ok<EventStatus>, ProblemHttpResult>> GetEventAsync(string id, EventStatusStore statuses)
+    private static async Task<IResult> GetEventAsync(string id, EventStatusStore statuses, ILogger<EventStatusStore> logger)
     {
-        var status = await statuses.GetAsync(id);
+        EventStatus? status;
+        try
+        {
+            status = await statuses.GetAsync(id);
+        }
+        catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
+        {
+            // RedisTimeoutException is a TimeoutException, not a RedisException: a paused or slow Redis lands here too.
+            logger.LogWarning(ex, "The status store did not answer for event {EventId}", id);
+            return Problems.Unavailable(null, "The status store (Redis) is unavailable",
+                "The event's status could not be read. Nothing about the event changed; retry after the indicated delay.", StatusRetryAfterSeconds);
+        }
+
         return status is null
             ? TypedResults.Problem(statusCode: 404, type: Problems.NotFound, title: "No such event",
                 detail: $"No event '{id}' is known (never accepted, or its status expired).")

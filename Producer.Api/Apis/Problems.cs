@@ -28,9 +28,11 @@ public static class Problems
 
     /// <summary>
     /// 503 <see cref="BrokerUnavailable"/> with Retry-After: a lane's broker, or the store behind an operation, did not
-    /// answer in time. <paramref name="heldIds"/> names events another lane's broker already holds (a mixed batch).
+    /// answer in time. <paramref name="heldIds"/> names events of the request a broker confirmed (they will run),
+    /// <paramref name="uncertainIds"/> those whose write was in flight when it failed (a broker may hold them).
     /// </summary>
-    public static IResult Unavailable(string? lane, string title, string detail, int retryAfterSeconds, IReadOnlyList<string>? heldIds = null)
+    public static IResult Unavailable(string? lane, string title, string detail, int retryAfterSeconds,
+        IReadOnlyList<string>? heldIds = null, IReadOnlyList<string>? uncertainIds = null)
     {
         var problem = new Microsoft.AspNetCore.Mvc.ProblemDetails
         {
@@ -47,6 +49,11 @@ public static class Problems
         if (heldIds is not null)
         {
             problem.Extensions["heldIds"] = heldIds;
+        }
+
+        if (uncertainIds is not null)
+        {
+            problem.Extensions["uncertainIds"] = uncertainIds;
         }
 
         return new Ingest.HeaderResult(TypedResults.Problem(problem),

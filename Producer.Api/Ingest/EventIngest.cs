@@ -192,28 +192,15 @@ public sealed class EventIngest(
                     ("Retry-After", InFlightRetryAfterSeconds.ToString(CultureInfo.InvariantCulture))));
         }
 
-        var (published, failure) = await PublishAsync(claim.Fresh, cancellationToken);
-        try
+        var outcome = await PublishAsync(claim.Fresh, cancellationToken);
+        if (claim.Token.Length > 0)
         {
-            if (published.Count > 0 && claim.Token.Length > 0)
-            {
-                await idempotency.ConfirmAsync(claim, published);
-            }
-
-            if (failure is not null && claim.Token.Length > 0)
-            {
-                await idempotency.ReleaseAsync(claim, [.. claim.Fresh.Except(published)], anyPublished: published.Count > 0);
-            }
-        }
-        catch (RedisException ex)
-        {
-            // The reservations then simply expire (pending TTL): a repeat meanwhile gets 409, never a second enqueue.
-            logger.LogWarning(ex, "Could not update idempotency reservations after publishing");
+            await SettleReservationsAsync(claim, outcome);
         }
 
-        if (failure is not null)
+        if (outcome.Failure is not null)
         {
-            return (null, failure);
+            return (null, outcome.Failure);
         }
 
         var repeats = claim.Repeats.ToDictionary(r => r.Id);
@@ -225,7 +212,37 @@ public sealed class EventIngest(
         return (answer, null);
     }
 
-    private async Task<(List<ValidatedEvent> Published, IResult? Failure)> PublishAsync(IReadOnlyList<ValidatedEvent> events, CancellationToken cancellationToken)
+    /// <summary>
+    /// Confirmed events keep their reservation for the retention window; the others are freed so that the client's
+    /// retry publishes the same ids again. If Redis cannot take this now, the reservations simply expire (pending TTL):
+    /// a repeat meanwhile gets 409, never new ids.
+    /// </summary>
+    private async Task SettleReservationsAsync(IdempotencyClaim claim, PublishOutcome outcome)
+    {
+        try
+        {
+            if (outcome.Confirmed.Count > 0)
+            {
+                await idempotency.ConfirmAsync(outcome.Confirmed);
+            }
+
+            if (outcome.Failure is not null)
+            {
+                var confirmed = outcome.Confirmed.Select(e => e.Id).ToHashSet(StringComparer.Ordinal);
+                await idempotency.ReleaseAsync(claim, [.. claim.Fresh.Where(e => !confirmed.Contains(e.Id))]);
+            }
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        {
+            logger.LogWarning(ex, "Could not update idempotency reservations after publishing");
+        }
+    }
+
+    /// <param name="Confirmed">events a broker confirmed: they will run.</param>
+    /// <param name="Failure">the 503 when a broker did not confirm everything.</param>
+    private sealed record PublishOutcome(IReadOnlyList<ValidatedEvent> Confirmed, IResult? Failure);
+
+    private async Task<PublishOutcome> PublishAsync(IReadOnlyList<ValidatedEvent> events, CancellationToken cancellationToken)
     {
         var acceptedAt = DateTimeOffset.UtcNow;
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -245,23 +262,32 @@ public sealed class EventIngest(
             }
             catch (BrokerUnavailableException ex)
             {
-                logger.LogWarning(ex, "The {Lane} lane's broker did not confirm {Count} events", ex.Lane, forLane.Count);
-                // A batch that spans both lanes: heldIds names what the other lane's broker already holds.
-                var problem = Problems.Unavailable(ex.Lane, $"The {ex.Lane} lane's broker is unavailable",
-                    "The broker did not confirm the write, so these events are not guaranteed to be held. " +
-                    "Retry after the indicated delay; resubmitting with the same event ids or Idempotency-Key is safe.",
-                    BrokerRetryAfterSeconds, held.Count > 0 ? held.Select(e => e.Id).ToList() : null);
-                return (held, problem);
+                logger.LogWarning(ex, "The {Lane} lane's broker did not confirm {Count} events ({Confirmed} confirmed before it failed, {Uncertain} in doubt)",
+                    ex.Lane, forLane.Count, ex.Confirmed.Count, ex.Uncertain.Count);
+                Accepted(publisher.Lane, ex.Confirmed);
+                held.AddRange(ex.Confirmed);
+                return new PublishOutcome(held, Problems.Unavailable(ex.Lane, $"The {ex.Lane} lane's broker is unavailable",
+                    "The broker did not confirm every event of this request. The ones in heldIds are held and will run; " +
+                    "the ones in uncertainIds were being written when it failed and may or may not be held; the others were not enqueued. " +
+                    "Retry after the indicated delay with the same Idempotency-Key (or the same event ids): " +
+                    "the retry gets the same ids and publishes what is not held, so nothing runs under two ids.",
+                    BrokerRetryAfterSeconds, held.Count > 0 ? [.. held.Select(e => e.Id)] : null,
+                    ex.Uncertain.Count > 0 ? [.. ex.Uncertain.Select(e => e.Id)] : null));
             }
 
             held.AddRange(forLane);
-            foreach (var group in forLane.GroupBy(e => e.Type))
-            {
-                metrics.Accepted(publisher.Lane, group.Key, group.Count());
-            }
+            Accepted(publisher.Lane, forLane);
         }
 
-        return (held, null);
+        return new PublishOutcome(held, null);
+    }
+
+    private void Accepted(string lane, IReadOnlyList<ValidatedEvent> events)
+    {
+        foreach (var group in events.GroupBy(e => e.Type))
+        {
+            metrics.Accepted(lane, group.Key, group.Count());
+        }
     }
 
     private static string? ReadIdempotencyKey(HttpRequest request, Dictionary<string, string[]> errors)

@@ -31,20 +31,27 @@ public sealed record IdempotencyClaim(
     IReadOnlyList<ValidatedEvent> Requested,
     IReadOnlyList<ValidatedEvent> Fresh,
     IReadOnlyList<RepeatedEvent> Repeats,
-    string Token,
-    RedisKey? Key,
-    string? KeyValue)
+    string Token)
 {
-    public static IdempotencyClaim Conflict(ClaimOutcome outcome) => new(outcome, [], [], [], "", null, null);
+    public static IdempotencyClaim Conflict(ClaimOutcome outcome) => new(outcome, [], [], [], "");
 
-    public static IdempotencyClaim Unguarded(IReadOnlyList<ValidatedEvent> events) => new(ClaimOutcome.Claimed, events, events, [], "", null, null);
+    public static IdempotencyClaim Unguarded(IReadOnlyList<ValidatedEvent> events) => new(ClaimOutcome.Claimed, events, events, [], "");
 }
 
 /// <summary>
-/// Owns "a repeat enqueues nothing": before anything is published, the request's <c>Idempotency-Key</c> and every
-/// client-given event id are reserved in Redis with SET-NX semantics (Lua scripts, so two concurrent requests cannot
-/// both win). A reservation is short-lived while the broker write is in flight, kept for the status retention once the
-/// broker confirmed, and released when the write failed so that the client's retry can go through.
+/// Owns "a repeat enqueues nothing new", on one rule: <b>the ids a request stands for are fixed the first time its
+/// Idempotency-Key (or a client-given id) is seen, and are never minted again.</b>
+/// <list type="number">
+/// <item>An <c>Idempotency-Key</c> is bound to its body hash and its event ids by one <c>SET NX</c> for the whole
+/// retention window. The binding is never deleted or replaced — not on a 409, a 503, a timeout or a crash — so every
+/// retry under the key gets the same ids, whatever happened to the earlier tries.</item>
+/// <item>Each guarded id (under a key, or given by the client) has a reservation: <c>pending:&lt;token&gt;</c> while one
+/// request publishes it (a concurrent copy gets 409 instead of publishing it too), <c>held:&lt;lane&gt;</c> once its
+/// broker confirmed (a repeat is answered from it). A write that failed or is in doubt frees the reservation, so the
+/// retry publishes the <i>same</i> id again. That is harmless: a status never moves back from a final state and
+/// downstream calls carry the id as their <c>Idempotency-Key</c>.</item>
+/// </list>
+/// The reservations only spare the brokers a second copy; the guarantee rests on rule 1.
 /// Events with a server-generated id and no Idempotency-Key need no reservation (nobody can repeat them), so such
 /// I/O-lane submissions do not depend on Redis.
 /// </summary>
@@ -53,8 +60,9 @@ public sealed class IdempotencyGuard(IConnectionMultiplexer redis, IOptions<Inge
     public const string HeaderName = "Idempotency-Key";
     public const int MaxKeyLength = 255;
 
-    // KEYS: idempotency key. ARGV: value to store, pending TTL (ms). Returns the stored value of an earlier request, or false.
-    private const string ClaimKeyScript = """
+    // KEYS: idempotency key. ARGV: the binding {body hash, ids}, retention (ms).
+    // Returns the binding stored by the first request with this key, or false when this call stored it.
+    private const string BindKeyScript = """
         local existing = redis.call('GET', KEYS[1])
         if existing then return existing end
         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -87,11 +95,10 @@ public sealed class IdempotencyGuard(IConnectionMultiplexer redis, IOptions<Inge
         return results
         """;
 
-    // Deletes each key only while it still holds this request's pending value.
+    // Frees each reservation only while it still holds this request's pending value.
     private const string ReleaseScript = """
         for i = 1, #KEYS do
-          local v = redis.call('GET', KEYS[i])
-          if v == ARGV[i] then redis.call('DEL', KEYS[i]) end
+          if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
         end
         return 1
         """;
@@ -101,49 +108,64 @@ public sealed class IdempotencyGuard(IConnectionMultiplexer redis, IOptions<Inge
     /// <summary>While the broker write is in flight: long enough to outlive it, short enough that a crashed API frees the ids soon.</summary>
     private TimeSpan PendingTtl => ingest.Value.BrokerTimeout * 2 + TimeSpan.FromSeconds(5);
 
+    /// <summary>Test seam: runs between fixing a request's ids and reserving them, where two requests can interleave.</summary>
+    internal Func<Task>? AfterIdsFixed { get; set; }
+
     public static bool NeedsClaim(string? idempotencyKey, IReadOnlyList<ValidatedEvent> events) =>
         idempotencyKey is not null || events.Any(e => e.ClientGivenId);
 
-    /// <summary>Reserves the request. <paramref name="scope"/> keeps one client's keys apart from another's.</summary>
+    /// <summary>Fixes the request's ids, then reserves them. <paramref name="scope"/> keeps one client's keys apart from another's.</summary>
     public async Task<IdempotencyClaim> ClaimAsync(string? idempotencyKey, string scope, ReadOnlyMemory<byte> body, IReadOnlyList<ValidatedEvent> events)
     {
-        var token = Guid.NewGuid().ToString("N");
-        var pendingMs = (long)PendingTtl.TotalMilliseconds;
         var requested = events;
-        RedisKey? key = null;
-        string? keyValue = null;
-
         if (idempotencyKey is not null)
         {
-            key = KeyOf(scope, idempotencyKey);
-            var record = new KeyRecord(Hash(body.Span), [.. events.Select(e => e.Id)]);
-            keyValue = JsonSerializer.Serialize(record);
-            var stored = await Db.ScriptEvaluateAsync(ClaimKeyScript, [key.Value], [keyValue, pendingMs]);
-            if (!stored.IsNull)
+            var fixedIds = await FixIdsAsync(KeyOf(scope, idempotencyKey), Hash(body.Span), events);
+            if (fixedIds is null)
             {
-                var earlier = JsonSerializer.Deserialize<KeyRecord>(stored.ToString())!;
-                if (earlier.BodyHash != record.BodyHash || earlier.Ids.Length != events.Count)
-                {
-                    return IdempotencyClaim.Conflict(ClaimOutcome.KeyReused);
-                }
+                return IdempotencyClaim.Conflict(ClaimOutcome.KeyReused);
+            }
 
-                // The same request again: its events are the ones the first request was given, ids included.
-                requested = [.. events.Zip(earlier.Ids, (e, id) => e with { Id = id, ClientGivenId = true })];
-                keyValue = null; // the key belongs to the first request
-            }
-            else
-            {
-                // Under a fresh key every event is reserved, generated ids included, so a repeat finds them.
-                requested = [.. events.Select(e => e with { ClientGivenId = true })];
-            }
+            // Under a key every event is guarded, generated ids included, so a repeat finds them.
+            requested = [.. events.Zip(fixedIds, (e, id) => e with { Id = id, ClientGivenId = true })];
         }
 
+        if (AfterIdsFixed is { } pause)
+        {
+            await pause();
+        }
+
+        return await ReserveAsync(requested);
+    }
+
+    /// <summary>
+    /// Rule 1: the ids bound to the key — this request's own if it is the first, else the first request's. Null when the
+    /// key is bound to a different body.
+    /// </summary>
+    private async Task<string[]?> FixIdsAsync(RedisKey key, string bodyHash, IReadOnlyList<ValidatedEvent> events)
+    {
+        var binding = new KeyBinding(bodyHash, [.. events.Select(e => e.Id)]);
+        var stored = await Db.ScriptEvaluateAsync(BindKeyScript, [key],
+            [JsonSerializer.Serialize(binding), (long)status.Value.Retention.TotalMilliseconds]);
+        if (stored.IsNull)
+        {
+            return binding.Ids;
+        }
+
+        var earlier = JsonSerializer.Deserialize<KeyBinding>(stored.ToString())!;
+        return earlier.BodyHash == bodyHash && earlier.Ids.Length == events.Count ? earlier.Ids : null;
+    }
+
+    /// <summary>Rule 2: reserves the guarded ids that are free; reports the ones held or known as repeats.</summary>
+    private async Task<IdempotencyClaim> ReserveAsync(IReadOnlyList<ValidatedEvent> requested)
+    {
+        var token = Guid.NewGuid().ToString("N");
         var toReserve = requested.Where(e => e.ClientGivenId).ToList();
         var reservations = new Dictionary<string, string>(StringComparer.Ordinal);
         if (toReserve.Count > 0)
         {
             var keys = toReserve.SelectMany(e => new RedisKey[] { EventStatusStore.Key(e.Id), ReservationKey(e.Id) }).ToArray();
-            var results = (RedisValue[])(await Db.ScriptEvaluateAsync(ReserveIdsScript, keys, [token, pendingMs]))!;
+            var results = (RedisValue[])(await Db.ScriptEvaluateAsync(ReserveIdsScript, keys, [token, (long)PendingTtl.TotalMilliseconds]))!;
             for (var i = 0; i < toReserve.Count; i++)
             {
                 reservations[toReserve[i].Id] = results[i].ToString();
@@ -161,12 +183,8 @@ public sealed class IdempotencyGuard(IConnectionMultiplexer redis, IOptions<Inge
             }
             else if (r.StartsWith("pending:", StringComparison.Ordinal))
             {
-                // Another request is publishing this event right now (the script reserved nothing for us).
-                if (keyValue is not null)
-                {
-                    await Db.ScriptEvaluateAsync(ReleaseScript, [key!.Value], [keyValue]);
-                }
-
+                // Another request is publishing this event right now; the script reserved nothing for us, and the ids
+                // stay bound to the key, so the client's retry finds the same ones.
                 return IdempotencyClaim.Conflict(ClaimOutcome.InFlight);
             }
             else
@@ -175,52 +193,31 @@ public sealed class IdempotencyGuard(IConnectionMultiplexer redis, IOptions<Inge
             }
         }
 
-        return new IdempotencyClaim(ClaimOutcome.Claimed, requested, fresh, repeats, token, key, keyValue);
+        return new IdempotencyClaim(ClaimOutcome.Claimed, requested, fresh, repeats, token);
     }
 
-    /// <summary>The broker confirmed these events: keep their reservations (and the key) for the retention window.</summary>
-    public async Task ConfirmAsync(IdempotencyClaim claim, IReadOnlyList<ValidatedEvent> published)
+    /// <summary>The broker confirmed these events: a repeat within the retention window is answered without publishing.</summary>
+    public async Task ConfirmAsync(IReadOnlyList<ValidatedEvent> confirmed)
     {
         var retention = status.Value.Retention;
         var batch = Db.CreateBatch();
-        var writes = new List<Task>();
-        foreach (var e in published.Where(e => e.ClientGivenId))
-        {
-            writes.Add(batch.StringSetAsync(ReservationKey(e.Id), "held:" + e.Lane, retention));
-        }
-
-        if (claim.KeyValue is not null)
-        {
-            writes.Add(batch.KeyExpireAsync(claim.Key!.Value, retention));
-        }
-
+        var writes = confirmed.Where(e => e.ClientGivenId)
+            .Select(e => batch.StringSetAsync(ReservationKey(e.Id), "held:" + e.Lane, retention))
+            .ToList();
         batch.Execute();
         await Task.WhenAll(writes);
     }
 
     /// <summary>
-    /// The broker did not take these events: free their reservations so the client's retry can publish them. The key
-    /// is dropped only when nothing of the request was published; otherwise a retry under it must find the same ids.
+    /// The broker did not confirm these events (refused, unreachable, or no answer in time — then it may hold them):
+    /// free their reservations so the client's retry publishes the same ids again.
     /// </summary>
-    public async Task ReleaseAsync(IdempotencyClaim claim, IReadOnlyList<ValidatedEvent> unpublished, bool anyPublished)
+    public async Task ReleaseAsync(IdempotencyClaim claim, IReadOnlyList<ValidatedEvent> unconfirmed)
     {
-        var keys = new List<RedisKey>();
-        var values = new List<RedisValue>();
-        foreach (var e in unpublished.Where(e => e.ClientGivenId))
+        var keys = unconfirmed.Where(e => e.ClientGivenId).Select(e => ReservationKey(e.Id)).ToArray();
+        if (keys.Length > 0)
         {
-            keys.Add(ReservationKey(e.Id));
-            values.Add("pending:" + claim.Token);
-        }
-
-        if (claim.KeyValue is not null && !anyPublished)
-        {
-            keys.Add(claim.Key!.Value);
-            values.Add(claim.KeyValue);
-        }
-
-        if (keys.Count > 0)
-        {
-            await Db.ScriptEvaluateAsync(ReleaseScript, [.. keys], [.. values]);
+            await Db.ScriptEvaluateAsync(ReleaseScript, keys, ["pending:" + claim.Token]);
         }
     }
 
@@ -244,5 +241,5 @@ public sealed class IdempotencyGuard(IConnectionMultiplexer redis, IOptions<Inge
 
     private static string Hash(ReadOnlySpan<byte> body) => Convert.ToHexStringLower(SHA256.HashData(body));
 
-    private sealed record KeyRecord(string BodyHash, string[] Ids);
+    private sealed record KeyBinding(string BodyHash, string[] Ids);
 }

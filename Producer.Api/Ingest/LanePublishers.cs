@@ -9,11 +9,19 @@ using StackExchange.Redis;
 
 namespace EventPipeline.Producer.Ingest;
 
-/// <summary>The broker did not confirm the write (down, unreachable or too slow): the client gets 503.</summary>
-public sealed class BrokerUnavailableException(string lane, Exception inner)
+/// <summary>
+/// The broker did not confirm the write (down, unreachable or too slow): the client gets 503. <see cref="Confirmed"/>
+/// are the lane's events the broker confirmed before the failure (they will run); <see cref="Uncertain"/> were in
+/// flight when it failed (the broker may or may not hold them); the lane's other events were not sent.
+/// </summary>
+public sealed class BrokerUnavailableException(string lane, Exception inner, IReadOnlyList<ValidatedEvent> confirmed, IReadOnlyList<ValidatedEvent> uncertain)
     : Exception($"The {lane} lane's broker did not confirm the write: {inner.Message}", inner)
 {
     public string Lane { get; } = lane;
+
+    public IReadOnlyList<ValidatedEvent> Confirmed { get; } = confirmed;
+
+    public IReadOnlyList<ValidatedEvent> Uncertain { get; } = uncertain;
 }
 
 /// <summary>Hands accepted events to one lane's broker and returns only once the broker holds them durably.</summary>
@@ -60,8 +68,9 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
         }
         catch (Exception ex) when (ex is RedisException or TimeoutException or OperationCanceledException)
         {
+            // A transaction whose answer did not come in time may still commit: every event of it is in doubt.
             activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
-            throw new BrokerUnavailableException(Lane, ex);
+            throw new BrokerUnavailableException(Lane, ex, [], events);
         }
     }
 }
@@ -70,7 +79,8 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
 /// I/O lane: MassTransit publishes with publisher confirms, so the await returns once RabbitMQ has the messages in
 /// its durable quorum queue. The status is written after the confirm and never moves a running event backwards.
 /// A batch goes out in chunks of <see cref="IngestOptions.IoPublishChunk"/>, each confirmed before the next: the
-/// messages one request holds in memory at once stay bounded however large the batch.
+/// messages one request holds in memory at once stay bounded however large the batch. When a chunk fails, the
+/// chunks before it are reported as confirmed and that chunk as in doubt.
 /// </summary>
 public sealed class IoLanePublisher(IBus bus, EventStatusStore statuses, IOptions<IngestOptions> options, ILogger<IoLanePublisher> logger) : ILanePublisher
 {
@@ -78,41 +88,47 @@ public sealed class IoLanePublisher(IBus bus, EventStatusStore statuses, IOption
 
     public async Task PublishAsync(IReadOnlyList<ValidatedEvent> events, DateTimeOffset acceptedAt, CancellationToken cancellationToken)
     {
-        foreach (var chunk in events.Chunk(options.Value.IoPublishChunk))
+        var confirmed = new List<ValidatedEvent>(events.Count);
+        var statusWrites = new List<Task>(events.Count);
+        try
         {
-            await PublishChunkAsync(chunk, acceptedAt, cancellationToken);
+            foreach (var chunk in events.Chunk(options.Value.IoPublishChunk))
+            {
+                var messages = chunk.Select(e => new IoEventSubmitted(e.Id, e.Type, e.Payload, acceptedAt, e.Target)).ToList();
+                try
+                {
+                    // Messages are persistent by default; the await completes on the publisher confirm.
+                    // Mandatory: a message the broker cannot route to a queue comes back as an error (503) instead of
+                    // being confirmed and dropped.
+                    await bus.PublishBatch(messages, context => context.Mandatory = true, cancellationToken);
+                }
+                catch (Exception ex)
+                {
+                    throw new BrokerUnavailableException(Lane, ex, confirmed, chunk);
+                }
+
+                confirmed.AddRange(chunk);
+                // Not awaited per chunk: a slow status store must not hold back the next chunk's publish.
+                statusWrites.AddRange(chunk.Select(e => statuses.MarkAcceptedAsync(e.Id, e.Type, Lane, acceptedAt)));
+            }
+        }
+        finally
+        {
+            await AwaitStatusWritesAsync(statusWrites);
         }
     }
 
-    private async Task PublishChunkAsync(ValidatedEvent[] events, DateTimeOffset acceptedAt, CancellationToken cancellationToken)
+    private async Task AwaitStatusWritesAsync(List<Task> writes)
     {
-        var messages = events.Select(e => new IoEventSubmitted(e.Id, e.Type, e.Payload, acceptedAt, e.Target)).ToList();
         try
         {
-            // Messages are persistent by default; the await completes on the publisher confirm.
-            // Mandatory: a message the broker cannot route to a queue comes back as an error (503) instead of being
-            // confirmed and dropped.
-            await bus.PublishBatch(messages, context => context.Mandatory = true, cancellationToken);
+            await Task.WhenAll(writes);
         }
-        catch (Exception ex)
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
         {
-            throw new BrokerUnavailableException(Lane, ex);
-        }
-
-        try
-        {
-            var batch = new List<Task>(events.Length);
-            foreach (var e in events)
-            {
-                batch.Add(statuses.MarkAcceptedAsync(e.Id, e.Type, Lane, acceptedAt));
-            }
-
-            await Task.WhenAll(batch);
-        }
-        catch (RedisException ex)
-        {
-            // RabbitMQ holds the events, so they will run; only their status shows up late.
-            logger.LogWarning(ex, "Status store unavailable after {Count} I/O events were published; statuses appear when workers run them", events.Length);
+            // RabbitMQ holds the events, so they will run; only their status shows up late (RedisTimeoutException is a
+            // TimeoutException, not a RedisException: a slow Redis must not turn a held event into a 500).
+            logger.LogWarning(ex, "Status store unavailable after {Count} I/O events were published; statuses appear when workers run them", writes.Count);
         }
     }
 }

@@ -89,6 +89,29 @@ public sealed class RabbitMqServer : IAsyncDisposable
         }, TimeSpan.FromSeconds(90), $"rabbitmq-server on port {Port} to accept AMQP", TimeSpan.FromMilliseconds(500));
     }
 
+    /// <summary>
+    /// Runs <c>rabbitmqctl</c> against this node (same Erlang cookie and epmd), e.g. to set a policy; throws with its
+    /// output when it fails.
+    /// </summary>
+    public async Task<string> CtlAsync(params string[] arguments)
+    {
+        await using var ctl = ChildProcess.Start("rabbitmqctl", "/usr/lib/rabbitmq/bin/rabbitmqctl", ["-n", NodeName, .. arguments],
+            new Dictionary<string, string?>
+            {
+                ["HOME"] = Path.Combine(_directory.Path, "home"),
+                ["ERL_EPMD_PORT"] = EpmdPort.ToString(),
+                ["RABBITMQ_LOG_BASE"] = Path.Combine(_directory.Path, "log"),
+            });
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await ctl.WaitForExitAsync(deadline.Token);
+        if (ctl.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"rabbitmqctl {string.Join(' ', arguments)} exited {ctl.ExitCode}: {ctl.OutputText}");
+        }
+
+        return ctl.OutputText;
+    }
+
     /// <summary>kill -9 the broker node (epmd stays up, as it would on a real host).</summary>
     public async Task KillAsync()
     {

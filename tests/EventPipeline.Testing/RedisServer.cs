@@ -26,6 +26,9 @@ public sealed class RedisServer : IAsyncDisposable
 
     public bool IsRunning => _process is { HasExited: false };
 
+    /// <summary>The running server's process id (for pausing it with <see cref="ProcessPause"/>).</summary>
+    public int Pid => _process?.Pid ?? throw new InvalidOperationException("redis-server is not running");
+
     public static async Task<RedisServer> StartAsync()
     {
         var server = new RedisServer();
