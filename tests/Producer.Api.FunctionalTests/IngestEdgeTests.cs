@@ -108,7 +108,6 @@ public sealed class IngestEdgeTests(IngestEdgeFixture fixture) : IClassFixture<I
                 direct = $"a fresh client's publish failed: {probe.GetType().Name} {probe.Message}";
             }
 
-            File.WriteAllText("/tmp/api-output.txt", Host.Api.OutputText);
             throw new TimeoutException($"{ex.Message}\n{direct}\n{await Host.Rabbit.CtlAsync("list_queues", "name", "policy", "messages", "arguments")}\napi: {string.Join("\n", Host.Api.Output.TakeLast(15))}", ex);
         }
 
