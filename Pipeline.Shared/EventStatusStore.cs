@@ -28,14 +28,16 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
 {
     public static RedisKey Key(string eventId) => $"event:{eventId}";
 
-    // KEYS[1] status hash. ARGV: id, type, lane, acceptedAtMs, ttlSeconds
+    // KEYS[1] status hash. ARGV: id, type, lane, acceptedAtMs, ttlSeconds. The expiry is set only with the state: the
+    // I/O lane writes accepted after the publish, when a fast worker may already have written (and timed) a later state,
+    // e.g. dead, which is kept as long as its dead letter.
     private static readonly LuaScript AcceptScript = LuaScript.Prepare("""
         if redis.call('HSETNX', @key, 'state', 'accepted') == 1 then
           redis.call('HSET', @key, 'attempts', 0)
+          redis.call('EXPIRE', @key, @ttl)
         end
         redis.call('HSET', @key, 'id', @id, 'type', @type, 'lane', @lane)
         redis.call('HSETNX', @key, 'acceptedAt', @acceptedAt)
-        redis.call('EXPIRE', @key, @ttl)
         return 1
         """);
 

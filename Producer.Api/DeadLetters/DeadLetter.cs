@@ -108,7 +108,7 @@ public sealed class DeadLetterOptions
 
     public int MaxPageSize { get; set; } = 500;
 
-    /// <summary>How long one operation may hold the lane's dead-letter lock.</summary>
+    /// <summary>How long one operation may hold the lane's dead-letter lock (never renewed; nothing unsafe happens when it expires).</summary>
     public TimeSpan LockTimeout { get; set; } = TimeSpan.FromSeconds(60);
 }
 

@@ -50,7 +50,8 @@ public sealed class BrokerDeadLetterStatusConsumer(
                 var delay = RetryDelay(attempt);
                 logger.LogWarning("Status of event {EventId} not written (attempt {Attempt}): the status store is unavailable ({Error}); trying again in {Delay}",
                     message.EventId, attempt, ex.Message, delay);
-                // Cancelled only when the bus stops: the message is then returned to the queue, not faulted.
+                // Cancelled only when the bus stops: like the lane's own consumer on SIGTERM, the unacknowledged
+                // message then returns to the queue when the channel closes, instead of being faulted.
                 await Task.Delay(delay, context.CancellationToken);
             }
         }

@@ -65,4 +65,32 @@ public sealed class DeadLetterEdgeTests
         Assert.True(status.TryGetValue("state", out var state) && state == "dead",
             $"the dead letter of {failing} exists but its status is {(status.Count == 0 ? "gone (GET /events/{id} answers 404)" : state)}");
     }
+
+    [Fact]
+    public async Task Dead_letters_older_than_the_retention_are_trimmed_and_their_status_outlives_them()
+    {
+        await using var lane = await CpuLaneHarness.StartAsync();
+        await lane.StartWorkerAsync(new Dictionary<string, string?>
+        {
+            ["CpuLane__MaxAttempts"] = "1",
+            ["Status__DeadLetterRetention"] = "00:00:01",
+        });
+        var first = "old-" + Guid.NewGuid().ToString("N");
+        await lane.EnqueueAsync((first, "test.fail", new { lane = "cpu" }));
+        await lane.WaitForStateAsync(first, "dead", Patience);
+
+        // Every later dead letter trims the stream to the retention: keep dead-lettering until the first one is gone.
+        var later = 0;
+        await Eventually.TrueAsync(async () =>
+        {
+            var next = $"later-{later++}-{Guid.NewGuid():N}";
+            await lane.EnqueueAsync((next, "test.fail", new { lane = "cpu" }));
+            await lane.WaitForStateAsync(next, "dead", Patience);
+            return (await lane.DeadLettersAsync()).All(e => e["id"] != first);
+        }, Patience, $"the dead letter of {first} to be trimmed after Status:DeadLetterRetention", TimeSpan.FromMilliseconds(200));
+
+        Assert.Equal("dead", (await lane.StatusAsync(first))["state"]);
+        Assert.True(await lane.Db.KeyTimeToLiveAsync(EventStatusStore.Key(first)) > TimeSpan.FromHours(23),
+            "a dead event's status is kept for the dead-letter retention plus Status:Retention");
+    }
 }

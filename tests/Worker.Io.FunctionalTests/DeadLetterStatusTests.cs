@@ -76,6 +76,9 @@ public sealed class DeadLetterStatusTests(SharedIoLane lane, ITestOutputHelper o
         Assert.NotNull(await Host.FindInQueueAsync(IoLaneHost.ErrorQueueName, failing));
         var state = (await Host.StatusAsync(failing)).State;
         Assert.True(state == "dead", $"the dead letter of {failing} exists but its status is {state ?? "gone (GET /events/{id} answers 404)"}");
+        // Kept for the dead-letter retention (14 days by default) plus the status retention, whichever wrote last.
+        var ttl = await Host.StatusConnection.GetDatabase().KeyTimeToLiveAsync($"event:{failing}");
+        Assert.True(ttl > TimeSpan.FromDays(13), $"the dead event's status expires in {ttl}, before its dead letter would");
     }
 
     /// <summary>A copy of what RabbitMQ dead-letters into the error exchange after the delivery limit.</summary>
