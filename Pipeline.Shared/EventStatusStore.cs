@@ -8,25 +8,36 @@ public sealed class StatusOptions
 {
     /// <summary>How long an event's status (and CPU result) is kept after its last change.</summary>
     public TimeSpan Retention { get; set; } = TimeSpan.FromHours(24);
+
+    /// <summary>
+    /// How long a dead letter is kept in either lane's dead-letter store before it is dropped. A dead event's status is
+    /// kept this long plus <see cref="Retention"/>, so it can be read for as long as its dead letter can.
+    /// </summary>
+    public TimeSpan DeadLetterRetention { get; set; } = TimeSpan.FromDays(14);
+
+    internal long DeadTtlSeconds => (long)(DeadLetterRetention + Retention).TotalSeconds;
 }
 
 /// <summary>
 /// The status of every event, one Redis hash per event id (<c>event:{id}</c>), shared by the API and both lanes.
 /// Writes are scripts so that a late or repeated writer cannot move an event backwards: nothing overwrites
-/// <c>succeeded</c>, and <c>accepted</c> is only written to an event that has no state yet.
+/// <c>succeeded</c> (a replay included), and <c>accepted</c> is only written to an event that has no state yet or that
+/// an operator replays. A dead event's status is kept as long as its dead letter (<see cref="StatusOptions.DeadLetterRetention"/>).
 /// </summary>
 public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<StatusOptions> options)
 {
     public static RedisKey Key(string eventId) => $"event:{eventId}";
 
-    // KEYS[1] status hash. ARGV: id, type, lane, acceptedAtMs, ttlSeconds
+    // KEYS[1] status hash. ARGV: id, type, lane, acceptedAtMs, ttlSeconds. The expiry is set only with the state: the
+    // I/O lane writes accepted after the publish, when a fast worker may already have written (and timed) a later state,
+    // e.g. dead, which is kept as long as its dead letter.
     private static readonly LuaScript AcceptScript = LuaScript.Prepare("""
         if redis.call('HSETNX', @key, 'state', 'accepted') == 1 then
           redis.call('HSET', @key, 'attempts', 0)
+          redis.call('EXPIRE', @key, @ttl)
         end
         redis.call('HSET', @key, 'id', @id, 'type', @type, 'lane', @lane)
         redis.call('HSETNX', @key, 'acceptedAt', @acceptedAt)
-        redis.call('EXPIRE', @key, @ttl)
         return 1
         """);
 
@@ -56,26 +67,55 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
         return 1
         """);
 
-    private static readonly LuaScript DeadScript = LuaScript.Prepare("""
-        if redis.call('HGET', @key, 'state') == 'succeeded' then return 0 end
-        redis.call('HSET', @key, 'state', 'dead', 'attempts', @attempt, 'finishedAt', @now, 'error', @error)
-        redis.call('EXPIRE', @key, @ttl)
-        return 1
-        """);
+    /// <summary>
+    /// Lua function <c>record_dead(key, attempt, now, error, ttl)</c>: 1 when it marked the event dead, 0 when the event
+    /// had already succeeded (a duplicate run). Shared with the scripts that write a dead letter in the same step, so the
+    /// dead letter exists exactly when the status says <c>dead</c>.
+    /// </summary>
+    public const string RecordDeadLua = """
+        local function record_dead(key, attempt, now, error, ttl)
+          if redis.call('HGET', key, 'state') == 'succeeded' then return 0 end
+          redis.call('HSET', key, 'state', 'dead', 'attempts', attempt, 'finishedAt', now, 'error', error)
+          redis.call('EXPIRE', key, ttl)
+          return 1
+        end
 
-    // A dead letter sent back to its lane: accepted again with fresh attempts; the last error stays as history.
-    private static readonly LuaScript ReplayedScript = LuaScript.Prepare("""
-        redis.call('HSET', @key, 'id', @id, 'type', @type, 'lane', @lane, 'state', 'accepted', 'attempts', 0, 'replayedAt', @now)
-        redis.call('HSETNX', @key, 'acceptedAt', @acceptedAt)
-        redis.call('HDEL', @key, 'startedAt', 'finishedAt')
-        redis.call('HINCRBY', @key, 'replays', 1)
-        redis.call('EXPIRE', @key, @ttl)
-        return 1
-        """);
+        """;
+
+    /// <summary>
+    /// Lua function <c>record_replay(key, id, type, lane, acceptedAt, now, ttl)</c>: a dead letter sent back to its lane is
+    /// accepted again with fresh attempts (the last error stays as history). 0, and nothing written, when the event has
+    /// already succeeded: a replay never turns <c>succeeded</c> back into <c>accepted</c>.
+    /// </summary>
+    public const string RecordReplayLua = """
+        local function record_replay(key, id, type, lane, acceptedAt, now, ttl)
+          if redis.call('HGET', key, 'state') == 'succeeded' then return 0 end
+          redis.call('HSET', key, 'id', id, 'type', type, 'lane', lane, 'state', 'accepted', 'attempts', 0, 'replayedAt', now)
+          redis.call('HSETNX', key, 'acceptedAt', acceptedAt)
+          redis.call('HDEL', key, 'startedAt', 'finishedAt')
+          redis.call('HINCRBY', key, 'replays', 1)
+          redis.call('EXPIRE', key, ttl)
+          return 1
+        end
+
+        """;
+
+    private static readonly LuaScript DeadScript = LuaScript.Prepare(
+        RecordDeadLua + "return record_dead(@key, @attempt, @now, @error, @ttl)");
+
+    private static readonly LuaScript ReplayedScript = LuaScript.Prepare(
+        RecordReplayLua + "return record_replay(@key, @id, @type, @lane, @acceptedAt, @now, @ttl)");
 
     private IDatabase Db => redis.GetDatabase();
 
-    private long TtlSeconds => (long)options.Value.Retention.TotalSeconds;
+    /// <summary>Seconds a status is kept after its last change (<see cref="StatusOptions.Retention"/>).</summary>
+    public long TtlSeconds => (long)options.Value.Retention.TotalSeconds;
+
+    /// <summary>Seconds the status of a dead event is kept: its dead letter's retention, then the normal retention.</summary>
+    public long DeadTtlSeconds => options.Value.DeadTtlSeconds;
+
+    /// <summary>Dead letters older than this are dropped from both lanes' dead-letter stores.</summary>
+    public TimeSpan DeadLetterRetention => options.Value.DeadLetterRetention;
 
     private static long Now => DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
 
@@ -106,19 +146,20 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     public Task<bool> MarkSucceededAsync(string id, int attempt, string result) => MarkSucceededAsync(Db, id, attempt, result);
 
     public Task MarkDeadAsync(IDatabaseAsync db, string id, int attempt, string error) =>
-        db.ScriptEvaluateAsync(DeadScript, new { key = Key(id), attempt, now = Now, error, ttl = TtlSeconds });
+        db.ScriptEvaluateAsync(DeadScript, new { key = Key(id), attempt, now = Now, error, ttl = DeadTtlSeconds });
 
     public Task MarkDeadAsync(string id, int attempt, string error) => MarkDeadAsync(Db, id, attempt, error);
 
-    /// <summary>Records a dead-letter replay (queue it on the transaction that puts the event back into its lane).</summary>
-    public Task MarkReplayedAsync(IDatabaseAsync db, string id, string type, string lane, DateTimeOffset acceptedAt) =>
-        db.ScriptEvaluateAsync(ReplayedScript, new
+    /// <summary>
+    /// Records a dead-letter replay. Write it before the event re-enters its lane, so that whatever the worker writes
+    /// afterwards wins.
+    /// </summary>
+    /// <returns>false, and nothing written, when the event has already succeeded: its dead letter is stale.</returns>
+    public async Task<bool> MarkReplayedAsync(string id, string type, string lane, DateTimeOffset acceptedAt) =>
+        (int)await Db.ScriptEvaluateAsync(ReplayedScript, new
         {
             key = Key(id), id, type, lane, acceptedAt = acceptedAt.ToUnixTimeMilliseconds(), now = Now, ttl = TtlSeconds,
-        });
-
-    public Task MarkReplayedAsync(string id, string type, string lane, DateTimeOffset acceptedAt) =>
-        MarkReplayedAsync(Db, id, type, lane, acceptedAt);
+        }) == 1;
 
     public async Task<string?> GetStateAsync(string id) => await Db.HashGetAsync(Key(id), "state");
 

@@ -21,7 +21,7 @@ public static class DeadLettersApi
         group.MapGet("/", ListAsync)
             .WithName("ListDeadLetters")
             .WithSummary("List a lane's dead letters (paged)")
-            .WithDescription("Oldest first. `limit` (default 50, at most 500) and `after` (the `next` of the previous page).")
+            .WithDescription("Oldest first. `limit` (default 50, at most 500) and `after` (the `next` of the previous page; anything else is a 400).")
             .Produces<DeadLetterPage>()
             .ProducesValidationProblem();
 
@@ -33,14 +33,17 @@ public static class DeadLettersApi
         group.MapPost("/{id}/replay", ReplayAsync)
             .WithName("ReplayDeadLetter")
             .WithSummary("Send one dead letter back to its lane")
-            .WithDescription("The event keeps its id and error history and starts its attempts afresh. Answers 202 once the lane's broker holds it again.")
+            .WithDescription("The event keeps its id and error history and starts its attempts afresh. Answers 202 once the lane's broker holds it again; "
+                + "200 with state `succeeded` when the event had already succeeded (its stale dead letter is dropped, nothing runs again).")
             .Produces<DeadLetterReplayed>(StatusCodes.Status202Accepted)
+            .Produces<DeadLetterReplayed>()
             .ProducesProblem(StatusCodes.Status409Conflict);
 
         group.MapPost("/replay", ReplayAllAsync)
             .WithName("ReplayAllDeadLetters")
             .WithSummary("Send a lane's dead letters back to it, oldest first, up to a bound")
-            .WithDescription("`max` (default and upper bound: DeadLetters:ReplayAllLimit, 1000). Reports how many were replayed and how many remain.")
+            .WithDescription("`max` (default and upper bound: DeadLetters:ReplayAllLimit, 1000). Only dead letters present when the call began are replayed; "
+                + "one that dies again meanwhile waits for the next call. Reports how many were replayed, how many were dropped because their event had already succeeded, and how many remain.")
             .Produces<DeadLettersReplayed>()
             .ProducesProblem(StatusCodes.Status409Conflict)
             .ProducesValidationProblem();
@@ -63,9 +66,10 @@ public static class DeadLettersApi
                 return Invalid("limit", $"must be a whole number from 1 to {options.Value.MaxPageSize}");
             }
 
-            if (after is { Length: > 200 })
+            // A malformed cursor is the caller's mistake, not a broker failure.
+            if (after is not null && (after.Length > 200 || !store.IsCursor(after)))
             {
-                return Invalid("after", "is not a cursor this API handed out");
+                return Invalid("after", "is not a cursor this API handed out: pass the 'next' of the previous page");
             }
 
             return TypedResults.Ok(await store.ListAsync(after, size, ct));
@@ -75,9 +79,13 @@ public static class DeadLettersApi
         lanes.RunAsync(lane, async store => await store.GetAsync(id, ct) is { } dead ? TypedResults.Ok(dead) : NotFound(lane, id));
 
     private static Task<IResult> ReplayAsync(string lane, string id, DeadLetterLanes lanes, CancellationToken ct) =>
-        lanes.RunAsync(lane, async store => await store.ReplayAsync(id, ct)
-            ? TypedResults.Accepted($"/events/{id}", new DeadLetterReplayed(id, store.Lane, Contracts.EventStates.Accepted))
-            : NotFound(lane, id));
+        lanes.RunAsync(lane, async store => await store.ReplayAsync(id, ct) switch
+        {
+            ReplayOutcome.Replayed => TypedResults.Accepted($"/events/{id}", new DeadLetterReplayed(id, store.Lane, Contracts.EventStates.Accepted)),
+            // Nothing went back to the lane: the event had already succeeded and its stale dead letter is gone.
+            ReplayOutcome.AlreadySucceeded => TypedResults.Ok(new DeadLetterReplayed(id, store.Lane, Contracts.EventStates.Succeeded)),
+            _ => NotFound(lane, id),
+        });
 
     private static Task<IResult> ReplayAllAsync(string lane, string? max, DeadLetterLanes lanes, IOptions<DeadLetterOptions> options, CancellationToken ct) =>
         lanes.RunAsync(lane, async store =>
@@ -88,8 +96,8 @@ public static class DeadLettersApi
                 return Invalid("max", $"must be a whole number from 1 to {options.Value.ReplayAllLimit}");
             }
 
-            var replayed = await store.ReplayAllAsync(bound, ct);
-            return TypedResults.Ok(new DeadLettersReplayed(store.Lane, replayed, await store.CountAsync(ct)));
+            var result = await store.ReplayAllAsync(bound, ct);
+            return TypedResults.Ok(new DeadLettersReplayed(store.Lane, result.Replayed, await store.CountAsync(ct), result.AlreadySucceeded));
         });
 
     private static Task<IResult> DeleteAsync(string lane, string id, DeadLetterLanes lanes, CancellationToken ct) =>

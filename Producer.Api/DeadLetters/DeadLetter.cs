@@ -33,11 +33,31 @@ public sealed record DeadLetterSummary(string Id, string Lane, string Type, int?
 /// <param name="Next">pass as <c>after</c> for the next page; null on the last page.</param>
 public sealed record DeadLetterPage(string Lane, long Total, IReadOnlyList<DeadLetterSummary> Items, string? Next);
 
+/// <param name="State"><c>accepted</c> when the event went back to its lane; <c>succeeded</c> when it had already
+/// succeeded, so its stale dead letter was dropped and nothing was replayed.</param>
 public sealed record DeadLetterReplayed(string Id, string Lane, string State);
 
 /// <param name="Replayed">how many dead letters went back to the lane in this call.</param>
 /// <param name="Remaining">dead letters still in the lane (over the bound, or dead-lettered meanwhile).</param>
-public sealed record DeadLettersReplayed(string Lane, int Replayed, long Remaining);
+/// <param name="AlreadySucceeded">dead letters dropped, not replayed, because their event had already succeeded.</param>
+public sealed record DeadLettersReplayed(string Lane, int Replayed, long Remaining, int AlreadySucceeded);
+
+/// <summary>What a replay of one dead letter did.</summary>
+public enum ReplayOutcome
+{
+    /// <summary>No dead letter has that id (or another operation removed it first).</summary>
+    NotFound,
+
+    /// <summary>The event is back in its lane, accepted.</summary>
+    Replayed,
+
+    /// <summary>The event had already succeeded: its dead letter was stale and was dropped; nothing runs again.</summary>
+    AlreadySucceeded,
+}
+
+/// <param name="Replayed">dead letters sent back to the lane.</param>
+/// <param name="AlreadySucceeded">dead letters dropped because their event had already succeeded.</param>
+public sealed record ReplayAllResult(int Replayed, int AlreadySucceeded);
 
 /// <summary>Another dead-letter operation on the lane holds its lock: the caller gets 409 and may retry.</summary>
 public sealed class DeadLetterBusyException(string lane) : Exception($"Another dead-letter operation on the {lane} lane is running");
@@ -51,21 +71,24 @@ public sealed class DeadLetterStoreUnavailableException(string lane, Exception i
 
 /// <summary>
 /// One lane's dead letters. A replay puts the event back into its lane under the same id, with its error history,
-/// and with attempts starting again from 1; it leaves the dead-letter store only once the lane holds it again.
+/// and with attempts starting again from 1; it leaves the dead-letter store only once the lane holds it again. A replay
+/// never turns a <c>succeeded</c> event back: the dead letter of an event that already succeeded is dropped instead.
 /// </summary>
 public interface IDeadLetterLane
 {
     string Lane { get; }
 
+    /// <summary>Whether <paramref name="after"/> has the shape of a cursor this lane hands out as <c>next</c>.</summary>
+    bool IsCursor(string after);
+
     Task<DeadLetterPage> ListAsync(string? after, int limit, CancellationToken cancellationToken);
 
     Task<DeadLetter?> GetAsync(string id, CancellationToken cancellationToken);
 
-    /// <returns>false when no dead letter has that id.</returns>
-    Task<bool> ReplayAsync(string id, CancellationToken cancellationToken);
+    Task<ReplayOutcome> ReplayAsync(string id, CancellationToken cancellationToken);
 
-    /// <returns>how many were replayed (at most <paramref name="max"/>).</returns>
-    Task<int> ReplayAllAsync(int max, CancellationToken cancellationToken);
+    /// <summary>Replays, oldest first, at most <paramref name="max"/> of the dead letters there were when the call began.</summary>
+    Task<ReplayAllResult> ReplayAllAsync(int max, CancellationToken cancellationToken);
 
     /// <returns>false when no dead letter has that id.</returns>
     Task<bool> DeleteAsync(string id, CancellationToken cancellationToken);
@@ -85,7 +108,7 @@ public sealed class DeadLetterOptions
 
     public int MaxPageSize { get; set; } = 500;
 
-    /// <summary>How long one operation may hold the lane's dead-letter lock.</summary>
+    /// <summary>How long one operation may hold the lane's dead-letter lock (never renewed; nothing unsafe happens when it expires).</summary>
     public TimeSpan LockTimeout { get; set; } = TimeSpan.FromSeconds(60);
 }
 

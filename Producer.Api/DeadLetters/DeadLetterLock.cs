@@ -5,7 +5,8 @@ namespace EventPipeline.Producer.DeadLetters;
 
 /// <summary>
 /// One dead-letter operation that changes a lane at a time, across every API replica (a Redis lock with a token and
-/// a TTL), so two replays of the same dead letter cannot both put it back.
+/// a TTL), so operators do not trip over each other. Correctness does not rest on it — the lock can expire
+/// mid-operation: each store makes every change conditional on the dead letter still being there.
 /// </summary>
 public sealed class DeadLetterLock(IConnectionMultiplexer redis, IOptions<DeadLetterOptions> options)
 {

@@ -15,10 +15,13 @@ namespace EventPipeline.Producer.DeadLetters;
 /// attempt (fault headers <c>MT-Fault-*</c>) and where the broker dead-letters a message whose consumer kept dying
 /// (<c>x-death</c> headers). A queue has no random access, so every operation reads messages with basic.get on its own
 /// channel without acknowledging them; closing the channel hands back every message it did not acknowledge, in its
-/// place. A replay publishes a copy to <c>events-io</c> with publisher confirms (mandatory, so a missing queue is an
-/// error) and acknowledges the dead letter only after the confirm: at worst a crash in between leaves the event both
+/// place. A replay first records the replay in the event's status (refused when the event already succeeded: then the
+/// stale dead letter is dropped and nothing is published), then publishes a copy to <c>events-io</c> with publisher
+/// confirms (mandatory, so a missing queue is an error) and acknowledges the dead letter only after the confirm: the
+/// worker's status writes come after the replay's, so they win, and at worst a crash in between leaves the event both
 /// replayed and still listed, never lost. Fault headers of earlier deaths travel with the message as
-/// <c>EP-Error-History</c>, so the history survives replays.
+/// <c>EP-Error-History</c>, so the history survives replays. Dead letters older than
+/// <see cref="StatusOptions.DeadLetterRetention"/> are dropped by every scan that meets them.
 /// </summary>
 public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore statuses, DeadLetterLock locks, IOptions<DeadLetterOptions> options,
     ILogger<IoDeadLetters> logger) : IDeadLetterLane
@@ -27,6 +30,9 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
     private static readonly JsonSerializerOptions Envelope = new(JsonSerializerDefaults.Web);
 
     public string Lane => Lanes.Io;
+
+    /// <summary>A cursor is a position in the queue, as <see cref="ListAsync"/> hands it out.</summary>
+    public bool IsCursor(string after) => int.TryParse(after, NumberStyles.None, CultureInfo.InvariantCulture, out _);
 
     public Task<long> CountAsync(CancellationToken cancellationToken) => Guard(async () =>
     {
@@ -76,33 +82,36 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
         return await scan.FindAsync(id, options.Value.MaxScan) is { } message ? Parse(message) : null;
     });
 
-    public Task<bool> ReplayAsync(string id, CancellationToken cancellationToken) => Guard(async () =>
+    public Task<ReplayOutcome> ReplayAsync(string id, CancellationToken cancellationToken) => Guard(async () =>
     {
         await using var held = await locks.AcquireAsync(Lane);
         await using var scan = await ScanAsync(cancellationToken);
-        if (await scan.FindAsync(id, options.Value.MaxScan) is not { } message)
-        {
-            return false;
-        }
-
-        await ReplayAsync(scan, message, cancellationToken);
-        return true;
+        return await scan.FindAsync(id, options.Value.MaxScan) is { } message
+            ? await ReplayAsync(scan, message, cancellationToken)
+            : ReplayOutcome.NotFound;
     });
 
-    public Task<int> ReplayAllAsync(int max, CancellationToken cancellationToken) => Guard(async () =>
+    public Task<ReplayAllResult> ReplayAllAsync(int max, CancellationToken cancellationToken) => Guard(async () =>
     {
         await using var held = await locks.AcquireAsync(Lane);
         await using var scan = await ScanAsync(cancellationToken);
         var replayed = 0;
+        var dropped = 0;
         // Bounded by the queue length at the start, so a message that dies again at once is not replayed twice in one call.
         var bound = (int)Math.Min(max, scan.QueueLength);
-        while (replayed < bound && await scan.NextAsync() is { } message)
+        while (await scan.NextAsync(bound) is { } message)
         {
-            await ReplayAsync(scan, message, cancellationToken);
-            replayed++;
+            if (await ReplayAsync(scan, message, cancellationToken) == ReplayOutcome.Replayed)
+            {
+                replayed++;
+            }
+            else
+            {
+                dropped++;
+            }
         }
 
-        return replayed;
+        return new ReplayAllResult(replayed, dropped);
     });
 
     public Task<bool> DeleteAsync(string id, CancellationToken cancellationToken) => Guard(async () =>
@@ -118,9 +127,18 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
         return true;
     });
 
-    private async Task ReplayAsync(QueueScan scan, BasicGetResult message, CancellationToken cancellationToken)
+    private async Task<ReplayOutcome> ReplayAsync(QueueScan scan, BasicGetResult message, CancellationToken cancellationToken)
     {
         var dead = Parse(message);
+        // Before the event re-enters the lane: whatever the worker writes next wins. Refused for an event that already
+        // succeeded (a duplicate dead-lettered after, or while, another copy finished): replaying it would run it again.
+        if (!await statuses.MarkReplayedAsync(dead.Id, dead.Type, Lane, dead.AcceptedAt ?? DateTimeOffset.UtcNow))
+        {
+            logger.LogInformation("Dropped the dead letter of {EventId} instead of replaying it: the event already succeeded", dead.Id);
+            await scan.Channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
+            return ReplayOutcome.AlreadySucceeded;
+        }
+
         var properties = new BasicProperties(message.BasicProperties)
         {
             Persistent = true,
@@ -135,17 +153,32 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
         }
 
         properties.Headers[HistoryHeader] = Encoding.UTF8.GetBytes(PayloadJson.WriteHistory(dead.Errors));
-        // Straight to the lane's queue through the default exchange; mandatory turns a missing queue into an error.
-        await scan.Channel.BasicPublishAsync("", IoLaneTopology.QueueName, mandatory: true, properties, message.Body, cancellationToken);
-        await scan.Channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
         try
         {
-            await statuses.MarkReplayedAsync(dead.Id, dead.Type, Lane, dead.AcceptedAt ?? DateTimeOffset.UtcNow);
+            // Straight to the lane's queue through the default exchange; mandatory turns a missing queue into an error.
+            await scan.Channel.BasicPublishAsync("", IoLaneTopology.QueueName, mandatory: true, properties, message.Body, cancellationToken);
         }
-        catch (StackExchange.Redis.RedisException ex)
+        catch
         {
-            // RabbitMQ holds the replayed event; the worker's own status writes will show it running.
-            logger.LogWarning(ex, "Replayed {EventId} but could not record the replay in its status", dead.Id);
+            // The dead letter stays where it was (not acknowledged): say so in the status again. Should the broker have
+            // taken the copy after all, the worker's later writes override this, and nothing overrides succeeded.
+            await RestoreDeadAsync(dead);
+            throw;
+        }
+
+        await scan.Channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
+        return ReplayOutcome.Replayed;
+    }
+
+    private async Task RestoreDeadAsync(DeadLetter dead)
+    {
+        try
+        {
+            await statuses.MarkDeadAsync(dead.Id, dead.Attempts ?? 0, $"{dead.Error.Type}: {dead.Error.Message}");
+        }
+        catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
+        {
+            logger.LogWarning(ex, "The replay of {EventId} failed and its status could not be set back to dead", dead.Id);
         }
     }
 
@@ -251,10 +284,10 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
         catch (OperationInterruptedException ex) when (ex.ShutdownReason?.ReplyCode == 404)
         {
             await channel.DisposeAsync();
-            return new QueueScan(null, 0, cancellationToken);
+            return new QueueScan(null, 0, default, cancellationToken);
         }
 
-        return new QueueScan(channel, length, cancellationToken);
+        return new QueueScan(channel, length, DateTimeOffset.UtcNow - statuses.DeadLetterRetention, cancellationToken);
     }
 
     private async Task<T> Guard<T>(Func<Task<T>> operation)
@@ -273,16 +306,36 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
 
     /// <summary>
     /// Reads the error queue on one channel without acknowledging; disposing closes the channel, which returns every
-    /// message not acknowledged to the queue.
+    /// message not acknowledged to the queue. A dead letter older than the retention (dead before
+    /// <paramref name="expiredBefore"/>) is acknowledged, i.e. dropped, when met: its status expires with it.
     /// </summary>
-    private sealed class QueueScan(IChannel? channel, long queueLength, CancellationToken cancellationToken) : IAsyncDisposable
+    private sealed class QueueScan(IChannel? channel, long queueLength, DateTimeOffset expiredBefore, CancellationToken cancellationToken)
+        : IAsyncDisposable
     {
         public IChannel Channel => channel ?? throw new InvalidOperationException("no error queue");
 
         public long QueueLength => queueLength;
 
-        public async Task<BasicGetResult?> NextAsync() =>
-            channel is null ? null : await channel.BasicGetAsync(IoLaneTopology.ErrorQueueName, autoAck: false, cancellationToken);
+        /// <summary>Messages taken from the queue so far, dropped ones included.</summary>
+        public long Read { get; private set; }
+
+        public async Task<BasicGetResult?> NextAsync(long limit = long.MaxValue)
+        {
+            while (channel is not null && Read < limit
+                   && await channel.BasicGetAsync(IoLaneTopology.ErrorQueueName, autoAck: false, cancellationToken) is { } message)
+            {
+                Read++;
+                if (Parse(message).DeadAt is { } deadAt && deadAt < expiredBefore)
+                {
+                    await channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
+                    continue;
+                }
+
+                return message;
+            }
+
+            return null;
+        }
 
         public async Task<BasicGetResult?> FindAsync(string id, int maxScan)
         {

@@ -8,14 +8,28 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// <summary>
 /// The end of the line for an event that cannot succeed: XADD to <c>events.cpu.dead</c> with the event, the error
 /// (type, message, stack), attempts and times, together with XACK/XDEL and the <c>dead</c> status in one MULTI/EXEC,
-/// so a crash can neither lose the event nor leave it both pending and dead.
+/// so a crash can neither lose the event nor leave it both pending and dead. The dead letter and the <c>dead</c> status
+/// are one script: an entry of an event that already succeeded (a duplicate) is acknowledged with no dead letter, so a
+/// replay can never run a finished event again. Each XADD trims the stream to
+/// <see cref="StatusOptions.DeadLetterRetention"/> (MINID), the age to which dead statuses are kept.
 /// </summary>
 public sealed class DeadLetterStream(IConnectionMultiplexer redis, EventStatusStore statuses)
 {
+    // KEYS: status hash, dead-letter stream. ARGV: attempt, now (ms), error, status ttl (s), retention (ms), then the
+    // dead letter's field/value pairs. The MINID cutoff comes from the server's clock, which also stamps the entry ids.
+    private const string DeadLetterScript = EventStatusStore.RecordDeadLua + """
+        if record_dead(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) == 0 then return 0 end
+        local time = redis.call('TIME')
+        local cutoff = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) - tonumber(ARGV[5])
+        redis.call('XADD', KEYS[2], 'MINID', math.max(cutoff, 0), '*', unpack(ARGV, 6))
+        return 1
+        """;
+
     public const string ReasonFailed = "failed";
     public const string ReasonDeliveryLimit = "delivery-limit";
 
-    public async Task DeadLetterAsync(LaneEntry entry, string reason, string errorType, string errorMessage, string? stackTrace, string errorHistory)
+    /// <returns>false when the event had already succeeded: the entry was acknowledged and nothing dead-lettered.</returns>
+    public async Task<bool> DeadLetterAsync(LaneEntry entry, string reason, string errorType, string errorMessage, string? stackTrace, string errorHistory)
     {
         var now = DateTimeOffset.UtcNow;
         NameValueEntry[] fields =
@@ -35,14 +49,23 @@ public sealed class DeadLetterStream(IConnectionMultiplexer redis, EventStatusSt
             new(F.TraceParent, entry.TraceParent),
         ];
 
+        RedisValue[] arguments =
+        [
+            entry.Attempt,
+            now.ToUnixTimeMilliseconds(),
+            $"{errorType}: {errorMessage}",
+            statuses.DeadTtlSeconds,
+            (long)statuses.DeadLetterRetention.TotalMilliseconds,
+            .. fields.SelectMany(f => new[] { (RedisValue)f.Name, f.Value }),
+        ];
         var transaction = redis.GetDatabase().CreateTransaction();
-        _ = transaction.StreamAddAsync(CpuLaneStreams.DeadLetters, fields);
-        _ = statuses.MarkDeadAsync(transaction, entry.Id, entry.Attempt, $"{errorType}: {errorMessage}");
+        var written = transaction.ScriptEvaluateAsync(DeadLetterScript, [EventStatusStore.Key(entry.Id), CpuLaneStreams.DeadLetters], arguments);
         _ = EntryAcknowledger.AcknowledgeAsync(transaction, entry.EntryId);
         await EntryAcknowledger.CommitAsync(transaction);
+        return (int)await written == 1;
     }
 
-    public Task DeadLetterAsync(LaneEntry entry, Exception error) =>
+    public Task<bool> DeadLetterAsync(LaneEntry entry, Exception error) =>
         DeadLetterAsync(entry, ReasonFailed, error.GetType().FullName ?? error.GetType().Name, error.Message, error.StackTrace,
             entry.HistoryWith(error, DateTimeOffset.UtcNow));
 }

@@ -10,7 +10,10 @@ namespace EventPipeline.Worker.Io.Delivery;
 /// more than <see cref="IoLaneTopology.DeliveryLimit"/> times never reaches <see cref="IoEventConsumer"/>'s error path,
 /// so nobody else would write its final status. Reads a copy of everything that enters the error exchange, from a
 /// queue of its own (the error queue itself stays untouched for operators), and ignores MassTransit's own error moves,
-/// whose status the consumer already wrote.
+/// whose status the consumer already wrote. It never gives up on a status write: while Redis is out it keeps the message
+/// unacknowledged and tries again with a capped backoff (at most the endpoint's prefetch count of messages wait this
+/// way, so an outage costs a few attempts a second, not a hot loop), so the status ends <c>dead</c> once Redis answers
+/// and nothing piles up in this queue's own error queue. On shutdown the message goes back to the queue.
 /// </summary>
 public sealed class BrokerDeadLetterStatusConsumer(
     EventStatusStore statuses,
@@ -35,7 +38,28 @@ public sealed class BrokerDeadLetterStatusConsumer(
         var error = $"dead-lettered by RabbitMQ ({reason}): the worker stopped before acknowledging it {deliveries} times";
         logger.LogWarning("Event {EventId} was dead-lettered by the broker ({Reason}) into {ErrorQueue}; marking it dead",
             message.EventId, reason, IoLaneTopology.ErrorQueueName);
-        await statuses.MarkDeadAsync(message.EventId, deliveries, error);
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                await statuses.MarkDeadAsync(message.EventId, deliveries, error);
+                break;
+            }
+            catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
+            {
+                var delay = RetryDelay(attempt);
+                logger.LogWarning("Status of event {EventId} not written (attempt {Attempt}): the status store is unavailable ({Error}); trying again in {Delay}",
+                    message.EventId, attempt, ex.Message, delay);
+                // Cancelled only when the bus stops: like the lane's own consumer on SIGTERM, the unacknowledged
+                // message then returns to the queue when the channel closes, instead of being faulted.
+                await Task.Delay(delay, context.CancellationToken);
+            }
+        }
+
         metrics.Finished(Lanes.Io, Outcomes.Dead, message.AcceptedAt);
     }
+
+    /// <summary>250 ms, doubling, at most 2 s: quick after a blip, cheap through a long outage.</summary>
+    private static TimeSpan RetryDelay(int attempt) =>
+        TimeSpan.FromMilliseconds(Math.Min(2000, 250 * Math.Pow(2, Math.Min(attempt - 1, 4))));
 }
