@@ -97,7 +97,6 @@ public sealed class IoLaneHost : IAsyncDisposable
             ["Auth__ApiKeys__Submit"] = _submitKey,
             ["Auth__ApiKeys__Admin"] = _adminKey,
             ["TestEvents__Enabled"] = "true",
-            ["Downstream__AllowedHosts__0"] = "127.0.0.1",
             ["Downstream__AllowedOrigins__0"] = ReceiverClient.BaseAddress!.GetLeftPart(UriPartial.Authority),
             ["Logging__LogLevel__Default"] = "Warning",
         };
