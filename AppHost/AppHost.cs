@@ -31,8 +31,8 @@ var api = builder.AddProject<Projects.Producer_Api>("producer-api")
     .WithEnvironment("Auth__ApiKeys__Submit", submitKey)
     .WithEnvironment("Auth__ApiKeys__Admin", adminKey)
     .WithEnvironment("TestEvents__Enabled", testEvents)
-    // An event's optional "target" URL must name one of these hosts (the local downstream receiver).
-    .WithEnvironment("Downstream__AllowedHosts__0", "localhost")
+    // An event's optional "target" URL must be on one of these origins: the local receiver's (Worker.Io allows its own base address).
+    .WithEnvironment("Downstream__AllowedOrigins__0", downstream.GetEndpoint("http"))
     .WithHttpHealthCheck("/health/ready");
 if (rabbitmq.Resource is LocalRabbitMQResource localRabbit)
 {

@@ -28,7 +28,9 @@ public static class ProducerExtensions
                 "Ingest limits must be positive and MaxBatchBytes at least MaxEventBytes")
             .ValidateOnStart();
         builder.Services.AddOptions<StatusOptions>().BindConfiguration("Status");
-        builder.Services.AddOptions<DownstreamTargetOptions>().BindConfiguration("Downstream");
+        builder.Services.AddOptions<DownstreamTargetOptions>().BindConfiguration("Downstream")
+            .Validate(o => o.TryGetOrigins(out _, out _), "Downstream:AllowedOrigins must hold origins (scheme://host[:port], http or https) and Downstream:AllowedHosts host names")
+            .ValidateOnStart();
         builder.Services.AddOptions<BackpressureOptions>().BindConfiguration("Backpressure")
             .Validate(o => o.RetryAfterSeconds > 0 && o.MaxLag.All(l => Lanes.All.Contains(l.Key) && l.Value >= 0),
                 "Backpressure:MaxLag keys must be lanes (cpu, io) with limits >= 0, and RetryAfterSeconds positive")

@@ -105,8 +105,9 @@ public sealed partial class EventValidator(EventRouter router, DownstreamTargets
     }
 
     /// <summary>
-    /// <c>target</c>: where an I/O event is delivered. Only an absolute http(s) URL whose host is on
-    /// <c>Downstream:AllowedHosts</c> passes, so no client can make a worker call an address of its choosing.
+    /// <c>target</c>: where an I/O event is delivered. Only an absolute http(s) URL whose origin (scheme, host and
+    /// port) is on <c>Downstream:AllowedOrigins</c> passes, so no client can make a worker call an address — or another
+    /// port of an allowed host — of its choosing.
     /// </summary>
     private string? ValidateTarget(string? type, JsonElement target, string path, Dictionary<string, string[]> errors)
     {

@@ -14,8 +14,9 @@ public interface INextStageForwarder
 }
 
 /// <summary>
-/// Publishes the next stage to the I/O lane through MassTransit with publisher confirms, then marks its status
-/// <c>accepted</c>. Only after both does the caller acknowledge the CPU entry: a crash in between runs the CPU event
+/// Publishes the next stage to the I/O lane through MassTransit with publisher confirms and <c>mandatory</c> (a publish
+/// that reaches no queue fails), then marks its status <c>accepted</c>. Only after both does the caller acknowledge the
+/// CPU entry, so a failed or unroutable hand-off is retried like any failed attempt; a crash in between runs the CPU event
 /// again, and the derived id (<c>{id}.then</c>) makes the repeated hand-off the same I/O event (same status hash,
 /// same downstream <c>Idempotency-Key</c>). Publishing inside the handler's activity carries the trace on.
 /// </summary>
@@ -26,10 +27,12 @@ public sealed class IoLaneForwarder(IBus bus, EventStatusStore statuses, IOption
     {
         var id = NextStage.DerivedId(entry.Id);
         var acceptedAt = DateTimeOffset.UtcNow;
-        var message = new IoEventSubmitted(id, next.Type, next.BodyWith(entry.Id, entry.Type, result), acceptedAt);
+        var message = new IoEventSubmitted(id, next.Type, next.BodyWith(entry.Id, entry.Type, result), acceptedAt, next.Target);
         using (var timeout = new CancellationTokenSource(options.Value.ForwardTimeout))
         {
-            // Completes on RabbitMQ's publisher confirm: from here the I/O lane holds the event durably.
+            // Completes on RabbitMQ's publisher confirm: from here the I/O lane holds the event durably. Every publish
+            // of AddIoLanePublisher is mandatory: a message no queue takes throws here and fails this attempt, instead
+            // of being confirmed and dropped while the CPU entry is acknowledged.
             await bus.Publish(message, timeout.Token);
         }
 

@@ -6,11 +6,14 @@ using EventPipeline.Worker.Cpu.Work;
 namespace EventPipeline.Worker.Cpu.Forward;
 
 /// <summary>
-/// The optional <c>then</c> of a CPU event's payload: <c>{"type": "webhook.post", "payload": {...}}</c>. When the CPU
-/// work succeeds, an I/O-lane event of that type is published whose body is <c>then.payload</c> with a <c>source</c>
-/// object added (<c>{"id", "type", "result"}</c> of the CPU event), under the derived id <c>{id}.then</c>.
+/// The optional <c>then</c> of a CPU event's payload: <c>{"type": "webhook.post", "payload": {...}, "target"?: url}</c>.
+/// When the CPU work succeeds, an I/O-lane event of that type is published whose body is <c>then.payload</c> with a
+/// <c>source</c> object added (<c>{"id", "type", "result"}</c> of the CPU event), under the derived id <c>{id}.then</c>,
+/// addressed to <c>then.target</c> when the client named one — the API allow-listed it, Worker.Io checks it again —
+/// and to Worker.Io's configured downstream otherwise.
 /// </summary>
-public sealed record NextStage(string Type, JsonObject Payload)
+/// <param name="Target">the delivery URL the client named, or null for the configured downstream.</param>
+public sealed record NextStage(string Type, JsonObject Payload, string? Target = null)
 {
     public const string Property = "then";
     public const string IdSuffix = ".then";
@@ -53,7 +56,16 @@ public sealed record NextStage(string Type, JsonObject Payload)
             throw new PermanentEventException("payload.then.payload is required and must be a JSON object");
         }
 
-        return new NextStage(type, (JsonObject)nextPayload.DeepClone());
+        string? target = null;
+        if (thenObject["target"] is { } targetNode)
+        {
+            if (targetNode is not JsonValue targetValue || !targetValue.TryGetValue(out target) || target.Length == 0)
+            {
+                throw new PermanentEventException("payload.then.target must be a string (an absolute http or https URL)");
+            }
+        }
+
+        return new NextStage(type, (JsonObject)nextPayload.DeepClone(), target);
     }
 
     /// <summary>The body the I/O lane delivers: <c>then.payload</c> plus the CPU event's id, type and result.</summary>

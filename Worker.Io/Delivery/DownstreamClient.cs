@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Http.Headers;
 using System.Text;
 using System.Threading.RateLimiting;
+using EventPipeline.Shared;
 using Microsoft.Extensions.Options;
 
 namespace EventPipeline.Worker.Io.Delivery;
@@ -15,25 +16,34 @@ public sealed class PermanentDownstreamException(string message) : Exception(mes
 
 /// <summary>
 /// POSTs a webhook body downstream with <c>Idempotency-Key: &lt;event id&gt;</c> (the trace context is added by the
-/// HttpClient instrumentation). A token bucket per destination host holds calls back to the configured rate; a call
-/// waits for its permit instead of failing.
+/// HttpClient instrumentation), only to an allowed origin and never on to where a redirect points. A token bucket per
+/// destination host holds calls back to the configured rate; a call waits for its permit instead of failing.
 /// </summary>
-public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions> options) : IDisposable
+/// <remarks>
+/// The exception messages end up in the event's status, which whoever submitted the event can read: they say what
+/// kind of failure it was and the downstream's status code, never an address, a port or a socket error. "Connection
+/// refused" against "the response ended prematurely" would tell a closed port from an open one. The details go to
+/// this worker's log.
+/// </remarks>
+public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions> options, ILogger<DownstreamClient> logger) : IDisposable
 {
     public const string HttpClientName = "downstream";
+    public const string Unreachable = "downstream unreachable (no HTTP response)";
+    public const string NotAllowed = "target is not on the allowed downstream origins";
     private const int RefillsPerSecond = 20;
     private static readonly TimeSpan MaxRetryAfter = TimeSpan.FromSeconds(30);
     private readonly ConcurrentDictionary<string, TokenBucketRateLimiter> _limiters = new(StringComparer.OrdinalIgnoreCase);
+    private readonly DownstreamOrigins _allowed = options.Value.TryGetOrigins(out var origins, out _) ? origins : DownstreamOrigins.None;
 
     /// <param name="requestedTarget">the event's own delivery URL (validated by the API); null for the configured one.</param>
     public async Task DeliverAsync(string eventId, string body, string? requestedTarget, CancellationToken cancellationToken)
     {
-        var target = ResolveTarget(requestedTarget);
+        var target = ResolveTarget(eventId, requestedTarget);
         using (var lease = await LimiterFor(target.Host).AcquireAsync(1, cancellationToken))
         {
             if (!lease.IsAcquired)
             {
-                throw new TransientDownstreamException($"rate limiter queue for {target.Host} is full");
+                throw new TransientDownstreamException("downstream rate limiter queue is full");
             }
         }
 
@@ -50,11 +60,14 @@ public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions
         }
         catch (HttpRequestException ex)
         {
-            throw new TransientDownstreamException($"POST {target} failed: {ex.Message}", ex);
+            logger.LogWarning(ex, "POST {Target} for event {EventId} got no HTTP response ({HttpRequestError})", target, eventId, ex.HttpRequestError);
+            throw new TransientDownstreamException(Unreachable, ex);
         }
         catch (TaskCanceledException ex) when (!cancellationToken.IsCancellationRequested)
         {
-            throw new TransientDownstreamException($"POST {target} timed out after {http.Timeout}", ex);
+            // A timeout is told apart from a refusal only in the log: to a caller it would mark a filtered port.
+            logger.LogWarning("POST {Target} for event {EventId} timed out after {Timeout}", target, eventId, http.Timeout);
+            throw new TransientDownstreamException(Unreachable, ex);
         }
 
         using (response)
@@ -65,38 +78,46 @@ public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions
             }
 
             var status = (int)response.StatusCode;
+            logger.LogInformation("POST {Target} for event {EventId} answered {Status} {Reason}", target, eventId, status, response.ReasonPhrase);
             if (response.StatusCode == HttpStatusCode.TooManyRequests)
             {
                 // Honour Retry-After before handing the message back to the retry policy.
                 await Task.Delay(RetryAfter(response.Headers.RetryAfter), cancellationToken);
-                throw new TransientDownstreamException($"POST {target} answered 429 Too Many Requests");
+                throw new TransientDownstreamException("downstream answered 429");
             }
 
             if (status >= 500 || response.StatusCode == HttpStatusCode.RequestTimeout)
             {
-                throw new TransientDownstreamException($"POST {target} answered {status} {response.ReasonPhrase}");
+                throw new TransientDownstreamException($"downstream answered {status}");
             }
 
-            throw new PermanentDownstreamException($"POST {target} answered {status} {response.ReasonPhrase}");
+            if (status is >= 300 and < 400)
+            {
+                // Not followed (AllowAutoRedirect is off): the Location could name any origin. Retrying gets the same answer.
+                throw new PermanentDownstreamException($"downstream answered {status}; redirects are not followed");
+            }
+
+            throw new PermanentDownstreamException($"downstream answered {status}");
         }
     }
 
     /// <summary>
-    /// The configured downstream, or the event's own URL when it has one — checked again here against
-    /// <c>Downstream:AllowedHosts</c> (the API checks it too), so no message can make the worker call a host it was not
-    /// configured for.
+    /// The configured downstream, or the event's own URL when it has one — checked again here against the allowed
+    /// origins (scheme, host and port; the API checks it too), so no message, however it reached the queue, can make
+    /// the worker call an origin it was not configured for.
     /// </summary>
-    private Uri ResolveTarget(string? requestedTarget)
+    private Uri ResolveTarget(string eventId, string? requestedTarget)
     {
         if (string.IsNullOrEmpty(requestedTarget))
         {
             return new Uri(options.Value.BaseAddress, options.Value.Path);
         }
 
-        if (!Uri.TryCreate(requestedTarget, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https")
-            || !options.Value.AllowedHosts.Contains(uri.Host, StringComparer.OrdinalIgnoreCase))
+        if (!Uri.TryCreate(requestedTarget, UriKind.Absolute, out var uri) || uri.UserInfo.Length > 0 || !_allowed.Allows(uri))
         {
-            throw new PermanentDownstreamException($"target '{requestedTarget}' is not an http(s) URL on Downstream:AllowedHosts");
+            logger.LogWarning("Event {EventId} names target {Target}, which is not on the allowed downstream origins; not calling it",
+                eventId, requestedTarget);
+            throw new PermanentDownstreamException(NotAllowed);
         }
 
         return uri;

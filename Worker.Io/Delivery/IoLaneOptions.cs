@@ -1,4 +1,5 @@
 using System.ComponentModel.DataAnnotations;
+using EventPipeline.Shared;
 
 namespace EventPipeline.Worker.Io.Delivery;
 
@@ -44,6 +45,20 @@ public sealed class DownstreamOptions
     [Range(1, 1_000_000)]
     public int PermitsPerSecond { get; set; } = 1000;
 
-    /// <summary>Hosts the worker may call. The base address must be one of them.</summary>
+    /// <summary>
+    /// Origins (<c>scheme://host[:port]</c>; no port = the scheme's default) an event's own <c>target</c> may name,
+    /// checked again here after the API. The base address's origin is always allowed: it is the operator's, not a client's.
+    /// </summary>
+    public List<string> AllowedOrigins { get; set; } = [];
+
+    /// <summary>Older form, still read: bare host names, each allowing http on port 80 and https on port 443 only.</summary>
     public List<string> AllowedHosts { get; set; } = [];
+
+    /// <summary>Every origin the worker may call: the allow-list plus the base address's.</summary>
+    public bool TryGetOrigins(out DownstreamOrigins origins, out string error)
+    {
+        var parsed = DownstreamOrigins.TryParse(AllowedOrigins, AllowedHosts, out origins, out error);
+        origins = origins.With(BaseAddress);
+        return parsed;
+    }
 }

@@ -16,8 +16,9 @@ public static class IoLaneExtensions
             .Validate(o => o.RetryMinInterval <= o.RetryMaxInterval, "IoLane:RetryMinInterval must not exceed IoLane:RetryMaxInterval")
             .ValidateOnStart();
         builder.Services.AddOptions<DownstreamOptions>().BindConfiguration("Downstream").ValidateDataAnnotations()
-            .Validate(o => o.AllowedHosts.Contains(o.BaseAddress.Host, StringComparer.OrdinalIgnoreCase),
-                "Downstream:BaseAddress must name a host listed in Downstream:AllowedHosts")
+            .Validate(o => DownstreamOrigins.OriginOf(o.BaseAddress) is not null, "Downstream:BaseAddress must be an absolute http or https URL")
+            .Validate(o => o.TryGetOrigins(out _, out _),
+                "Downstream:AllowedOrigins must hold origins (scheme://host[:port], http or https) and Downstream:AllowedHosts host names")
             .Validate(o => o.Timeout > TimeSpan.Zero, "Downstream:Timeout must be positive")
             .ValidateOnStart();
         builder.Services.AddOptions<TestEventsOptions>().BindConfiguration("TestEvents");
@@ -27,10 +28,13 @@ public static class IoLaneExtensions
         builder.Services.AddHttpClient(DownstreamClient.HttpClientName, (sp, http) =>
                 http.Timeout = sp.GetRequiredService<IOptions<DownstreamOptions>>().Value.Timeout)
             // The client lives as long as the process (it holds the rate limiters): recycle connections for DNS changes.
-            .ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromMinutes(5) });
+            // No redirects: a Location header is the downstream's say, and following it would carry the POST to an
+            // origin nobody allowed. A 3xx is a failure (DownstreamClient).
+            .ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromMinutes(5), AllowAutoRedirect = false });
         builder.Services.AddSingleton(sp => new DownstreamClient(
             sp.GetRequiredService<IHttpClientFactory>().CreateClient(DownstreamClient.HttpClientName),
-            sp.GetRequiredService<IOptions<DownstreamOptions>>()));
+            sp.GetRequiredService<IOptions<DownstreamOptions>>(),
+            sp.GetRequiredService<ILogger<DownstreamClient>>()));
 
         var lane = builder.Configuration.GetSection("IoLane").Get<IoLaneOptions>() ?? new IoLaneOptions();
         var connectionString = builder.Configuration.GetConnectionString("rabbitmq")

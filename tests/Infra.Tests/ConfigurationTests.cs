@@ -105,10 +105,10 @@ public class ConfigurationTests
 
         if (workloadName == "worker-io")
         {
-            var downstream = configuration.GetSection("Downstream");
-            var baseAddress = new Uri(downstream["BaseAddress"]!);
-            var allowed = downstream.GetSection("AllowedHosts").Get<string[]>() ?? [];
-            Assert.Contains(baseAddress.Host, allowed, StringComparer.OrdinalIgnoreCase);
+            // Worker.Io refuses to start on a list it cannot read; the origin it calls is its base address's.
+            var downstream = configuration.GetSection("Downstream").Get<EventPipeline.Worker.Io.Delivery.DownstreamOptions>()!;
+            Assert.True(downstream.TryGetOrigins(out var origins, out var error), $"{workloadName}: {error}");
+            Assert.Contains(EventPipeline.Shared.DownstreamOrigins.OriginOf(downstream.BaseAddress), origins.Origins);
         }
     }
 
@@ -124,23 +124,34 @@ public class ConfigurationTests
 
         Assert.DoesNotContain(rendered.Workloads, w => w.Name == "downstream-receiver");
         var io = rendered.Workload("worker-io");
-        var downstream = ServiceFacts.WorkerIo.EffectiveConfiguration(rendered.EnvironmentOf(io, io.MainContainer)).GetSection("Downstream");
-        var baseAddress = new Uri(downstream["BaseAddress"]!);
-        Assert.Equal("https", baseAddress.Scheme);
-        Assert.Equal([baseAddress.Host], downstream.GetSection("AllowedHosts").Get<string[]>()!);
+        var downstream = ServiceFacts.WorkerIo.EffectiveConfiguration(rendered.EnvironmentOf(io, io.MainContainer))
+            .GetSection("Downstream").Get<EventPipeline.Worker.Io.Delivery.DownstreamOptions>()!;
+        Assert.Equal("https", downstream.BaseAddress.Scheme);
+        Assert.True(downstream.TryGetOrigins(out var origins, out var error), error);
+        Assert.Equal([EventPipeline.Shared.DownstreamOrigins.OriginOf(downstream.BaseAddress)!], origins.Origins);
+
+        // No event may name its own target in prod: the API allows no origin.
+        var api = rendered.Workload("producer-api");
+        var targets = ServiceFacts.ProducerApi.EffectiveConfiguration(rendered.EnvironmentOf(api, api.MainContainer))
+            .GetSection("Downstream").Get<EventPipeline.Producer.Validation.DownstreamTargetOptions>() ?? new();
+        Assert.True(targets.TryGetOrigins(out var apiOrigins, out error), error);
+        Assert.Equal(0, apiOrigins.Count);
     }
 
     [Fact]
-    public void Dev_downstream_hosts_are_allowed_only_in_the_development_environment()
+    public void No_webhook_origin_beyond_the_base_address_is_allowed_unless_a_deployment_lists_it()
     {
-        // appsettings.json allows no host, so a production deployment must name its own; the dev hosts live in
-        // appsettings.Development.json, which the AppHost and the tests load (ASPNETCORE_ENVIRONMENT=Development)...
-        var io = ServiceFacts.WorkerIo;
-        Assert.Empty(io.EffectiveConfiguration(new Dictionary<string, string>()).GetSection("Downstream:AllowedHosts").GetChildren());
-        var development = new ConfigurationBuilder().AddJsonFile(io.AppSettingsPath).AddJsonFile(Repo.PathOf(io.Project, "appsettings.Development.json")).Build();
-        Assert.Equal(["localhost", "127.0.0.1", "downstream"], development.GetSection("Downstream:AllowedHosts").Get<string[]>()!);
+        // Neither appsettings.json nor an appsettings.Development.json (which the AppHost and the tests load) allows an
+        // origin: the AppHost passes the local receiver's, a deployment lists its own (Downstream:AllowedOrigins).
+        foreach (var facts in new[] { ServiceFacts.ProducerApi, ServiceFacts.WorkerIo })
+        {
+            var builder = new ConfigurationBuilder().AddJsonFile(facts.AppSettingsPath).AddJsonFile(Repo.PathOf(facts.Project, "appsettings.Development.json"), optional: true);
+            var downstream = builder.Build().GetSection("Downstream");
+            Assert.Empty(downstream.GetSection("AllowedOrigins").GetChildren());
+            Assert.Empty(downstream.GetSection("AllowedHosts").GetChildren());
+        }
 
-        // ...and no container gets: with no environment set the host runs as Production and skips that file.
+        // ...and no container runs as Development: with no environment set the host runs as Production.
         foreach (var overlay in Manifests.Overlays)
         {
             var rendered = Manifests.Render(overlay);

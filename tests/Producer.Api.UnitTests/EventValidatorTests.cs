@@ -10,7 +10,7 @@ public sealed class EventValidatorTests
     {
         var errors = new Dictionary<string, string[]>();
         using var document = JsonDocument.Parse(json);
-        var targets = new DownstreamTargets(Options.Create(new DownstreamTargetOptions { AllowedHosts = ["hooks.example.com", "localhost"] }));
+        var targets = new DownstreamTargets(Options.Create(new DownstreamTargetOptions { AllowedOrigins = ["https://hooks.example.com", "http://localhost:5183"] }));
         var result = new EventValidator(EventRouterTests.Router(testEvents), targets).Validate(document.RootElement, "", errors);
         return (result, errors);
     }
@@ -118,6 +118,25 @@ public sealed class EventValidatorTests
         Assert.Null(e);
         Assert.Contains("target", errors.Keys);
     }
+
+    [Theory]
+    [InlineData("http://localhost:9090/admin")] // another port of an allowed host
+    [InlineData("http://localhost/webhook")] // the default port is another port too
+    [InlineData("https://localhost:5183/webhook")] // same host and port, other scheme
+    [InlineData("http://hooks.example.com/orders")] // https allowed, not http
+    [InlineData("https://hooks.example.com:8443/orders")]
+    public void Target_on_another_port_or_scheme_of_an_allowed_host_is_rejected(string target)
+    {
+        var (e, errors) = Validate("{\"type\":\"webhook.post\",\"target\":\"" + target + "\",\"payload\":{}}");
+
+        Assert.Null(e);
+        Assert.Contains("(scheme, host and port) is not on the allow-list", Assert.Single(errors["target"]));
+    }
+
+    [Fact]
+    public void Chained_target_on_another_port_of_an_allowed_host_is_rejected() =>
+        Assert.Contains("payload.then.target", Validate(
+            """{"type":"hash.pbkdf2","payload":{"data":"x","iterations":1,"then":{"type":"webhook.post","payload":{},"target":"http://localhost:9090/"}}}""").Errors.Keys);
 
     [Fact]
     public void Target_is_refused_on_a_cpu_event() =>

@@ -42,6 +42,8 @@ public sealed class IoLaneHost : IAsyncDisposable
 
     public ChildProcess? Worker { get; private set; }
 
+    public ChildProcess? CpuWorker { get; private set; }
+
     public HttpClient ApiClient { get; private set; } = null!;
 
     public HttpClient ReceiverClient { get; private set; } = null!;
@@ -85,18 +87,25 @@ public sealed class IoLaneHost : IAsyncDisposable
         await ServiceProcess.WaitUntilReadyAsync(Receiver, port, StartTimeout);
     }
 
-    public async Task StartApiAsync()
+    /// <summary>Starts Producer.Api; by default an event's <c>target</c> may name the receiver's origin only.</summary>
+    public async Task StartApiAsync(IDictionary<string, string?>? settings = null)
     {
-        Api = ServiceProcess.Start("Producer.Api", new Dictionary<string, string?>
+        var configuration = new Dictionary<string, string?>
         {
             ["ConnectionStrings__redis"] = Redis.ConnectionString,
             ["ConnectionStrings__rabbitmq"] = Rabbit.ConnectionString,
             ["Auth__ApiKeys__Submit"] = _submitKey,
             ["Auth__ApiKeys__Admin"] = _adminKey,
             ["TestEvents__Enabled"] = "true",
-            ["Downstream__AllowedHosts__0"] = "127.0.0.1",
+            ["Downstream__AllowedOrigins__0"] = ReceiverClient.BaseAddress!.GetLeftPart(UriPartial.Authority),
             ["Logging__LogLevel__Default"] = "Warning",
-        }, out var port);
+        };
+        foreach (var (key, value) in settings ?? new Dictionary<string, string?>())
+        {
+            configuration[key] = value;
+        }
+
+        Api = ServiceProcess.Start("Producer.Api", configuration, out var port);
         ApiClient = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(30) };
         ApiClient.DefaultRequestHeaders.Add("X-Api-Key", _submitKey);
         await ServiceProcess.WaitUntilReadyAsync(Api, port, StartTimeout);
@@ -150,6 +159,48 @@ public sealed class IoLaneHost : IAsyncDisposable
         }
 
         await StartWorkerAsync(settings);
+    }
+
+    /// <summary>Starts a Worker.Cpu process on the same brokers (for chained events) and waits until it is ready.</summary>
+    public async Task StartCpuWorkerAsync()
+    {
+        CpuWorker = ServiceProcess.Start("Worker.Cpu", new Dictionary<string, string?>
+        {
+            ["ConnectionStrings__redis"] = Redis.ConnectionString,
+            ["ConnectionStrings__rabbitmq"] = Rabbit.ConnectionString,
+            ["CpuLane__Handlers"] = "1",
+            ["Logging__LogLevel__Default"] = "Warning",
+            ["Logging__LogLevel__EventPipeline"] = "Information",
+        }, out var port);
+        await ServiceProcess.WaitUntilReadyAsync(CpuWorker, port, StartTimeout);
+    }
+
+    /// <summary>
+    /// Puts an I/O event straight into <c>events-io</c> in MassTransit's envelope, as any publisher with broker access
+    /// could, bypassing the API's validation: what the worker does with it is all its own checks.
+    /// </summary>
+    public async Task PublishDirectAsync(string eventId, string type, JsonObject payload, string? target)
+    {
+        var envelope = new JsonObject
+        {
+            ["messageId"] = Guid.NewGuid().ToString(),
+            ["messageType"] = new JsonArray("urn:message:EventPipeline.Contracts:IoEventSubmitted"),
+            ["message"] = new JsonObject
+            {
+                ["eventId"] = eventId,
+                ["type"] = type,
+                ["payload"] = payload.ToJsonString(),
+                ["acceptedAt"] = DateTimeOffset.UtcNow.ToString("O"),
+                ["target"] = target,
+            },
+            ["sentTime"] = DateTimeOffset.UtcNow.ToString("O"),
+            ["headers"] = new JsonObject(),
+        };
+        await using var connection = await Rabbit.ConnectAsync();
+        await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
+            publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
+        var properties = new BasicProperties { ContentType = "application/vnd.masstransit+json", Persistent = true };
+        await channel.BasicPublishAsync("", QueueName, mandatory: true, properties, Encoding.UTF8.GetBytes(envelope.ToJsonString()));
     }
 
     public static string NewId(string prefix) => $"{prefix}-{Guid.NewGuid():N}";
@@ -262,7 +313,7 @@ public sealed class IoLaneHost : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        foreach (var process in new[] { Worker, Api, Receiver })
+        foreach (var process in new[] { CpuWorker, Worker, Api, Receiver })
         {
             if (process is not null)
             {
