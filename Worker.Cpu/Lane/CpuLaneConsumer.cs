@@ -11,9 +11,12 @@ namespace EventPipeline.Worker.Cpu.Lane;
 
 /// <summary>
 /// The CPU lane's consumer: one reading loop feeding <see cref="LaneBuffer"/>, handler tasks running the work (at most
-/// <c>Handlers</c> computing at once, at most <c>MaxStarted</c> started), and the drain on shutdown — stop reading,
+/// <c>Handlers</c> computing at once, at most <c>MaxStarted</c> taken up), and the drain on shutdown — stop reading,
 /// finish everything buffered, acknowledge, exit. An entry is acknowledged only after its handler finished (success,
 /// scheduled retry or dead letter); successes are recorded and acknowledged in batches (<see cref="SuccessBatcher"/>).
+/// A run is counted only when the work begins, on a core (<see cref="EntryOwnership.TryStartAsync"/>): an entry still
+/// waiting for one when the drain times out or the process dies is not charged a run. An entry another consumer has
+/// claimed (this one was paused past the claim timeout) is neither started nor failed here.
 /// </summary>
 public sealed class CpuLaneConsumer(
     LaneBuffer buffer,
@@ -21,6 +24,7 @@ public sealed class CpuLaneConsumer(
     CpuWork work,
     EventStatusStore statuses,
     EntryAcknowledger acknowledger,
+    EntryOwnership ownership,
     SuccessBatcher successes,
     RetryScheduler retries,
     DeadLetterStream deadLetters,
@@ -139,7 +143,8 @@ public sealed class CpuLaneConsumer(
     {
         using var activity = StartProcessActivity(entry);
         long startedAt;
-        string result;
+        string? result = null;
+        Exception? failure = null;
         await using (await isolation.EnterAsync(entry))
         {
             if (entry.IsSuspect)
@@ -148,54 +153,82 @@ public sealed class CpuLaneConsumer(
                     entry.Id, entry.EntryId, entry.UnfinishedRuns);
             }
 
-            // Both go out on the same connection back to back: one round trip.
-            var started = acknowledger.MarkStartedAsync(entry);
-            var processing = statuses.MarkProcessingAsync(entry.Id, entry.Attempt);
-            await started;
-            if (!await processing)
-            {
-                logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without running it", entry.Id);
-                await acknowledger.AcknowledgeAsync(entry);
-                return;
-            }
-
-            startedAt = Stopwatch.GetTimestamp();
+            NextStage? next = null;
+            Task<bool> processing;
+            await _computeSlots.WaitAsync();
             try
             {
-                var next = NextStage.Parse(entry.Payload);
-                await _computeSlots.WaitAsync();
-                try
+                // Counted now, with a core held and the work next: what never got a core is not a run that died.
+                // A Redis error here is not the event's failure: it propagates, and the entry stays pending.
+                switch (await ownership.TryStartAsync(entry))
                 {
-                    result = work.Run(entry.Id, entry.Type, entry.Payload);
-                }
-                finally
-                {
-                    _computeSlots.Release();
+                    case EntryOwnership.Start.ClaimedByAnother:
+                        logger.LogWarning("Event {EventId} (entry {EntryId}) was claimed by another consumer while it waited here; leaving it to that consumer",
+                            entry.Id, entry.EntryId);
+                        return;
+                    case EntryOwnership.Start.AlreadySucceeded:
+                        logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without running it", entry.Id);
+                        await acknowledger.AcknowledgeAsync(entry);
+                        return;
                 }
 
-                if (next is not null)
+                startedAt = Stopwatch.GetTimestamp();
+                // Written while the work runs (same connection, so before any outcome): the status is for people.
+                processing = statuses.MarkProcessingAsync(entry.Id, entry.Attempt);
+                try
                 {
-                    // Before the acknowledgement: a crash after this re-runs the event and forwards the same derived id.
-                    await forwarder.ForwardAsync(entry, next, result);
+                    next = NextStage.Parse(entry.Payload);
+                    result = work.Run(entry.Id, entry.Type, entry.Payload);
+                }
+                catch (Exception ex)
+                {
+                    failure = ex;
                 }
             }
-            catch (Exception ex)
+            finally
             {
-                activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
-                await FailAsync(entry, ex, Stopwatch.GetElapsedTime(startedAt));
+                _computeSlots.Release();
+            }
+
+            await processing;
+            if (failure is null && next is not null)
+            {
+                try
+                {
+                    // Before the acknowledgement: a crash after this re-runs the event and forwards the same derived id.
+                    await forwarder.ForwardAsync(entry, next, result!);
+                }
+                catch (Exception ex)
+                {
+                    failure = ex;
+                }
+            }
+
+            if (failure is not null)
+            {
+                activity?.SetStatus(ActivityStatusCode.Error, failure.Message);
+                await FailAsync(entry, failure, Stopwatch.GetElapsedTime(startedAt));
                 return;
             }
         }
 
         // The work is done: another entry may start while this success is written (with others, in one transaction).
         var handled = Stopwatch.GetElapsedTime(startedAt);
-        await successes.SucceededAsync(entry, result);
+        await successes.SucceededAsync(entry, result!);
         metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Succeeded, handled);
         metrics.Finished(Lanes.Cpu, Outcomes.Succeeded, entry.AcceptedAt);
     }
 
     private async Task FailAsync(LaneEntry entry, Exception error, TimeSpan elapsed)
     {
+        // A retry or dead letter written for an entry another consumer claimed would fork the event into two.
+        if (!await ownership.IsHeldAsync(entry))
+        {
+            logger.LogWarning(error, "Event {EventId} (entry {EntryId}) failed here, but another consumer claimed it meanwhile; leaving its outcome to that consumer",
+                entry.Id, entry.EntryId);
+            return;
+        }
+
         if (error is PermanentEventException || entry.Attempt >= options.Value.MaxAttempts)
         {
             logger.LogWarning(error, "Event {EventId} failed attempt {Attempt} of {MaxAttempts}; dead-lettering it", entry.Id, entry.Attempt, options.Value.MaxAttempts);
@@ -212,8 +245,9 @@ public sealed class CpuLaneConsumer(
     }
 
     /// <summary>
-    /// Resets the idle time of every entry this consumer holds (XCLAIM JUSTID to itself, which does not count as a
-    /// delivery), so other consumers only claim entries whose consumer has really gone.
+    /// Resets the idle time of every entry this consumer still holds (XCLAIM JUSTID to itself, which does not count as
+    /// a delivery), so other consumers only claim entries whose consumer has really gone. Entries another consumer
+    /// claimed meanwhile (this process was paused past the claim timeout) are not taken back (<see cref="EntryOwnership"/>).
     /// </summary>
     private async Task KeepHeldEntriesFreshAsync(CancellationToken stoppingToken)
     {
@@ -230,7 +264,16 @@ public sealed class CpuLaneConsumer(
 
                 try
                 {
-                    await redis.GetDatabase().StreamClaimIdsOnlyAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, buffer.ConsumerName, 0, [.. held]);
+                    var lost = await ownership.RefreshHeldAsync(held);
+                    if (lost.Length > 0)
+                    {
+                        logger.LogWarning("{Count} entries held here were claimed by another consumer (this one was not heard from for longer than {ClaimTimeout}); leaving them to it: {EntryIds}",
+                            lost.Length, options.Value.ClaimTimeout, string.Join(", ", lost));
+                        foreach (var id in lost)
+                        {
+                            buffer.Release(id);
+                        }
+                    }
                 }
                 catch (RedisException ex)
                 {

@@ -56,7 +56,10 @@ public sealed class LaneBuffer
         }
     }
 
-    public void Release(LaneEntry entry) => _held.TryRemove(entry.EntryId, out _);
+    public void Release(LaneEntry entry) => Release(entry.EntryId);
+
+    /// <summary>Stops refreshing an entry: finished here, or claimed by another consumer (see <see cref="EntryOwnership"/>).</summary>
+    public void Release(RedisValue entryId) => _held.TryRemove(entryId, out _);
 
     /// <summary>No more entries: handlers finish what is buffered, then stop.</summary>
     public void Close() => _channel.Writer.TryComplete();

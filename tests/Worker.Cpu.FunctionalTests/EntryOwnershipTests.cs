@@ -31,6 +31,7 @@ public sealed class EntryOwnershipTests(ITestOutputHelper output)
         var entryOf = (await lane.Db.StreamRangeAsync(CpuLaneStreams.Stream)).ToDictionary(e => e["id"].ToString(), e => e.Id.ToString());
 
         string[] running, waiting;
+        int claimedAt;
         await using (ProcessSignals.Pause(paused.Pid))
         {
             var states = await lane.StatesAsync(ids);
@@ -41,6 +42,7 @@ public sealed class EntryOwnershipTests(ITestOutputHelper output)
             var other = await lane.StartWorkerAsync(settings);
             await Eventually.TrueAsync(async () => !(await PendingAsync(lane)).Any(p => Owns(p, paused)), Patience,
                 "the second worker to claim every entry of the paused one");
+            claimedAt = monitor.Lines.Count;
             output.WriteLine($"worker {other.Pid} claimed them; resuming {paused.Pid}");
         }
 
@@ -50,6 +52,10 @@ public sealed class EntryOwnershipTests(ITestOutputHelper output)
             "every entry to be acknowledged");
 
         Assert.NotEmpty(waiting); // the pause really caught entries that had not started
+        // The resumed worker's heartbeat did not take back what the other claimed (XCLAIM to itself, min-idle 0).
+        var pausedName = $"\"{Environment.MachineName}-{paused.Pid}\"";
+        Assert.Equal([], monitor.LinesAfter(claimedAt).Where(line => line.Contains("\"XCLAIM\"", StringComparison.OrdinalIgnoreCase)
+            && line.Contains(pausedName, StringComparison.Ordinal) && entryOf.Values.Any(e => line.Contains(e, StringComparison.Ordinal))));
         var starts = ids.ToDictionary(id => id, id => monitor.Count("HINCRBY", CpuLaneStreams.Started.ToString(), entryOf[id]));
         output.WriteLine(string.Join("\n", starts.Select(s => $"{s.Key}: started {s.Value} time(s)")));
         // An entry that had not started when its worker froze is run by the consumer that claimed it, and only by it.

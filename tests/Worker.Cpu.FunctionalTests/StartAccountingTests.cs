@@ -31,9 +31,11 @@ public sealed class StartAccountingTests(ITestOutputHelper output)
         var ids = Enumerable.Range(0, 6).Select(i => $"backlog-{i}-{Guid.NewGuid():N}").ToArray();
         await lane.EnqueueAsync([.. ids.Select(id => (id, "hash.pbkdf2", (object)new { data = Bursts.DataOf(id), iterations }))]);
 
-        // Every handler slot is taken (status `processing`), one entry computing, the others waiting for the core.
-        await Eventually.TrueAsync(async () => await lane.CountInStateAsync(ids, "processing") >= maxStarted, Patience,
-            $"{maxStarted} entries to be taken up by handlers");
+        // The worker holds the whole backlog and computes one entry; the other handlers wait for the core with theirs.
+        await Eventually.TrueAsync(async () =>
+                (await lane.Db.StreamPendingAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group)).PendingMessageCount == ids.Length
+                && await lane.CountInStateAsync(ids, "processing") >= 1,
+            Patience, "the worker to hold the backlog and be computing");
         var exitedAfter = await first.TerminateAsync(TimeSpan.FromSeconds(20));
         output.WriteLine($"worker exited {exitedAfter} after SIGTERM");
 

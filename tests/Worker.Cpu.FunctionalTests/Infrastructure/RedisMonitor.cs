@@ -45,6 +45,9 @@ public sealed class RedisMonitor : IAsyncDisposable
 
     public IReadOnlyCollection<string> Lines => _lines;
 
+    /// <summary>The commands seen after the first <paramref name="skip"/> (a count of <see cref="Lines"/> taken earlier).</summary>
+    public IEnumerable<string> LinesAfter(int skip) => _lines.Skip(skip);
+
     /// <summary>How many times a command with exactly these leading arguments ran (e.g. HINCRBY, key, field).</summary>
     public int Count(params string[] commandAndArguments)
     {
