@@ -37,6 +37,7 @@ public static class CpuLaneExtensions
         builder.Services.AddSingleton<StreamEntryReader>();
         builder.Services.AddSingleton<EntryAcknowledger>();
         builder.Services.AddSingleton<EntryOwnership>();
+        builder.Services.AddSingleton<ComputeSlots>();
         builder.Services.AddSingleton<SuccessBatcher>();
         builder.Services.AddSingleton<RetryScheduler>();
         builder.Services.AddSingleton<DeadLetterStream>();

@@ -14,9 +14,9 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// <c>Handlers</c> computing at once, at most <c>MaxStarted</c> taken up), and the drain on shutdown — stop reading,
 /// finish everything buffered, acknowledge, exit. An entry is acknowledged only after its handler finished (success,
 /// scheduled retry or dead letter); successes are recorded and acknowledged in batches (<see cref="SuccessBatcher"/>).
-/// A run is counted only when the work begins, on a core (<see cref="EntryOwnership.TryStartAsync"/>): an entry still
-/// waiting for one when the drain times out or the process dies is not charged a run. An entry another consumer has
-/// claimed (this one was paused past the claim timeout) is neither started nor failed here.
+/// A run is charged when a handler takes an entry up and taken back if the drain times out before the entry got a core
+/// (<see cref="ComputeSlots"/>): only the entries computing at the deadline count as runs that died with this consumer. An entry another consumer has claimed (this one was paused past the claim timeout) is neither
+/// started nor failed here.
 /// </summary>
 public sealed class CpuLaneConsumer(
     LaneBuffer buffer,
@@ -25,6 +25,7 @@ public sealed class CpuLaneConsumer(
     EventStatusStore statuses,
     EntryAcknowledger acknowledger,
     EntryOwnership ownership,
+    ComputeSlots cores,
     SuccessBatcher successes,
     RetryScheduler retries,
     DeadLetterStream deadLetters,
@@ -35,15 +36,11 @@ public sealed class CpuLaneConsumer(
     IOptions<CpuLaneOptions> options,
     ILogger<CpuLaneConsumer> logger) : BackgroundService
 {
-    // CPU work runs on at most EffectiveHandlers threads at once (one per core by default); the other handlers are
-    // meanwhile waiting on Redis, so the cores never idle through a round trip.
-    private readonly SemaphoreSlim _computeSlots = new(options.Value.EffectiveHandlers, options.Value.EffectiveHandlers);
-
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         // Twice MaxStarted: while half of them wait on their success being written, the other half start new entries.
         var handlerCount = options.Value.EffectiveMaxStarted * 2;
-        logger.LogInformation("CPU lane consumer {Consumer} starting {Tasks} handlers, at most {Started} started and {Parallel} running CPU work at once",
+        logger.LogInformation("CPU lane consumer {Consumer} starting {Tasks} handlers, at most {Started} taken up and {Parallel} running CPU work at once",
             buffer.ConsumerName, handlerCount, options.Value.EffectiveMaxStarted, options.Value.EffectiveHandlers);
 
         var writing = Task.Run(successes.RunAsync, CancellationToken.None);
@@ -62,6 +59,7 @@ public sealed class CpuLaneConsumer(
         if (await Task.WhenAny(drained, Task.Delay(options.Value.DrainTimeout, CancellationToken.None)) != drained)
         {
             logger.LogWarning("Drain timeout {Timeout} passed; unfinished entries stay pending for another consumer", options.Value.DrainTimeout);
+            await cores.TakeBackUnstartedAsync();
         }
         else
         {
@@ -142,7 +140,7 @@ public sealed class CpuLaneConsumer(
     private async Task HandleAsync(LaneEntry entry)
     {
         using var activity = StartProcessActivity(entry);
-        long startedAt;
+        var startedAt = 0L;
         string? result = null;
         Exception? failure = null;
         await using (await isolation.EnterAsync(entry))
@@ -153,41 +151,56 @@ public sealed class CpuLaneConsumer(
                     entry.Id, entry.EntryId, entry.UnfinishedRuns);
             }
 
+            // Charged as a run now, so that a crash during the work is seen by whoever claims the entry; only if this
+            // consumer still owns the entry and its event has not succeeded. A Redis error here is not the event's
+            // failure: it propagates, and the entry stays pending.
+            switch (await cores.ChargeAsync(entry))
+            {
+                case null:
+                    return; // the drain timed out: nothing starts any more, the entry stays pending
+                case EntryOwnership.Start.ClaimedByAnother:
+                    logger.LogWarning("Event {EventId} (entry {EntryId}) was claimed by another consumer while it waited here; leaving it to that consumer",
+                        entry.Id, entry.EntryId);
+                    return;
+                case EntryOwnership.Start.AlreadySucceeded:
+                    logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without running it", entry.Id);
+                    await acknowledger.AcknowledgeAsync(entry);
+                    return;
+            }
+
+            // Written while the entry waits for a core and runs (same connection, so before any outcome).
+            var processing = statuses.MarkProcessingAsync(entry.Id, entry.Attempt);
+            if (!await cores.WaitForCoreAsync(entry))
+            {
+                await processing;
+                return; // the drain timed out first: the run is taken back, the entry stays pending
+            }
+
+            if (!buffer.Holds(entry))
+            {
+                // The heartbeat found it claimed by another consumer while this one was paused: the run is not ours.
+                cores.Release();
+                await cores.TakeBackAsync(entry);
+                await processing;
+                logger.LogWarning("Event {EventId} (entry {EntryId}) was claimed by another consumer while it waited for a core; leaving it to that consumer",
+                    entry.Id, entry.EntryId);
+                return;
+            }
+
             NextStage? next = null;
-            Task<bool> processing;
-            await _computeSlots.WaitAsync();
             try
             {
-                // Counted now, with a core held and the work next: what never got a core is not a run that died.
-                // A Redis error here is not the event's failure: it propagates, and the entry stays pending.
-                switch (await ownership.TryStartAsync(entry))
-                {
-                    case EntryOwnership.Start.ClaimedByAnother:
-                        logger.LogWarning("Event {EventId} (entry {EntryId}) was claimed by another consumer while it waited here; leaving it to that consumer",
-                            entry.Id, entry.EntryId);
-                        return;
-                    case EntryOwnership.Start.AlreadySucceeded:
-                        logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without running it", entry.Id);
-                        await acknowledger.AcknowledgeAsync(entry);
-                        return;
-                }
-
                 startedAt = Stopwatch.GetTimestamp();
-                // Written while the work runs (same connection, so before any outcome): the status is for people.
-                processing = statuses.MarkProcessingAsync(entry.Id, entry.Attempt);
-                try
-                {
-                    next = NextStage.Parse(entry.Payload);
-                    result = work.Run(entry.Id, entry.Type, entry.Payload);
-                }
-                catch (Exception ex)
-                {
-                    failure = ex;
-                }
+                next = NextStage.Parse(entry.Payload);
+                result = work.Run(entry.Id, entry.Type, entry.Payload);
+            }
+            catch (Exception ex)
+            {
+                failure = ex;
             }
             finally
             {
-                _computeSlots.Release();
+                cores.Release();
             }
 
             await processing;

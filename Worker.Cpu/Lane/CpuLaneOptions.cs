@@ -45,10 +45,10 @@ public sealed class CpuLaneOptions
     public TimeSpan BlockTimeout { get; set; } = TimeSpan.FromSeconds(2);
 
     /// <summary>
-    /// Entries taken up by handlers (waiting for a core, computing, or having their outcome written) but not finished;
-    /// 0 means 8 × <see cref="EffectiveHandlers"/>. Above <see cref="Handlers"/>, so that while some entries wait on
-    /// their Redis round trips others keep every core busy. Only the ones computing (at most <see cref="Handlers"/>)
-    /// count as running should this process die, so a crash or a drain timeout makes at most that many suspects.
+    /// Entries taken up by handlers (charged a run, status <c>processing</c>, waiting for a core or computing) but not
+    /// finished; 0 means 8 × <see cref="EffectiveHandlers"/>. Above <see cref="Handlers"/>, so that while some entries
+    /// wait on their Redis round trips others keep every core busy; small, so that a crash makes few suspects. A drain
+    /// timeout takes back the charge of those still waiting for a core, so it makes at most <see cref="Handlers"/>.
     /// </summary>
     [Range(0, 4096)]
     public int MaxStarted { get; set; }

@@ -11,9 +11,11 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// and the write it guards run in one script, so no claim can land between them.
 /// </summary>
 /// <remarks>
-/// A start is counted (<see cref="CpuLaneStreams.Started"/>) only here, when a compute slot is already held and the
-/// work follows at once: an entry that waited for a core and never ran (a drain timeout, a crash beside it) is not
-/// charged a run, so it neither becomes a suspect nor moves towards <see cref="CpuLaneOptions.MaxDeliveries"/>.
+/// Runs are counted here (<see cref="CpuLaneStreams.Started"/>), when a handler takes an entry up, just before it waits
+/// for a core, so the round trip overlaps other entries' work. A run that never got a core is taken back when the drain
+/// times out (<see cref="TakeBackStartsAsync"/>), so deploys and scale-ins charge only the entries that were computing.
+/// After a crash, entries that were waiting for a core beside the one running stay charged once; claimed, they are
+/// suspects, and a suspect starts only when nothing else runs, so its later charges are all real runs.
 /// </remarks>
 public sealed class EntryOwnership(IConnectionMultiplexer redis, LaneBuffer buffer)
 {
@@ -38,6 +40,14 @@ public sealed class EntryOwnership(IConnectionMultiplexer redis, LaneBuffer buff
         return 0
         """);
 
+    // KEYS[1] started-runs hash; ARGV entry ids. Takes one charged run back from each (the field goes at 0).
+    private const string TakeBackScript = """
+        for _, id in ipairs(ARGV) do
+          if redis.call('HINCRBY', KEYS[1], id, -1) <= 0 then redis.call('HDEL', KEYS[1], id) end
+        end
+        return #ARGV
+        """;
+
     private static readonly LuaScript HeldScript = LuaScript.Prepare("""
         return #redis.call('XPENDING', @stream, @group, @entry, @entry, 1, @consumer)
         """);
@@ -58,8 +68,8 @@ public sealed class EntryOwnership(IConnectionMultiplexer redis, LaneBuffer buff
         """;
 
     /// <summary>
-    /// Records that the work of <paramref name="entry"/> starts now (call it holding a compute slot, right before the
-    /// work): if this process dies during the work, whoever claims the entry knows it was running (a suspect).
+    /// Charges <paramref name="entry"/> a run before its handler waits for a core: if this process dies during the
+    /// work, whoever claims the entry knows it was running (a suspect), not an entry that was only buffered.
     /// </summary>
     public async Task<Start> TryStartAsync(LaneEntry entry) =>
         (Start)(int)await redis.GetDatabase().ScriptEvaluateAsync(StartScript, new
@@ -72,6 +82,13 @@ public sealed class EntryOwnership(IConnectionMultiplexer redis, LaneBuffer buff
             entry = entry.EntryId,
             succeeded = EventStates.Succeeded,
         });
+
+    /// <summary>
+    /// Takes back the runs charged to entries whose work never began (they were still waiting for a core when the
+    /// drain timed out): this consumer's exit is not a run that died with them.
+    /// </summary>
+    public Task TakeBackStartsAsync(IReadOnlyCollection<RedisValue> entryIds) =>
+        redis.GetDatabase().ScriptEvaluateAsync(TakeBackScript, [CpuLaneStreams.Started], [.. entryIds]);
 
     /// <summary>Whether the entry is still pending to this consumer (checked before recording a failure).</summary>
     public async Task<bool> IsHeldAsync(LaneEntry entry) =>

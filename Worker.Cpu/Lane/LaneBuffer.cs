@@ -58,6 +58,9 @@ public sealed class LaneBuffer
 
     public void Release(LaneEntry entry) => Release(entry.EntryId);
 
+    /// <summary>false once the entry was released: finished, or found claimed by another consumer.</summary>
+    public bool Holds(LaneEntry entry) => _held.ContainsKey(entry.EntryId);
+
     /// <summary>Stops refreshing an entry: finished here, or claimed by another consumer (see <see cref="EntryOwnership"/>).</summary>
     public void Release(RedisValue entryId) => _held.TryRemove(entryId, out _);
 
