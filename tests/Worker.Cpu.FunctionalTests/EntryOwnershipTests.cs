@@ -56,7 +56,7 @@ public sealed class EntryOwnershipTests(ITestOutputHelper output)
         var pausedName = $"\"{Environment.MachineName}-{paused.Pid}\"";
         Assert.Equal([], monitor.LinesAfter(claimedAt).Where(line => line.Contains("\"XCLAIM\"", StringComparison.OrdinalIgnoreCase)
             && line.Contains(pausedName, StringComparison.Ordinal) && entryOf.Values.Any(e => line.Contains(e, StringComparison.Ordinal))));
-        var starts = ids.ToDictionary(id => id, id => monitor.Count("HINCRBY", CpuLaneStreams.Started.ToString(), entryOf[id]));
+        var starts = ids.ToDictionary(id => id, id => monitor.Count("HINCRBY", CpuLaneStreams.Started.ToString(), entryOf[id], "1"));
         output.WriteLine(string.Join("\n", starts.Select(s => $"{s.Key}: started {s.Value} time(s)")));
         // An entry that had not started when its worker froze is run by the consumer that claimed it, and only by it.
         Assert.Equal([], waiting.Where(id => starts[id] != 1).Select(id => $"{id} started {starts[id]} times"));
