@@ -36,6 +36,8 @@ public static class CpuLaneExtensions
         builder.Services.AddSingleton<SuspectIsolationGate>();
         builder.Services.AddSingleton<StreamEntryReader>();
         builder.Services.AddSingleton<EntryAcknowledger>();
+        builder.Services.AddSingleton<EntryOwnership>();
+        builder.Services.AddSingleton<ComputeSlots>();
         builder.Services.AddSingleton<SuccessBatcher>();
         builder.Services.AddSingleton<RetryScheduler>();
         builder.Services.AddSingleton<DeadLetterStream>();

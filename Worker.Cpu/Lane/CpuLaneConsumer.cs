@@ -11,9 +11,12 @@ namespace EventPipeline.Worker.Cpu.Lane;
 
 /// <summary>
 /// The CPU lane's consumer: one reading loop feeding <see cref="LaneBuffer"/>, handler tasks running the work (at most
-/// <c>Handlers</c> computing at once, at most <c>MaxStarted</c> started), and the drain on shutdown — stop reading,
+/// <c>Handlers</c> computing at once, at most <c>MaxStarted</c> taken up), and the drain on shutdown — stop reading,
 /// finish everything buffered, acknowledge, exit. An entry is acknowledged only after its handler finished (success,
 /// scheduled retry or dead letter); successes are recorded and acknowledged in batches (<see cref="SuccessBatcher"/>).
+/// A run is charged when a handler takes an entry up and taken back if the drain times out before the entry got a core
+/// (<see cref="ComputeSlots"/>): only the entries computing at the deadline count as runs that died with this consumer. An entry another consumer has claimed (this one was paused past the claim timeout) is neither
+/// started nor failed here.
 /// </summary>
 public sealed class CpuLaneConsumer(
     LaneBuffer buffer,
@@ -21,6 +24,8 @@ public sealed class CpuLaneConsumer(
     CpuWork work,
     EventStatusStore statuses,
     EntryAcknowledger acknowledger,
+    EntryOwnership ownership,
+    ComputeSlots cores,
     SuccessBatcher successes,
     RetryScheduler retries,
     DeadLetterStream deadLetters,
@@ -31,15 +36,11 @@ public sealed class CpuLaneConsumer(
     IOptions<CpuLaneOptions> options,
     ILogger<CpuLaneConsumer> logger) : BackgroundService
 {
-    // CPU work runs on at most EffectiveHandlers threads at once (one per core by default); the other handlers are
-    // meanwhile waiting on Redis, so the cores never idle through a round trip.
-    private readonly SemaphoreSlim _computeSlots = new(options.Value.EffectiveHandlers, options.Value.EffectiveHandlers);
-
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         // Twice MaxStarted: while half of them wait on their success being written, the other half start new entries.
         var handlerCount = options.Value.EffectiveMaxStarted * 2;
-        logger.LogInformation("CPU lane consumer {Consumer} starting {Tasks} handlers, at most {Started} started and {Parallel} running CPU work at once",
+        logger.LogInformation("CPU lane consumer {Consumer} starting {Tasks} handlers, at most {Started} taken up and {Parallel} running CPU work at once",
             buffer.ConsumerName, handlerCount, options.Value.EffectiveMaxStarted, options.Value.EffectiveHandlers);
 
         var writing = Task.Run(successes.RunAsync, CancellationToken.None);
@@ -58,6 +59,7 @@ public sealed class CpuLaneConsumer(
         if (await Task.WhenAny(drained, Task.Delay(options.Value.DrainTimeout, CancellationToken.None)) != drained)
         {
             logger.LogWarning("Drain timeout {Timeout} passed; unfinished entries stay pending for another consumer", options.Value.DrainTimeout);
+            await cores.TakeBackUnstartedAsync();
         }
         else
         {
@@ -138,8 +140,9 @@ public sealed class CpuLaneConsumer(
     private async Task HandleAsync(LaneEntry entry)
     {
         using var activity = StartProcessActivity(entry);
-        long startedAt;
-        string result;
+        var startedAt = 0L;
+        string? result = null;
+        Exception? failure = null;
         await using (await isolation.EnterAsync(entry))
         {
             if (entry.IsSuspect)
@@ -148,54 +151,97 @@ public sealed class CpuLaneConsumer(
                     entry.Id, entry.EntryId, entry.UnfinishedRuns);
             }
 
-            // Both go out on the same connection back to back: one round trip.
-            var started = acknowledger.MarkStartedAsync(entry);
-            var processing = statuses.MarkProcessingAsync(entry.Id, entry.Attempt);
-            await started;
-            if (!await processing)
+            // Charged as a run now, so that a crash during the work is seen by whoever claims the entry; only if this
+            // consumer still owns the entry and its event has not succeeded. A Redis error here is not the event's
+            // failure: it propagates, and the entry stays pending.
+            switch (await cores.ChargeAsync(entry))
             {
-                logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without running it", entry.Id);
-                await acknowledger.AcknowledgeAsync(entry);
+                case null:
+                    return; // the drain timed out: nothing starts any more, the entry stays pending
+                case EntryOwnership.Start.ClaimedByAnother:
+                    logger.LogWarning("Event {EventId} (entry {EntryId}) was claimed by another consumer while it waited here; leaving it to that consumer",
+                        entry.Id, entry.EntryId);
+                    return;
+                case EntryOwnership.Start.AlreadySucceeded:
+                    logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without running it", entry.Id);
+                    await acknowledger.AcknowledgeAsync(entry);
+                    return;
+            }
+
+            // Written while the entry waits for a core and runs (same connection, so before any outcome).
+            var processing = statuses.MarkProcessingAsync(entry.Id, entry.Attempt);
+            if (!await cores.WaitForCoreAsync(entry))
+            {
+                await processing;
+                return; // the drain timed out first: the run is taken back, the entry stays pending
+            }
+
+            if (!buffer.Holds(entry))
+            {
+                // The heartbeat found it claimed by another consumer while this one was paused: the run is not ours.
+                cores.Release();
+                await cores.TakeBackAsync(entry);
+                await processing;
+                logger.LogWarning("Event {EventId} (entry {EntryId}) was claimed by another consumer while it waited for a core; leaving it to that consumer",
+                    entry.Id, entry.EntryId);
                 return;
             }
 
-            startedAt = Stopwatch.GetTimestamp();
+            NextStage? next = null;
             try
             {
-                var next = NextStage.Parse(entry.Payload);
-                await _computeSlots.WaitAsync();
-                try
-                {
-                    result = work.Run(entry.Id, entry.Type, entry.Payload);
-                }
-                finally
-                {
-                    _computeSlots.Release();
-                }
-
-                if (next is not null)
-                {
-                    // Before the acknowledgement: a crash after this re-runs the event and forwards the same derived id.
-                    await forwarder.ForwardAsync(entry, next, result);
-                }
+                startedAt = Stopwatch.GetTimestamp();
+                next = NextStage.Parse(entry.Payload);
+                result = work.Run(entry.Id, entry.Type, entry.Payload);
             }
             catch (Exception ex)
             {
-                activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
-                await FailAsync(entry, ex, Stopwatch.GetElapsedTime(startedAt));
+                failure = ex;
+            }
+            finally
+            {
+                cores.Release();
+            }
+
+            await processing;
+            if (failure is null && next is not null)
+            {
+                try
+                {
+                    // Before the acknowledgement: a crash after this re-runs the event and forwards the same derived id.
+                    await forwarder.ForwardAsync(entry, next, result!);
+                }
+                catch (Exception ex)
+                {
+                    failure = ex;
+                }
+            }
+
+            if (failure is not null)
+            {
+                activity?.SetStatus(ActivityStatusCode.Error, failure.Message);
+                await FailAsync(entry, failure, Stopwatch.GetElapsedTime(startedAt));
                 return;
             }
         }
 
         // The work is done: another entry may start while this success is written (with others, in one transaction).
         var handled = Stopwatch.GetElapsedTime(startedAt);
-        await successes.SucceededAsync(entry, result);
+        await successes.SucceededAsync(entry, result!);
         metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Succeeded, handled);
         metrics.Finished(Lanes.Cpu, Outcomes.Succeeded, entry.AcceptedAt);
     }
 
     private async Task FailAsync(LaneEntry entry, Exception error, TimeSpan elapsed)
     {
+        // A retry or dead letter written for an entry another consumer claimed would fork the event into two.
+        if (!await ownership.IsHeldAsync(entry))
+        {
+            logger.LogWarning(error, "Event {EventId} (entry {EntryId}) failed here, but another consumer claimed it meanwhile; leaving its outcome to that consumer",
+                entry.Id, entry.EntryId);
+            return;
+        }
+
         if (error is PermanentEventException || entry.Attempt >= options.Value.MaxAttempts)
         {
             logger.LogWarning(error, "Event {EventId} failed attempt {Attempt} of {MaxAttempts}; dead-lettering it", entry.Id, entry.Attempt, options.Value.MaxAttempts);
@@ -212,8 +258,9 @@ public sealed class CpuLaneConsumer(
     }
 
     /// <summary>
-    /// Resets the idle time of every entry this consumer holds (XCLAIM JUSTID to itself, which does not count as a
-    /// delivery), so other consumers only claim entries whose consumer has really gone.
+    /// Resets the idle time of every entry this consumer still holds (XCLAIM JUSTID to itself, which does not count as
+    /// a delivery), so other consumers only claim entries whose consumer has really gone. Entries another consumer
+    /// claimed meanwhile (this process was paused past the claim timeout) are not taken back (<see cref="EntryOwnership"/>).
     /// </summary>
     private async Task KeepHeldEntriesFreshAsync(CancellationToken stoppingToken)
     {
@@ -230,7 +277,16 @@ public sealed class CpuLaneConsumer(
 
                 try
                 {
-                    await redis.GetDatabase().StreamClaimIdsOnlyAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, buffer.ConsumerName, 0, [.. held]);
+                    var lost = await ownership.RefreshHeldAsync(held);
+                    if (lost.Length > 0)
+                    {
+                        logger.LogWarning("{Count} entries held here were claimed by another consumer (this one was not heard from for longer than {ClaimTimeout}); leaving them to it: {EntryIds}",
+                            lost.Length, options.Value.ClaimTimeout, string.Join(", ", lost));
+                        foreach (var id in lost)
+                        {
+                            buffer.Release(id);
+                        }
+                    }
                 }
                 catch (RedisException ex)
                 {

@@ -19,7 +19,8 @@ public sealed class CpuLaneOptions
 
     /// <summary>
     /// An entry whose consumer has not touched it for this long is taken over by another consumer. Live consumers
-    /// refresh their entries every third of this, so it bounds crash-recovery time, not job length.
+    /// refresh their entries every third of this, so it bounds crash-recovery time, not job length. A consumer that
+    /// was paused for longer finds the entries taken over and leaves them to their new owner.
     /// </summary>
     public TimeSpan ClaimTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
@@ -44,9 +45,10 @@ public sealed class CpuLaneOptions
     public TimeSpan BlockTimeout { get; set; } = TimeSpan.FromSeconds(2);
 
     /// <summary>
-    /// Entries started (status <c>processing</c>, counted as running should this process die) but not finished;
-    /// 0 means 8 × <see cref="EffectiveHandlers"/>. Above <see cref="Handlers"/>, so that while some entries wait on
-    /// their Redis round trips others keep every core busy; small, so that a crash makes few suspects.
+    /// Entries taken up by handlers (charged a run, status <c>processing</c>, waiting for a core or computing) but not
+    /// finished; 0 means 8 × <see cref="EffectiveHandlers"/>. Above <see cref="Handlers"/>, so that while some entries
+    /// wait on their Redis round trips others keep every core busy; small, so that a crash makes few suspects. A drain
+    /// timeout takes back the charge of those still waiting for a core, so it makes at most <see cref="Handlers"/>.
     /// </summary>
     [Range(0, 4096)]
     public int MaxStarted { get; set; }

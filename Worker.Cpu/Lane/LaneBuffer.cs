@@ -56,7 +56,13 @@ public sealed class LaneBuffer
         }
     }
 
-    public void Release(LaneEntry entry) => _held.TryRemove(entry.EntryId, out _);
+    public void Release(LaneEntry entry) => Release(entry.EntryId);
+
+    /// <summary>false once the entry was released: finished, or found claimed by another consumer.</summary>
+    public bool Holds(LaneEntry entry) => _held.ContainsKey(entry.EntryId);
+
+    /// <summary>Stops refreshing an entry: finished here, or claimed by another consumer (see <see cref="EntryOwnership"/>).</summary>
+    public void Release(RedisValue entryId) => _held.TryRemove(entryId, out _);
 
     /// <summary>No more entries: handlers finish what is buffered, then stop.</summary>
     public void Close() => _channel.Writer.TryComplete();

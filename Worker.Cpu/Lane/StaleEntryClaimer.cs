@@ -123,7 +123,7 @@ public sealed class StaleEntryClaimer(
                 continue; // acknowledged by its previous owner in the meantime
             }
 
-            // Nothing is running it now (we just claimed it), so every recorded start ended with its consumer dying.
+            // Every recorded start ended with its consumer dying (or frozen past the claim timeout: it will not record it).
             var unfinished = started[i].IsNull ? 0 : (long)started[i];
             var entry = LaneEntry.Parse(raw) with { UnfinishedRuns = unfinished };
             if (unfinished >= options.Value.MaxDeliveries)

@@ -7,12 +7,19 @@ namespace EventPipeline.Worker.Cpu.Lane;
 
 /// <summary>
 /// Records successes in batches: every success that finished while the previous batch was on its way goes out in the
-/// next MULTI/EXEC — one status script per event, then one XACK, one HDEL and one XDEL for all of them. An entry is
-/// still acknowledged exactly when its outcome is recorded (same transaction), never before its work finished; only
-/// the number of round trips and commands per event falls. One batch is in flight at a time, so a batch grows by
-/// itself under load and is a single event when the lane is quiet.
+/// next MULTI/EXEC — one status script per event, then one script that acknowledges (one XACK, HDEL and XDEL for
+/// all) exactly the entries whose success now reads as recorded and which this consumer still holds. An entry whose
+/// status write failed (any script error at run time: Redis runs the rest of a MULTI and rolls nothing back) stays
+/// pending and is run again; one that another consumer claimed meanwhile is left to that consumer. Never acknowledged
+/// before its work finished; only the number of round trips and commands per event falls. One batch is in flight at a
+/// time, so a batch grows by itself under load and is a single event when the lane is quiet.
 /// </summary>
-public sealed class SuccessBatcher(IConnectionMultiplexer redis, EventStatusStore statuses, IOptions<CpuLaneOptions> options)
+public sealed class SuccessBatcher(
+    IConnectionMultiplexer redis,
+    EventStatusStore statuses,
+    LaneBuffer buffer,
+    IOptions<CpuLaneOptions> options,
+    ILogger<SuccessBatcher> logger)
 {
     private readonly Channel<Success> _pending = Channel.CreateBounded<Success>(new BoundedChannelOptions(options.Value.AckBatchSize * 4)
     {
@@ -54,23 +61,29 @@ public sealed class SuccessBatcher(IConnectionMultiplexer redis, EventStatusStor
         {
             var transaction = redis.GetDatabase().CreateTransaction();
             var recorded = new Task<bool>[batch.Count];
-            var ids = new RedisValue[batch.Count];
             for (var i = 0; i < batch.Count; i++)
             {
                 var entry = batch[i].Entry;
                 recorded[i] = statuses.MarkSucceededAsync(transaction, entry.Id, entry.Attempt, batch[i].Result);
-                ids[i] = entry.EntryId;
             }
 
-            _ = transaction.StreamAcknowledgeAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, ids);
-            _ = transaction.HashDeleteAsync(CpuLaneStreams.Started, ids);
-            _ = transaction.StreamDeleteAsync(CpuLaneStreams.Stream, ids);
+            // After the status scripts, in the same transaction: it sees what they wrote, and nothing comes between.
+            var acknowledged = EntryAcknowledger.AcknowledgeSucceededAsync(transaction, buffer.ConsumerName, [.. batch.Select(s => s.Entry)]);
             await EntryAcknowledger.CommitAsync(transaction);
+            var acked = await acknowledged;
             for (var i = 0; i < batch.Count; i++)
             {
                 try
                 {
-                    batch[i].Recorded.TrySetResult(await recorded[i]);
+                    var wasRecorded = await recorded[i];
+                    if (!acked[i])
+                    {
+                        // The status reads succeeded (else the await above threw), so the entry is another consumer's.
+                        logger.LogWarning("Event {EventId} (entry {EntryId}) succeeded here, but another consumer claimed it meanwhile; its acknowledgement is left to that consumer",
+                            batch[i].Entry.Id, batch[i].Entry.EntryId);
+                    }
+
+                    batch[i].Recorded.TrySetResult(wasRecorded);
                 }
                 catch (Exception ex)
                 {
@@ -80,7 +93,7 @@ public sealed class SuccessBatcher(IConnectionMultiplexer redis, EventStatusStor
         }
         catch (Exception ex)
         {
-            // Nothing of the batch was committed (MULTI/EXEC): each entry stays pending and its handler reports it.
+            // Nothing of the batch was acknowledged: each entry stays pending and its handler reports it.
             foreach (var success in batch)
             {
                 success.Recorded.TrySetException(ex);

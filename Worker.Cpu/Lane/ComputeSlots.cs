@@ -1,0 +1,136 @@
+using Microsoft.Extensions.Options;
+using StackExchange.Redis;
+
+namespace EventPipeline.Worker.Cpu.Lane;
+
+/// <summary>
+/// The cores: at most <see cref="CpuLaneOptions.Handlers"/> entries compute at once. An entry is charged a run
+/// (<see cref="EntryOwnership.TryStartAsync"/>) before it waits here, so the round trip overlaps other entries' work;
+/// when the drain times out, every entry still waiting for a core has its charge taken back before the process exits,
+/// so only the entries that were computing count as runs that died with this consumer. After the deadline nothing is
+/// charged any more.
+/// </summary>
+public sealed class ComputeSlots(EntryOwnership ownership, IOptions<CpuLaneOptions> options, ILogger<ComputeSlots> logger)
+{
+    private readonly SemaphoreSlim _cores = new(options.Value.EffectiveHandlers, options.Value.EffectiveHandlers);
+    private readonly CancellationTokenSource _drainExpired = new();
+    private readonly TaskCompletionSource _noChargeInFlight = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    // Guarded by itself: entries charged and not (yet) computing, charges in flight, and whether the drain expired.
+    private readonly Dictionary<RedisValue, LaneEntry> _charged = [];
+    private int _chargesInFlight;
+    private bool _expired;
+
+    /// <summary>Charges the entry a run unless the drain has timed out (then null: nothing charged, leave it pending).</summary>
+    public async Task<EntryOwnership.Start?> ChargeAsync(LaneEntry entry)
+    {
+        lock (_charged)
+        {
+            if (_expired)
+            {
+                return null;
+            }
+
+            _chargesInFlight++;
+        }
+
+        var start = EntryOwnership.Start.ClaimedByAnother;
+        try
+        {
+            start = await ownership.TryStartAsync(entry);
+            return start;
+        }
+        finally
+        {
+            lock (_charged)
+            {
+                if (start == EntryOwnership.Start.Started)
+                {
+                    _charged[entry.EntryId] = entry;
+                }
+
+                if (--_chargesInFlight == 0 && _expired)
+                {
+                    _noChargeInFlight.TrySetResult();
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Waits for a core for a charged entry. true: it holds one (call <see cref="Release"/> after the work); false: the
+    /// drain timed out first, the entry must not run, and its charge is taken back by <see cref="TakeBackUnstartedAsync"/>.
+    /// </summary>
+    public async Task<bool> WaitForCoreAsync(LaneEntry entry)
+    {
+        try
+        {
+            await _cores.WaitAsync(_drainExpired.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+
+        lock (_charged)
+        {
+            if (!_expired)
+            {
+                _charged.Remove(entry.EntryId);
+                return true;
+            }
+        }
+
+        _cores.Release(); // a core came free just as the drain timed out: too late to start
+        return false;
+    }
+
+    public void Release() => _cores.Release();
+
+    /// <summary>
+    /// Takes back the charge of an entry that got a core but will not run here (another consumer claimed it).
+    /// </summary>
+    public Task TakeBackAsync(LaneEntry entry) => ownership.TakeBackStartsAsync([entry.EntryId]);
+
+    /// <summary>
+    /// On a drain timeout: charges nothing more, waits for charges already on their way, and takes back the charge of
+    /// every entry that never got a core.
+    /// </summary>
+    public async Task TakeBackUnstartedAsync()
+    {
+        lock (_charged)
+        {
+            _expired = true;
+            if (_chargesInFlight == 0)
+            {
+                _noChargeInFlight.TrySetResult();
+            }
+        }
+
+        await _drainExpired.CancelAsync();
+        // A charge on its way lands within a round trip; a Redis that does not answer gets no longer than this.
+        await Task.WhenAny(_noChargeInFlight.Task, Task.Delay(TimeSpan.FromSeconds(2)));
+
+        RedisValue[] neverRan;
+        lock (_charged)
+        {
+            neverRan = [.. _charged.Keys];
+            _charged.Clear();
+        }
+
+        if (neverRan.Length == 0)
+        {
+            return;
+        }
+
+        try
+        {
+            await ownership.TakeBackStartsAsync(neverRan);
+            logger.LogInformation("{Count} entries were still waiting for a core when the drain timed out; they stay pending, not counted as runs", neverRan.Length);
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        {
+            logger.LogWarning(ex, "Could not take back the runs of {Count} entries that never got a core; whoever claims them treats them as suspects", neverRan.Length);
+        }
+    }
+}
