@@ -245,9 +245,16 @@ public sealed class CpuLaneConsumer(
         if (error is PermanentEventException || entry.Attempt >= options.Value.MaxAttempts)
         {
             logger.LogWarning(error, "Event {EventId} failed attempt {Attempt} of {MaxAttempts}; dead-lettering it", entry.Id, entry.Attempt, options.Value.MaxAttempts);
-            await deadLetters.DeadLetterAsync(entry, error);
-            metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Dead, elapsed);
-            metrics.Finished(Lanes.Cpu, Outcomes.Dead, entry.AcceptedAt);
+            if (await deadLetters.DeadLetterAsync(entry, error))
+            {
+                metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Dead, elapsed);
+                metrics.Finished(Lanes.Cpu, Outcomes.Dead, entry.AcceptedAt);
+            }
+            else
+            {
+                logger.LogInformation("Event {EventId} had already succeeded (a duplicate run failed); acknowledged without a dead letter", entry.Id);
+            }
+
             return;
         }
 

@@ -7,21 +7,33 @@ namespace EventPipeline.Worker.Cpu.Lane;
 
 /// <summary>
 /// The end of the line for an event that cannot succeed: XADD to <c>events.cpu.dead</c> with the event, the error
-/// (type, message, stack), attempts and times, together with XACK/XDEL and the <c>dead</c> status in one MULTI/EXEC,
-/// so a crash can neither lose the event nor leave it both pending and dead. The dead letter and the <c>dead</c> status
-/// are one script: an entry of an event that already succeeded (a duplicate) is acknowledged with no dead letter, so a
-/// replay can never run a finished event again. Each XADD trims the stream to
+/// (type, message, stack), attempts and times, the <c>dead</c> status, and XACK/XDEL of the lane entry — all in one
+/// script, which writes nothing before the dead letter is in and acknowledges only after it (a script that fails half
+/// way, e.g. on a full Redis or a key of the wrong type, leaves the entry pending, to be claimed and finished again;
+/// inside a MULTI, Redis would have run the XACK regardless). An entry of an event that already succeeded (a duplicate)
+/// is acknowledged with no dead letter, so a replay can never run a finished event again. Each XADD trims the stream to
 /// <see cref="StatusOptions.DeadLetterRetention"/> (MINID), the age to which dead statuses are kept.
 /// </summary>
 public sealed class DeadLetterStream(IConnectionMultiplexer redis, EventStatusStore statuses)
 {
-    // KEYS: status hash, dead-letter stream. ARGV: attempt, now (ms), error, status ttl (s), retention (ms), then the
-    // dead letter's field/value pairs. The MINID cutoff comes from the server's clock, which also stamps the entry ids.
+    // KEYS: status hash, dead-letter stream, lane stream, started-runs hash. ARGV: attempt, now (ms), error, status ttl (s),
+    // retention (ms), group, lane entry id, then the dead letter's field/value pairs. The MINID cutoff comes from the
+    // server's clock, which also stamps the entry ids. Returns 1 when dead-lettered, 0 when the event had succeeded.
     private const string DeadLetterScript = EventStatusStore.RecordDeadLua + """
-        if record_dead(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) == 0 then return 0 end
+        local function acknowledge()
+          redis.call('XACK', KEYS[3], ARGV[6], ARGV[7])
+          redis.call('HDEL', KEYS[4], ARGV[7])
+          redis.call('XDEL', KEYS[3], ARGV[7])
+        end
+        if redis.call('HGET', KEYS[1], 'state') == 'succeeded' then
+          acknowledge()
+          return 0
+        end
         local time = redis.call('TIME')
         local cutoff = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) - tonumber(ARGV[5])
-        redis.call('XADD', KEYS[2], 'MINID', math.max(cutoff, 0), '*', unpack(ARGV, 6))
+        redis.call('XADD', KEYS[2], 'MINID', math.max(cutoff, 0), '*', unpack(ARGV, 8))
+        record_dead(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+        acknowledge()
         return 1
         """;
 
@@ -56,13 +68,12 @@ public sealed class DeadLetterStream(IConnectionMultiplexer redis, EventStatusSt
             $"{errorType}: {errorMessage}",
             statuses.DeadTtlSeconds,
             (long)statuses.DeadLetterRetention.TotalMilliseconds,
+            CpuLaneStreams.Group,
+            entry.EntryId,
             .. fields.SelectMany(f => new[] { (RedisValue)f.Name, f.Value }),
         ];
-        var transaction = redis.GetDatabase().CreateTransaction();
-        var written = transaction.ScriptEvaluateAsync(DeadLetterScript, [EventStatusStore.Key(entry.Id), CpuLaneStreams.DeadLetters], arguments);
-        _ = EntryAcknowledger.AcknowledgeAsync(transaction, entry.EntryId);
-        await EntryAcknowledger.CommitAsync(transaction);
-        return (int)await written == 1;
+        RedisKey[] keys = [EventStatusStore.Key(entry.Id), CpuLaneStreams.DeadLetters, CpuLaneStreams.Stream, CpuLaneStreams.Started];
+        return (int)await redis.GetDatabase().ScriptEvaluateAsync(DeadLetterScript, keys, arguments) == 1;
     }
 
     public Task<bool> DeadLetterAsync(LaneEntry entry, Exception error) =>

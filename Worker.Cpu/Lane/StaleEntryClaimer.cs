@@ -129,10 +129,13 @@ public sealed class StaleEntryClaimer(
             if (unfinished >= options.Value.MaxDeliveries)
             {
                 logger.LogError("Event {EventId} was started {Runs} times and each time its consumer died; dead-lettering it unrun", entry.Id, unfinished);
-                await deadLetters.DeadLetterAsync(entry, DeadLetterStream.ReasonDeliveryLimit, "DeliveryLimitExceeded",
-                    $"Started {unfinished} times ({count} deliveries) and never finished: every consumer that ran it died.", null, entry.ErrorHistory);
-                metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Dead, TimeSpan.Zero);
-                metrics.Finished(Lanes.Cpu, Outcomes.Dead, entry.AcceptedAt);
+                if (await deadLetters.DeadLetterAsync(entry, DeadLetterStream.ReasonDeliveryLimit, "DeliveryLimitExceeded",
+                    $"Started {unfinished} times ({count} deliveries) and never finished: every consumer that ran it died.", null, entry.ErrorHistory))
+                {
+                    metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Dead, TimeSpan.Zero);
+                    metrics.Finished(Lanes.Cpu, Outcomes.Dead, entry.AcceptedAt);
+                }
+
                 continue;
             }
 

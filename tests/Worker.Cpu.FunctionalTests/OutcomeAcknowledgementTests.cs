@@ -94,4 +94,43 @@ public sealed class OutcomeAcknowledgementTests(ITestOutputHelper output)
         Assert.Equal(1, await lane.Statuses.GetCompletionsAsync(id));
         await Eventually.TrueAsync(async () => await lane.Db.StreamLengthAsync(CpuLaneStreams.Stream) == 0, Patience, "the entry to be acknowledged");
     }
+
+    [Fact]
+    public async Task Dead_letter_that_cannot_be_written_leaves_the_entry_pending_until_it_can()
+    {
+        await using var lane = await CpuLaneHarness.StartAsync();
+        var worker = await lane.StartWorkerAsync(new Dictionary<string, string?>
+        {
+            ["CpuLane__Handlers"] = "1",
+            ["CpuLane__MaxAttempts"] = "1",
+        });
+        var id = "no-dead-letter-" + Guid.NewGuid().ToString("N");
+        // The dead-letter stream's key holds a string, so the dead letter's XADD fails (WRONGTYPE) when it runs.
+        await lane.Db.KeyDeleteAsync(CpuLaneStreams.DeadLetters);
+        await lane.Db.StringSetAsync(CpuLaneStreams.DeadLetters, "not a stream");
+        try
+        {
+            await lane.EnqueueAsync((id, "test.fail", new { lane = "cpu" }));
+            await Eventually.TrueAsync(() => Task.FromResult(worker.Output.Any(line =>
+                    line.Contains("Could not record the outcome", StringComparison.Ordinal) && line.Contains(id, StringComparison.Ordinal))),
+                Patience, "the worker to fail writing the dead letter");
+            var pending = await lane.Db.StreamPendingAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group);
+            var length = await lane.Db.StreamLengthAsync(CpuLaneStreams.Stream);
+            var state = (await lane.StatusAsync(id)).GetValueOrDefault("state");
+            output.WriteLine($"after the failed dead letter: state {state}, {pending.PendingMessageCount} pending, stream length {length}");
+            Assert.True(pending.PendingMessageCount == 1 && length == 1,
+                $"the entry was acknowledged although no dead letter was written (state {state}, {pending.PendingMessageCount} pending, stream length {length})");
+            Assert.NotEqual("dead", state);
+        }
+        finally
+        {
+            await lane.Db.KeyDeleteAsync(CpuLaneStreams.DeadLetters);
+        }
+
+        // Still pending, so it is claimed and fails again, and this time its dead letter is written with the dead status.
+        await lane.WaitForStateAsync(id, "dead", Patience);
+        await Eventually.TrueAsync(async () => await lane.Db.StreamLengthAsync(CpuLaneStreams.Stream) == 0, Patience, "the entry to be acknowledged");
+        var deadLetters = await lane.Db.StreamRangeAsync(CpuLaneStreams.DeadLetters);
+        Assert.Single(deadLetters, e => e["id"] == id);
+    }
 }
