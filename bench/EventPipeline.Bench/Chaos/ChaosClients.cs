@@ -73,6 +73,11 @@ public sealed class ChaosClients(HttpClient http, Func<Uri> api, string submitKe
             var label = $"{op.Label} try {copy}{attempt}";
             var (answer, retryAfter) = await SendOnceAsync(op, body, keyed, label, giveUp);
             history.CountAnswer(answer);
+            if (answer is not ("200" or "202" or "503"))
+            {
+                keyed?.Answered($"{history.Now.TotalSeconds:F1}s {answer} ({label})", []);
+            }
+
             var retry = keyed is not null && answer is "409" or "429" or "503" or "500" or "502" or "504" or "timeout" or "transport";
             if (!retry)
             {
@@ -128,7 +133,7 @@ public sealed class ChaosClients(HttpClient http, Func<Uri> api, string submitKe
                         history.Track(ids[i], planned.Type, op.Label, $"{status} to {label}", planned.Chains);
                     }
 
-                    keyed?.Answered($"{status} ({label})", ids);
+                    keyed?.Answered($"{history.Now.TotalSeconds:F1}s {status} ({label})", ids);
                     return (status.ToString(System.Globalization.CultureInfo.InvariantCulture), null);
                 case HttpStatusCode.ServiceUnavailable:
                     var held = HeldIds(text);
@@ -138,16 +143,14 @@ public sealed class ChaosClients(HttpClient http, Func<Uri> api, string submitKe
                         history.Track(id, planned?.Type, op.Label, $"503 heldIds to {label}", planned?.Chains ?? false);
                     }
 
-                    if (held.Count > 0)
-                    {
-                        keyed?.Answered($"503 heldIds ({label})", held);
-                    }
+                    keyed?.Answered($"{history.Now.TotalSeconds:F1}s 503{(held.Count > 0 ? " heldIds" : "")} ({label})", held);
 
                     return ("503", retryAfter);
                 default:
-                    if (status is 400 or 422 or 413 or 415)
+                    if (status is 400 or 422 or 413 or 415 or >= 500)
                     {
-                        log.WriteLine($"[chaos] {label}: unexpected {status}: {Shorten(text)}");
+                        // Never expected (bad input is the generator's bug; a 5xx other than 503 is the API's).
+                        history.Mark($"{label}: unexpected {status}: {Shorten(text)}");
                     }
 
                     return (status.ToString(System.Globalization.CultureInfo.InvariantCulture), retryAfter);

@@ -44,7 +44,7 @@ public sealed record ChaosVerdict(
             text.AppendLine(CultureInfo.InvariantCulture, $"{title}: {findings.Count}{(findings.Count > 20 ? " (first 20)" : "")}");
             foreach (var f in findings.Take(20))
             {
-                text.AppendLine(CultureInfo.InvariantCulture, $"  {f.Id}: {f.Why}; last state {f.LastState ?? "(no status)"}");
+                text.AppendLine(CultureInfo.InvariantCulture, $"  {f.Id}: {f.Why}; last {(f.LastState?.Contains(' ') == true ? "states" : "state")} {f.LastState ?? "(no status)"}");
                 foreach (var line in f.History)
                 {
                     text.AppendLine(CultureInfo.InvariantCulture, $"      {line}");
@@ -86,11 +86,13 @@ public static class TotalQueueChecker
             .Select(e => new Finding(e.Id, $"{e.Type ?? "?"} from {e.Origin}: {(e.LastState is null ? "no status at the end" : $"still {e.LastState} at the end")}", e.LastState, e.History))
             .ToList();
 
+        var byId = ordered.ToDictionary(e => e.Id, StringComparer.Ordinal);
         var duplicated = keys
             .Where(k => k.DistinctIds.Count > k.Events)
             .OrderBy(k => k.Key, StringComparer.Ordinal)
             .Select(k => new Finding(k.Key, $"{k.Origin}: {k.Events} event(s) but {k.DistinctIds.Count} ids",
-                null, [.. k.Answers.Select(a => $"{a.Answer}: {string.Join(' ', a.Ids)}")]))
+                string.Join(", ", k.DistinctIds.Select(id => $"{id} {byId.GetValueOrDefault(id)?.LastState ?? "(no status)"}")),
+                [.. k.Answers.Select(a => a.Ids.Count > 0 ? $"{a.Answer}: {string.Join(' ', a.Ids)}" : a.Answer)]))
             .ToList();
 
         var wrong = new List<Finding>();
