@@ -68,7 +68,15 @@ public sealed class DeadLetterOperator(HttpClient http, Func<Uri> api, string ad
         request.Headers.Add("X-Api-Key", adminKey);
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(15));
         using var response = await http.SendAsync(request, timeout.Token);
-        return (((int)response.StatusCode).ToString(System.Globalization.CultureInfo.InvariantCulture), await response.Content.ReadAsStringAsync(timeout.Token));
+        var status = (int)response.StatusCode;
+        var body = await response.Content.ReadAsStringAsync(timeout.Token);
+        if (status >= 500 && status != 503)
+        {
+            // Never expected: a broker that is down is a 503 with Retry-After, anything else is the API's bug.
+            history.Mark($"operator {method} {path}: unexpected {status}: {(body.Length > 300 ? body[..300] + "…" : body)}");
+        }
+
+        return (status.ToString(System.Globalization.CultureInfo.InvariantCulture), body);
     }
 
     private static List<string> Ids(string body)
