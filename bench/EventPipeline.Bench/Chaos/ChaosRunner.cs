@@ -78,7 +78,15 @@ public static class ChaosRunner
         await pollStop.CancelAsync();
         await polling;
         await poller.PollOnceAsync(cancellationToken);
-        await CountDeliveriesAsync(http, target.Downstream, history, cancellationToken);
+        try
+        {
+            await CountDeliveriesAsync(http, target.Downstream, history, cancellationToken);
+        }
+        catch (Exception ex) when (ex is HttpRequestException or System.Text.Json.JsonException)
+        {
+            history.Mark($"receiver counts not read ({ex.Message}): duplicate deliveries unknown");
+        }
+
         var unexpected = await UntrackedEventsAsync(redis, history);
 
         var verdict = TotalQueueChecker.Check(seed, history.Events, history.Keys, history.FaultCounts);

@@ -22,17 +22,16 @@ public sealed class StatePoller(IConnectionMultiplexer redis, ChaosHistory histo
 
     public async Task RunAsync(CancellationToken stop)
     {
-        while (!stop.IsCancellationRequested)
+        try
         {
-            await PollOnceAsync(stop);
-            try
+            while (!stop.IsCancellationRequested)
             {
+                await PollOnceAsync(stop);
                 await Task.Delay(TimeSpan.FromSeconds(1), stop);
             }
-            catch (OperationCanceledException)
-            {
-                return;
-            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
         }
     }
 

@@ -83,7 +83,7 @@ public static class TotalQueueChecker
         var ordered = events.OrderBy(e => e.Id, StringComparer.Ordinal).ToList();
         var lost = ordered
             .Where(e => !e.IsFinal)
-            .Select(e => new Finding(e.Id, $"{e.Type ?? "?"} from {e.Origin}: {(e.LastState is null ? "no status at the end" : $"still {e.LastState} at the end")}", e.LastState, e.History))
+            .Select(e => new Finding(e.Id, $"{e.Type ?? "?"} from {e.Origin}: {(e.LastState is null ? "no status at the end" : $"still {e.LastState} at the end")}{Deliveries(e)}", e.LastState, e.History))
             .ToList();
 
         var byId = ordered.ToDictionary(e => e.Id, StringComparer.Ordinal);
@@ -104,7 +104,7 @@ public static class TotalQueueChecker
                 : null;
             if (why is not null)
             {
-                wrong.Add(new Finding(e.Id, $"{e.Type ?? "?"} from {e.Origin}: {why}", e.LastState, e.History));
+                wrong.Add(new Finding(e.Id, $"{e.Type ?? "?"} from {e.Origin}: {why}{Deliveries(e)}", e.LastState, e.History));
             }
         }
 
@@ -117,4 +117,8 @@ public static class TotalQueueChecker
 
         return new ChaosVerdict(seed, ordered.Count, faults, lost, duplicated, wrong, effects);
     }
+
+    /// <summary>For a webhook: whether the receiver got it tells "never done" from "done, outcome not recorded".</summary>
+    private static string Deliveries(TrackedEvent e) =>
+        e.ReceiverCount is { } n ? $" (receiver accepted it {n} time{(n == 1 ? "" : "s")})" : "";
 }
