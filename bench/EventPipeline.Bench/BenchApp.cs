@@ -12,7 +12,10 @@ namespace EventPipeline.Bench;
 /// <summary>The tool: parse the command, get a target (start the AppHost or connect), run the scenarios, write the report.</summary>
 public static class BenchApp
 {
-    /// <returns>0 when the run completed (whatever the figures), 2 on a usage error, 1 when the run itself failed.</returns>
+    /// <returns>
+    /// 0 when the run completed (whatever the figures), 2 on a usage error, 1 when the run itself failed; for
+    /// <c>chaos</c>, 1 when a guarantee was broken and 3 when the system could not be healed (see ChaosRunner).
+    /// </returns>
     public static async Task<int> RunAsync(string[] args, TextWriter output, TextWriter log, CancellationToken cancellationToken)
     {
         BenchOptions options;
@@ -34,6 +37,11 @@ public static class BenchApp
         if (options.Command == "report")
         {
             return Rerender(options, output);
+        }
+
+        if (options.Command == "chaos")
+        {
+            return await Chaos.ChaosRunner.RunAsync(options, output, log, cancellationToken);
         }
 
         var label = ScenarioRunner.Sanitize(options.Label ?? DefaultLabel(options));

@@ -14,6 +14,10 @@ public sealed class BenchOptions
           bench idle   [--duration <T s>] [--rate <R per s>]     pickup latency at a low rate (default 20/s), then idle CPU (default 15 s)
           bench suite  [--quick]                                 every target of issue 9 in one run (one AppHost start)
           bench report --from <run>.json                         judge the targets again and rewrite the run's markdown
+          bench chaos  --duration <T s> --seed <n> [--clients <C>] [--quiet <s>]
+                       random client mix under a seeded nemesis (SIGKILL, SIGSTOP, SIGTERM of the services and
+                       brokers), then heal, wait for quiet and account for every event (docs/reliability.md);
+                       exit 0 only when nothing was lost, no key got two ids and no event ended in a wrong state
 
         workload:   --iterations <I> (cpu, default 10000; 0 = noop.cpu)  --delay-ms <D> (io, default 50)
         target:     starts the AppHost itself (brokers as local executables, data in a temp dir), unless
@@ -51,6 +55,18 @@ public sealed class BenchOptions
     public double DeadlineSeconds { get; set; } = 600;
     public int CeilingEvents { get; set; } = 2000;
 
+    /// <summary>chaos: the seed of the client mix, the operator and the nemesis.</summary>
+    public int Seed { get; set; } = 1;
+
+    /// <summary>chaos: concurrent simulated clients.</summary>
+    public int Clients { get; set; } = 4;
+
+    /// <summary>chaos: after healing, how long to wait for every event to reach a final state.</summary>
+    public double QuietSeconds { get; set; } = 240;
+
+    /// <summary>Starts the AppHost with <c>TestEvents:Enabled=true</c> (test.fail), as the chaos mode needs.</summary>
+    public bool TestEvents { get; set; }
+
     /// <summary>Set by <c>--rate</c>/<c>--duration</c> on <c>idle</c>, whose defaults differ.</summary>
     public bool RateGiven { get; private set; }
     public bool DurationGiven { get; private set; }
@@ -65,7 +81,7 @@ public sealed class BenchOptions
         }
 
         var options = new BenchOptions { Command = args[0] };
-        if (options.Command is not ("burst" or "steady" or "idle" or "suite" or "report"))
+        if (options.Command is not ("burst" or "steady" or "idle" or "suite" or "report" or "chaos"))
         {
             throw new UsageException($"unknown command '{options.Command}'");
         }
@@ -113,6 +129,9 @@ public sealed class BenchOptions
                 case "--label": options.Label = Value(); break;
                 case "--deadline": options.DeadlineSeconds = Double(); break;
                 case "--ceiling-events": options.CeilingEvents = Math.Max(1, Int()); break;
+                case "--seed": options.Seed = Int(); break;
+                case "--clients": options.Clients = Math.Max(1, Int()); break;
+                case "--quiet": options.QuietSeconds = Double(); break;
                 default: throw new UsageException($"unknown option '{name}'");
             }
         }
@@ -120,6 +139,22 @@ public sealed class BenchOptions
         if (options.Batch > 1000)
         {
             throw new UsageException("--batch is at most 1000 (the API's MaxBatchEvents)");
+        }
+
+        if (options.Command == "chaos")
+        {
+            if (options.Url is not null)
+            {
+                throw new UsageException("chaos starts the system itself (it kills and restarts its processes): --url is not allowed");
+            }
+
+            // The mix needs test.fail, and the nemesis restarts the API: its proxied address survives a restart.
+            options.TestEvents = true;
+            options.ViaProxy = true;
+            if (!options.DurationGiven)
+            {
+                options.DurationSeconds = 120;
+            }
         }
 
         if (options.Url is not null && string.IsNullOrEmpty(options.ApiKey))

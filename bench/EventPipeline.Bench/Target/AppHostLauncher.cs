@@ -23,7 +23,7 @@ public static class AppHostLauncher
         [
             "Brokers:Mode=Executables",
             $"Brokers:DataDirectory={data.FullName}",
-            "TestEvents:Enabled=false",
+            $"TestEvents:Enabled={(options.TestEvents ? "true" : "false")}",
             $"Parameters:api-key-submit={submitKey}",
             $"Parameters:api-key-admin={adminKey}",
             "Parameters:redis-password=bench-redis-" + Guid.NewGuid().ToString("N")[..12],
@@ -94,7 +94,11 @@ public static class AppHostLauncher
             {
                 // A broker may still be flushing: the temp directory is left behind rather than failing the run.
             }
-        });
+        })
+        {
+            AdminKey = adminKey,
+            App = app,
+        };
     }
 
     /// <summary>

@@ -31,5 +31,11 @@ public sealed class PipelineTarget(
 
     public string Description { get; } = description;
 
+    /// <summary>The admin key (dead letters), when the tool started the system itself.</summary>
+    public string? AdminKey { get; init; }
+
+    /// <summary>The running AppHost, when the tool started it: the chaos mode restarts its resources through it.</summary>
+    public Aspire.Hosting.DistributedApplication? App { get; init; }
+
     public ValueTask DisposeAsync() => stop?.Invoke() ?? ValueTask.CompletedTask;
 }
