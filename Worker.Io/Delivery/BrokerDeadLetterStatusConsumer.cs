@@ -38,28 +38,8 @@ public sealed class BrokerDeadLetterStatusConsumer(
         var error = $"dead-lettered by RabbitMQ ({reason}): the worker stopped before acknowledging it {deliveries} times";
         logger.LogWarning("Event {EventId} was dead-lettered by the broker ({Reason}) into {ErrorQueue}; marking it dead",
             message.EventId, reason, IoLaneTopology.ErrorQueueName);
-        for (var attempt = 1; ; attempt++)
-        {
-            try
-            {
-                await statuses.MarkDeadAsync(message.EventId, deliveries, error);
-                break;
-            }
-            catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
-            {
-                var delay = RetryDelay(attempt);
-                logger.LogWarning("Status of event {EventId} not written (attempt {Attempt}): the status store is unavailable ({Error}); trying again in {Delay}",
-                    message.EventId, attempt, ex.Message, delay);
-                // Cancelled only when the bus stops: like the lane's own consumer on SIGTERM, the unacknowledged
-                // message then returns to the queue when the channel closes, instead of being faulted.
-                await Task.Delay(delay, context.CancellationToken);
-            }
-        }
-
+        await FinalStatusWrite.UntilWrittenAsync(() => statuses.MarkDeadAsync(message.EventId, deliveries, error),
+            message.EventId, EventStates.Dead, logger, context.CancellationToken);
         metrics.Finished(Lanes.Io, Outcomes.Dead, message.AcceptedAt);
     }
-
-    /// <summary>250 ms, doubling, at most 2 s: quick after a blip, cheap through a long outage.</summary>
-    private static TimeSpan RetryDelay(int attempt) =>
-        TimeSpan.FromMilliseconds(Math.Min(2000, 250 * Math.Pow(2, Math.Min(attempt - 1, 4))));
 }

@@ -18,8 +18,10 @@ public sealed class TestEventsOptions
 /// <summary>
 /// Runs one I/O-lane event. MassTransit acknowledges the message when this returns; when it throws, the retry policy
 /// runs it again (bounded, exponential) and after the last attempt moves it to <c>events-io_error</c>. The status
-/// follows along: processing → succeeded, or retrying → dead. Status writes are best effort: the broker, not Redis,
-/// holds the event, so a status store outage must neither dead-letter an event nor repeat a delivery that succeeded.
+/// follows along: processing → succeeded, or retrying → dead. The intermediate states are best effort (a later write
+/// replaces them); a final one is written before the message is acknowledged or moved (<see cref="FinalStatusWrite"/>):
+/// a status store outage holds the message, it neither dead-letters the event, nor repeats a delivery that succeeded,
+/// nor leaves an event <c>processing</c> forever once the broker has let go of it.
 /// </summary>
 public sealed class IoEventConsumer(
     DownstreamClient downstream,
@@ -56,7 +58,8 @@ public sealed class IoEventConsumer(
             {
                 logger.LogWarning(ex, "Event {EventId} failed attempt {Attempt} of {MaxAttempts}; moving it to {ErrorQueue}",
                     message.EventId, attempt, options.Value.MaxAttempts, IoLaneTopology.ErrorQueueName);
-                await BestEffort(() => statuses.MarkDeadAsync(message.EventId, attempt, error), message.EventId);
+                await FinalStatusWrite.UntilWrittenAsync(() => statuses.MarkDeadAsync(message.EventId, attempt, error),
+                    message.EventId, EventStates.Dead, logger, context.CancellationToken);
                 metrics.Processed(Lanes.Io, message.Type, Outcomes.Dead, Stopwatch.GetElapsedTime(started));
                 metrics.Finished(Lanes.Io, Outcomes.Dead, message.AcceptedAt);
             }
@@ -71,7 +74,8 @@ public sealed class IoEventConsumer(
             throw;
         }
 
-        await BestEffort(() => statuses.MarkSucceededAsync(message.EventId, attempt, ""), true, message.EventId);
+        await FinalStatusWrite.UntilWrittenAsync(() => statuses.MarkSucceededAsync(message.EventId, attempt, ""),
+            message.EventId, EventStates.Succeeded, logger, context.CancellationToken);
         metrics.Processed(Lanes.Io, message.Type, Outcomes.Succeeded, Stopwatch.GetElapsedTime(started));
         metrics.Finished(Lanes.Io, Outcomes.Succeeded, message.AcceptedAt);
     }

@@ -1,0 +1,34 @@
+namespace EventPipeline.Worker.Io.Delivery;
+
+/// <summary>
+/// Writes a final status (<c>succeeded</c>, <c>dead</c>) before the message that carries the event is acknowledged or
+/// moved: while Redis is out it keeps trying with a capped backoff, holding the message unacknowledged, so the
+/// broker never lets go of an event whose outcome is not recorded. Cancelled only when the bus stops: the message then
+/// returns to the queue when the channel closes (a redelivery may repeat a delivery; it carries the same
+/// <c>Idempotency-Key</c>). At most the endpoint's concurrency limit of messages wait this way.
+/// </summary>
+public static class FinalStatusWrite
+{
+    public static async Task UntilWrittenAsync(Func<Task> write, string eventId, string state, ILogger logger, CancellationToken cancellationToken)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                await write();
+                return;
+            }
+            catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
+            {
+                var delay = RetryDelay(attempt);
+                logger.LogWarning("Status {State} of event {EventId} not written (attempt {Attempt}): the status store is unavailable ({Error}); trying again in {Delay}",
+                    state, eventId, attempt, ex.Message, delay);
+                await Task.Delay(delay, cancellationToken);
+            }
+        }
+    }
+
+    /// <summary>250 ms, doubling, at most 2 s: quick after a blip, cheap through a long outage.</summary>
+    private static TimeSpan RetryDelay(int attempt) =>
+        TimeSpan.FromMilliseconds(Math.Min(2000, 250 * Math.Pow(2, Math.Min(attempt - 1, 4))));
+}
