@@ -103,8 +103,11 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     private static readonly LuaScript DeadScript = LuaScript.Prepare(
         RecordDeadLua + "return record_dead(@key, @attempt, @now, @error, @ttl)");
 
-    private static readonly LuaScript ReplayedScript = LuaScript.Prepare(
-        RecordReplayLua + "return record_replay(@key, @id, @type, @lane, @acceptedAt, @now, @ttl)");
+    private static readonly LuaScript ReplayIfUnchangedScript = LuaScript.Prepare(RecordReplayLua + """
+        if (redis.call('HGET', @key, 'state') or '') ~= @seenState then return 0 end
+        if (redis.call('HGET', @key, 'finishedAt') or '') ~= @seenFinishedAt then return 0 end
+        return record_replay(@key, @id, @type, @lane, @acceptedAt, @now, @ttl)
+        """);
 
     private IDatabase Db => redis.GetDatabase();
 
@@ -151,15 +154,25 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     public Task MarkDeadAsync(string id, int attempt, string error) => MarkDeadAsync(Db, id, attempt, error);
 
     /// <summary>
-    /// Records a dead-letter replay. Write it before the event re-enters its lane, so that whatever the worker writes
-    /// afterwards wins.
+    /// Records a dead-letter replay once the copy is back in its lane, only if the status is still the one seen before
+    /// the copy was published (<paramref name="seenState"/>, <paramref name="seenFinishedAt"/>): a worker that already
+    /// took the copy up (processing, succeeded, even dead again) wins, and an API that dies before this write leaves
+    /// the event <c>dead</c> until the worker writes, never <c>accepted</c> with no copy in the lane.
     /// </summary>
-    /// <returns>false, and nothing written, when the event has already succeeded: its dead letter is stale.</returns>
-    public async Task<bool> MarkReplayedAsync(string id, string type, string lane, DateTimeOffset acceptedAt) =>
-        (int)await Db.ScriptEvaluateAsync(ReplayedScript, new
+    /// <returns>false, and nothing written, when the status moved on meanwhile.</returns>
+    public async Task<bool> MarkReplayedIfUnchangedAsync(string id, string type, string lane, DateTimeOffset acceptedAt, string? seenState, string? seenFinishedAt) =>
+        (int)await Db.ScriptEvaluateAsync(ReplayIfUnchangedScript, new
         {
             key = Key(id), id, type, lane, acceptedAt = acceptedAt.ToUnixTimeMilliseconds(), now = Now, ttl = TtlSeconds,
+            seenState = seenState ?? "", seenFinishedAt = seenFinishedAt ?? "",
         }) == 1;
+
+    /// <summary>The state and finish time a replay compares against (<see cref="MarkReplayedIfUnchangedAsync"/>).</summary>
+    public async Task<(string? State, string? FinishedAt)> GetReplayViewAsync(string id)
+    {
+        var fields = await Db.HashGetAsync(Key(id), ["state", "finishedAt"]);
+        return (fields[0].IsNull ? null : fields[0].ToString(), fields[1].IsNull ? null : fields[1].ToString());
+    }
 
     public async Task<string?> GetStateAsync(string id) => await Db.HashGetAsync(Key(id), "state");
 

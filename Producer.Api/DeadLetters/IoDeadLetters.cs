@@ -27,6 +27,9 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
     ILogger<IoDeadLetters> logger) : IDeadLetterLane
 {
     public const string HistoryHeader = "EP-Error-History";
+
+    /// <summary>How long one replayed copy may wait for its publisher confirm (a paused broker must not hold the lock for ever).</summary>
+    private static readonly TimeSpan PublishTimeout = TimeSpan.FromSeconds(10);
     private static readonly JsonSerializerOptions Envelope = new(JsonSerializerDefaults.Web);
 
     public string Lane => Lanes.Io;
@@ -130,9 +133,10 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
     private async Task<ReplayOutcome> ReplayAsync(QueueScan scan, BasicGetResult message, CancellationToken cancellationToken)
     {
         var dead = Parse(message);
-        // Before the event re-enters the lane: whatever the worker writes next wins. Refused for an event that already
-        // succeeded (a duplicate dead-lettered after, or while, another copy finished): replaying it would run it again.
-        if (!await statuses.MarkReplayedAsync(dead.Id, dead.Type, Lane, dead.AcceptedAt ?? DateTimeOffset.UtcNow))
+        // A dead letter of an event that already succeeded (a duplicate dead-lettered after, or while, another copy
+        // finished) is dropped: replaying it would run the event again.
+        var seen = await statuses.GetReplayViewAsync(dead.Id);
+        if (seen.State == EventStates.Succeeded)
         {
             logger.LogInformation("Dropped the dead letter of {EventId} instead of replaying it: the event already succeeded", dead.Id);
             await scan.Channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
@@ -153,33 +157,30 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
         }
 
         properties.Headers[HistoryHeader] = Encoding.UTF8.GetBytes(PayloadJson.WriteHistory(dead.Errors));
-        try
+        // Order: the copy into the lane, then the dead letter acknowledged, then the status — each step safe to die after.
+        // Dying after the publish leaves the copy in the lane and the dead letter listed (a later replay of it drops it
+        // once the copy succeeded); the status stays dead until the worker writes, never accepted with no copy anywhere.
+        using (var publishTimeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
         {
+            publishTimeout.CancelAfter(PublishTimeout);
             // Straight to the lane's queue through the default exchange; mandatory turns a missing queue into an error.
-            await scan.Channel.BasicPublishAsync("", IoLaneTopology.QueueName, mandatory: true, properties, message.Body, cancellationToken);
-        }
-        catch
-        {
-            // The dead letter stays where it was (not acknowledged): say so in the status again. Should the broker have
-            // taken the copy after all, the worker's later writes override this, and nothing overrides succeeded.
-            await RestoreDeadAsync(dead);
-            throw;
+            await scan.Channel.BasicPublishAsync("", IoLaneTopology.QueueName, mandatory: true, properties, message.Body, publishTimeout.Token);
         }
 
         await scan.Channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
-        return ReplayOutcome.Replayed;
-    }
-
-    private async Task RestoreDeadAsync(DeadLetter dead)
-    {
         try
         {
-            await statuses.MarkDeadAsync(dead.Id, dead.Attempts ?? 0, $"{dead.Error.Type}: {dead.Error.Message}");
+            if (!await statuses.MarkReplayedIfUnchangedAsync(dead.Id, dead.Type, Lane, dead.AcceptedAt ?? DateTimeOffset.UtcNow, seen.State, seen.FinishedAt))
+            {
+                logger.LogInformation("Replayed {EventId}; its worker wrote its status first", dead.Id);
+            }
         }
         catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
         {
-            logger.LogWarning(ex, "The replay of {EventId} failed and its status could not be set back to dead", dead.Id);
+            logger.LogWarning(ex, "Replayed {EventId}, but its status could not be set to accepted; the worker's writes will show its progress", dead.Id);
         }
+
+        return ReplayOutcome.Replayed;
     }
 
     /// <summary>Headers of the last death: dropped on replay (MassTransit and the broker add fresh ones if it dies again).</summary>

@@ -175,7 +175,7 @@ public sealed class EventIngest(
         {
             logger.LogWarning(ex, "The idempotency store did not answer");
             return (null, Problems.Unavailable(null, "The idempotency store (Redis) is unavailable",
-                "Events with a client-given id or an Idempotency-Key are checked against earlier submissions first, and that check could not run. Nothing was enqueued.",
+                "Events with a client-given id or an Idempotency-Key are checked against earlier submissions first, and that check could not run. Nothing new was enqueued by this request (events an earlier try with the same key or ids got held stay held).",
                 BrokerRetryAfterSeconds));
         }
 
@@ -192,7 +192,7 @@ public sealed class EventIngest(
                     ("Retry-After", InFlightRetryAfterSeconds.ToString(CultureInfo.InvariantCulture))));
         }
 
-        var outcome = await PublishAsync(claim.Fresh, cancellationToken);
+        var outcome = await PublishAsync(claim.Fresh, claim.Repeats, cancellationToken);
         if (claim.Token.Length > 0)
         {
             await SettleReservationsAsync(claim, outcome);
@@ -242,7 +242,8 @@ public sealed class EventIngest(
     /// <param name="Failure">the 503 when a broker did not confirm everything.</param>
     private sealed record PublishOutcome(IReadOnlyList<ValidatedEvent> Confirmed, IResult? Failure);
 
-    private async Task<PublishOutcome> PublishAsync(IReadOnlyList<ValidatedEvent> events, CancellationToken cancellationToken)
+    /// <param name="alreadyHeld">events of the request an earlier try got held: named in a 503's heldIds too.</param>
+    private async Task<PublishOutcome> PublishAsync(IReadOnlyList<ValidatedEvent> events, IReadOnlyList<RepeatedEvent> alreadyHeld, CancellationToken cancellationToken)
     {
         var acceptedAt = DateTimeOffset.UtcNow;
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -271,7 +272,7 @@ public sealed class EventIngest(
                     "the ones in uncertainIds were being written when it failed and may or may not be held; the others were not enqueued. " +
                     "Retry after the indicated delay with the same Idempotency-Key (or the same event ids): " +
                     "the retry gets the same ids and publishes what is not held, so nothing runs under two ids.",
-                    BrokerRetryAfterSeconds, held.Count > 0 ? [.. held.Select(e => e.Id)] : null,
+                    BrokerRetryAfterSeconds, held.Count + alreadyHeld.Count > 0 ? [.. alreadyHeld.Select(r => r.Id), .. held.Select(e => e.Id)] : null,
                     ex.Uncertain.Count > 0 ? [.. ex.Uncertain.Select(e => e.Id)] : null));
             }
 

@@ -295,7 +295,7 @@ public sealed class CpuLaneConsumer(
                         }
                     }
                 }
-                catch (RedisException ex)
+                catch (Exception ex) when (ex is RedisException or TimeoutException)
                 {
                     logger.LogWarning(ex, "Could not refresh {Count} held entries", held.Count);
                 }

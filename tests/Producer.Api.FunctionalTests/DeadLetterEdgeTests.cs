@@ -202,8 +202,13 @@ public sealed class DeadLetterEdgeTests(DeadLetterEdgeFixture fixture) : IClassF
         await Task.WhenAll(writes);
     }
 
-    /// <summary>An I/O dead letter as MassTransit moves it to <c>events-io_error</c> after the last attempt, with its status.</summary>
-    private async Task InjectIoDeadLetterAsync(string id)
+    private Task InjectIoDeadLetterAsync(string id) => IoDeadLetterInjection.InjectAsync(Host, Db, id);
+}
+
+/// <summary>An I/O dead letter as MassTransit moves it to <c>events-io_error</c> after the last attempt, with its status.</summary>
+internal static class IoDeadLetterInjection
+{
+    public static async Task InjectAsync(PipelineHost host, IDatabase db, string id)
     {
         var envelope = JsonSerializer.SerializeToUtf8Bytes(new
         {
@@ -211,7 +216,7 @@ public sealed class DeadLetterEdgeTests(DeadLetterEdgeFixture fixture) : IClassF
             messageType = new[] { "urn:message:EventPipeline.Contracts:IoEventSubmitted" },
             message = new { eventId = id, type = "webhook.post", payload = """{"n":1}""", acceptedAt = DateTimeOffset.UtcNow },
         });
-        await using var connection = await Host.Rabbit.ConnectAsync();
+        await using var connection = await host.Rabbit.ConnectAsync();
         await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(true, true));
         var properties = new BasicProperties
         {
@@ -226,10 +231,10 @@ public sealed class DeadLetterEdgeTests(DeadLetterEdgeFixture fixture) : IClassF
                 ["MT-Fault-Timestamp"] = DateTimeOffset.UtcNow.ToString("O", CultureInfo.InvariantCulture),
             },
         };
-        await channel.BasicPublishAsync(IoError, "", true, properties, envelope);
-        await Db.HashSetAsync($"event:{id}",
-            [new("id", id), new("type", "webhook.post"), new("lane", "io"), new("state", "dead"), new("attempts", 2)]);
-        await Eventually.TrueAsync(async () => (await Host.Admin.GetAsync($"/dead-letters/io/{id}")).StatusCode == HttpStatusCode.OK,
+        await channel.BasicPublishAsync("events-io_error", "", true, properties, envelope);
+        await db.HashSetAsync($"event:{id}",
+            [new("id", id), new("type", "webhook.post"), new("lane", "io"), new("state", "dead"), new("attempts", 2), new("finishedAt", DateTimeOffset.UtcNow.ToUnixTimeMilliseconds())]);
+        await Eventually.TrueAsync(async () => (await host.Admin.GetAsync($"/dead-letters/io/{id}")).StatusCode == HttpStatusCode.OK,
             TimeSpan.FromSeconds(30), $"the injected I/O dead letter {id} to be listed", TimeSpan.FromMilliseconds(50));
     }
 }

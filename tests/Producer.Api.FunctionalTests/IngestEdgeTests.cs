@@ -63,6 +63,12 @@ public sealed class IngestEdgeTests(IngestEdgeFixture fixture) : IClassFixture<I
             var problem = await refused.Content.ReadFromJsonAsync<JsonElement>();
             held = Ids(problem, "heldIds");
             uncertain = Ids(problem, "uncertainIds");
+
+            // A retry while the queue is still full is refused again, and its 503 still names what the first try got held.
+            using var again = await Host.Submit.SendAsync(Post("/events/batch", body, key));
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, again.StatusCode);
+            var heldAgain = Ids(await again.Content.ReadFromJsonAsync<JsonElement>(), "heldIds");
+            Assert.True(held.All(heldAgain.Contains), $"the second 503 names {heldAgain.Count} held ids, not the {held.Count} the first try got held");
         }
         finally
         {
