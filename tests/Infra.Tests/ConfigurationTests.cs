@@ -7,8 +7,11 @@ namespace EventPipeline.Infra.Tests;
 /// <summary>The environment the manifests give each service, checked against what the service's code reads.</summary>
 public class ConfigurationTests
 {
-    /// <summary>Read by the platform, not by the project's code: the ASP.NET Core host and the OpenTelemetry SDK.</summary>
-    private static readonly string[] PlatformKeys = ["ASPNETCORE_HTTP_PORTS", "OTEL_SERVICE_NAME"];
+    /// <summary>
+    /// Read by the platform, not by the project's code: the ASP.NET Core host and the OpenTelemetry SDK (ServiceDefaults
+    /// turns the OTLP exporter on when OTEL_EXPORTER_OTLP_ENDPOINT is set).
+    /// </summary>
+    private static readonly string[] PlatformKeys = ["ASPNETCORE_HTTP_PORTS", "OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT"];
 
     public static TheoryData<string, string> ServicesPerOverlay => new()
     {

@@ -130,7 +130,7 @@ public class NetworkPolicyTests
             var name = Rendered.Name(cluster);
             peers.Add(Peer.Pod(name, Ns,
                 new Dictionary<string, string> { ["app.kubernetes.io/name"] = name, ["app.kubernetes.io/component"] = "rabbitmq", ["app.kubernetes.io/part-of"] = "rabbitmq" },
-                $"10.244.0.{n++}", [("amqp", 5672, "TCP"), ("management", 15672, "TCP"), ("epmd", 4369, "TCP"), ("cluster-links", 25672, "TCP")]));
+                $"10.244.0.{n++}", [("amqp", 5672, "TCP"), ("management", 15672, "TCP"), ("prometheus", 15692, "TCP"), ("epmd", 4369, "TCP"), ("cluster-links", 25672, "TCP")]));
         }
 
         peers.Add(Peer.Pod("kube-dns", "kube-system", new Dictionary<string, string> { ["k8s-app"] = "kube-dns" }, "10.96.0.10", [("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")]));
@@ -210,8 +210,21 @@ public class NetworkPolicyTests
         else
         {
             expected.Add(("worker-io", "internet", 443, "TCP"));
-            expected.Add(("keda-operator", "rabbitmq", 5672, "TCP"));
+            // KEDA reads events-io's ready and unacknowledged counts from the management API.
+            expected.Add(("keda-operator", "rabbitmq", 15672, "TCP"));
             expected.Add(("rabbitmq-operator", "rabbitmq", 15672, "TCP"));
+
+            // Monitoring: kube-prometheus-stack scrapes the brokers' metrics; the exporter reads Redis; every service
+            // sends OTLP to the collector, which forwards it to a backend on the internet.
+            expected.Add(("prometheus-elsewhere", "rabbitmq", 15692, "TCP"));
+            expected.Add(("prometheus-elsewhere", "redis-exporter", 9121, "TCP"));
+            expected.Add(("redis-exporter", "redis-external", 6379, "TCP"));
+            foreach (var service in new[] { "producer-api", "worker-cpu", "worker-io" })
+            {
+                expected.Add((service, "otel-collector", 4317, "TCP"));
+            }
+
+            expected.Add(("otel-collector", "internet", 4317, "TCP"));
             foreach (var port in new long[] { 4369, 25672, 35672 })
             {
                 expected.Add(("rabbitmq", "rabbitmq", port, "TCP"));

@@ -24,7 +24,10 @@ public class WorkloadTests
 
             Assert.Equal(DefaultsFacts.LivenessPath, (string?)container["startupProbe"]?["httpGet"]?["path"]);
             Assert.Equal(DefaultsFacts.LivenessPath, (string?)container["livenessProbe"]?["httpGet"]?["path"]);
-            Assert.Equal(DefaultsFacts.ReadinessPath, (string?)container["readinessProbe"]?["httpGet"]?["path"]);
+            // The API stays ready while a broker is down (it answers 503 itself: ApiReadinessTests); a worker that
+            // cannot reach its broker does no work and is unready.
+            var readiness = workload.Name == "producer-api" ? DefaultsFacts.LivenessPath : DefaultsFacts.ReadinessPath;
+            Assert.Equal(readiness, (string?)container["readinessProbe"]?["httpGet"]?["path"]);
 
             foreach (var probe in new[] { "startupProbe", "livenessProbe", "readinessProbe" })
             {
@@ -184,13 +187,25 @@ public class WorkloadTests
         foreach (var pdb in rendered.OfKind("PodDisruptionBudget"))
         {
             var selector = Rendered.StringMap(pdb["spec"]!["selector"]!["matchLabels"]);
-            var selected = Assert.Single(rendered.Workloads, w => Rendered.Selects(selector, w.PodLabels));
-            covered.Add(selected.Name);
+            // The RabbitmqCluster's pods are the operator's StatefulSet, labelled app.kubernetes.io/name=<cluster name>.
+            var clusters = rendered.OfKind("RabbitmqCluster").Select(Rendered.Name)
+                .Where(name => Rendered.Selects(selector, new Dictionary<string, string> { ["app.kubernetes.io/name"] = name })).ToList();
+            var selected = rendered.Workloads.Where(w => Rendered.Selects(selector, w.PodLabels)).Select(w => w.Name).Concat(clusters).ToList();
+            Assert.True(selected.Count == 1, $"PDB {Rendered.Name(pdb)} selects {selected.Count} workloads: {string.Join(", ", selected)}");
+            covered.Add(selected[0]);
         }
 
         foreach (var workload in rendered.AppWorkloads.Where(w => w.Name != "downstream-receiver"))
         {
             Assert.Contains(workload.Name, covered);
+        }
+
+        // A drain must never take two RabbitMQ nodes at once: the quorum queues would lose their majority.
+        foreach (var cluster in rendered.OfKind("RabbitmqCluster"))
+        {
+            Assert.Contains(Rendered.Name(cluster), covered);
+            var pdb = rendered.OfKind("PodDisruptionBudget").Single(p => Rendered.StringMap(p["spec"]!["selector"]!["matchLabels"]).GetValueOrDefault("app.kubernetes.io/name") == Rendered.Name(cluster));
+            Assert.Equal(1, (long)pdb["spec"]!["maxUnavailable"]!);
         }
     }
 

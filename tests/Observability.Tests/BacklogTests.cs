@@ -54,7 +54,7 @@ public sealed class BacklogTests(ObservedAppHostFixture fixture)
         {
             // The range ends once Prometheus has stored the fall, not merely once the instant query shows it.
             var series = await Eventually.ReturnsAsync(
-                async () => (await fixture.Prometheus.QueryRangeAsync($"{gauge}{{lane=\"cpu\"}}", started, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(5))).Single(),
+                async () => (await fixture.Prometheus.QueryRangeAsync(CpuLane(gauge), started, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(5))).Single(),
                 s => s.Samples[^1].Value == 0, Deadline, $"the range of {gauge} to end at 0", TimeSpan.FromSeconds(1));
             var values = series.Samples.Select(s => s.Value).ToList();
             var peak = values.IndexOf(values.Max());
@@ -68,9 +68,12 @@ public sealed class BacklogTests(ObservedAppHostFixture fixture)
             fixture.App.GetEndpoint("prometheus", "http"), "{__name__=~\"eventpipeline_lane_(depth|lag)\",lane=\"cpu\"}", $"{minutes}m", "prometheus-backlog-depth-lag.png");
     }
 
+    /// <summary>The CPU lane's value of a lane gauge as the dashboards show it: every API replica exports it.</summary>
+    private static string CpuLane(string gauge) => $"max by (lane) ({gauge}{{lane=\"cpu\"}})";
+
     private async Task WaitForCpuAsync(string gauge, Func<double, bool> condition, string what) =>
         await Eventually.ReturnsAsync(
-            async () => (await fixture.Prometheus.QueryAsync($"{gauge}{{lane=\"cpu\"}}")).SingleOrDefault()?.Last ?? double.NaN,
+            async () => (await fixture.Prometheus.QueryAsync(CpuLane(gauge))).SingleOrDefault()?.Last ?? double.NaN,
             condition, Deadline, $"Prometheus to show a CPU lane {what}", TimeSpan.FromSeconds(1));
 
     private async Task WaitForCpuAlertAsync(string expr) =>

@@ -9,12 +9,15 @@ public sealed class InfraFileTests
     /// <summary>Grafana unit ids the dashboards may use (Grafana falls back to raw numbers for an unknown id).</summary>
     private static readonly HashSet<string> KnownUnits = ["short", "none", "ops", "reqps", "s", "ms", "percentunit", "percent", "bytes"];
 
+    /// <summary>What Grafana substitutes for the datasource: the import input, or the datasource variable when provisioned.</summary>
+    private const string DatasourceVariable = "${DS_PROMETHEUS}";
+
     [Fact]
-    public void Dashboards_use_the_provisioned_datasource_unique_panel_ids_and_known_units()
+    public void Dashboards_take_their_datasource_as_a_variable_and_have_unique_panel_ids_and_known_units()
     {
+        // Provisioned, the DS_PROMETHEUS variable picks the default Prometheus datasource: the provisioned one must be it.
         var datasource = File.ReadAllText(Repository.PathOf("infra", "grafana", "provisioning", "datasources", "prometheus.yml"));
-        var uid = System.Text.RegularExpressions.Regex.Match(datasource, @"uid:\s*(\S+)").Groups[1].Value;
-        Assert.Equal("prometheus", uid);
+        Assert.Matches(@"isDefault:\s*true", datasource);
 
         var dashboards = GrafanaDashboard.Load();
         Assert.Contains(dashboards, d => d.File == "eventpipeline-overview.json");
@@ -22,6 +25,24 @@ public sealed class InfraFileTests
         Assert.Equal(dashboards.Count, dashboards.Select(d => d.Json.GetProperty("uid").GetString()).Distinct().Count());
         foreach (var dashboard in dashboards)
         {
+            // Imported through Grafana's UI, __inputs asks which Prometheus to use and replaces ${DS_PROMETHEUS} with it.
+            var input = Assert.Single(dashboard.Json.GetProperty("__inputs").EnumerateArray());
+            Assert.Equal("DS_PROMETHEUS", input.GetProperty("name").GetString());
+            Assert.Equal("datasource", input.GetProperty("type").GetString());
+            Assert.Equal("prometheus", input.GetProperty("pluginId").GetString());
+
+            var variables = dashboard.Json.GetProperty("templating").GetProperty("list").EnumerateArray().ToList();
+            var dsVariable = Assert.Single(variables, v => v.GetProperty("name").GetString() == "DS_PROMETHEUS");
+            Assert.Equal("datasource", dsVariable.GetProperty("type").GetString());
+            Assert.Equal("prometheus", dsVariable.GetProperty("query").GetString());
+            var namespaceVariable = Assert.Single(variables, v => v.GetProperty("name").GetString() == "namespace");
+            Assert.True(namespaceVariable.GetProperty("includeAll").GetBoolean(), $"{dashboard.File}: namespace variable without All");
+            Assert.Equal(".*", namespaceVariable.GetProperty("allValue").GetString());
+            foreach (var variable in variables.Where(v => v.GetProperty("type").GetString() == "query"))
+            {
+                Assert.Equal(DatasourceVariable, variable.GetProperty("datasource").GetProperty("uid").GetString());
+            }
+
             var panels = dashboard.Panels().ToList();
             Assert.NotEmpty(panels);
             var ids = panels.Select(p => p.GetProperty("id").GetInt32()).ToList();
@@ -29,24 +50,30 @@ public sealed class InfraFileTests
             foreach (var panel in panels.Where(p => p.GetProperty("type").GetString() != "row"))
             {
                 var title = panel.GetProperty("title").GetString();
-                Assert.Equal(uid, panel.GetProperty("datasource").GetProperty("uid").GetString());
-                var unit = panel.GetProperty("fieldConfig").GetProperty("defaults").GetProperty("unit").GetString()!;
+                Assert.Equal(DatasourceVariable, panel.GetProperty("datasource").GetProperty("uid").GetString());
+                var defaults = panel.GetProperty("fieldConfig").GetProperty("defaults");
+                var unit = defaults.GetProperty("unit").GetString()!;
                 Assert.True(KnownUnits.Contains(unit), $"{dashboard.File} / {title}: unknown unit '{unit}'");
+                if (panel.GetProperty("type").GetString() == "stat")
+                {
+                    // A stat panel without thresholds shows a bad value in the same colour as a good one.
+                    Assert.True(defaults.TryGetProperty("thresholds", out var thresholds), $"{dashboard.File} / {title}: stat panel without thresholds");
+                    Assert.True(thresholds.GetProperty("steps").GetArrayLength() >= 2, $"{dashboard.File} / {title}: a single threshold step");
+                    Assert.Equal("thresholds", defaults.GetProperty("color").GetProperty("mode").GetString());
+                }
+
                 var grid = panel.GetProperty("gridPos");
                 Assert.InRange(grid.GetProperty("x").GetInt32() + grid.GetProperty("w").GetInt32(), 1, 24);
                 var targets = panel.GetProperty("targets").EnumerateArray().ToList();
                 Assert.NotEmpty(targets);
                 Assert.All(targets, t =>
                 {
-                    Assert.Equal(uid, t.GetProperty("datasource").GetProperty("uid").GetString());
-                    Assert.False(string.IsNullOrWhiteSpace(t.GetProperty("expr").GetString()), $"{title}: empty query");
+                    Assert.Equal(DatasourceVariable, t.GetProperty("datasource").GetProperty("uid").GetString());
+                    var expr = t.GetProperty("expr").GetString();
+                    Assert.False(string.IsNullOrWhiteSpace(expr), $"{title}: empty query");
+                    Assert.True(expr!.Contains("namespace=~\"$namespace\"", StringComparison.Ordinal), $"{title}: query ignores $namespace: {expr}");
                 });
                 Assert.Equal(targets.Count, targets.Select(t => t.GetProperty("refId").GetString()).Distinct().Count());
-            }
-
-            foreach (var variable in dashboard.Json.GetProperty("templating").GetProperty("list").EnumerateArray())
-            {
-                Assert.Equal(uid, variable.GetProperty("datasource").GetProperty("uid").GetString());
             }
         }
     }

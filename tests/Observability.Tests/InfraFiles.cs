@@ -6,10 +6,13 @@ namespace EventPipeline.Observability.Tests;
 /// <summary>One query of one dashboard panel, with Grafana's variables still in it.</summary>
 public sealed record PanelQuery(string Dashboard, string Panel, string Expr)
 {
-    /// <summary>The PromQL Grafana would send: <c>$lane</c> once per lane, the interval variables as Grafana fills them.</summary>
+    /// <summary>
+    /// The PromQL Grafana would send: <c>$lane</c> once per lane, <c>$namespace</c> as its "All" value (<c>.*</c>, which
+    /// also matches series without the label, as the AppHost's Prometheus has them), the interval variables as Grafana fills them.
+    /// </summary>
     public IEnumerable<string> Expand(IEnumerable<string> lanes)
     {
-        var expr = Expr.Replace("$__rate_interval", "1m").Replace("$__interval", "5s").Replace("$__range", "5m");
+        var expr = Expr.Replace("$__rate_interval", "1m").Replace("$__interval", "5s").Replace("$__range", "5m").Replace("$namespace", ".*");
         return expr.Contains("$lane", StringComparison.Ordinal) ? lanes.Select(l => expr.Replace("$lane", l)) : [expr];
     }
 }

@@ -6,6 +6,7 @@ using Aspire.Hosting.Testing;
 using EventPipeline.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace EventPipeline.Observability.Tests;
 
@@ -27,6 +28,7 @@ public sealed class ObservedAppHostFixture : IAsyncLifetime
     private readonly SemaphoreSlim _burstGate = new(1, 1);
     private IReadOnlyList<BurstEvent>? _burst;
     private DistributedApplication? _app;
+    private ChildProcess? _apiReplica;
 
     public OtlpReceiver Otlp { get; } = new();
 
@@ -96,6 +98,33 @@ public sealed class ObservedAppHostFixture : IAsyncLifetime
         Api = _app.CreateHttpClient("producer-api");
         Api.DefaultRequestHeaders.Add("X-Api-Key", SubmitKey);
         Prometheus = new PrometheusClient(_app.CreateHttpClient("prometheus", "http"));
+        await StartApiReplicaAsync(startup.Token);
+    }
+
+    /// <summary>Instance (host:port) of the second Producer.Api process, as Prometheus labels its series.</summary>
+    public string ApiReplicaInstance { get; private set; } = null!;
+
+    /// <summary>
+    /// A second Producer.Api process on the same brokers with the AppHost's own configuration, scraped by the same
+    /// Prometheus job: production runs at least two API replicas (HPA minimum), and each exports the same lane gauges.
+    /// The AppHost starts one API; the replica's file_sd file sits next to the AppHost's (job eventpipeline reads
+    /// targets/eventpipeline*.json).
+    /// </summary>
+    private async Task StartApiReplicaAsync(CancellationToken cancellationToken)
+    {
+        var model = App.Services.GetRequiredService<DistributedApplicationModel>();
+        var api = (IResourceWithEnvironment)model.Resources.Single(r => r.Name == "producer-api");
+        var configuration = await ExecutionConfigurationBuilder.Create(api).WithEnvironmentVariablesConfig()
+            .BuildAsync(App.Services.GetRequiredService<DistributedApplicationExecutionContext>(), NullLogger.Instance, cancellationToken);
+        _apiReplica = ServiceProcess.Start("Producer.Api", configuration.EnvironmentVariables.ToDictionary(e => e.Key, e => (string?)e.Value), out var port);
+        await ServiceProcess.WaitUntilReadyAsync(_apiReplica, port, TimeSpan.FromSeconds(90));
+        ApiReplicaInstance = $"127.0.0.1:{port}";
+        var targets = Path.Combine(PrometheusConfigDirectory, "targets", "eventpipeline-replica.json");
+        await File.WriteAllTextAsync(targets + ".tmp", JsonSerializer.Serialize(new[]
+        {
+            new { targets = new[] { ApiReplicaInstance }, labels = new Dictionary<string, string> { ["service"] = "producer-api" } },
+        }), cancellationToken);
+        File.Move(targets + ".tmp", targets, overwrite: true);
     }
 
     public HttpClient CreateClient(string resource) => App.CreateHttpClient(resource, "http");
@@ -178,6 +207,11 @@ public sealed class ObservedAppHostFixture : IAsyncLifetime
     public async Task DisposeAsync()
     {
         Api?.Dispose();
+        if (_apiReplica is not null)
+        {
+            await _apiReplica.DisposeAsync();
+        }
+
         if (_app is not null)
         {
             await _app.StopAsync();

@@ -4,6 +4,8 @@
 #   - Kubernetes 1.32.0 : @kubernetes/client-node@1.1.2 (its models are generated from the upstream v1.32.0 OpenAPI spec;
 #                         the client's README lists 1.1.x as the exact match for Kubernetes 1.32)
 #   - KEDA 2.19.0       : @kubernetes-models/keda@2.0.0 (generated from KEDA v2.19.0's keda.sh/v1alpha1 API types)
+#   - Prometheus Operator: @kubernetes-models/prometheus-operator@6.0.0 (generated from the operator's Go API types,
+#                         monitoring.coreos.com/v1: PodMonitor, ServiceMonitor, PrometheusRule)
 # ts-json-schema-generator turns the packages' TypeScript declarations into JSON Schema (draft-07) with
 # additionalProperties:false on every object type, so an unknown field fails validation (kubeconform's -strict).
 # Usage: bash infra/k8s/schemas/generate.sh   (needs node + npm; takes ~30 s)
@@ -15,7 +17,7 @@ cd "$work"
 
 npm init -y >/dev/null
 npm install --no-audit --no-fund --silent \
-  @kubernetes/client-node@1.1.2 @kubernetes-models/keda@2.0.0 ts-json-schema-generator@2.10.0 typescript@5.9.3
+  @kubernetes/client-node@1.1.2 @kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0 ts-json-schema-generator@2.10.0 typescript@5.9.3
 
 cat > tsconfig.json <<'JSON'
 { "compilerOptions": { "module": "nodenext", "moduleResolution": "nodenext", "strict": true, "skipLibCheck": true, "target": "es2022" } }
@@ -47,9 +49,19 @@ export type ScaledObject = IScaledObject;
 export type TriggerAuthentication = ITriggerAuthentication;
 TS
 
+cat > prometheus-operator.ts <<'TS'
+import type { IPodMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor";
+import type { IServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor";
+import type { IPrometheusRule } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule";
+export type PodMonitor = IPodMonitor;
+export type ServiceMonitor = IServiceMonitor;
+export type PrometheusRule = IPrometheusRule;
+TS
+
 gen() { npx ts-json-schema-generator --path "$1" --tsconfig tsconfig.json --type '*' --no-type-check --jsDoc none -o "$2"; }
 gen k8s.ts k8s.raw.json
 gen keda.ts keda.raw.json
+gen prometheus-operator.ts prometheus-operator.raw.json
 
 # TypeScript cannot name a property "from" or "continue": the client's models call them "_from", "_continue", ... and
 # map them back to the wire name in attributeTypeMap. Put the wire names (baseName) into the schema.
@@ -84,4 +96,5 @@ fs.writeFileSync(output, JSON.stringify(sort(schema), null, 1) + "\n");
 JS
 node stamp.cjs k8s.raw.json "$here/k8s-1.32.0.strict.schema.json" "npm @kubernetes/client-node@1.1.2 (Kubernetes OpenAPI v1.32.0)"
 node stamp.cjs keda.raw.json "$here/keda-2.19.0.strict.schema.json" "npm @kubernetes-models/keda@2.0.0 (KEDA v2.19.0 API types)"
+node stamp.cjs prometheus-operator.raw.json "$here/prometheus-operator-v1.strict.schema.json" "npm @kubernetes-models/prometheus-operator@6.0.0 (Prometheus Operator monitoring.coreos.com/v1 API types)"
 echo "schemas written to $here"

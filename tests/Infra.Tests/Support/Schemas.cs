@@ -14,6 +14,7 @@ public static class Schemas
     public const string KubernetesFile = "k8s-1.32.0.strict.schema.json";
     public const string KedaFile = "keda-2.19.0.strict.schema.json";
     public const string RabbitmqClusterFile = "rabbitmqcluster-v1beta1.handwritten.schema.json";
+    public const string PrometheusOperatorFile = "prometheus-operator-v1.strict.schema.json";
 
     /// <summary>apiVersion/kind → (schema file, definition). A kind missing here fails validation: add it to generate.sh.</summary>
     public static readonly IReadOnlyDictionary<string, (string File, string Definition)> Kinds = new Dictionary<string, (string, string)>
@@ -35,6 +36,9 @@ public static class Schemas
         ["keda.sh/v1alpha1/ScaledObject"] = (KedaFile, "ScaledObject"),
         ["keda.sh/v1alpha1/TriggerAuthentication"] = (KedaFile, "TriggerAuthentication"),
         ["rabbitmq.com/v1beta1/RabbitmqCluster"] = (RabbitmqClusterFile, "RabbitmqCluster"),
+        ["monitoring.coreos.com/v1/PodMonitor"] = (PrometheusOperatorFile, "PodMonitor"),
+        ["monitoring.coreos.com/v1/ServiceMonitor"] = (PrometheusOperatorFile, "ServiceMonitor"),
+        ["monitoring.coreos.com/v1/PrometheusRule"] = (PrometheusOperatorFile, "PrometheusRule"),
     };
 
     private static readonly ConcurrentDictionary<string, JsonSchema> Compiled = new();
