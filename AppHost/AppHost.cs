@@ -33,7 +33,8 @@ var api = builder.AddProject<Projects.Producer_Api>("producer-api")
     .WithEnvironment("TestEvents__Enabled", testEvents)
     // An event's optional "target" URL must be on one of these origins: the local receiver's (Worker.Io allows its own base address).
     .WithEnvironment("Downstream__AllowedOrigins__0", downstream.GetEndpoint("http"))
-    .WithHttpHealthCheck("/health/ready");
+    .WithHttpHealthCheck("/health/ready")
+    .WithOperatorCommands(adminKey);
 if (rabbitmq.Resource is LocalRabbitMQResource localRabbit)
 {
     // Unacknowledged counts of the I/O lane come from RabbitMQ's Prometheus plugin (AMQP reports ready messages only).
@@ -57,6 +58,12 @@ var workerIo = builder.AddProject<Projects.Worker_Io>("worker-io")
     .WithEnvironment("IoLane__PrefetchCount", "512")
     .WithEnvironment("TestEvents__Enabled", testEvents)
     .WithHttpHealthCheck("/health/ready");
+
+if (bool.TryParse(testEvents, out var testEventsEnabled) && testEventsEnabled)
+{
+    workerCpu.WithTestEventCommands("cpu", api, adminKey);
+    workerIo.WithTestEventCommands("io", api, adminKey);
+}
 
 // Prometheus scraping every service, RabbitMQ's plugin and a Redis exporter (+ Grafana when containers run); see docs/observability.md.
 builder.AddPipelineMonitoring(hosting, redis, redisPassword, rabbitmq, api, workerCpu, workerIo, downstream);
