@@ -45,7 +45,8 @@ var workerCpu = builder.AddProject<Projects.Worker_Cpu>("worker-cpu")
     .WithReference(redis).WaitFor(redis)
     .WithReference(rabbitmq).WaitFor(rabbitmq) // a chained event hands its result on to the I/O lane
     .WithEnvironment("TestEvents__Enabled", testEvents)
-    .WithHttpHealthCheck("/health/ready");
+    .WithHttpHealthCheck("/health/ready")
+    .WithRestartOnCrash(); // Workers:RestartOnCrash=false leaves a crashed worker down (the bench's chaos mode starts it itself)
 
 var workerIo = builder.AddProject<Projects.Worker_Io>("worker-io")
     .WithReference(rabbitmq).WaitFor(rabbitmq)
@@ -57,7 +58,8 @@ var workerIo = builder.AddProject<Projects.Worker_Io>("worker-io")
     .WithEnvironment("IoLane__ConcurrentMessageLimit", "256")
     .WithEnvironment("IoLane__PrefetchCount", "512")
     .WithEnvironment("TestEvents__Enabled", testEvents)
-    .WithHttpHealthCheck("/health/ready");
+    .WithHttpHealthCheck("/health/ready")
+    .WithRestartOnCrash();
 
 if (bool.TryParse(testEvents, out var testEventsEnabled) && testEventsEnabled)
 {
