@@ -34,6 +34,9 @@ var api = builder.AddProject<Projects.Producer_Api>("producer-api")
     // An event's optional "target" URL must be on one of these origins: the local receiver's (Worker.Io allows its own base address).
     .WithEnvironment("Downstream__AllowedOrigins__0", downstream.GetEndpoint("http"))
     .WithHttpHealthCheck("/health/ready")
+    .WithUrlForEndpoint("http", url => url.DisplayText = "API")
+    .WithUrlForEndpoint("http", _ => new() { Url = "/scalar", DisplayText = "API reference (Scalar)" })
+    .WithUrlForEndpoint("http", _ => new() { Url = "/openapi/v1.json", DisplayText = "OpenAPI document" })
     .WithOperatorCommands(adminKey);
 if (rabbitmq.Resource is LocalRabbitMQResource localRabbit)
 {
