@@ -33,7 +33,11 @@ var api = builder.AddProject<Projects.Producer_Api>("producer-api")
     .WithEnvironment("TestEvents__Enabled", testEvents)
     // An event's optional "target" URL must be on one of these origins: the local receiver's (Worker.Io allows its own base address).
     .WithEnvironment("Downstream__AllowedOrigins__0", downstream.GetEndpoint("http"))
-    .WithHttpHealthCheck("/health/ready");
+    .WithHttpHealthCheck("/health/ready")
+    .WithUrlForEndpoint("http", url => url.DisplayText = "API")
+    .WithUrlForEndpoint("http", _ => new() { Url = "/scalar", DisplayText = "API reference (Scalar)" })
+    .WithUrlForEndpoint("http", _ => new() { Url = "/openapi/v1.json", DisplayText = "OpenAPI document" })
+    .WithOperatorCommands(adminKey);
 if (rabbitmq.Resource is LocalRabbitMQResource localRabbit)
 {
     // Unacknowledged counts of the I/O lane come from RabbitMQ's Prometheus plugin (AMQP reports ready messages only).
@@ -44,7 +48,8 @@ var workerCpu = builder.AddProject<Projects.Worker_Cpu>("worker-cpu")
     .WithReference(redis).WaitFor(redis)
     .WithReference(rabbitmq).WaitFor(rabbitmq) // a chained event hands its result on to the I/O lane
     .WithEnvironment("TestEvents__Enabled", testEvents)
-    .WithHttpHealthCheck("/health/ready");
+    .WithHttpHealthCheck("/health/ready")
+    .WithRestartOnCrash(); // Workers:RestartOnCrash=false leaves a crashed worker down (the bench's chaos mode starts it itself)
 
 var workerIo = builder.AddProject<Projects.Worker_Io>("worker-io")
     .WithReference(rabbitmq).WaitFor(rabbitmq)
@@ -56,7 +61,14 @@ var workerIo = builder.AddProject<Projects.Worker_Io>("worker-io")
     .WithEnvironment("IoLane__ConcurrentMessageLimit", "256")
     .WithEnvironment("IoLane__PrefetchCount", "512")
     .WithEnvironment("TestEvents__Enabled", testEvents)
-    .WithHttpHealthCheck("/health/ready");
+    .WithHttpHealthCheck("/health/ready")
+    .WithRestartOnCrash();
+
+if (bool.TryParse(testEvents, out var testEventsEnabled) && testEventsEnabled)
+{
+    workerCpu.WithTestEventCommands("cpu", api, adminKey);
+    workerIo.WithTestEventCommands("io", api, adminKey);
+}
 
 // Prometheus scraping every service, RabbitMQ's plugin and a Redis exporter (+ Grafana when containers run); see docs/observability.md.
 builder.AddPipelineMonitoring(hosting, redis, redisPassword, rabbitmq, api, workerCpu, workerIo, downstream);

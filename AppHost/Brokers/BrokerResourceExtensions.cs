@@ -114,7 +114,9 @@ public static class BrokerResourceExtensions
     {
         if (hosting == BrokerHosting.Containers)
         {
-            return builder.AddRabbitMQ(name, userName, password).WithDataVolume();
+            return builder.AddRabbitMQ(name, userName, password).WithDataVolume()
+                .WithManagementPlugin()
+                .WithUrlForEndpoint("management", url => url.DisplayText = ManagementUiText(userName.Resource.Name, password.Resource.Name));
         }
 
         var dataDirectory = builder.LocalDataDirectory(name);
@@ -136,6 +138,11 @@ public static class BrokerResourceExtensions
             .WithLocalPort(LocalRabbitMQResource.PrimaryEndpointName, "amqp")
             .WithLocalPort(LocalRabbitMQResource.DistributionEndpointName, "tcp")
             .WithLocalPort(LocalRabbitMQResource.PrometheusEndpointName, "http")
+            .WithLocalPort(LocalRabbitMQResource.ManagementEndpointName, "http")
+            .WithUrlForEndpoint(LocalRabbitMQResource.ManagementEndpointName, url => url.DisplayText = ManagementUiText(userName.Resource.Name, password.Resource.Name))
+            // A browser cannot open amqp://: the management UI is the link the resource list shows.
+            .WithUrlForEndpoint(LocalRabbitMQResource.PrimaryEndpointName, url => url.DisplayLocation = UrlDisplayLocation.DetailsOnly)
+            .WithUrlForEndpoint(LocalRabbitMQResource.PrometheusEndpointName, url => (url.DisplayText, url.DisplayLocation) = ("Prometheus metrics", UrlDisplayLocation.DetailsOnly))
             .WithEnvironment(context =>
             {
                 var resource = (LocalRabbitMQResource)context.Resource;
@@ -160,7 +167,8 @@ public static class BrokerResourceExtensions
                 // -start_epmd false: the node registers with the epmd resource above and never starts a daemon of
                 // its own, which would outlive the AppHost (it happened once when epmd was stopped first).
                 env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = ReferenceExpression.Create(
-                    $"-start_epmd false -kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_prometheus tcp_config [{{port,{resource.PrometheusEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}]");
+                    $"-start_epmd false -kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_prometheus tcp_config [{{port,{resource.PrometheusEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}] "
+                    + $"-rabbitmq_management tcp_config [{{port,{resource.ManagementEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}]");
             })
             .WaitFor(epmd);
         return rabbit.WithProtocolHealthCheck(resource => new RabbitMQConnectHealthCheck(resource));
@@ -175,11 +183,15 @@ public static class BrokerResourceExtensions
         return builder.WithHealthCheck(key);
     }
 
+    /// <summary>The management UI's link: it logs in with the broker's own user, whose name and password are AppHost parameters.</summary>
+    private static string ManagementUiText(string userParameter, string passwordParameter) =>
+        $"RabbitMQ management (log in with parameters {userParameter} / {passwordParameter})";
+
     private static string WritePluginFiles(string dataDirectory)
     {
         File.WriteAllText(Path.Combine(dataDirectory, "rabbitmq.conf"), "loopback_users = none\n");
         var plugins = Path.Combine(dataDirectory, "enabled_plugins");
-        File.WriteAllText(plugins, "[rabbitmq_prometheus].\n");
+        File.WriteAllText(plugins, "[rabbitmq_prometheus,rabbitmq_management].\n");
         return plugins;
     }
 }

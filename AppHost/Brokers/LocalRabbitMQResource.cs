@@ -9,6 +9,7 @@ public sealed class LocalRabbitMQResource(string name, string dataDirectory, Par
     internal const string PrimaryEndpointName = "amqp";
     internal const string DistributionEndpointName = "dist";
     internal const string PrometheusEndpointName = "prometheus";
+    internal const string ManagementEndpointName = "management";
 
     public string DataDirectory { get; } = dataDirectory;
 
@@ -19,6 +20,8 @@ public sealed class LocalRabbitMQResource(string name, string dataDirectory, Par
     public EndpointReference PrimaryEndpoint => field ??= new(this, PrimaryEndpointName);
 
     public EndpointReference PrometheusEndpoint => field ??= new(this, PrometheusEndpointName);
+
+    public EndpointReference ManagementEndpoint => field ??= new(this, ManagementEndpointName);
 
     public ReferenceExpression ConnectionStringExpression =>
         ReferenceExpression.Create(

@@ -74,7 +74,8 @@ public static class MonitoringResourceExtensions
                 context.Args.Add("--storage.tsdb.retention.time=7d");
                 context.Args.Add(ReferenceExpression.Create($"--web.listen-address=127.0.0.1:{resource.PrimaryEndpoint.Property(EndpointProperty.TargetPort)}"));
             })
-            .WithHttpHealthCheck("/-/ready", endpointName: LocalPrometheusResource.PrimaryEndpointName);
+            .WithHttpHealthCheck("/-/ready", endpointName: LocalPrometheusResource.PrimaryEndpointName)
+            .WithPrometheusUrls(LocalPrometheusResource.PrimaryEndpointName, alertsPath: "/classic/alerts"); // Debian builds no React UI
         return prometheus.AsEndpointResource();
     }
 
@@ -92,7 +93,8 @@ public static class MonitoringResourceExtensions
                 context.Args.Add("--config.file=/etc/prometheus/prometheus.yml");
                 context.Args.Add("--storage.tsdb.path=/prometheus");
             })
-            .WithHttpHealthCheck("/-/ready", endpointName: "http");
+            .WithHttpHealthCheck("/-/ready", endpointName: "http")
+            .WithPrometheusUrls("http", alertsPath: "/alerts");
         return prometheus.AsEndpointResource();
     }
 
@@ -145,6 +147,7 @@ public static class MonitoringResourceExtensions
             .WithEnvironment("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH", "/var/lib/grafana/dashboards/eventpipeline-overview.json")
             .WithHttpEndpoint(targetPort: 3000, name: "http")
             .WithHttpHealthCheck("/api/health", endpointName: "http")
+            .WithUrlForEndpoint("http", url => url.DisplayText = "Grafana dashboards")
             .WaitFor(prometheus);
     }
 
@@ -165,6 +168,12 @@ public static class MonitoringResourceExtensions
 
         return resource.GetEndpoint("prometheus");
     }
+
+    /// <summary>The pages an operator opens: the graph (the endpoint's own link) and the alerts with their state.</summary>
+    private static IResourceBuilder<T> WithPrometheusUrls<T>(this IResourceBuilder<T> builder, string endpointName, string alertsPath) where T : IResourceWithEndpoints =>
+        builder
+            .WithUrlForEndpoint(endpointName, url => (url.Url, url.DisplayText) = ("/graph", "Prometheus graph"))
+            .WithUrlForEndpoint(endpointName, _ => new() { Url = alertsPath, DisplayText = "Prometheus alerts" });
 
     private static Dictionary<string, string> Labels(string service) => new() { ["service"] = service };
 

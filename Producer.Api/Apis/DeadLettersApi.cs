@@ -48,6 +48,15 @@ public static class DeadLettersApi
             .ProducesProblem(StatusCodes.Status409Conflict)
             .ProducesValidationProblem();
 
+        group.MapDelete("/", DeleteAllAsync)
+            .WithName("DeleteAllDeadLetters")
+            .WithSummary("Delete a lane's dead letters for good, oldest first, up to a bound")
+            .WithDescription("`max` (default and upper bound: DeadLetters:ReplayAllLimit, 1000). Only dead letters present when the call began are deleted; "
+                + "one that dies meanwhile is kept for a look. Reports how many were deleted and how many remain.")
+            .Produces<DeadLettersDeleted>()
+            .ProducesProblem(StatusCodes.Status409Conflict)
+            .ProducesValidationProblem();
+
         group.MapDelete("/{id}", DeleteAsync)
             .WithName("DeleteDeadLetter")
             .WithSummary("Delete one dead letter for good")
@@ -99,6 +108,24 @@ public static class DeadLettersApi
             var result = await store.ReplayAllAsync(bound, ct);
             return TypedResults.Ok(new DeadLettersReplayed(store.Lane, result.Replayed, await store.CountAsync(ct), result.AlreadySucceeded));
         });
+
+    private static Task<IResult> DeleteAllAsync(string lane, string? max, DeadLetterLanes lanes, IOptions<DeadLetterOptions> options, CancellationToken ct) =>
+        lanes.RunAsync(lane, async store =>
+        {
+            if (ParseBound(max, options.Value.ReplayAllLimit) is not { } bound)
+            {
+                return Invalid("max", $"must be a whole number from 1 to {options.Value.ReplayAllLimit}");
+            }
+
+            var deleted = await store.DeleteAllAsync(bound, ct);
+            return TypedResults.Ok(new DeadLettersDeleted(store.Lane, deleted, await store.CountAsync(ct)));
+        });
+
+    /// <summary>The bound of a bulk operation: <paramref name="limit"/> when absent, null when not a whole number from 1 to it.</summary>
+    private static int? ParseBound(string? max, int limit) =>
+        max is null ? limit
+        : int.TryParse(max, NumberStyles.None, CultureInfo.InvariantCulture, out var bound) && bound >= 1 && bound <= limit ? bound
+        : null;
 
     private static Task<IResult> DeleteAsync(string lane, string id, DeadLetterLanes lanes, CancellationToken ct) =>
         lanes.RunAsync(lane, async store => await store.DeleteAsync(id, ct) ? TypedResults.NoContent() : NotFound(lane, id));

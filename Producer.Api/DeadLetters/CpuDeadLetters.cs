@@ -122,6 +122,36 @@ public sealed class CpuDeadLetters(IConnectionMultiplexer redis, EventStatusStor
         return await FindAsync(id) is { } entry && await Db.StreamDeleteAsync(CpuLaneStreams.DeadLetters, [entry.Id]) == 1;
     });
 
+    public Task<int> DeleteAllAsync(int max, CancellationToken cancellationToken) => Guard(async () =>
+    {
+        await using var held = await locks.AcquireAsync(Lane);
+        await TrimAsync();
+        // Bounded by the newest dead letter when the call began, as replay-all is: what dies meanwhile is kept for a look.
+        var newest = await Db.StreamRangeAsync(CpuLaneStreams.DeadLetters, "-", "+", 1, Order.Descending);
+        if (newest.Length == 0)
+        {
+            return 0;
+        }
+
+        var last = newest[0].Id;
+        var deleted = 0;
+        RedisValue from = "-";
+        while (deleted < max && !cancellationToken.IsCancellationRequested)
+        {
+            var chunk = await Db.StreamRangeAsync(CpuLaneStreams.DeadLetters, from, last, Math.Min(ScanChunk, max - deleted));
+            if (chunk.Length == 0)
+            {
+                break;
+            }
+
+            // XDEL counts only the entries it removed itself: one a racing replay took first is neither lost nor counted.
+            deleted += (int)await Db.StreamDeleteAsync(CpuLaneStreams.DeadLetters, [.. chunk.Select(e => e.Id)]);
+            from = "(" + chunk[^1].Id;
+        }
+
+        return deleted;
+    });
+
     private async Task<ReplayOutcome> ReplayEntryAsync(StreamEntry entry)
     {
         var f = Fields(entry);

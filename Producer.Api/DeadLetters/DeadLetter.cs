@@ -42,6 +42,10 @@ public sealed record DeadLetterReplayed(string Id, string Lane, string State);
 /// <param name="AlreadySucceeded">dead letters dropped, not replayed, because their event had already succeeded.</param>
 public sealed record DeadLettersReplayed(string Lane, int Replayed, long Remaining, int AlreadySucceeded);
 
+/// <param name="Deleted">how many dead letters this call removed for good.</param>
+/// <param name="Remaining">dead letters still in the lane (over the bound, or dead-lettered meanwhile).</param>
+public sealed record DeadLettersDeleted(string Lane, int Deleted, long Remaining);
+
 /// <summary>What a replay of one dead letter did.</summary>
 public enum ReplayOutcome
 {
@@ -92,6 +96,13 @@ public interface IDeadLetterLane
 
     /// <returns>false when no dead letter has that id.</returns>
     Task<bool> DeleteAsync(string id, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Deletes, oldest first, at most <paramref name="max"/> of the dead letters there were when the call began; each
+    /// one only if this call removed it itself (one replayed or deleted meanwhile is skipped, never counted twice).
+    /// </summary>
+    /// <returns>how many this call removed.</returns>
+    Task<int> DeleteAllAsync(int max, CancellationToken cancellationToken);
 
     Task<long> CountAsync(CancellationToken cancellationToken);
 }

@@ -130,6 +130,23 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
         return true;
     });
 
+    public Task<int> DeleteAllAsync(int max, CancellationToken cancellationToken) => Guard(async () =>
+    {
+        await using var held = await locks.AcquireAsync(Lane);
+        await using var scan = await ScanAsync(cancellationToken);
+        // Bounded by the queue length at the start, as replay-all is. Each message taken is acknowledged on the channel
+        // that got it, which is the delete; whatever this call did not take stays in its place.
+        var bound = (int)Math.Min(max, scan.QueueLength);
+        var deleted = 0;
+        while (await scan.NextAsync(bound) is { } message)
+        {
+            await scan.Channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
+            deleted++;
+        }
+
+        return deleted;
+    });
+
     private async Task<ReplayOutcome> ReplayAsync(QueueScan scan, BasicGetResult message, CancellationToken cancellationToken)
     {
         var dead = Parse(message);

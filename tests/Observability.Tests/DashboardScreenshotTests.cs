@@ -41,6 +41,34 @@ public sealed class DashboardScreenshotTests(ObservedAppHostFixture fixture)
         await page.ScreenshotAsync(new() { Path = path, FullPage = true });
         Assert.True(new FileInfo(path).Length > 10_000, "the screenshot should hold a rendered page");
     }
+
+    /// <summary>The operator's links (with their display text) and the API's commands, in the dashboard itself.</summary>
+    [Fact]
+    public async Task Aspire_dashboard_shows_the_operator_links_and_commands()
+    {
+        using var deadline = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        foreach (var name in ObservedAppHostFixture.ResourceNames)
+        {
+            await fixture.App.ResourceNotifications.WaitForResourceAsync(name, KnownResourceStates.Running, deadline.Token);
+        }
+
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await playwright.Chromium.LaunchAsync(new() { ExecutablePath = Browser.ChromiumPath, Headless = true, Args = Browser.ChromiumArgs });
+        var page = await browser.NewPageAsync(new() { ViewportSize = new() { Width = 1900, Height = 1000 } });
+        await page.GotoAsync(fixture.DashboardUrl.ToString(), new() { Timeout = 60_000 });
+
+        foreach (var link in new[] { "API reference (Scalar)", "OpenAPI document", "Prometheus graph", "Prometheus alerts", "RabbitMQ management" })
+        {
+            var anchor = page.Locator("a", new() { HasTextString = link }).First;
+            await Assertions.Expect(anchor).ToBeVisibleAsync(new() { Timeout = 60_000 });
+            Assert.StartsWith("http://", await anchor.GetAttributeAsync("href"));
+        }
+
+        var path = Browser.ScreenshotPath("aspire-dashboard-links.png");
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        await page.ScreenshotAsync(new() { Path = path, FullPage = true });
+        Assert.True(new FileInfo(path).Length > 10_000, "the screenshot should hold a rendered page");
+    }
 }
 
 /// <summary>Debian's chromium driven by Playwright's bundled driver; no browser is ever downloaded.</summary>

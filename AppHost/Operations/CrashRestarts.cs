@@ -1,0 +1,194 @@
+using System.Collections.Concurrent;
+using System.Collections.Immutable;
+using System.Globalization;
+using Aspire.Hosting.ApplicationModel;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Aspire.Hosting;
+
+/// <summary>Marks a resource the AppHost starts again when its process crashes.</summary>
+public sealed class RestartOnCrashAnnotation : IResourceAnnotation;
+
+/// <summary>
+/// Crashed workers come back on their own, as a Kubernetes pod's containers do: with a back-off that doubles from
+/// <see cref="FirstDelay"/> to <see cref="MaxDelay"/> and resets once the process has run for <see cref="StableAfter"/>.
+/// A crash is an exit the AppHost did not ask for: a non-zero exit code with no <c>Stopping</c> state before it. A
+/// Stop from the dashboard (state <c>Stopping</c>, or exit code 0) is left alone. The start goes through Aspire's own
+/// <see cref="KnownResourceCommands.StartCommand"/>, and only if the resource is still down when the back-off ends,
+/// so that someone else having started it meanwhile (the dashboard, the bench's chaos mode) is harmless: Aspire's
+/// start on a running resource would restart it, so it is never sent to one. <c>Workers:RestartOnCrash=false</c> turns
+/// this off. The dashboard shows the count as the resource property <c>restarts</c> and a line in the console log.
+/// </summary>
+public static class CrashRestarts
+{
+    public static readonly TimeSpan FirstDelay = TimeSpan.FromSeconds(1);
+    public static readonly TimeSpan MaxDelay = TimeSpan.FromSeconds(30);
+    public static readonly TimeSpan StableAfter = TimeSpan.FromSeconds(60);
+
+    public const string RestartsProperty = "restarts";
+
+    public static IResourceBuilder<T> WithRestartOnCrash<T>(this IResourceBuilder<T> builder) where T : IResource
+    {
+        if (!builder.ApplicationBuilder.Configuration.GetValue("Workers:RestartOnCrash", true)
+            || builder.ApplicationBuilder.ExecutionContext.IsPublishMode)
+        {
+            return builder;
+        }
+
+        if (!builder.ApplicationBuilder.Services.Any(s => s.ImplementationType == typeof(CrashRestarter)))
+        {
+            builder.ApplicationBuilder.Services.AddHostedService<CrashRestarter>();
+        }
+
+        return builder.WithAnnotation(new RestartOnCrashAnnotation());
+    }
+}
+
+/// <summary>Watches resource states and starts a crashed resource again after its back-off (see <see cref="CrashRestarts"/>).</summary>
+internal sealed class CrashRestarter(
+    ResourceNotificationService notifications,
+    ResourceLoggerService resourceLogs,
+    IServiceProvider services,
+    ILogger<CrashRestarter> logger) : BackgroundService
+{
+    private static readonly HashSet<string> Down = new(StringComparer.Ordinal)
+    {
+        KnownResourceStates.Exited, KnownResourceStates.Finished, KnownResourceStates.FailedToStart,
+    };
+
+    private readonly ConcurrentDictionary<string, Tracker> _trackers = new(StringComparer.Ordinal);
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        try
+        {
+            await foreach (var update in notifications.WatchAsync(stoppingToken))
+            {
+                if (update.Resource.HasAnnotationOfType<RestartOnCrashAnnotation>())
+                {
+                    Observe(update, stoppingToken);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+            // The AppHost is shutting down: nothing is restarted any more.
+        }
+    }
+
+    private void Observe(ResourceEvent update, CancellationToken stoppingToken)
+    {
+        var tracker = _trackers.GetOrAdd(update.ResourceId, _ => new Tracker());
+        var state = update.Snapshot.State?.Text;
+        lock (tracker)
+        {
+            if (state == tracker.LastState)
+            {
+                return;
+            }
+
+            tracker.LastState = state;
+            if (state == KnownResourceStates.Running)
+            {
+                tracker.StoppedOnPurpose = false;
+                tracker.RunningSince = DateTimeOffset.UtcNow;
+                return;
+            }
+
+            if (state == KnownResourceStates.Stopping)
+            {
+                tracker.StoppedOnPurpose = true;
+                return;
+            }
+
+            if (state is null || !Down.Contains(state) || tracker.Pending)
+            {
+                return;
+            }
+
+            var log = resourceLogs.GetLogger(update.ResourceId);
+            if (tracker.StoppedOnPurpose || (update.Snapshot.ExitCode == 0 && state != KnownResourceStates.FailedToStart))
+            {
+                log.LogInformation("{Resource} stopped on purpose (exit code {ExitCode}): not restarting it", update.Resource.Name, update.Snapshot.ExitCode);
+                return;
+            }
+
+            // A run that lasted resets the back-off, as Kubernetes resets a container's crash-loop back-off.
+            if (tracker.RunningSince is { } since && DateTimeOffset.UtcNow - since >= CrashRestarts.StableAfter)
+            {
+                tracker.Crashes = 0;
+            }
+
+            tracker.Crashes++;
+            tracker.Restarts++;
+            tracker.RunningSince = null;
+            tracker.Pending = true;
+            var delay = TimeSpan.FromTicks(Math.Min(CrashRestarts.MaxDelay.Ticks, CrashRestarts.FirstDelay.Ticks << Math.Min(tracker.Crashes - 1, 16)));
+            log.LogWarning("{Resource} {State} with exit code {ExitCode}: restart {Restarts}, starting it again in {Delay}",
+                update.Resource.Name, state, update.Snapshot.ExitCode, tracker.Restarts, delay);
+            _ = RestartAsync(update, tracker, delay, stoppingToken);
+        }
+    }
+
+    private async Task RestartAsync(ResourceEvent crashed, Tracker tracker, TimeSpan delay, CancellationToken stoppingToken)
+    {
+        var log = resourceLogs.GetLogger(crashed.ResourceId);
+        try
+        {
+            await Task.Delay(delay, stoppingToken);
+            if (notifications.TryGetCurrentState(crashed.ResourceId, out var current) && current.Snapshot.State?.Text is { } now && !Down.Contains(now))
+            {
+                // Started by someone else meanwhile (the dashboard, the bench's chaos mode): a second start would restart it.
+                log.LogInformation("{Resource} is {State} already: not starting it again", crashed.Resource.Name, now);
+                return;
+            }
+
+            await notifications.PublishUpdateAsync(crashed.Resource, crashed.ResourceId, snapshot => snapshot with
+            {
+                Properties = SetProperty(snapshot.Properties, CrashRestarts.RestartsProperty, tracker.Restarts.ToString(CultureInfo.InvariantCulture)),
+            });
+            var commands = services.GetRequiredService<ResourceCommandService>();
+            var result = await commands.ExecuteCommandAsync(crashed.ResourceId, KnownResourceCommands.StartCommand, stoppingToken);
+            if (!result.Success)
+            {
+                log.LogWarning("Starting {Resource} again failed: {Message}", crashed.Resource.Name, result.Message);
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+            // Shutting down.
+        }
+        catch (Exception ex)
+        {
+            logger.LogError(ex, "Restarting {Resource} failed", crashed.Resource.Name);
+        }
+        finally
+        {
+            lock (tracker)
+            {
+                tracker.Pending = false;
+            }
+        }
+    }
+
+    private static ImmutableArray<ResourcePropertySnapshot> SetProperty(ImmutableArray<ResourcePropertySnapshot> properties, string name, string value) =>
+        [.. properties.Where(p => p.Name != name), new ResourcePropertySnapshot(name, value)];
+
+    private sealed class Tracker
+    {
+        public string? LastState { get; set; }
+
+        public bool StoppedOnPurpose { get; set; }
+
+        public DateTimeOffset? RunningSince { get; set; }
+
+        public int Crashes { get; set; }
+
+        public int Restarts { get; set; }
+
+        public bool Pending { get; set; }
+    }
+}

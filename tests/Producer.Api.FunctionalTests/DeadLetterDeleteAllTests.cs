@@ -1,0 +1,95 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using EventPipeline.Testing;
+
+namespace EventPipeline.Producer.FunctionalTests;
+
+/// <summary>
+/// <c>DELETE /dead-letters/{lane}?max=</c>: a lane's dead letters go for good, oldest first, never more than the bound,
+/// and the answer says how many went and how many remain. Bad bounds are 400s, the submit key is refused.
+/// </summary>
+public sealed class DeadLetterDeleteAllTests(FullPipelineFixture fixture) : IClassFixture<FullPipelineFixture>
+{
+    private PipelineHost Host => fixture.Host;
+
+    private async Task<string> SubmitAsync(string body)
+    {
+        using var response = await Host.Submit.PostAsync("/events", new StringContent(body, Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        return (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("id").GetString()!;
+    }
+
+    private async Task WaitForDeadLetterCountAsync(string lane, long count) =>
+        await Eventually.ReturnsAsync(
+            async () => (await Host.Admin.GetFromJsonAsync<JsonElement>($"/dead-letters/{lane}?limit=1")).GetProperty("total").GetInt64(),
+            total => total == count,
+            TimeSpan.FromSeconds(90),
+            $"{count} dead letters in the {lane} lane",
+            TimeSpan.FromMilliseconds(250));
+
+    [Theory]
+    [InlineData("cpu")]
+    [InlineData("io")]
+    public async Task Delete_all_removes_at_most_max_dead_letters_oldest_first_and_reports_what_remains(string lane)
+    {
+        var ids = new List<string>();
+        for (var i = 0; i < 3; i++)
+        {
+            var id = await SubmitAsync(JsonSerializer.Serialize(new { type = "test.fail", payload = new { lane } }));
+            await Host.WaitForStateAsync(id, "dead"); // one after the other, so "oldest" is well defined
+            ids.Add(id);
+        }
+
+        await WaitForDeadLetterCountAsync(lane, 3);
+
+        using var first = await Host.Admin.DeleteAsync($"/dead-letters/{lane}?max=2");
+        Assert.Equal(HttpStatusCode.OK, first.StatusCode);
+        var body = await first.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(lane, body.GetProperty("lane").GetString());
+        Assert.Equal(2, body.GetProperty("deleted").GetInt32());
+        Assert.Equal(1, body.GetProperty("remaining").GetInt64());
+        Assert.Equal(HttpStatusCode.NotFound, (await Host.Admin.GetAsync($"/dead-letters/{lane}/{ids[0]}")).StatusCode);
+        Assert.Equal(HttpStatusCode.NotFound, (await Host.Admin.GetAsync($"/dead-letters/{lane}/{ids[1]}")).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await Host.Admin.GetAsync($"/dead-letters/{lane}/{ids[2]}")).StatusCode);
+
+        using var rest = await Host.Admin.DeleteAsync($"/dead-letters/{lane}");
+        Assert.Equal(HttpStatusCode.OK, rest.StatusCode);
+        var restBody = await rest.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(1, restBody.GetProperty("deleted").GetInt32());
+        Assert.Equal(0, restBody.GetProperty("remaining").GetInt64());
+
+        // Deleted, not replayed: the events stay dead, nothing went back to the lane.
+        foreach (var id in ids)
+        {
+            var status = await Host.Submit.GetFromJsonAsync<JsonElement>($"/events/{id}");
+            Assert.Equal("dead", status.GetProperty("state").GetString());
+        }
+
+        using var empty = await Host.Admin.DeleteAsync($"/dead-letters/{lane}?max=5");
+        Assert.Equal(0, (await empty.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deleted").GetInt32());
+    }
+
+    [Theory]
+    [InlineData("0")]
+    [InlineData("-1")]
+    [InlineData("abc")]
+    [InlineData("1001")]
+    public async Task Delete_all_with_a_bound_out_of_range_is_a_validation_problem(string max)
+    {
+        using var response = await Host.Admin.DeleteAsync($"/dead-letters/cpu?max={max}");
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        var problem = await response.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.True(problem.GetProperty("errors").TryGetProperty("max", out _), problem.ToString());
+    }
+
+    [Fact]
+    public async Task Delete_all_needs_the_admin_key_and_a_known_lane()
+    {
+        Assert.Equal(HttpStatusCode.Forbidden, (await Host.Submit.DeleteAsync("/dead-letters/cpu")).StatusCode);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await Host.Anonymous.DeleteAsync("/dead-letters/cpu")).StatusCode);
+        Assert.Equal(HttpStatusCode.NotFound, (await Host.Admin.DeleteAsync("/dead-letters/nope")).StatusCode);
+    }
+}
