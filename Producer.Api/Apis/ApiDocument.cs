@@ -124,5 +124,6 @@ public static class ApiDocument
             """{"id":"order-1042","lane":"cpu","type":"hash.pbkdf2","payload":{"data":"correct horse","iterations":100000},"acceptedAt":"2026-11-25T10:00:00+00:00","deadAt":"2026-11-25T10:01:00+00:00","attempts":5,"reason":"failed","error":{"type":"System.InvalidOperationException","message":"boom","stackTrace":"at …"},"errors":[{"attempt":1,"type":"System.InvalidOperationException","message":"boom","at":"2026-11-25T10:00:01+00:00"}]}"""),
         ["ReplayDeadLetter"] = new(null, """{"id":"order-1042","lane":"cpu","state":"accepted"}"""),
         ["ReplayAllDeadLetters"] = new(null, """{"lane":"io","replayed":12,"alreadySucceeded":1,"remaining":0}"""),
+        ["DeleteAllDeadLetters"] = new(null, """{"lane":"io","deleted":12,"remaining":0}"""),
     };
 }

@@ -24,6 +24,9 @@ public static class AppHostLauncher
             "Brokers:Mode=Executables",
             $"Brokers:DataDirectory={data.FullName}",
             $"TestEvents:Enabled={(options.TestEvents ? "true" : "false")}",
+            // The chaos nemesis restarts what it kills itself: an AppHost restart racing its Start would recreate a
+            // worker it had just started (and a measured run wants no restarts it did not ask for).
+            "Workers:RestartOnCrash=false",
             $"Parameters:api-key-submit={submitKey}",
             $"Parameters:api-key-admin={adminKey}",
             "Parameters:redis-password=bench-redis-" + Guid.NewGuid().ToString("N")[..12],
