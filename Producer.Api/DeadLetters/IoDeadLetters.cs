@@ -37,7 +37,7 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
     /// <summary>A cursor is a position in the queue, as <see cref="ListAsync"/> hands it out.</summary>
     public bool IsCursor(string after) => int.TryParse(after, NumberStyles.None, CultureInfo.InvariantCulture, out _);
 
-    public Task<long> CountAsync(CancellationToken cancellationToken) => Guard(async () =>
+    public Task<long> CountAsync(CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
     {
         var connection = await rabbit.GetAsync(cancellationToken);
         await using var channel = await connection.CreateChannelAsync(cancellationToken: cancellationToken);
@@ -51,7 +51,7 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
         }
     });
 
-    public Task<DeadLetterPage> ListAsync(string? after, int limit, CancellationToken cancellationToken) => Guard(async () =>
+    public Task<DeadLetterPage> ListAsync(string? after, int limit, CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
     {
         // The cursor is a position in the queue: good for paging a queue that is not changing under you.
         var skip = after is not null && int.TryParse(after, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0;
@@ -79,13 +79,13 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
         return new DeadLetterPage(Lane, total, items, more ? (skip + limit).ToString(CultureInfo.InvariantCulture) : null);
     });
 
-    public Task<DeadLetter?> GetAsync(string id, CancellationToken cancellationToken) => Guard(async () =>
+    public Task<DeadLetter?> GetAsync(string id, CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
     {
         await using var scan = await ScanAsync(cancellationToken);
         return await scan.FindAsync(id, options.Value.MaxScan) is { } message ? Parse(message) : null;
     });
 
-    public Task<ReplayOutcome> ReplayAsync(string id, CancellationToken cancellationToken) => Guard(async () =>
+    public Task<ReplayOutcome> ReplayAsync(string id, CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
     {
         await using var held = await locks.AcquireAsync(Lane);
         await using var scan = await ScanAsync(cancellationToken);
@@ -94,7 +94,7 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
             : ReplayOutcome.NotFound;
     });
 
-    public Task<ReplayAllResult> ReplayAllAsync(int max, CancellationToken cancellationToken) => Guard(async () =>
+    public Task<ReplayAllResult> ReplayAllAsync(int max, CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
     {
         await using var held = await locks.AcquireAsync(Lane);
         await using var scan = await ScanAsync(cancellationToken);
@@ -117,7 +117,7 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
         return new ReplayAllResult(replayed, dropped);
     });
 
-    public Task<bool> DeleteAsync(string id, CancellationToken cancellationToken) => Guard(async () =>
+    public Task<bool> DeleteAsync(string id, CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
     {
         await using var held = await locks.AcquireAsync(Lane);
         await using var scan = await ScanAsync(cancellationToken);
@@ -130,7 +130,7 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
         return true;
     });
 
-    public Task<int> DeleteAllAsync(int max, CancellationToken cancellationToken) => Guard(async () =>
+    public Task<int> DeleteAllAsync(int max, CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
     {
         await using var held = await locks.AcquireAsync(Lane);
         await using var scan = await ScanAsync(cancellationToken);
@@ -308,11 +308,16 @@ public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore st
         return new QueueScan(channel, length, DateTimeOffset.UtcNow - statuses.DeadLetterRetention, cancellationToken);
     }
 
-    private async Task<T> Guard<T>(Func<Task<T>> operation)
+    private async Task<T> Guard<T>(CancellationToken requestAborted, Func<Task<T>> operation)
     {
         try
         {
             return await operation();
+        }
+        catch (OperationCanceledException ex) when (!requestAborted.IsCancellationRequested)
+        {
+            // The client's continuation timeout (e.g. opening a channel on a paused broker) surfaces as a cancellation.
+            throw new DeadLetterStoreUnavailableException(Lane, ex);
         }
         catch (Exception ex) when (ex is RabbitMQClientException or OperationInterruptedException or PublishException
                                        or System.Net.Sockets.SocketException or IOException or TimeoutException
