@@ -103,10 +103,22 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     private static readonly LuaScript DeadScript = LuaScript.Prepare(
         RecordDeadLua + "return record_dead(@key, @attempt, @now, @error, @ttl)");
 
-    private static readonly LuaScript ReplayIfUnchangedScript = LuaScript.Prepare(RecordReplayLua + """
-        if (redis.call('HGET', @key, 'state') or '') ~= @seenState then return 0 end
-        if (redis.call('HGET', @key, 'finishedAt') or '') ~= @seenFinishedAt then return 0 end
-        return record_replay(@key, @id, @type, @lane, @acceptedAt, @now, @ttl)
+    // The replay is always counted (replays, replayedAt: it happened); the state goes back to accepted with fresh
+    // attempts only if nothing moved it since the copy was published (the worker's writes win).
+    private static readonly LuaScript ReplayIfUnchangedScript = LuaScript.Prepare("""
+        local changed = 0
+        local state = redis.call('HGET', @key, 'state') or ''
+        local finished = redis.call('HGET', @key, 'finishedAt') or ''
+        if state ~= 'succeeded' and state == @seenState and finished == @seenFinishedAt then
+          redis.call('HSET', @key, 'id', @id, 'type', @type, 'lane', @lane, 'state', 'accepted', 'attempts', 0)
+          redis.call('HSETNX', @key, 'acceptedAt', @acceptedAt)
+          redis.call('HDEL', @key, 'startedAt', 'finishedAt')
+          redis.call('EXPIRE', @key, @ttl)
+          changed = 1
+        end
+        redis.call('HINCRBY', @key, 'replays', 1)
+        redis.call('HSET', @key, 'replayedAt', @now)
+        return changed
         """);
 
     private IDatabase Db => redis.GetDatabase();
@@ -159,7 +171,7 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     /// took the copy up (processing, succeeded, even dead again) wins, and an API that dies before this write leaves
     /// the event <c>dead</c> until the worker writes, never <c>accepted</c> with no copy in the lane.
     /// </summary>
-    /// <returns>false, and nothing written, when the status moved on meanwhile.</returns>
+    /// <returns>false when the status moved on meanwhile: then only the replay is counted (<c>replays</c>, <c>replayedAt</c>).</returns>
     public async Task<bool> MarkReplayedIfUnchangedAsync(string id, string type, string lane, DateTimeOffset acceptedAt, string? seenState, string? seenFinishedAt) =>
         (int)await Db.ScriptEvaluateAsync(ReplayIfUnchangedScript, new
         {
