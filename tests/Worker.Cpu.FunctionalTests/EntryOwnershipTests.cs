@@ -32,7 +32,7 @@ public sealed class EntryOwnershipTests(ITestOutputHelper output)
 
         string[] running, waiting;
         int claimedAt;
-        await using (ProcessSignals.Pause(paused.Pid))
+        await using (ProcessPause.Of(paused.Pid))
         {
             var states = await lane.StatesAsync(ids);
             running = [.. ids.Where(id => states[id].State == "processing")];

@@ -28,11 +28,7 @@ public sealed class DeadLetterStatusTests(SharedIoLane lane, ITestOutputHelper o
         var db = Host.StatusConnection.GetDatabase();
         // What the worker that kept dying left behind.
         await db.HashSetAsync($"event:{id}", [new("id", id), new("type", "webhook.post"), new("lane", "io"), new("state", "processing"), new("attempts", 4)]);
-        var redisPid = int.Parse(((string?)(await db.ExecuteAsync("INFO", "server")))!.Split('\n')
-            .Single(l => l.StartsWith("process_id:", StringComparison.Ordinal))["process_id:".Length..].Trim(), CultureInfo.InvariantCulture);
-
-        Signal("STOP", redisPid);
-        try
+        await using (ProcessPause.Of(Host.Redis.Pid))
         {
             await PublishBrokerDeadLetterAsync(id);
 
@@ -46,10 +42,6 @@ public sealed class DeadLetterStatusTests(SharedIoLane lane, ITestOutputHelper o
             output.WriteLine($"Redis paused for {outage.Elapsed}");
             var gaveUp = await Host.Rabbit.MessageCountAsync(StatusErrorQueue) ?? 0;
             Assert.True(gaveUp == 0, $"after {outage.Elapsed.TotalSeconds:F0} s without Redis the status copy of {id} was moved to {StatusErrorQueue}, which nothing reads");
-        }
-        finally
-        {
-            Signal("CONT", redisPid);
         }
 
         await Host.WaitForStateAsync(id, "dead", Deadline);
@@ -105,12 +97,5 @@ public sealed class DeadLetterStatusTests(SharedIoLane lane, ITestOutputHelper o
             },
         };
         await channel.BasicPublishAsync(IoLaneHost.ErrorQueueName, "", true, properties, envelope);
-    }
-
-    private static void Signal(string signal, int pid)
-    {
-        using var kill = Process.Start("kill", [$"-{signal}", pid.ToString(CultureInfo.InvariantCulture)]);
-        kill.WaitForExit();
-        Assert.Equal(0, kill.ExitCode);
     }
 }
