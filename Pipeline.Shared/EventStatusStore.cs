@@ -105,20 +105,15 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
 
     // The replay is always counted (replays, replayedAt: it happened); the state goes back to accepted with fresh
     // attempts only if nothing moved it since the copy was published (the worker's writes win).
-    private static readonly LuaScript ReplayIfUnchangedScript = LuaScript.Prepare("""
-        local changed = 0
+    private static readonly LuaScript ReplayIfUnchangedScript = LuaScript.Prepare(RecordReplayLua + """
         local state = redis.call('HGET', @key, 'state') or ''
         local finished = redis.call('HGET', @key, 'finishedAt') or ''
-        if state ~= 'succeeded' and state == @seenState and finished == @seenFinishedAt then
-          redis.call('HSET', @key, 'id', @id, 'type', @type, 'lane', @lane, 'state', 'accepted', 'attempts', 0)
-          redis.call('HSETNX', @key, 'acceptedAt', @acceptedAt)
-          redis.call('HDEL', @key, 'startedAt', 'finishedAt')
-          redis.call('EXPIRE', @key, @ttl)
-          changed = 1
+        if state == @seenState and finished == @seenFinishedAt then
+          return record_replay(@key, @id, @type, @lane, @acceptedAt, @now, @ttl)
         end
         redis.call('HINCRBY', @key, 'replays', 1)
         redis.call('HSET', @key, 'replayedAt', @now)
-        return changed
+        return 0
         """);
 
     private IDatabase Db => redis.GetDatabase();

@@ -2,7 +2,6 @@ using EventPipeline.Contracts;
 using EventPipeline.Producer.Ingest;
 using EventPipeline.Producer.Security;
 using EventPipeline.Shared;
-using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
 
 namespace EventPipeline.Producer.Apis;
