@@ -18,7 +18,7 @@ public static class IoLanePublishing
     {
         services.AddMassTransit(bus => bus.UsingRabbitMq((_, cfg) =>
         {
-            cfg.Host(new Uri(connectionString), host => host.PublisherConfirmation = true);
+            RabbitMqNodes.Parse(connectionString).ConfigureHost(cfg, host => host.PublisherConfirmation = true);
             cfg.ConfigurePublish(publish => publish.UseExecute(context => context.Mandatory = true));
             IoLaneTopology.BindQueueOnPublish(cfg);
         }));

@@ -34,13 +34,15 @@ public sealed class RabbitMqConnection(IConfiguration configuration, ILogger<Rab
 
             var factory = new ConnectionFactory
             {
-                Uri = new Uri(configuration.GetConnectionString("rabbitmq") ?? throw new InvalidOperationException("ConnectionStrings:rabbitmq is not set")),
                 ClientProvidedName = "producer-api-admin",
                 RequestedConnectionTimeout = TimeSpan.FromSeconds(3),
                 ContinuationTimeout = TimeSpan.FromSeconds(5),
                 // Reconnection is ours (on the next call), so a dead connection is never silently half-recovered.
                 AutomaticRecoveryEnabled = false,
             };
+            // One node or every node of a cluster: the connection goes to whichever answers.
+            EventPipeline.Shared.RabbitMqNodes.Parse(configuration.GetConnectionString("rabbitmq")
+                ?? throw new InvalidOperationException("ConnectionStrings:rabbitmq is not set")).ApplyTo(factory);
             _connection = await factory.CreateConnectionAsync(cancellationToken);
             logger.LogInformation("Connected to RabbitMQ for lane monitoring and dead-letter operations");
             return _connection;

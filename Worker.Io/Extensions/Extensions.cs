@@ -46,7 +46,8 @@ public static class IoLaneExtensions
             bus.AddConsumer<BrokerDeadLetterStatusConsumer>();
             bus.UsingRabbitMq((context, cfg) =>
             {
-                cfg.Host(new Uri(connectionString));
+                // One node, or every node of a cluster (MassTransit moves to another when its node dies).
+                RabbitMqNodes.Parse(connectionString).ConfigureHost(cfg);
                 // Without this the error queue inherits the lane queue's delivery limit and dead-letter target, and
                 // clashes with the dead-letter binding below (PRECONDITION_FAILED: the fault is never moved).
                 cfg.SendTopology.ConfigureErrorSettings = IoLaneTopology.ConfigureErrorQueue;
