@@ -7,7 +7,10 @@ var rabbitUser = builder.AddParameter("rabbitmq-user", "eventpipeline");
 var rabbitPassword = builder.AddParameter("rabbitmq-password", new GenerateParameterDefault { MinLength = 24, Special = false }, secret: true, persist: true);
 
 var redis = builder.AddPipelineRedis("redis", hosting, redisPassword);
-var rabbitmq = builder.AddPipelineRabbitMQ("rabbitmq", hosting, rabbitUser, rabbitPassword);
+// Brokers:Topology=Cluster: three RabbitMQ nodes joined into one cluster, one connection string naming them all.
+var rabbitmq = builder.ResolveBrokerTopology() == BrokerTopology.Cluster
+    ? builder.AddPipelineRabbitMQCluster("rabbitmq", hosting, rabbitUser, rabbitPassword)
+    : builder.AddPipelineRabbitMQ("rabbitmq", hosting, rabbitUser, rabbitPassword);
 
 // API keys for local runs: generated once and kept in the AppHost's user secrets (see README, "API keys").
 var submitKey = builder.AddParameter("api-key-submit", new GenerateParameterDefault { MinLength = 32, Special = false }, secret: true, persist: true);
@@ -71,6 +74,6 @@ if (bool.TryParse(testEvents, out var testEventsEnabled) && testEventsEnabled)
 }
 
 // Prometheus scraping every service, RabbitMQ's plugin and a Redis exporter (+ Grafana when containers run); see docs/observability.md.
-builder.AddPipelineMonitoring(hosting, redis, redisPassword, rabbitmq, api, workerCpu, workerIo, downstream);
+builder.AddPipelineMonitoring(hosting, redis, redisPassword, rabbitmq.ScrapedRabbitMQNode(), api, workerCpu, workerIo, downstream);
 
 builder.Build().Run();

@@ -1,0 +1,196 @@
+using System.Security.Cryptography;
+using Aspire.Hosting.ApplicationModel;
+using EventPipeline.AppHost.Brokers;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
+
+namespace Aspire.Hosting;
+
+/// <summary>
+/// <c>Brokers:Topology=Cluster</c>: three Debian <c>rabbitmq-server</c> nodes on loopback (<c>rabbitmq-0..2</c>, each with
+/// its own node name, ports and data directory, one Erlang cookie, one epmd) joined into one cluster, and a
+/// <c>rabbitmq</c> connection string naming all three that the services get. Quorum queues declared on it have a
+/// member on every node, so the I/O lane keeps every confirmed event and keeps running while any two nodes live.
+/// </summary>
+public static class RabbitMqClusterResources
+{
+    public const int NodeCount = 3;
+
+    public static IResourceBuilder<IResourceWithConnectionString> AddPipelineRabbitMQCluster(
+        this IDistributedApplicationBuilder builder, string name, BrokerHosting hosting,
+        IResourceBuilder<ParameterResource> userName, IResourceBuilder<ParameterResource> password)
+    {
+        if (hosting == BrokerHosting.Containers)
+        {
+            // Containers would need a shared network with resolvable node names and a cookie secret: not built yet.
+            throw new DistributedApplicationException(
+                "Brokers:Topology=Cluster runs RabbitMQ as three local rabbitmq-server processes; run it with Brokers:Mode=Executables " +
+                $"(install the brokers with `{BrokerResourceExtensions.InstallCommand}`), or use Brokers:Topology=Single with containers.");
+        }
+
+        var clusterDirectory = builder.LocalDataDirectory($"{name}-cluster");
+        var home = Path.Combine(clusterDirectory, "home");
+        var epmd = builder.AddResource(new EpmdResource($"{name}-epmd", clusterDirectory))
+            .WithLocalPort(EpmdResource.PrimaryEndpointName, "tcp")
+            .WithArgs(context =>
+            {
+                context.Args.Add("-port");
+                context.Args.Add(((EpmdResource)context.Resource).PrimaryEndpoint.Property(EndpointProperty.TargetPort));
+                context.Args.Add("-address");
+                context.Args.Add("127.0.0.1");
+            });
+        builder.AddHealthCheck(epmd, new TcpPortHealthCheck(epmd.Resource.PrimaryEndpoint));
+
+        var nodes = Enumerable.Range(0, NodeCount)
+            .Select(index => builder.AddClusterNode($"{name}-{index}", $"eventpipeline-{name}-0@localhost", home, epmd, userName, password))
+            .ToList();
+        foreach (var node in nodes.Skip(1).Where(n => IsBlank(n.Resource)))
+        {
+            // A blank node that cannot reach the seed boots a cluster of its own (seen here when all three started
+            // together): on its first boot it starts only once the seed accepts connections.
+            node.WaitFor(nodes[0]);
+        }
+
+        var connectionString = new ReferenceExpressionBuilder();
+        connectionString.Append($"amqp://{userName.Resource}:{password.Resource}@");
+        for (var index = 0; index < nodes.Count; index++)
+        {
+            if (index > 0)
+            {
+                connectionString.AppendLiteral(",");
+            }
+
+            connectionString.Append($"{nodes[index].Resource.PrimaryEndpoint.Property(EndpointProperty.HostAndPort)}");
+        }
+
+        var cluster = builder.AddConnectionString(name, connectionString.Build())
+            .WithAnnotation(new RabbitMqClusterNodesAnnotation([.. nodes.Select(n => n.Resource)]));
+        foreach (var node in nodes)
+        {
+            // Services that wait for the connection string wait until every node accepts AMQP (i.e. has joined).
+            cluster.WaitFor(node);
+        }
+
+        return cluster;
+    }
+
+    /// <summary>The broker Prometheus scrapes: the node itself, or the first node of a cluster.</summary>
+    public static IResourceBuilder<IResourceWithConnectionString> ScrapedRabbitMQNode(this IResourceBuilder<IResourceWithConnectionString> rabbitmq) =>
+        rabbitmq.Resource.Annotations.OfType<RabbitMqClusterNodesAnnotation>().FirstOrDefault() is { } cluster
+            ? rabbitmq.ApplicationBuilder.CreateResourceBuilder<IResourceWithConnectionString>(cluster.Nodes[0])
+            : rabbitmq;
+
+    private static IResourceBuilder<LocalRabbitMQResource> AddClusterNode(this IDistributedApplicationBuilder builder, string name, string seedNode,
+        string home, IResourceBuilder<EpmdResource> epmd, IResourceBuilder<ParameterResource> userName, IResourceBuilder<ParameterResource> password)
+    {
+        var dataDirectory = builder.LocalDataDirectory(name);
+        var node = builder.AddResource(new LocalRabbitMQResource(name, dataDirectory, userName.Resource, password.Resource))
+            .WithLocalPort(LocalRabbitMQResource.PrimaryEndpointName, "amqp")
+            .WithLocalPort(LocalRabbitMQResource.DistributionEndpointName, "tcp")
+            .WithLocalPort(LocalRabbitMQResource.PrometheusEndpointName, "http")
+            .WithLocalPort(LocalRabbitMQResource.ManagementEndpointName, "http")
+            .WithUrlForEndpoint(LocalRabbitMQResource.ManagementEndpointName, url => url.DisplayText =
+                $"RabbitMQ management (log in with parameters {userName.Resource.Name} / {password.Resource.Name})")
+            .WithUrlForEndpoint(LocalRabbitMQResource.PrimaryEndpointName, url => url.DisplayLocation = UrlDisplayLocation.DetailsOnly)
+            .WithUrlForEndpoint(LocalRabbitMQResource.PrometheusEndpointName, url => (url.DisplayText, url.DisplayLocation) = ("Prometheus metrics", UrlDisplayLocation.DetailsOnly))
+            .WithEnvironment(context =>
+            {
+                var resource = (LocalRabbitMQResource)context.Resource;
+                WriteSharedCookie(home);
+                var env = context.EnvironmentVariables;
+                // The same environment as the single node (BrokerResourceExtensions.AddPipelineRabbitMQ), except the
+                // shared HOME (one Erlang cookie for all nodes) and the cluster's peer discovery in rabbitmq.conf.
+                env["HOME"] = home;
+                // Stable node names: the cluster's membership and its queues are stored under them.
+                env["RABBITMQ_NODENAME"] = $"eventpipeline-{resource.Name}@localhost";
+                env["RABBITMQ_NODE_IP_ADDRESS"] = "127.0.0.1";
+                env["RABBITMQ_NODE_PORT"] = resource.PrimaryEndpoint.Property(EndpointProperty.TargetPort);
+                env["RABBITMQ_DIST_PORT"] = resource.GetEndpoint(LocalRabbitMQResource.DistributionEndpointName).Property(EndpointProperty.TargetPort);
+                env["ERL_EPMD_PORT"] = epmd.Resource.PrimaryEndpoint.Property(EndpointProperty.Port);
+                env["ERL_EPMD_ADDRESS"] = "127.0.0.1";
+                env["RABBITMQ_MNESIA_BASE"] = Path.Combine(resource.DataDirectory, "mnesia");
+                env["RABBITMQ_LOG_BASE"] = Path.Combine(resource.DataDirectory, "log");
+                env["RABBITMQ_LOGS"] = "-";
+                env["RABBITMQ_CONFIG_FILE"] = WriteNodeConfig(resource.DataDirectory, seedNode);
+                env["RABBITMQ_ENABLED_PLUGINS_FILE"] = WritePlugins(resource.DataDirectory);
+                env["RABBITMQ_DEFAULT_USER"] = resource.UserName;
+                env["RABBITMQ_DEFAULT_PASS"] = resource.Password;
+                env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = ReferenceExpression.Create(
+                    $"-start_epmd false -kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_prometheus tcp_config [{{port,{resource.PrometheusEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}] "
+                    + $"-rabbitmq_management tcp_config [{{port,{resource.ManagementEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}]");
+            })
+            .WaitFor(epmd);
+        builder.AddHealthCheck(node, new RabbitMQConnectHealthCheck(node.Resource));
+        return node;
+    }
+
+    /// <summary>
+    /// Every node names the seed (<c>rabbitmq-0</c>) as its classic-config peer. The seed finds only itself and boots
+    /// at once; a blank node joins it on its first boot. A node with data rejoins from its own records, so the nodes
+    /// start together on every later run (ordering them would deadlock: a node that was not the last to stop waits
+    /// for the one that was).
+    /// </summary>
+    private static string WriteNodeConfig(string dataDirectory, string seedNode)
+    {
+        var path = Path.Combine(dataDirectory, "rabbitmq.conf");
+        File.WriteAllText(path, $"""
+            loopback_users = none
+            cluster_formation.peer_discovery_backend = classic_config
+            cluster_formation.classic_config.nodes.1 = {seedNode}
+            cluster_formation.discovery_retry_limit = 60
+            cluster_formation.discovery_retry_interval = 1000
+            """ + "\n");
+        return path;
+    }
+
+    private static bool IsBlank(LocalRabbitMQResource node)
+    {
+        var mnesia = Path.Combine(node.DataDirectory, "mnesia");
+        return !Directory.Exists(mnesia) || !Directory.EnumerateFileSystemEntries(mnesia).Any();
+    }
+
+    private static string WritePlugins(string dataDirectory)
+    {
+        var path = Path.Combine(dataDirectory, "enabled_plugins");
+        File.WriteAllText(path, "[rabbitmq_prometheus,rabbitmq_management].\n");
+        return path;
+    }
+
+    /// <summary>One cookie for every node (Erlang refuses peers with another), made once and kept with the data.</summary>
+    private static void WriteSharedCookie(string home)
+    {
+        Directory.CreateDirectory(home);
+        var path = Path.Combine(home, ".erlang.cookie");
+        if (File.Exists(path))
+        {
+            return;
+        }
+
+        // Written aside and moved into place: a node never reads a half-written cookie, and the first writer wins.
+        var draft = path + "." + Guid.NewGuid().ToString("N");
+        File.WriteAllText(draft, RandomNumberGenerator.GetString("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 32));
+        if (!OperatingSystem.IsWindows())
+        {
+            File.SetUnixFileMode(draft, UnixFileMode.UserRead);
+        }
+
+        try
+        {
+            File.Move(draft, path, overwrite: false);
+        }
+        catch (IOException) when (File.Exists(path))
+        {
+            File.Delete(draft); // another node's callback was first: the same cookie for all
+        }
+    }
+
+    private static void AddHealthCheck<T>(this IDistributedApplicationBuilder builder, IResourceBuilder<T> resource, IHealthCheck check) where T : IResource
+    {
+        var key = $"{resource.Resource.Name}_check";
+        builder.Services.AddHealthChecks().Add(new HealthCheckRegistration(key, _ => check, failureStatus: null, tags: null));
+        resource.WithHealthCheck(key);
+    }
+}
+
+/// <summary>The nodes behind a cluster's connection string.</summary>
+public sealed record RabbitMqClusterNodesAnnotation(IReadOnlyList<LocalRabbitMQResource> Nodes) : IResourceAnnotation;
