@@ -81,9 +81,10 @@ public sealed class RabbitMqClusterFailoverTests(RabbitMqClusterLane lane, ITest
         var duplicated = deliveries.Values.Count(c => c > 1);
         var unavailable = log.Answers.Count(a => a.Status is 503 or 0);
         output.WriteLine($"accepted {held.Count}, lost {lost.Count}, duplicated {duplicated} (extra deliveries {deliveries.Values.Sum(c => Math.Max(0, c - 1))}), " +
-                         $"503/timeouts {unavailable}, 409s {log.Answers.Count(a => a.Status == 409)}, " +
+                         $"503/timeouts {unavailable}, 409s {log.Answers.Count(a => a.Status == 409)}, 200s (all already held) {log.Answers.Count(a => a.Status == 200)}, " +
                          $"time without a 202: {log.LongestGapBetweenAccepts(firstKillAt, firstKillAt + TimeSpan.FromSeconds(60)).TotalSeconds:F2} s after the first kill, " +
                          $"{log.LongestGapBetweenAccepts(secondKillAt, secondKillAt + TimeSpan.FromSeconds(60)).TotalSeconds:F2} s after the second");
+        Assert.True(heldAtFirstKill < first.Length * 100 && heldAtSecondKill < all.Count, "a kill came after its burst was all accepted");
         Assert.Empty(lost);
         Assert.All(log.Answers.Where(a => a.Status == 503), a => Assert.NotNull(a.RetryAfter));
     }

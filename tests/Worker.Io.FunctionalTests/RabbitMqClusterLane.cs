@@ -156,7 +156,8 @@ public sealed class RabbitMqClusterLane : IAsyncLifetime
 }
 
 /// <summary>
-/// What a client saw while submitting: which ids the API said it holds (a 202, or a 503's <c>heldIds</c>), every
+/// What a client saw while submitting: which ids the API said it holds (a 202, a 200 naming them all as already held,
+/// or a 503's <c>heldIds</c>), every
 /// answer with its time, and the 503s' Retry-After headers.
 /// </summary>
 public sealed class SubmissionLog
@@ -171,7 +172,7 @@ public sealed class SubmissionLog
 
     public sealed record Answer(TimeSpan At, int Status, string? RetryAfter, int Events);
 
-    public IEnumerable<Answer> Accepted => Answers.Where(a => a.Status == 202);
+    public IEnumerable<Answer> Accepted => Answers.Where(a => a.Status is 202 or 200);
 
     public async Task SendAsync(HttpClient api, JsonObject[] batch, TimeSpan deadline)
     {
@@ -188,7 +189,9 @@ public sealed class SubmissionLog
                 using var response = await api.SendAsync(request);
                 var status = (int)response.StatusCode;
                 Answers.Enqueue(new Answer(Now, status, response.Headers.RetryAfter?.ToString(), ids.Count));
-                if (response.StatusCode == HttpStatusCode.Accepted)
+                // 200: every event of the batch was already held (an earlier try was confirmed after its answer
+                // said otherwise, or timed out on the client): the API names them as duplicates of themselves.
+                if (response.StatusCode is HttpStatusCode.Accepted or HttpStatusCode.OK)
                 {
                     foreach (var id in ids)
                     {
