@@ -6,7 +6,11 @@ var redisPassword = builder.AddParameter("redis-password", new GenerateParameter
 var rabbitUser = builder.AddParameter("rabbitmq-user", "eventpipeline");
 var rabbitPassword = builder.AddParameter("rabbitmq-password", new GenerateParameterDefault { MinLength = 24, Special = false }, secret: true, persist: true);
 
-var redis = builder.AddPipelineRedis("redis", hosting, redisPassword);
+// Brokers:Topology=Cluster: Redis as a primary, two replicas and three Sentinels (docs/ha-redis.md).
+var topology = builder.ResolveBrokerTopology();
+var redis = topology == BrokerTopology.Cluster
+    ? builder.AddPipelineRedisSentinelSet("redis", redisPassword)
+    : builder.AddPipelineRedis("redis", hosting, redisPassword);
 var rabbitmq = builder.AddPipelineRabbitMQ("rabbitmq", hosting, rabbitUser, rabbitPassword);
 
 // API keys for local runs: generated once and kept in the AppHost's user secrets (see README, "API keys").
@@ -38,6 +42,11 @@ var api = builder.AddProject<Projects.Producer_Api>("producer-api")
     .WithUrlForEndpoint("http", _ => new() { Url = "/scalar", DisplayText = "API reference (Scalar)" })
     .WithUrlForEndpoint("http", _ => new() { Url = "/openapi/v1.json", DisplayText = "OpenAPI document" })
     .WithOperatorCommands(adminKey);
+if (topology == BrokerTopology.Cluster)
+{
+    // A 202 only once a replica holds the write too, so the primary's death cannot take it along.
+    api.WithEnvironment("Ingest__RedisReplicaAcks", "1");
+}
 if (rabbitmq.Resource is LocalRabbitMQResource localRabbit)
 {
     // Unacknowledged counts of the I/O lane come from RabbitMQ's Prometheus plugin (AMQP reports ready messages only).
@@ -71,6 +80,6 @@ if (bool.TryParse(testEvents, out var testEventsEnabled) && testEventsEnabled)
 }
 
 // Prometheus scraping every service, RabbitMQ's plugin and a Redis exporter (+ Grafana when containers run); see docs/observability.md.
-builder.AddPipelineMonitoring(hosting, redis, redisPassword, rabbitmq, api, workerCpu, workerIo, downstream);
+builder.AddPipelineMonitoring(hosting, redis.MonitoredRedisNode(), redisPassword, rabbitmq, api, workerCpu, workerIo, downstream);
 
 builder.Build().Run();
