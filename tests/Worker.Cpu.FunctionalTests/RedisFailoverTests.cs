@@ -155,7 +155,7 @@ public sealed class RedisFailoverTests(SharedRabbitMq rabbit, ITestOutputHelper 
 
                         // 503: the broker did not confirm; 409: the same ids' earlier attempt is still in doubt; both say retry.
                         Assert.True(response.StatusCode is HttpStatusCode.ServiceUnavailable or HttpStatusCode.TooManyRequests or HttpStatusCode.Conflict,
-                            $"unexpected {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync()}");
+                            $"unexpected {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync()}\nAPI log:\n{string.Join('\n', lane.ApiProcess.Output.TakeLast(80))}");
                     }
                     catch (HttpRequestException)
                     {

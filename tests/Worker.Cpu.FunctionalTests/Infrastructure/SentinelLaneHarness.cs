@@ -22,6 +22,8 @@ public sealed class SentinelLaneHarness : IAsyncDisposable
 
     public HttpClient Api { get; private set; } = null!;
 
+    public ChildProcess ApiProcess { get; private set; } = null!;
+
     public IReadOnlyList<ChildProcess> Workers => [.. _processes.Where(p => p.Name == "Worker.Cpu")];
 
     public IDatabase Db => (_connection ?? throw new InvalidOperationException("not started")).GetDatabase();
@@ -76,6 +78,7 @@ public sealed class SentinelLaneHarness : IAsyncDisposable
             ["Ingest__RedisReplicaAcks"] = replicaAcks.ToString(),
             ["Logging__LogLevel__Default"] = "Warning",
         }, out var port);
+        ApiProcess = api;
         lock (_processes)
         {
             _processes.Add(api);
