@@ -88,7 +88,17 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
     private async Task WaitForReplicasAsync(System.Net.EndPoint? primary, int replicaAcks, CancellationToken cancellationToken)
     {
         var timeout = options.Value.RedisReplicaAckTimeout;
-        var server = redis.GetServer(primary ?? throw new RedisConnectionException(ConnectionFailureType.UnableToConnect, "no Redis primary"));
+        IServer server;
+        try
+        {
+            server = redis.GetServer(primary ?? throw new RedisConnectionException(ConnectionFailureType.UnableToConnect, "no Redis primary"));
+        }
+        catch (ArgumentException ex)
+        {
+            // A failover took the primary out of the multiplexer's endpoints since the write: the write is in doubt.
+            throw new RedisConnectionException(ConnectionFailureType.UnableToConnect, $"the Redis primary {primary} the write went to is gone", ex);
+        }
+
         var acknowledged = (long)await server.ExecuteAsync("WAIT", replicaAcks, (long)timeout.TotalMilliseconds).WaitAsync(cancellationToken);
         if (acknowledged < replicaAcks)
         {
