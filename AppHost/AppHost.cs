@@ -9,7 +9,7 @@ var rabbitPassword = builder.AddParameter("rabbitmq-password", new GenerateParam
 // Brokers:Topology=Cluster: Redis as a primary, two replicas and three Sentinels (docs/ha-redis.md).
 var topology = builder.ResolveBrokerTopology();
 var redis = topology == BrokerTopology.Cluster
-    ? builder.AddPipelineRedisSentinelSet("redis", redisPassword)
+    ? builder.AddPipelineRedisSentinelSet("redis", hosting, redisPassword)
     : builder.AddPipelineRedis("redis", hosting, redisPassword);
 var rabbitmq = builder.AddPipelineRabbitMQ("rabbitmq", hosting, rabbitUser, rabbitPassword);
 

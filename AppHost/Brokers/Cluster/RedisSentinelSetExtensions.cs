@@ -23,8 +23,14 @@ public static class RedisSentinelSetExtensions
     private const int Sentinels = 3;
 
     public static IResourceBuilder<IResourceWithConnectionString> AddPipelineRedisSentinelSet(
-        this IDistributedApplicationBuilder builder, string name, IResourceBuilder<ParameterResource> password)
+        this IDistributedApplicationBuilder builder, string name, BrokerHosting hosting, IResourceBuilder<ParameterResource> password)
     {
+        if (hosting != BrokerHosting.Executables)
+        {
+            // The members talk to each other and to the services on 127.0.0.1, which a container's loopback is not.
+            throw new DistributedApplicationException("Brokers:Topology=Cluster runs Redis as local processes: add Brokers:Mode=Executables");
+        }
+
         var missing = LocalProcessResources.MissingExecutables("redis-server");
         if (missing.Count > 0)
         {
