@@ -6,9 +6,13 @@ var redisPassword = builder.AddParameter("redis-password", new GenerateParameter
 var rabbitUser = builder.AddParameter("rabbitmq-user", "eventpipeline");
 var rabbitPassword = builder.AddParameter("rabbitmq-password", new GenerateParameterDefault { MinLength = 24, Special = false }, secret: true, persist: true);
 
-var redis = builder.AddPipelineRedis("redis", hosting, redisPassword);
-// Brokers:Topology=Cluster: three RabbitMQ nodes joined into one cluster, one connection string naming them all.
-var rabbitmq = builder.ResolveBrokerTopology() == BrokerTopology.Cluster
+// Brokers:Topology=Cluster: Redis as a primary, two replicas and three Sentinels, and three RabbitMQ nodes joined into
+// one cluster, each with one connection string naming every node (docs/ha.md).
+var topology = builder.ResolveBrokerTopology();
+var redis = topology == BrokerTopology.Cluster
+    ? builder.AddPipelineRedisSentinelSet("redis", hosting, redisPassword)
+    : builder.AddPipelineRedis("redis", hosting, redisPassword);
+var rabbitmq = topology == BrokerTopology.Cluster
     ? builder.AddPipelineRabbitMQCluster("rabbitmq", hosting, rabbitUser, rabbitPassword)
     : builder.AddPipelineRabbitMQ("rabbitmq", hosting, rabbitUser, rabbitPassword);
 
@@ -41,6 +45,11 @@ var api = builder.AddProject<Projects.Producer_Api>("producer-api")
     .WithUrlForEndpoint("http", _ => new() { Url = "/scalar", DisplayText = "API reference (Scalar)" })
     .WithUrlForEndpoint("http", _ => new() { Url = "/openapi/v1.json", DisplayText = "OpenAPI document" })
     .WithOperatorCommands(adminKey);
+if (topology == BrokerTopology.Cluster)
+{
+    // A 202 only once a replica holds the write too, so the primary's death cannot take it along.
+    api.WithEnvironment("Ingest__RedisReplicaAcks", "1");
+}
 if (rabbitmq.Resource is LocalRabbitMQResource localRabbit)
 {
     // Unacknowledged counts of the I/O lane come from RabbitMQ's Prometheus plugin (AMQP reports ready messages only).
@@ -74,6 +83,6 @@ if (bool.TryParse(testEvents, out var testEventsEnabled) && testEventsEnabled)
 }
 
 // Prometheus scraping every service, RabbitMQ's plugin and a Redis exporter (+ Grafana when containers run); see docs/observability.md.
-builder.AddPipelineMonitoring(hosting, redis, redisPassword, rabbitmq.ScrapedRabbitMQNode(), api, workerCpu, workerIo, downstream);
+builder.AddPipelineMonitoring(hosting, redis.MonitoredRedisNode(), redisPassword, rabbitmq.ScrapedRabbitMQNode(), api, workerCpu, workerIo, downstream);
 
 builder.Build().Run();

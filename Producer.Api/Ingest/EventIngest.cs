@@ -26,6 +26,15 @@ public sealed class IngestOptions
 
     /// <summary>How long a submission waits for the broker's confirmation before answering 503.</summary>
     public TimeSpan BrokerTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// CPU lane: replicas that must hold a write (Redis <c>WAIT</c>) before it is answered 202; 0 trusts the primary
+    /// alone (a failover can lose what it had not yet replicated). See docs/ha-redis.md.
+    /// </summary>
+    public int RedisReplicaAcks { get; set; }
+
+    /// <summary>How long <c>WAIT</c> waits for <see cref="RedisReplicaAcks"/> replicas before the answer is 503.</summary>
+    public TimeSpan RedisReplicaAckTimeout { get; set; } = TimeSpan.FromSeconds(2);
 }
 
 /// <param name="Duplicate">true when this event was accepted before (same id or Idempotency-Key) and nothing was enqueued now.</param>
