@@ -29,7 +29,7 @@ public sealed class IngestOptions
 
     /// <summary>
     /// CPU lane: replicas that must hold a write (Redis <c>WAIT</c>) before it is answered 202; 0 trusts the primary
-    /// alone (a failover can lose what it had not yet replicated). See docs/ha-redis.md.
+    /// alone (a failover can lose what it had not yet replicated). See docs/ha.md.
     /// </summary>
     public int RedisReplicaAcks { get; set; }
 

@@ -3,7 +3,7 @@ using EventPipeline.Infra.Tests.Support;
 namespace EventPipeline.Infra.Tests;
 
 /// <summary>
-/// Production's Redis is a managed service with a replica and automatic failover (docs/ha-redis.md): the API must not
+/// Production's Redis is a managed service with a replica and automatic failover (docs/ha.md): the API must not
 /// answer 202 for a CPU-lane event until a replica holds it too, or a failover can lose accepted events.
 /// </summary>
 public class RedisFailoverSettingsTests

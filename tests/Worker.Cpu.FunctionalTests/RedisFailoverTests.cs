@@ -15,7 +15,7 @@ namespace EventPipeline.Worker.Cpu.FunctionalTests;
 /// The CPU lane across a Redis failover (one primary, two replicas, three Sentinels; real processes): the API and the
 /// workers follow Sentinel to the promoted replica without a restart, the consumer group and the scripts work there,
 /// and with <c>Ingest:RedisReplicaAcks</c> 1 no event that got a 202 is lost with the primary. Results go to
-/// docs/ha-redis.md.
+/// docs/ha.md.
 /// </summary>
 [Collection(CpuLaneCollection.Name)]
 public sealed class RedisFailoverTests(SharedRabbitMq rabbit, ITestOutputHelper output)
