@@ -6,8 +6,9 @@ var redisPassword = builder.AddParameter("redis-password", new GenerateParameter
 var rabbitUser = builder.AddParameter("rabbitmq-user", "eventpipeline");
 var rabbitPassword = builder.AddParameter("rabbitmq-password", new GenerateParameterDefault { MinLength = 24, Special = false }, secret: true, persist: true);
 
-var redis = builder.AddPipelineRedis("redis", hosting, redisPassword);
-var rabbitmq = builder.AddPipelineRabbitMQ("rabbitmq", hosting, rabbitUser, rabbitPassword);
+// Container mode adds Aspire's own UIs: RedisInsight, and RabbitMQ's management plugin (the executables run it anyway).
+var redis = builder.AddPipelineRedis("redis", hosting, redisPassword, container => container.WithRedisInsight());
+var rabbitmq = builder.AddPipelineRabbitMQ("rabbitmq", hosting, rabbitUser, rabbitPassword, container => container.WithManagementPlugin());
 
 // API keys for local runs: generated once and kept in the AppHost's user secrets (see README, "API keys").
 var submitKey = builder.AddParameter("api-key-submit", new GenerateParameterDefault { MinLength = 32, Special = false }, secret: true, persist: true);
