@@ -61,12 +61,18 @@ public static class ProducerExtensions
         // /health/ready) and tracing. Not opened at startup and no connect retries inside a request: the API must start
         // and answer 503s while RabbitMQ is down. Automatic recovery (the client's default) brings it back after a
         // broker restart; until then a channel cannot be opened and the callers answer 503.
+        var rabbitConnectionString = builder.Configuration.GetConnectionString("rabbitmq")
+            ?? throw new InvalidOperationException("ConnectionStrings:rabbitmq is not set");
         builder.AddRabbitMQClient("rabbitmq", settings =>
         {
             settings.DisableAutoActivation = true;
             settings.MaxConnectRetryCount = 0;
+            // Applied to the factory below rather than by Aspire (which reads it as exactly one URI), so this one
+            // place decides how the connection string maps onto the connection.
+            settings.ConnectionString = null;
         }, factory =>
         {
+            factory.Uri = new Uri(rabbitConnectionString);
             factory.ClientProvidedName = "producer-api-admin";
             factory.RequestedConnectionTimeout = TimeSpan.FromSeconds(3);
             factory.ContinuationTimeout = TimeSpan.FromSeconds(5);
