@@ -7,14 +7,15 @@ var rabbitUser = builder.AddParameter("rabbitmq-user", "eventpipeline");
 var rabbitPassword = builder.AddParameter("rabbitmq-password", new GenerateParameterDefault { MinLength = 24, Special = false }, secret: true, persist: true);
 
 // Brokers:Topology=Cluster: Redis as a primary, two replicas and three Sentinels, and three RabbitMQ nodes joined into
-// one cluster, each with one connection string naming every node (docs/ha.md).
+// one cluster, each with one connection string naming every node (docs/ha.md). Container mode (Single) adds Aspire's
+// own UIs: RedisInsight, and RabbitMQ's management plugin (the executables run it anyway).
 var topology = builder.ResolveBrokerTopology();
 var redis = topology == BrokerTopology.Cluster
     ? builder.AddPipelineRedisSentinelSet("redis", hosting, redisPassword)
-    : builder.AddPipelineRedis("redis", hosting, redisPassword);
+    : builder.AddPipelineRedis("redis", hosting, redisPassword, container => container.WithRedisInsight());
 var rabbitmq = topology == BrokerTopology.Cluster
     ? builder.AddPipelineRabbitMQCluster("rabbitmq", hosting, rabbitUser, rabbitPassword)
-    : builder.AddPipelineRabbitMQ("rabbitmq", hosting, rabbitUser, rabbitPassword);
+    : builder.AddPipelineRabbitMQ("rabbitmq", hosting, rabbitUser, rabbitPassword, container => container.WithManagementPlugin());
 
 // API keys for local runs: generated once and kept in the AppHost's user secrets (see README, "API keys").
 var submitKey = builder.AddParameter("api-key-submit", new GenerateParameterDefault { MinLength = 32, Special = false }, secret: true, persist: true);

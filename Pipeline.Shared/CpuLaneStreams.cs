@@ -28,17 +28,16 @@ public static class CpuLaneStreams
         public const string Payload = "payload";
         public const string AcceptedAt = "acceptedAt";
         public const string Attempt = "attempt";
-        public const string TraceParent = "traceparent";
     }
 
-    /// <summary>The fields of a freshly accepted event (attempt 1).</summary>
-    public static NameValueEntry[] NewEntry(string id, string type, string payload, DateTimeOffset acceptedAt, string? traceParent) =>
+    /// <summary>The fields of a freshly accepted event (attempt 1), with its trace context (<see cref="LaneTraceContext"/>).</summary>
+    public static NameValueEntry[] NewEntry(string id, string type, string payload, DateTimeOffset acceptedAt, IReadOnlyCollection<NameValueEntry>? traceContext) =>
     [
         new(Fields.Id, id),
         new(Fields.Type, type),
         new(Fields.Payload, payload),
         new(Fields.AcceptedAt, acceptedAt.ToUnixTimeMilliseconds()),
         new(Fields.Attempt, 1),
-        new(Fields.TraceParent, traceParent ?? ""),
+        .. traceContext ?? [],
     ];
 }

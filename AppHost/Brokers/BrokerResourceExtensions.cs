@@ -3,6 +3,7 @@ using EventPipeline.AppHost.Brokers;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
+using RabbitMQ.Client;
 
 namespace Aspire.Hosting;
 
@@ -44,14 +45,34 @@ public static class BrokerResourceExtensions
         return mode;
     }
 
+    /// <summary>
+    /// Redis persists the same way in both modes. AOF with an fsync every second is what the durability statement rests
+    /// on (a process crash loses nothing acknowledged, an OS crash up to about a second; README, "Durability"). RDB
+    /// snapshots are kept on top, not instead: Aspire's container data volume turns them on and its
+    /// <c>WithPersistence</c> can only set their interval, never turn them off; Redis's own default (the dev Kubernetes
+    /// overlay) snapshots too; and a snapshot is one point-in-time file an operator can copy or restore from when the AOF
+    /// is damaged. Redis loads the AOF at startup when both exist, so snapshots never roll anything back.
+    /// </summary>
+    public static readonly TimeSpan SnapshotInterval = TimeSpan.FromSeconds(60);
+
+    /// <summary>Keys that must have changed for a snapshot to be taken at <see cref="SnapshotInterval"/>.</summary>
+    public const long SnapshotKeyChanges = 1;
+
+    /// <param name="configureContainer">
+    /// What to add to Aspire's Redis container (e.g. <c>WithRedisInsight</c>); called only in container mode.
+    /// </param>
     public static IResourceBuilder<IResourceWithConnectionString> AddPipelineRedis(
-        this IDistributedApplicationBuilder builder, string name, BrokerHosting hosting, IResourceBuilder<ParameterResource> password)
+        this IDistributedApplicationBuilder builder, string name, BrokerHosting hosting, IResourceBuilder<ParameterResource> password,
+        Action<IResourceBuilder<RedisResource>>? configureContainer = null)
     {
         if (hosting == BrokerHosting.Containers)
         {
-            return builder.AddRedis(name, port: null, password: password)
+            var container = builder.AddRedis(name, port: null, password: password)
                 .WithDataVolume()
+                .WithPersistence(SnapshotInterval, SnapshotKeyChanges)
                 .WithArgs("--appendonly", "yes", "--appendfsync", "everysec");
+            configureContainer?.Invoke(container);
+            return container;
         }
 
         var dataDirectory = builder.LocalDataDirectory(name);
@@ -76,9 +97,10 @@ public static class BrokerResourceExtensions
                 context.Args.Add("--appendfsync");
                 context.Args.Add("everysec");
                 context.Args.Add("--save");
-                context.Args.Add("");
+                context.Args.Add(SnapshotInterval.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                context.Args.Add(SnapshotKeyChanges.ToString(System.Globalization.CultureInfo.InvariantCulture));
             });
-        return redis.WithProtocolHealthCheck(resource => new RedisPingHealthCheck(resource));
+        return redis.WithRedisHealthCheck();
     }
 
     private static async Task<string> WriteRedisAuthFileAsync(LocalRedisResource resource, CancellationToken cancellationToken)
@@ -108,15 +130,31 @@ public static class BrokerResourceExtensions
         return path;
     }
 
+    /// <summary>
+    /// The RabbitMQ line of container mode: the 3.x line the dev and prod Kubernetes overlays pin (3.13.7), not Aspire's
+    /// default 4.x image. RabbitMQ 4 gives every quorum queue a delivery limit of 20 by default, and the I/O lane's error
+    /// queue is declared without <c>x-delivery-limit</c>, so there a dead letter would be dropped after about 20
+    /// listings (docs/io-lane.md, "RabbitMQ versions").
+    /// </summary>
+    public const string RabbitMQImageTag = "3.13.7";
+
+    /// <param name="configureContainer">
+    /// What to add to Aspire's RabbitMQ container (e.g. <c>WithManagementPlugin</c>, which keeps the pinned version:
+    /// <c>3.13.7-management</c>); called only in container mode. The local executable always runs the management plugin.
+    /// </param>
     public static IResourceBuilder<IResourceWithConnectionString> AddPipelineRabbitMQ(
         this IDistributedApplicationBuilder builder, string name, BrokerHosting hosting,
-        IResourceBuilder<ParameterResource> userName, IResourceBuilder<ParameterResource> password)
+        IResourceBuilder<ParameterResource> userName, IResourceBuilder<ParameterResource> password,
+        Action<IResourceBuilder<RabbitMQServerResource>>? configureContainer = null)
     {
         if (hosting == BrokerHosting.Containers)
         {
-            return builder.AddRabbitMQ(name, userName, password).WithDataVolume()
-                .WithManagementPlugin()
+            var container = builder.AddRabbitMQ(name, userName, password)
+                .WithImageTag(RabbitMQImageTag)
+                .WithDataVolume()
                 .WithUrlForEndpoint("management", url => url.DisplayText = ManagementUiText(userName.Resource.Name, password.Resource.Name));
+            configureContainer?.Invoke(container);
+            return container;
         }
 
         var dataDirectory = builder.LocalDataDirectory(name);
@@ -171,16 +209,54 @@ public static class BrokerResourceExtensions
                     + $"-rabbitmq_management tcp_config [{{port,{resource.ManagementEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}]");
             })
             .WaitFor(epmd);
-        return rabbit.WithProtocolHealthCheck(resource => new RabbitMQConnectHealthCheck(resource));
+        return rabbit.WithRabbitMQHealthCheck();
     }
 
-    private static IResourceBuilder<IResourceWithConnectionString> WithProtocolHealthCheck<T>(
-        this IResourceBuilder<T> builder, Func<T, IHealthCheck> createCheck) where T : class, IResourceWithConnectionString
+    /// <summary>
+    /// Healthy when Redis answers PING with the resource's password: the check Aspire's own <c>AddRedis</c> registers for
+    /// its container (AspNetCore.HealthChecks.Redis), for a Redis that is not Aspire's container.
+    /// </summary>
+    internal static IResourceBuilder<T> WithRedisHealthCheck<T>(this IResourceBuilder<T> builder) where T : IResourceWithConnectionString
     {
-        var key = $"{builder.Resource.Name}_protocol_check";
-        var check = createCheck(builder.Resource); // one instance, so its connection is reused between checks
-        builder.ApplicationBuilder.Services.AddHealthChecks().Add(new HealthCheckRegistration(key, _ => check, failureStatus: null, tags: null));
+        var key = $"{builder.Resource.Name}_check";
+        var connectionString = builder.ConnectionStringWhenAvailable();
+        builder.ApplicationBuilder.Services.AddHealthChecks().AddRedis(
+            _ => connectionString() ?? throw new InvalidOperationException($"The connection string of '{builder.Resource.Name}' is not available yet"),
+            name: key, timeout: HealthCheckTimeout);
         return builder.WithHealthCheck(key);
+    }
+
+    /// <summary>
+    /// Healthy when an AMQP connection with the resource's credentials can open a channel: the check Aspire's own
+    /// <c>AddRabbitMQ</c> registers for its container (AspNetCore.HealthChecks.Rabbitmq). The connection is opened once
+    /// and kept; the client's automatic recovery reconnects it after a restart, and until then the check fails.
+    /// </summary>
+    internal static IResourceBuilder<T> WithRabbitMQHealthCheck<T>(this IResourceBuilder<T> builder) where T : IResourceWithConnectionString
+    {
+        var key = $"{builder.Resource.Name}_check";
+        var connectionString = builder.ConnectionStringWhenAvailable();
+        IConnection? connection = null;
+        builder.ApplicationBuilder.Services.AddHealthChecks().AddRabbitMQ(async _ =>
+        {
+            var factory = new ConnectionFactory
+            {
+                Uri = new Uri(connectionString() ?? throw new InvalidOperationException($"The connection string of '{builder.Resource.Name}' is not available yet")),
+                RequestedConnectionTimeout = HealthCheckTimeout,
+            };
+            return connection ??= await factory.CreateConnectionAsync();
+        }, name: key, timeout: HealthCheckTimeout);
+        return builder.WithHealthCheck(key);
+    }
+
+    private static readonly TimeSpan HealthCheckTimeout = TimeSpan.FromSeconds(5);
+
+    /// <summary>The resource's connection string once Aspire has it (its endpoints are allocated), as Aspire's own integrations read it.</summary>
+    private static Func<string?> ConnectionStringWhenAvailable<T>(this IResourceBuilder<T> builder) where T : IResourceWithConnectionString
+    {
+        string? connectionString = null;
+        builder.ApplicationBuilder.Eventing.Subscribe<ConnectionStringAvailableEvent>(builder.Resource, async (_, cancellationToken) =>
+            connectionString = await builder.Resource.GetConnectionStringAsync(cancellationToken));
+        return () => connectionString;
     }
 
     /// <summary>The management UI's link: it logs in with the broker's own user, whose name and password are AppHost parameters.</summary>

@@ -163,7 +163,7 @@ public sealed class CpuDeadLetters(IConnectionMultiplexer redis, EventStatusStor
         NameValueEntry[] fresh =
         [
             .. CpuLaneStreams.NewEntry(id, type, f.GetValueOrDefault(CpuLaneStreams.Fields.Payload, "{}"), acceptedAt,
-                f.GetValueOrDefault(CpuLaneStreams.Fields.TraceParent)),
+                LaneTraceContext.Of(f)),
             // The worker carries this array through retries and appends to it: the history survives the replay.
             new(ErrorsField, f.GetValueOrDefault(ErrorsField, "[]")),
         ];

@@ -23,7 +23,7 @@ namespace EventPipeline.Producer.DeadLetters;
 /// <c>EP-Error-History</c>, so the history survives replays. Dead letters older than
 /// <see cref="StatusOptions.DeadLetterRetention"/> are dropped by every scan that meets them.
 /// </summary>
-public sealed class IoDeadLetters(RabbitMqConnection rabbit, EventStatusStore statuses, DeadLetterLock locks, IOptions<DeadLetterOptions> options,
+public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStore statuses, DeadLetterLock locks, IOptions<DeadLetterOptions> options,
     ILogger<IoDeadLetters> logger) : IDeadLetterLane
 {
     public const string HistoryHeader = "EP-Error-History";

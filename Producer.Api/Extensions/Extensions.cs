@@ -57,7 +57,33 @@ public static class ProducerExtensions
         builder.Services.AddSingleton<Backpressure>();
         builder.Services.AddSingleton<EventIngest>();
 
-        builder.Services.AddSingleton<RabbitMqConnection>();
+        // The API's own AMQP connection (lane monitoring, dead letters): Aspire's client, with its health check (in
+        // /health/ready) and tracing. Not opened at startup and no connect retries inside a request: the API must start
+        // and answer 503s while RabbitMQ is down. Automatic recovery (the client's default) brings it back after a
+        // broker restart; until then a channel cannot be opened and the callers answer 503.
+        var rabbitConnectionString = builder.Configuration.GetConnectionString("rabbitmq")
+            ?? throw new InvalidOperationException("ConnectionStrings:rabbitmq is not set");
+        builder.AddRabbitMQClient("rabbitmq", settings =>
+        {
+            settings.DisableAutoActivation = true;
+            settings.MaxConnectRetryCount = 0;
+            // Applied to the factory below rather than by Aspire (which reads it as exactly one URI), so this one
+            // place decides how the connection string maps onto the connection.
+            settings.ConnectionString = null;
+        }, factory =>
+        {
+            // One node or every node of a cluster (amqp://u:p@h1:p1,h2:p2/): the connection goes to whichever answers,
+            // and the client's recovery moves to another node when that one dies.
+            RabbitMqNodes.Parse(rabbitConnectionString).ApplyTo(factory);
+            factory.ClientProvidedName = "producer-api-admin";
+            factory.RequestedConnectionTimeout = TimeSpan.FromSeconds(3);
+            factory.ContinuationTimeout = TimeSpan.FromSeconds(5);
+            factory.NetworkRecoveryInterval = TimeSpan.FromSeconds(2);
+            // Only the connection is recovered, not what it declared: the error queue is declared once at startup
+            // (IoLaneTopologyDeclarer), and a re-declare that failed after a restart would fail the whole recovery.
+            factory.TopologyRecoveryEnabled = false;
+        });
+        builder.Services.AddSingleton<LazyRabbitMqConnection>();
         builder.Services.AddHttpClient<RabbitMqQueueMetrics>(http => http.Timeout = TimeSpan.FromSeconds(2));
         builder.Services.AddSingleton<LaneMonitor>();
         builder.Services.AddSingleton<LaneSampler>();

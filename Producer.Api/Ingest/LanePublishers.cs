@@ -49,7 +49,7 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
         activity?.SetTag("messaging.destination.name", CpuLaneStreams.Stream.ToString());
         activity?.SetTag("messaging.operation.type", "send");
         activity?.SetTag("messaging.batch.message_count", events.Count);
-        var traceParent = activity?.Id ?? Activity.Current?.Id;
+        var traceContext = LaneTraceContext.Inject(activity ?? Activity.Current);
 
         try
         {
@@ -63,7 +63,7 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
             foreach (var e in events)
             {
                 writes.Add(statuses.MarkAcceptedAsync(transaction, e.Id, e.Type, Lane, acceptedAt));
-                writes.Add(transaction.StreamAddAsync(CpuLaneStreams.Stream, CpuLaneStreams.NewEntry(e.Id, e.Type, e.Payload, acceptedAt, traceParent)));
+                writes.Add(transaction.StreamAddAsync(CpuLaneStreams.Stream, CpuLaneStreams.NewEntry(e.Id, e.Type, e.Payload, acceptedAt, traceContext)));
             }
 
             if (!await transaction.ExecuteAsync().WaitAsync(cancellationToken))

@@ -7,7 +7,7 @@ namespace EventPipeline.Producer.Monitoring;
 /// lane's dead-letter target exists even before any Worker.Io ran. MassTransit declares the lane queue itself on the
 /// first publish (<see cref="IoLaneTopology.BindQueueOnPublish"/>).
 /// </summary>
-public sealed class IoLaneTopologyDeclarer(RabbitMqConnection rabbit, ILogger<IoLaneTopologyDeclarer> logger) : BackgroundService
+public sealed class IoLaneTopologyDeclarer(LazyRabbitMqConnection rabbit, ILogger<IoLaneTopologyDeclarer> logger) : BackgroundService
 {
     private static readonly TimeSpan RetryEvery = TimeSpan.FromSeconds(2);
 

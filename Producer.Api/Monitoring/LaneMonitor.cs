@@ -35,7 +35,7 @@ public sealed class LaneUnavailableException(string lane, Exception inner) : Exc
 /// </summary>
 public sealed class LaneMonitor(
     IConnectionMultiplexer redis,
-    RabbitMqConnection rabbit,
+    LazyRabbitMqConnection rabbit,
     RabbitMqQueueMetrics queueMetrics,
     Microsoft.Extensions.Options.IOptions<LaneMonitorOptions> options)
 {

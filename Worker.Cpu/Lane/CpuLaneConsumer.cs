@@ -308,8 +308,10 @@ public sealed class CpuLaneConsumer(
 
     private static Activity? StartProcessActivity(LaneEntry entry)
     {
-        ActivityContext.TryParse(entry.TraceParent, null, out var parent);
-        var activity = PipelineTelemetry.ActivitySource.StartActivity($"{CpuLaneStreams.Stream} process", ActivityKind.Consumer, parent);
+        var parent = LaneTraceContext.Extract(entry.TraceContext);
+        // Only HandleAsync's own flow sees it (an async method's changes to AsyncLocals do not reach its caller).
+        OpenTelemetry.Baggage.Current = parent.Baggage;
+        var activity = PipelineTelemetry.ActivitySource.StartActivity($"{CpuLaneStreams.Stream} process", ActivityKind.Consumer, parent.ActivityContext);
         activity?.SetTag("messaging.system", "redis");
         activity?.SetTag("messaging.destination.name", CpuLaneStreams.Stream.ToString());
         activity?.SetTag("messaging.operation.type", "process");

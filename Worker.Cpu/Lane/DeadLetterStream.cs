@@ -58,7 +58,7 @@ public sealed class DeadLetterStream(IConnectionMultiplexer redis, EventStatusSt
             new(LaneEntry.ErrorsField, errorHistory),
             new("deadAt", now.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture)),
             new("sourceEntryId", entry.EntryId),
-            new(F.TraceParent, entry.TraceParent),
+            .. entry.TraceContext,
         ];
 
         RedisValue[] arguments =

@@ -13,7 +13,7 @@ public sealed record LaneEntry(
     string Payload,
     DateTimeOffset AcceptedAt,
     int Attempt,
-    string TraceParent,
+    NameValueEntry[] TraceContext,
     string ErrorHistory)
 {
     /// <summary>
@@ -34,7 +34,7 @@ public sealed record LaneEntry(
         fields.GetValueOrDefault(F.Payload, "{}"),
         long.TryParse(fields.GetValueOrDefault(F.AcceptedAt), out var ms) ? DateTimeOffset.FromUnixTimeMilliseconds(ms) : DateTimeOffset.UtcNow,
         int.TryParse(fields.GetValueOrDefault(F.Attempt), out var attempt) && attempt > 0 ? attempt : 1,
-        fields.GetValueOrDefault(F.TraceParent, ""),
+        LaneTraceContext.Of(fields),
         fields.GetValueOrDefault(ErrorsField, "[]"));
 
     public static LaneEntry Parse(StreamEntry entry) =>
@@ -49,16 +49,24 @@ public sealed record LaneEntry(
     }
 
     /// <summary>Field/value pairs for the next attempt, all strings (the retry script copies them into XADD as is).</summary>
-    public Dictionary<string, string> NextAttemptFields(string errorHistory) => new()
+    public Dictionary<string, string> NextAttemptFields(string errorHistory)
     {
-        [F.Id] = Id,
-        [F.Type] = Type,
-        [F.Payload] = Payload,
-        [F.AcceptedAt] = AcceptedAt.ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture),
-        [F.Attempt] = (Attempt + 1).ToString(System.Globalization.CultureInfo.InvariantCulture),
-        [F.TraceParent] = TraceParent,
-        [ErrorsField] = errorHistory,
-    };
+        var fields = new Dictionary<string, string>
+        {
+            [F.Id] = Id,
+            [F.Type] = Type,
+            [F.Payload] = Payload,
+            [F.AcceptedAt] = AcceptedAt.ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture),
+            [F.Attempt] = (Attempt + 1).ToString(System.Globalization.CultureInfo.InvariantCulture),
+            [ErrorsField] = errorHistory,
+        };
+        foreach (var field in TraceContext)
+        {
+            fields[field.Name!] = field.Value!;
+        }
+
+        return fields;
+    }
 }
 
 public sealed record ErrorRecord(int Attempt, string Type, string Message, DateTimeOffset At);

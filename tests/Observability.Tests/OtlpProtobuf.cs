@@ -5,7 +5,7 @@ namespace EventPipeline.Observability.Tests;
 /// <summary>A span as the services exported it over OTLP.</summary>
 public sealed record ReceivedSpan(
     string Service, string Scope, string TraceId, string SpanId, string ParentSpanId, string Name, int Kind,
-    IReadOnlyDictionary<string, string> Attributes)
+    IReadOnlyDictionary<string, string> Attributes, string TraceState = "")
 {
     public const int Server = 2, Client = 3, Producer = 4, Consumer = 5;
 
@@ -99,7 +99,7 @@ public static class OtlpProtobuf
 
     private static ReceivedSpan ReadSpan(string service, string scope, ReadOnlyMemory<byte> span)
     {
-        string traceId = "", spanId = "", parent = "", name = "";
+        string traceId = "", spanId = "", traceState = "", parent = "", name = "";
         var kind = 0;
         var attributes = new Dictionary<string, string>();
         foreach (var field in Fields(span))
@@ -108,6 +108,7 @@ public static class OtlpProtobuf
             {
                 case 1: traceId = Convert.ToHexStringLower(field.Bytes.Span); break;
                 case 2: spanId = Convert.ToHexStringLower(field.Bytes.Span); break;
+                case 3: traceState = Text(field.Bytes); break;
                 case 4: parent = Convert.ToHexStringLower(field.Bytes.Span); break;
                 case 5: name = Text(field.Bytes); break;
                 case 6: kind = (int)field.Varint; break;
@@ -115,7 +116,7 @@ public static class OtlpProtobuf
             }
         }
 
-        return new ReceivedSpan(service, scope, traceId, spanId, parent, name, kind, attributes);
+        return new ReceivedSpan(service, scope, traceId, spanId, parent, name, kind, attributes, traceState);
     }
 
     private static string ServiceName(ReadOnlyMemory<byte> resource)

@@ -6,7 +6,7 @@ namespace EventPipeline.Worker.Cpu.UnitTests;
 public sealed class SuspectIsolationGateTests
 {
     private static LaneEntry Entry(long unfinishedRuns) =>
-        new("1-0", "id", "noop.cpu", "{}", DateTimeOffset.UtcNow, 1, "", "[]") { UnfinishedRuns = unfinishedRuns };
+        new("1-0", "id", "noop.cpu", "{}", DateTimeOffset.UtcNow, 1, [], "[]") { UnfinishedRuns = unfinishedRuns };
 
     [Fact]
     public async Task Suspect_waits_until_nothing_else_runs_and_nothing_starts_beside_it()

@@ -120,7 +120,7 @@ public static class RabbitMqClusterResources
                     + $"-rabbitmq_management tcp_config [{{port,{resource.ManagementEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}]");
             })
             .WaitFor(epmd);
-        builder.AddHealthCheck(node, new RabbitMQConnectHealthCheck(node.Resource));
+        node.WithRabbitMQHealthCheck();
         return node;
     }
 

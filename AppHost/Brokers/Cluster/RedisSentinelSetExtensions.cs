@@ -70,7 +70,7 @@ public static class RedisSentinelSetExtensions
                         context.Args.Add(primary.ToString());
                     }
                 });
-            node.WithHealthCheck(AddCheck(builder, $"{node.Resource.Name}_protocol_check", new RedisPingHealthCheck(node.Resource)));
+            node.WithRedisHealthCheck();
             nodes.Add(node);
         }
 
@@ -136,7 +136,7 @@ public static class RedisSentinelSetExtensions
         }
 
         // Healthy when a client that goes through the Sentinels reaches the primary and it answers PING.
-        connection.WithHealthCheck(AddCheck(builder, $"{name}_protocol_check", new RedisPingHealthCheck(connection.Resource)));
+        connection.WithRedisHealthCheck();
         return connection;
     }
 
