@@ -32,10 +32,13 @@ public sealed class ScenarioRunner(PipelineTarget target, HttpClient api, HttpCl
         var waiter = new CompletionWaiter(statuses);
         var clock = Stopwatch.StartNew();
         var clientCpuAtStart = Process.GetCurrentProcess().TotalProcessorTime;
+        var machineAtStart = ProcFs.MachineBusyTime();
         SubmitOutcome outcome;
         bool drained;
         IReadOnlyList<ProcessUsage> processes;
         TimeSpan clientCpu;
+        TimeSpan? machineBusy;
+        double measuredSeconds;
         IReadOnlyList<LaneSample> samples;
         int sampleFailures;
         await using (var lanes = new LaneSampler(api, SampleEvery))
@@ -57,6 +60,8 @@ public sealed class ScenarioRunner(PipelineTarget target, HttpClient api, HttpCl
 
             processes = await machines.StopAsync();
             clientCpu = Process.GetCurrentProcess().TotalProcessorTime - clientCpuAtStart;
+            machineBusy = ProcFs.MachineBusyTime() - machineAtStart;
+            measuredSeconds = clock.Elapsed.TotalSeconds;
             samples = lanes.Samples;
             sampleFailures = lanes.Failures;
         }
@@ -109,6 +114,10 @@ public sealed class ScenarioRunner(PipelineTarget target, HttpClient api, HttpCl
             Processes = processes,
             CpuUsPerEvent = processes.Count > 0 ? PerEvent(processes.Sum(p => p.CpuSeconds)) : null,
             ClientCpuUsPerEvent = PerEvent(clientCpu.TotalSeconds),
+            MachineCpuPercentOfOneCore = machineBusy is { } busy ? Math.Round(100 * busy.TotalSeconds / measuredSeconds, 1) : null,
+            OtherCpuPercentOfOneCore = machineBusy is { } b && processes.Count > 0
+                ? Math.Round(100 * (b.TotalSeconds - processes.Sum(p => p.CpuSeconds) - clientCpu.TotalSeconds) / measuredSeconds, 1)
+                : null,
             PeakCpuDepth = samples.Select(s => s.CpuDepth).DefaultIfEmpty(0).Max(),
             PeakCpuLag = samples.Select(s => s.CpuLag).DefaultIfEmpty(0).Max(),
             PeakIoDepth = samples.Select(s => s.IoDepth).DefaultIfEmpty(0).Max(),

@@ -148,10 +148,12 @@ public sealed class ToolUnitTests
             Processes = [new ProcessUsage("producer-api", [1], 100, 100, 0.5, 20) { CpuUsPerEvent = 50 }, new ProcessUsage("redis", [2], 20, 20, 0.25, 10) { CpuUsPerEvent = 25 }],
             CpuUsPerEvent = 75,
             ClientCpuUsPerEvent = 12,
+            MachineCpuPercentOfOneCore = 190,
+            OtherCpuPercentOfOneCore = 35,
         });
         var markdown = ReportWriter.Markdown(run);
-        Assert.Contains("| scenario | producer-api | redis | all services | bench client |", markdown);
-        Assert.Contains("| noop-cpu-burst | 50 | 25 | **75** | 12 |", markdown);
+        Assert.Contains("| scenario | producer-api | redis | all services | bench client | machine busy", markdown);
+        Assert.Contains("| noop-cpu-burst | 50 | 25 | **75** | 12 | 190 | 35 |", markdown);
     }
 
     private static ScenarioResult Scenario(string name) => new()

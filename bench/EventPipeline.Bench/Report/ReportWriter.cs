@@ -80,8 +80,8 @@ public static class ReportWriter
         if (resources.Count > 0)
         {
             md.AppendLine("CPU time per event (utime+stime of each service over the scenario / accepted events, µs; \"all\" = the services together; the bench client separately):").AppendLine();
-            md.AppendLine("| scenario | " + string.Join(" | ", resources) + " | all services | bench client |");
-            md.AppendLine("|---|" + string.Concat(resources.Select(_ => "---:|")) + "---:|---:|");
+            md.AppendLine("| scenario | " + string.Join(" | ", resources) + " | all services | bench client | machine busy, % of a core | of it outside services and client |");
+            md.AppendLine("|---|" + string.Concat(resources.Select(_ => "---:|")) + "---:|---:|---:|---:|");
             foreach (var s in run.Scenarios)
             {
                 md.Append(CultureInfo.InvariantCulture, $"| {s.Name} |");
@@ -90,7 +90,7 @@ public static class ReportWriter
                     md.Append(CultureInfo.InvariantCulture, $" {N(s.Processes.FirstOrDefault(x => x.Resource == r)?.CpuUsPerEvent)} |");
                 }
 
-                md.AppendLine(CultureInfo.InvariantCulture, $" **{N(s.CpuUsPerEvent)}** | {N(s.ClientCpuUsPerEvent)} |");
+                md.AppendLine(CultureInfo.InvariantCulture, $" **{N(s.CpuUsPerEvent)}** | {N(s.ClientCpuUsPerEvent)} | {N(s.MachineCpuPercentOfOneCore)} | {N(s.OtherCpuPercentOfOneCore)} |");
             }
 
             md.AppendLine();

@@ -119,6 +119,17 @@ public sealed record ScenarioResult
     /// <summary>The bench client's own CPU per accepted event (load generation and status reads; not in <see cref="CpuUsPerEvent"/>).</summary>
     public double? ClientCpuUsPerEvent { get; init; }
 
+    /// <summary>
+    /// The whole machine's busy CPU over the scenario in % of one core (200 = both cores of a 2-core machine busy).
+    /// </summary>
+    public double? MachineCpuPercentOfOneCore { get; init; }
+
+    /// <summary>
+    /// What the machine spent outside the measured services and the bench client (Prometheus, the orchestrator, the
+    /// kernel's own threads, anyone else on the machine), in % of one core.
+    /// </summary>
+    public double? OtherCpuPercentOfOneCore { get; init; }
+
     public IReadOnlyList<ProcessUsage> Processes { get; init; } = [];
     public long PeakCpuDepth { get; init; }
     public long PeakCpuLag { get; init; }
