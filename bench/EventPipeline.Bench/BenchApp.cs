@@ -80,6 +80,13 @@ public static class BenchApp
             switch (options.Command)
             {
                 case "burst":
+                    if (options.Warmup > 0)
+                    {
+                        // JIT tier-up, connection pools and thread-pool growth happen here, not in the measured burst.
+                        log.WriteLine($"[warmup] {options.Warmup} events of the same workload, not reported …");
+                        await runner.RunAsync(Burst(options, options.WorkloadName, options.Warmup) with { Name = "warmup" }, Path.GetTempPath(), "warmup", cancellationToken);
+                    }
+
                     run.Scenarios.Add(await runner.RunAsync(Burst(options, options.WorkloadName, options.Count), options.OutDirectory, label, cancellationToken));
                     break;
                 case "steady":

@@ -29,6 +29,7 @@ public sealed class BenchOptions
         output:     --out <dir> (default bench/results)  --label <name> (default: command-workload-n)
                     --deadline <s> (default 600: accepted but not succeeded by then = lost)
                     --ceiling-events <M> (default 1000: PBKDF2 calls per timed round of the no-queue ceiling)
+                    --warmup <N> (burst: N events of the same workload first, not reported: a warmed system)
                     --ceiling-rounds <R> (default 5: timed rounds before the system starts and again after it stops,
                     each time after 2 warm-up rounds; the best round counts, the slowest shows the spread)
         """;
@@ -58,6 +59,9 @@ public sealed class BenchOptions
     public int CeilingEvents { get; set; } = 1000;
     public bool CeilingEventsGiven { get; private set; }
     public int CeilingRounds { get; set; } = 5;
+
+    /// <summary>burst: events of the same workload run (and not reported) before the measured burst.</summary>
+    public int Warmup { get; set; }
 
     /// <summary>chaos: the seed of the client mix, the operator and the nemesis.</summary>
     public int Seed { get; set; } = 1;
@@ -134,6 +138,7 @@ public sealed class BenchOptions
                 case "--deadline": options.DeadlineSeconds = Double(); break;
                 case "--ceiling-events": options.CeilingEvents = Math.Max(1, Int()); options.CeilingEventsGiven = true; break;
                 case "--ceiling-rounds": options.CeilingRounds = Math.Max(1, Int()); break;
+                case "--warmup": options.Warmup = Math.Max(0, Int()); break;
                 case "--seed": options.Seed = Int(); break;
                 case "--clients": options.Clients = Math.Max(1, Int()); break;
                 case "--quiet": options.QuietSeconds = Double(); break;
