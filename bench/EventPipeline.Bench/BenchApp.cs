@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Net;
 using System.Reflection;
 using EventPipeline.Bench.Cli;
+using EventPipeline.Bench.Load;
 using EventPipeline.Bench.Observe;
 using EventPipeline.Bench.Report;
 using EventPipeline.Bench.Target;
@@ -54,37 +55,70 @@ public static class BenchApp
             Target = options.StartsAppHost ? "started by the tool through the AppHost" : $"running system at {options.Url}",
         };
 
-        await using var target = options.StartsAppHost
-            ? await AppHostLauncher.StartAsync(options, log, cancellationToken)
-            : RunningSystem.Connect(options, log);
-        using var api = CreateClient(target.Api, options.Connections, target.ApiKey);
-        using var downstream = target.Downstream is null ? null : CreateClient(target.Downstream, 16, null);
-        await using IStatusReader statuses = target.Redis is { } redis
-            ? await RedisStatusReader.ConnectAsync(redis)
-            : new HttpStatusReader(api, 32);
-        var runner = new ScenarioRunner(target, api, downstream, statuses, TimeSpan.FromSeconds(options.DeadlineSeconds), options.CeilingEvents, log);
-
-        switch (options.Command)
+        // The PBKDF2 ceiling is timed with the system not running: before it starts and after it stops.
+        var ceilingWorkload = RunsPbkdf2(options) ? Workload.Parse("cpu", options.Iterations, options.DelayMs) : null;
+        var ceilingCalls = options.CeilingEventsGiven ? options.CeilingEvents : options.Quick ? 100 : options.CeilingEvents;
+        var ceilingRounds = options.Quick ? 2 : options.CeilingRounds;
+        IReadOnlyList<double> before = [];
+        if (ceilingWorkload is not null)
         {
-            case "burst":
-                run.Scenarios.Add(await runner.RunAsync(Burst(options, options.WorkloadName, options.Count), options.OutDirectory, label, cancellationToken));
-                break;
-            case "steady":
-                run.Scenarios.Add(await runner.RunAsync(Steady(options, options.WorkloadName, options.Rate, options.DurationSeconds, options.Batch), options.OutDirectory, label, cancellationToken));
-                break;
-            case "idle":
-                foreach (var (name, workload) in new[] { ("pickup-cpu", "noop-cpu"), ("pickup-io", "noop-io") })
-                {
-                    run.Scenarios.Add(await runner.RunAsync(Steady(options, workload, options.RateGiven ? options.Rate : 20, 10, 1) with { Name = name },
-                        options.OutDirectory, label, cancellationToken));
-                }
+            log.WriteLine($"[ceiling] before the system starts: {CeilingWarmupRounds} warm-up + {ceilingRounds} timed rounds of {ceilingCalls} PBKDF2 calls on {Environment.ProcessorCount} threads …");
+            before = NoQueueCeiling.Time(ceilingWorkload, ceilingCalls, ceilingRounds, CeilingWarmupRounds);
+        }
 
-                run.Idle = await IdleAsync(target, options.DurationGiven ? options.DurationSeconds : 15, log, cancellationToken);
+        await using (var target = options.StartsAppHost
+            ? await AppHostLauncher.StartAsync(options, log, cancellationToken)
+            : RunningSystem.Connect(options, log))
+        {
+            using var api = CreateClient(target.Api, options.Connections, target.ApiKey);
+            using var downstream = target.Downstream is null ? null : CreateClient(target.Downstream, 16, null);
+            await using IStatusReader statuses = target.Redis is { } redis
+                ? await RedisStatusReader.ConnectAsync(redis)
+                : new HttpStatusReader(api, 32);
+            var runner = new ScenarioRunner(target, api, downstream, statuses, TimeSpan.FromSeconds(options.DeadlineSeconds));
 
-                break;
-            case "suite":
-                await SuiteAsync(options, target, runner, run, label, log, cancellationToken);
-                break;
+            switch (options.Command)
+            {
+                case "burst":
+                    if (options.Warmup > 0)
+                    {
+                        // JIT tier-up, connection pools and thread-pool growth happen here, not in the measured burst.
+                        log.WriteLine($"[warmup] {options.Warmup} events of the same workload, not reported …");
+                        await runner.RunAsync(Burst(options, options.WorkloadName, options.Warmup) with { Name = "warmup" }, Path.GetTempPath(), "warmup", cancellationToken);
+                    }
+
+                    run.Scenarios.Add(await runner.RunAsync(Burst(options, options.WorkloadName, options.Count), options.OutDirectory, label, cancellationToken));
+                    break;
+                case "steady":
+                    run.Scenarios.Add(await runner.RunAsync(Steady(options, options.WorkloadName, options.Rate, options.DurationSeconds, options.Batch), options.OutDirectory, label, cancellationToken));
+                    break;
+                case "idle":
+                    foreach (var (name, workload) in new[] { ("pickup-cpu", "noop-cpu"), ("pickup-io", "noop-io") })
+                    {
+                        run.Scenarios.Add(await runner.RunAsync(Steady(options, workload, options.RateGiven ? options.Rate : 20, 10, 1) with { Name = name },
+                            options.OutDirectory, label, cancellationToken));
+                    }
+
+                    run.Idle = await IdleAsync(target, options.DurationGiven ? options.DurationSeconds : 15, log, cancellationToken);
+
+                    break;
+                case "suite":
+                    await SuiteAsync(options, target, runner, run, label, log, cancellationToken);
+                    break;
+            }
+        }
+
+        if (ceilingWorkload is not null)
+        {
+            log.WriteLine($"[ceiling] after the system stopped: {CeilingWarmupRounds} warm-up + {ceilingRounds} timed rounds …");
+            var after = NoQueueCeiling.Time(ceilingWorkload, ceilingCalls, ceilingRounds, CeilingWarmupRounds);
+            run.Ceiling = CeilingResult.Of(ceilingCalls, options.Iterations, CeilingWarmupRounds, before, after);
+            ApplyCeiling(run);
+        }
+
+        if (options.Command == "suite")
+        {
+            run.Targets.AddRange(TargetJudge.Judge(run));
         }
 
         run.Machine = run.Machine with { LoadAverageAfter = MachineInfo.LoadAverage() };
@@ -122,8 +156,33 @@ public static class BenchApp
         {
             run.Scenarios.Add(await runner.RunAsync(spec, options.OutDirectory, label, cancellationToken));
         }
+    }
 
-        run.Targets.AddRange(TargetJudge.Judge(run));
+    private const int CeilingWarmupRounds = 2;
+
+    private static bool RunsPbkdf2(BenchOptions o) =>
+        o.Iterations > 0 && (o.Command == "suite" || (o.Command is "burst" or "steady" && o.WorkloadName == "cpu"));
+
+    /// <summary>Copies the run's ceiling into each PBKDF2 scenario and rates the scenario against it.</summary>
+    public static void ApplyCeiling(BenchRun run)
+    {
+        if (run.Ceiling is not { } ceiling)
+        {
+            return;
+        }
+
+        for (var i = 0; i < run.Scenarios.Count; i++)
+        {
+            var s = run.Scenarios[i];
+            if (s.EventType == "hash.pbkdf2" && s.Iterations == ceiling.Iterations)
+            {
+                run.Scenarios[i] = s with
+                {
+                    Ceiling = ceiling,
+                    CeilingRatio = s.EndToEndRate is { } e ? Math.Round(e / ceiling.EventsPerSecond, 3) : null,
+                };
+            }
+        }
     }
 
     /// <summary>Judges the targets again and rewrites the markdown of an earlier run from its JSON (no system needed).</summary>

@@ -13,10 +13,11 @@ namespace EventPipeline.Bench;
 public sealed record ScenarioSpec(string Name, string Mode, Workload Workload, int Events, int Batch, int Connections, double? Rate = null, double? DurationSeconds = null);
 
 /// <summary>
-/// Runs a scenario against the target: times the no-queue ceiling (CPU workload), submits, samples lanes and
-/// processes, waits for every accepted event to finish (or the deadline), then reads what the pipeline recorded.
+/// Runs a scenario against the target: submits, samples lanes and processes, waits for every accepted event to finish
+/// (or the deadline), then reads what the pipeline recorded. The PBKDF2 ceiling is timed by the caller while the system
+/// is not running (see <see cref="NoQueueCeiling"/>).
 /// </summary>
-public sealed class ScenarioRunner(PipelineTarget target, HttpClient api, HttpClient? downstream, IStatusReader statuses, TimeSpan deadline, int ceilingEvents, TextWriter log)
+public sealed class ScenarioRunner(PipelineTarget target, HttpClient api, HttpClient? downstream, IStatusReader statuses, TimeSpan deadline)
 {
     private static readonly TimeSpan SampleEvery = TimeSpan.FromMilliseconds(100);
 
@@ -26,20 +27,18 @@ public sealed class ScenarioRunner(PipelineTarget target, HttpClient api, HttpCl
         var tag = Guid.NewGuid().ToString("N")[..8];
         var ids = Enumerable.Range(0, spec.Events).Select(i => $"bench-{tag}-{i:D7}").ToArray();
 
-        CeilingResult? ceiling = null;
-        if (workload.RunsPbkdf2 && ids.Length > 0)
-        {
-            log.WriteLine($"[{spec.Name}] no-queue ceiling: {Math.Min(ceilingEvents, ids.Length)} PBKDF2 calls on {Environment.ProcessorCount} threads …");
-            ceiling = NoQueueCeiling.Measure(workload, ids[..Math.Min(ceilingEvents, ids.Length)]);
-        }
-
         var submitter = new Submitter(api, workload, spec.Connections);
         var requests = submitter.Prepare(ids, spec.Batch);
         var waiter = new CompletionWaiter(statuses);
         var clock = Stopwatch.StartNew();
+        var clientCpuAtStart = Process.GetCurrentProcess().TotalProcessorTime;
+        var machineAtStart = ProcFs.MachineBusyTime();
         SubmitOutcome outcome;
         bool drained;
         IReadOnlyList<ProcessUsage> processes;
+        TimeSpan clientCpu;
+        TimeSpan? machineBusy;
+        double measuredSeconds;
         IReadOnlyList<LaneSample> samples;
         int sampleFailures;
         await using (var lanes = new LaneSampler(api, SampleEvery))
@@ -60,14 +59,11 @@ public sealed class ScenarioRunner(PipelineTarget target, HttpClient api, HttpCl
             }
 
             processes = await machines.StopAsync();
+            clientCpu = Process.GetCurrentProcess().TotalProcessorTime - clientCpuAtStart;
+            machineBusy = ProcFs.MachineBusyTime() - machineAtStart;
+            measuredSeconds = clock.Elapsed.TotalSeconds;
             samples = lanes.Samples;
             sampleFailures = lanes.Failures;
-        }
-
-        if (ceiling is not null)
-        {
-            log.WriteLine($"[{spec.Name}] no-queue ceiling, second timing …");
-            ceiling = CeilingResult.Best(ceiling, NoQueueCeiling.Measure(workload, ids[..Math.Min(ceilingEvents, ids.Length)]));
         }
 
         var acceptedIds = ids.Where((_, i) => outcome.Accepted[i]).ToArray();
@@ -78,6 +74,9 @@ public sealed class ScenarioRunner(PipelineTarget target, HttpClient api, HttpCl
         double? drainSeconds = succeeded.Count > 0 && lastFinish > 0 ? Math.Max(0.001, (lastFinish - startMs) / 1000.0) : null;
         var endToEnd = drainSeconds is { } d ? Math.Round(succeeded.Count / d, 1) : (double?)null;
         var (duplicated, duplicateSource) = await CountDuplicatesAsync(workload, acceptedIds, records, cancellationToken);
+
+        double? PerEvent(double cpuSeconds) => acceptedIds.Length > 0 ? Math.Round(1e6 * cpuSeconds / acceptedIds.Length, 1) : null;
+        processes = processes.Select(p => p with { CpuUsPerEvent = PerEvent(p.CpuSeconds) }).ToList();
 
         var chartName = $"{Sanitize(filePrefix)}-{Sanitize(spec.Name)}.png";
         DepthChart.Render(samples, $"{spec.Name}: {ids.Length} × {workload.EventType}", Path.Combine(outDirectory, chartName));
@@ -112,9 +111,13 @@ public sealed class ScenarioRunner(PipelineTarget target, HttpClient api, HttpCl
             EndToEndRate = endToEnd,
             Latency = LatencySummary.Of(succeeded.Where(r => r.AcceptedAt is not null && r.FinishedAt is not null).Select(r => (double)(r.FinishedAt!.Value - r.AcceptedAt!.Value))),
             Pickup = LatencySummary.Of(succeeded.Where(r => r.AcceptedAt is not null && r.StartedAt is not null).Select(r => (double)(r.StartedAt!.Value - r.AcceptedAt!.Value))),
-            Ceiling = ceiling,
-            CeilingRatio = ceiling is not null && endToEnd is { } e ? Math.Round(e / ceiling.EventsPerSecond, 3) : null,
             Processes = processes,
+            CpuUsPerEvent = processes.Count > 0 ? PerEvent(processes.Sum(p => p.CpuSeconds)) : null,
+            ClientCpuUsPerEvent = PerEvent(clientCpu.TotalSeconds),
+            MachineCpuPercentOfOneCore = machineBusy is { } busy ? Math.Round(100 * busy.TotalSeconds / measuredSeconds, 1) : null,
+            OtherCpuPercentOfOneCore = machineBusy is { } b && processes.Count > 0
+                ? Math.Round(100 * (b.TotalSeconds - processes.Sum(p => p.CpuSeconds) - clientCpu.TotalSeconds) / measuredSeconds, 1)
+                : null,
             PeakCpuDepth = samples.Select(s => s.CpuDepth).DefaultIfEmpty(0).Max(),
             PeakCpuLag = samples.Select(s => s.CpuLag).DefaultIfEmpty(0).Max(),
             PeakIoDepth = samples.Select(s => s.IoDepth).DefaultIfEmpty(0).Max(),

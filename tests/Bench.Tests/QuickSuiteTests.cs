@@ -41,6 +41,8 @@ public sealed class QuickSuiteTests : IDisposable
             Assert.True(s.GetProperty("laneSamples").GetArrayLength() > 0, $"{name}: no /lanes samples");
             Assert.Equal(6, s.GetProperty("processes").GetArrayLength());
             Assert.All(s.GetProperty("processes").EnumerateArray(), p => Assert.True(p.GetProperty("peakRssMb").GetDouble() > 0, p.ToString()));
+            Assert.All(s.GetProperty("processes").EnumerateArray(), p => Assert.True(p.GetProperty("cpuUsPerEvent").GetDouble() >= 0, p.ToString()));
+            Assert.True(s.GetProperty("cpuUsPerEvent").GetDouble() > 0, $"{name}: no CPU per event");
 
             var chart = Path.Combine(_out, s.GetProperty("chart").GetString()!);
             AssertIsRealPng(chart, DepthChart.Width, DepthChart.Height);
@@ -49,6 +51,8 @@ public sealed class QuickSuiteTests : IDisposable
         var cpu = scenarios.Single(s => s.GetProperty("name").GetString() == "cpu-burst");
         Assert.True(cpu.GetProperty("ceiling").GetProperty("eventsPerSecond").GetDouble() > 0);
         Assert.True(cpu.GetProperty("ceilingRatio").GetDouble() > 0);
+        var ceiling = run.GetProperty("ceiling");
+        Assert.True(ceiling.GetProperty("before").GetArrayLength() > 0 && ceiling.GetProperty("after").GetArrayLength() > 0, ceiling.ToString());
         Assert.Equal("receiver /received/{key} count > 1",
             scenarios.Single(s => s.GetProperty("name").GetString() == "io-burst").GetProperty("duplicateSource").GetString());
         Assert.NotEmpty(run.GetProperty("targets").EnumerateArray());

@@ -116,6 +116,46 @@ public sealed class ToolUnitTests
         Assert.Contains("❌ not met", ReportWriter.Markdown(run));
     }
 
+    [Fact]
+    public void Ceiling_is_the_best_warmed_round_before_or_after_the_run_and_keeps_the_spread()
+    {
+        var ceiling = CeilingResult.Of(1000, 10_000, 2, before: [850, 862, 858], after: [640, 845, 866]);
+        Assert.Equal(866, ceiling.EventsPerSecond);
+        Assert.Equal(640, ceiling.Min);
+        Assert.Equal(858, ceiling.Median);
+        Assert.Equal([850.0, 862, 858], ceiling.Before);
+        Assert.Equal(6, ceiling.Timings!.Count);
+    }
+
+    [Fact]
+    public void Cpu_lane_ratio_is_judged_against_the_run_ceiling()
+    {
+        var run = new BenchRun { Label = "t", CommandLine = "x", StartedAt = DateTimeOffset.UtcNow, Machine = MachineInfo.Capture("Release"), Target = "t" };
+        run.Scenarios.Add(Scenario("cpu-burst") with { EventType = "hash.pbkdf2", Iterations = 10_000, EndToEndRate = 800 });
+        run.Ceiling = CeilingResult.Of(1000, 10_000, 2, [860], [850]);
+        BenchApp.ApplyCeiling(run);
+        Assert.Equal(0.93, run.Scenarios[0].CeilingRatio);
+        Assert.False(TargetJudge.Judge(run).Single(v => v.Target.Contains("ceiling", StringComparison.Ordinal)).Met);
+        Assert.Contains("No-queue ceiling", ReportWriter.Markdown(run));
+    }
+
+    [Fact]
+    public void Cpu_time_per_event_is_reported_per_service_and_for_all_together()
+    {
+        var run = new BenchRun { Label = "t", CommandLine = "x", StartedAt = DateTimeOffset.UtcNow, Machine = MachineInfo.Capture("Release"), Target = "t" };
+        run.Scenarios.Add(Scenario("noop-cpu-burst") with
+        {
+            Processes = [new ProcessUsage("producer-api", [1], 100, 100, 0.5, 20) { CpuUsPerEvent = 50 }, new ProcessUsage("redis", [2], 20, 20, 0.25, 10) { CpuUsPerEvent = 25 }],
+            CpuUsPerEvent = 75,
+            ClientCpuUsPerEvent = 12,
+            MachineCpuPercentOfOneCore = 190,
+            OtherCpuPercentOfOneCore = 35,
+        });
+        var markdown = ReportWriter.Markdown(run);
+        Assert.Contains("| scenario | producer-api | redis | all services | bench client | machine busy", markdown);
+        Assert.Contains("| noop-cpu-burst | 50 | 25 | **75** | 12 | 190 | 35 |", markdown);
+    }
+
     private static ScenarioResult Scenario(string name) => new()
     {
         Name = name, Mode = "burst", Workload = "noop-cpu", EventType = "noop.cpu", Lane = "cpu", Events = 10_000,

@@ -28,7 +28,10 @@ public sealed class BenchOptions
                     --verbose shows the services' and brokers' console output
         output:     --out <dir> (default bench/results)  --label <name> (default: command-workload-n)
                     --deadline <s> (default 600: accepted but not succeeded by then = lost)
-                    --ceiling-events <M> (default 2000: PBKDF2 calls timed for the no-queue ceiling)
+                    --ceiling-events <M> (default 1000: PBKDF2 calls per timed round of the no-queue ceiling)
+                    --warmup <N> (burst: N events of the same workload first, not reported: a warmed system)
+                    --ceiling-rounds <R> (default 5: timed rounds before the system starts and again after it stops,
+                    each time after 2 warm-up rounds; the best round counts, the slowest shows the spread)
         """;
 
     public string Command { get; set; } = "";
@@ -53,7 +56,12 @@ public sealed class BenchOptions
     public string OutDirectory { get; set; } = Path.Combine("bench", "results");
     public string? Label { get; set; }
     public double DeadlineSeconds { get; set; } = 600;
-    public int CeilingEvents { get; set; } = 2000;
+    public int CeilingEvents { get; set; } = 1000;
+    public bool CeilingEventsGiven { get; private set; }
+    public int CeilingRounds { get; set; } = 5;
+
+    /// <summary>burst: events of the same workload run (and not reported) before the measured burst.</summary>
+    public int Warmup { get; set; }
 
     /// <summary>chaos: the seed of the client mix, the operator and the nemesis.</summary>
     public int Seed { get; set; } = 1;
@@ -128,7 +136,9 @@ public sealed class BenchOptions
                 case "--out" or "-o": options.OutDirectory = Value(); break;
                 case "--label": options.Label = Value(); break;
                 case "--deadline": options.DeadlineSeconds = Double(); break;
-                case "--ceiling-events": options.CeilingEvents = Math.Max(1, Int()); break;
+                case "--ceiling-events": options.CeilingEvents = Math.Max(1, Int()); options.CeilingEventsGiven = true; break;
+                case "--ceiling-rounds": options.CeilingRounds = Math.Max(1, Int()); break;
+                case "--warmup": options.Warmup = Math.Max(0, Int()); break;
                 case "--seed": options.Seed = Int(); break;
                 case "--clients": options.Clients = Math.Max(1, Int()); break;
                 case "--quiet": options.QuietSeconds = Double(); break;

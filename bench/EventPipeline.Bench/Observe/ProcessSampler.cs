@@ -7,7 +7,11 @@ public sealed record ProcessUsage(
     double PeakRssMb,
     double HighWaterRssMb,
     double CpuSeconds,
-    double CpuPercentOfOneCore);
+    double CpuPercentOfOneCore)
+{
+    /// <summary><see cref="CpuSeconds"/> per accepted event of the scenario, in µs (null for idle windows).</summary>
+    public double? CpuUsPerEvent { get; init; }
+}
 
 /// <summary>
 /// Watches the services' processes: resident memory sampled every 100 ms (its peak during the scenario), VmHWM (the peak
@@ -120,7 +124,7 @@ public sealed class ProcessSampler(IReadOnlyDictionary<string, int> rootPids, Ti
 
                 var hwm = pids.Sum(pid => ProcFs.Memory(pid)?.Hwm ?? 0);
                 result.Add(new ProcessUsage(resource, pids, Mb(_peakRss.GetValueOrDefault(resource)), Mb(hwm),
-                    Math.Round(cpu.TotalSeconds, 2), wall > 0 ? Math.Round(100 * cpu.TotalSeconds / wall, 2) : 0));
+                    Math.Round(cpu.TotalSeconds, 3), wall > 0 ? Math.Round(100 * cpu.TotalSeconds / wall, 2) : 0));
             }
         }
 

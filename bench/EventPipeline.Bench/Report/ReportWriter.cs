@@ -77,6 +77,31 @@ public static class ReportWriter
             md.AppendLine();
         }
 
+        if (resources.Count > 0)
+        {
+            md.AppendLine("CPU time per event (utime+stime of each service over the scenario / accepted events, µs; \"all\" = the services together; the bench client separately):").AppendLine();
+            md.AppendLine("| scenario | " + string.Join(" | ", resources) + " | all services | bench client | machine busy, % of a core | of it outside services and client |");
+            md.AppendLine("|---|" + string.Concat(resources.Select(_ => "---:|")) + "---:|---:|---:|---:|");
+            foreach (var s in run.Scenarios)
+            {
+                md.Append(CultureInfo.InvariantCulture, $"| {s.Name} |");
+                foreach (var r in resources)
+                {
+                    md.Append(CultureInfo.InvariantCulture, $" {N(s.Processes.FirstOrDefault(x => x.Resource == r)?.CpuUsPerEvent)} |");
+                }
+
+                md.AppendLine(CultureInfo.InvariantCulture, $" **{N(s.CpuUsPerEvent)}** | {N(s.ClientCpuUsPerEvent)} | {N(s.MachineCpuPercentOfOneCore)} | {N(s.OtherCpuPercentOfOneCore)} |");
+            }
+
+            md.AppendLine();
+        }
+
+        if (run.Ceiling is { } c)
+        {
+            md.AppendLine(FormattableString.Invariant(
+                $"No-queue ceiling (PBKDF2 at {c.Iterations} iterations on {c.Threads} threads, {c.WarmupRounds} warm-up rounds, then timed rounds of {c.Events} calls with the system not running): best {c.EventsPerSecond:F0}/s, median {c.Median:F0}/s, slowest {c.Min:F0}/s; before the system started {Join(c.Before)}, after it stopped {Join(c.After)}.")).AppendLine();
+        }
+
         if (run.Idle is { } idle)
         {
             var each = string.Join(" · ", idle.Processes.Select(p => FormattableString.Invariant($"{p.Resource} {p.CpuPercentOfOneCore:F2} % CPU, {p.PeakRssMb:F0} MB")));
@@ -90,6 +115,9 @@ public static class ReportWriter
 
         return md.ToString();
     }
+
+    private static string Join(IReadOnlyList<double>? rates) =>
+        rates is null ? "—" : string.Join(" / ", rates.Select(r => r.ToString("F0", CultureInfo.InvariantCulture)));
 
     private static string N(double? value, string format = "F0") =>
         value is { } v ? v.ToString(format, CultureInfo.InvariantCulture) : "—";

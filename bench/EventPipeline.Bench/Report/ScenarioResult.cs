@@ -20,14 +20,40 @@ public sealed record LatencySummary(int Count, double P50, double P95, double P9
 }
 
 /// <summary>
-/// The same PBKDF2 handler called directly on all cores: the rate the lane would reach with zero overhead. Timed before
-/// and after the pipeline run; the faster of the two counts, so that a neighbour's load during one timing cannot make
-/// the lane look better than it is.
+/// The same PBKDF2 handler called directly on all cores: the rate the lane would reach with zero overhead. Timed in the
+/// bench process after warm-up rounds, in several rounds before the system starts (<see cref="Before"/>) and again after
+/// it stops (<see cref="After"/>), with nothing else of the bench running; the best round counts
+/// (<see cref="EventsPerSecond"/>), and <see cref="Min"/>..<see cref="EventsPerSecond"/> is the spread.
 /// </summary>
+/// <param name="Events">PBKDF2 calls per timed round.</param>
+/// <param name="Seconds">The best round's duration.</param>
 public sealed record CeilingResult(int Events, int Threads, double Seconds, double EventsPerSecond, IReadOnlyList<double>? Timings = null)
 {
-    public static CeilingResult Best(CeilingResult before, CeilingResult after) =>
-        (before.EventsPerSecond >= after.EventsPerSecond ? before : after) with { Timings = [before.EventsPerSecond, after.EventsPerSecond] };
+    public int Iterations { get; init; }
+    public int WarmupRounds { get; init; }
+    public IReadOnlyList<double>? Before { get; init; }
+    public IReadOnlyList<double>? After { get; init; }
+
+    /// <summary>The slowest timed round: with <see cref="EventsPerSecond"/>, the spread.</summary>
+    public double? Min { get; init; }
+
+    public double? Median { get; init; }
+
+    /// <summary>Combines the rounds timed before the system started and after it stopped.</summary>
+    public static CeilingResult Of(int calls, int iterations, int warmupRounds, IReadOnlyList<double> before, IReadOnlyList<double> after)
+    {
+        var all = before.Concat(after).Order().ToArray();
+        var best = all[^1];
+        return new CeilingResult(calls, Environment.ProcessorCount, Math.Round(calls / best, 3), best, all)
+        {
+            Iterations = iterations,
+            WarmupRounds = warmupRounds,
+            Before = before,
+            After = after,
+            Min = all[0],
+            Median = all[all.Length / 2],
+        };
+    }
 }
 
 /// <summary>Everything one scenario measured. Written as JSON; the markdown and the chart are made from it.</summary>
@@ -84,6 +110,26 @@ public sealed record ScenarioResult
     /// <summary><see cref="EndToEndRate"/> / the no-queue ceiling.</summary>
     public double? CeilingRatio { get; init; }
 
+    /// <summary>
+    /// CPU time (utime+stime) of all measured services together over the scenario, per accepted event, in µs; each
+    /// service's share is <see cref="ProcessUsage.CpuUsPerEvent"/>.
+    /// </summary>
+    public double? CpuUsPerEvent { get; init; }
+
+    /// <summary>The bench client's own CPU per accepted event (load generation and status reads; not in <see cref="CpuUsPerEvent"/>).</summary>
+    public double? ClientCpuUsPerEvent { get; init; }
+
+    /// <summary>
+    /// The whole machine's busy CPU over the scenario in % of one core (200 = both cores of a 2-core machine busy).
+    /// </summary>
+    public double? MachineCpuPercentOfOneCore { get; init; }
+
+    /// <summary>
+    /// What the machine spent outside the measured services and the bench client (Prometheus, the orchestrator, the
+    /// kernel's own threads, anyone else on the machine), in % of one core.
+    /// </summary>
+    public double? OtherCpuPercentOfOneCore { get; init; }
+
     public IReadOnlyList<ProcessUsage> Processes { get; init; } = [];
     public long PeakCpuDepth { get; init; }
     public long PeakCpuLag { get; init; }
@@ -129,4 +175,7 @@ public sealed record BenchRun
     public List<ScenarioResult> Scenarios { get; } = [];
     public IdleResult? Idle { get; set; }
     public List<TargetVerdict> Targets { get; } = [];
+
+    /// <summary>The no-queue PBKDF2 ceiling of the run (also copied into each PBKDF2 scenario).</summary>
+    public CeilingResult? Ceiling { get; set; }
 }

@@ -2,7 +2,7 @@ using System.Globalization;
 
 namespace EventPipeline.Bench.Report;
 
-/// <summary>The targets of issue 9, each judged from the suite's scenarios. Reported in the results; tests never assert them.</summary>
+/// <summary>The targets of issue 16 (which raised those of issue 9), each judged from the suite's scenarios. Reported in the results; tests never assert them.</summary>
 public static class TargetJudge
 {
     /// <summary>"The broker's memory bounded" has no number in the issue: judged here as under 1 GiB through a 100,000 burst.</summary>
@@ -10,22 +10,26 @@ public static class TargetJudge
 
     public const double ServiceRssLimitMb = 200;
 
+    /// <summary>Issue 16: each worker idles under half a core-percent.</summary>
+    public const double IdleCpuPercentLimit = 0.5;
+
     public static IEnumerable<TargetVerdict> Judge(BenchRun run)
     {
         ScenarioResult? S(string name) => run.Scenarios.FirstOrDefault(s => s.Name == name);
 
-        foreach (var (name, lane) in new[] { ("noop-cpu-burst", "Redis"), ("noop-io-burst", "RabbitMQ") })
+        foreach (var (name, lane, goal) in new[] { ("noop-cpu-burst", "Redis", 15_000.0), ("noop-io-burst", "RabbitMQ", 12_000.0) })
         {
             if (S(name) is { } s)
             {
-                yield return new($"noop burst {s.Events} (batch {s.Batch}), HTTP ingest included, ≥ 16,000 events/s end to end on the {lane} lane",
-                    $"{F(s.EndToEndRate)} events/s (lost {s.Lost})", s.EndToEndRate >= 16_000 && s.Lost == 0);
+                yield return new($"noop burst {s.Events} (batch {s.Batch}), HTTP ingest included, ≥ {goal:N0} events/s end to end on the {lane} lane",
+                    $"{F(s.EndToEndRate)} events/s (lost {s.Lost}; {F(s.CpuUsPerEvent)} µs CPU/event)", s.EndToEndRate >= goal && s.Lost == 0);
             }
         }
 
         if (S("noop-cpu-single") is { } single)
         {
-            yield return new($"(for reference) noop burst {single.Events} as single POSTs, Redis lane", $"{F(single.EndToEndRate)} events/s end to end, enqueue {F(single.EnqueueRate)}/s", null);
+            yield return new($"noop burst {single.Events} as single POSTs over {single.Connections} connections ≥ 10,000 events/s end to end, Redis lane",
+                $"{F(single.EndToEndRate)} events/s end to end, enqueue {F(single.EnqueueRate)}/s ({F(single.CpuUsPerEvent)} µs CPU/event)", single.EndToEndRate >= 10_000 && single.Lost == 0);
         }
 
         if (S("cpu-burst") is { } cpu)
@@ -33,19 +37,19 @@ public static class TargetJudge
             // Above 105 % the lane beat its own ceiling: the machine's load changed between the timings, so the ratio
             // says nothing either way.
             var inconclusive = cpu.CeilingRatio > 1.05;
-            yield return new($"cpu burst {cpu.Events} at {cpu.Iterations} iterations ≥ 95 % of the no-queue ceiling",
-                $"{F(cpu.EndToEndRate)} events/s vs ceiling {F(cpu.Ceiling?.EventsPerSecond)} /s = {P(cpu.CeilingRatio)}" +
+            yield return new($"cpu burst {cpu.Events} at {cpu.Iterations} iterations ≥ 95 % of the warmed no-queue ceiling",
+                $"{F(cpu.EndToEndRate)} events/s vs ceiling {F(cpu.Ceiling?.EventsPerSecond)} /s (rounds {F(cpu.Ceiling?.Min)}–{F(cpu.Ceiling?.EventsPerSecond)}) = {P(cpu.CeilingRatio)}" +
                 (inconclusive ? " — inconclusive: the lane beat its ceiling, so the machine's load changed between the timings" : ""),
                 inconclusive ? null : cpu.CeilingRatio >= 0.95 && cpu.Lost == 0);
         }
 
         if (S("io-burst") is { } io)
         {
-            yield return new($"io burst {io.Events} at {io.DelayMs} ms ≥ 5,000 events/s, p99 < 600 ms",
-                $"{F(io.EndToEndRate)} events/s, p99 {F(io.Latency?.P99)} ms", io.EndToEndRate >= 5_000 && io.Latency?.P99 < 600 && io.Lost == 0);
+            yield return new($"io burst {io.Events} at {io.DelayMs} ms ≥ 4,000 events/s, p99 < 400 ms",
+                $"{F(io.EndToEndRate)} events/s, p99 {F(io.Latency?.P99)} ms", io.EndToEndRate >= 4_000 && io.Latency?.P99 < 400 && io.Lost == 0);
         }
 
-        foreach (var (name, lane, goal) in new[] { ("ingest-cpu", "Redis", 30_000.0), ("ingest-io", "RabbitMQ", 10_000.0) })
+        foreach (var (name, lane, goal) in new[] { ("ingest-cpu", "Redis", 30_000.0), ("ingest-io", "RabbitMQ", 15_000.0) })
         {
             if (S(name) is { } s)
             {
@@ -58,7 +62,7 @@ public static class TargetJudge
         {
             foreach (var worker in idle.Processes.Where(p => p.Resource.StartsWith("worker-", StringComparison.Ordinal)))
             {
-                yield return new($"idle: {worker.Resource} < 1 % CPU", $"{worker.CpuPercentOfOneCore.ToString("F2", CultureInfo.InvariantCulture)} % over {idle.Seconds:F0} s", worker.CpuPercentOfOneCore < 1);
+                yield return new($"idle: {worker.Resource} < {IdleCpuPercentLimit} % CPU", $"{worker.CpuPercentOfOneCore.ToString("F2", CultureInfo.InvariantCulture)} % over {idle.Seconds:F0} s", worker.CpuPercentOfOneCore < IdleCpuPercentLimit);
             }
         }
 
