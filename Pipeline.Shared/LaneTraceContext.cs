@@ -16,6 +16,12 @@ public static class LaneTraceContext
     /// <summary>The fields that carry it, copied as they are through retries, dead letters and replays.</summary>
     public static readonly IReadOnlyList<string> Fields = ["traceparent", "tracestate", "baggage"];
 
+    /// <summary>
+    /// The longest trace-context field written into an entry (W3C caps <c>tracestate</c> at 512 characters; baggage has no
+    /// cap of its own). A longer one is left out: the trace still links, without that field.
+    /// </summary>
+    public const int MaxFieldLength = 1024;
+
     /// <summary>The fields for the given activity (or none when there is no trace) and the current baggage.</summary>
     public static NameValueEntry[] Inject(Activity? activity)
     {
@@ -23,7 +29,15 @@ public static class LaneTraceContext
         if (activity is not null)
         {
             Propagators.DefaultTextMapPropagator.Inject(new PropagationContext(activity.Context, Baggage.Current), fields,
-                static (carrier, key, value) => carrier.Add(new NameValueEntry(key, value)));
+                static (carrier, key, value) =>
+                {
+                    // Baggage comes from the client's request header (up to ~8 KB) and would be copied into every
+                    // event of a batch and through retries and dead letters: only a small one travels.
+                    if (value.Length <= MaxFieldLength)
+                    {
+                        carrier.Add(new NameValueEntry(key, value));
+                    }
+                });
         }
 
         return [.. fields];

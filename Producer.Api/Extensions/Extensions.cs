@@ -66,6 +66,9 @@ public static class ProducerExtensions
         builder.AddRabbitMQClient("rabbitmq", settings =>
         {
             settings.DisableAutoActivation = true;
+            // Aspire's check resolves the connection synchronously on every poll (a blocked pool thread per poll while
+            // RabbitMQ is down or stalled); the same library check is registered below on the shared lazy connection.
+            settings.DisableHealthChecks = true;
             settings.MaxConnectRetryCount = 0;
             // Applied to the factory below rather than by Aspire (which reads it as exactly one URI), so this one
             // place decides how the connection string maps onto the connection.
@@ -84,6 +87,8 @@ public static class ProducerExtensions
             factory.TopologyRecoveryEnabled = false;
         });
         builder.Services.AddSingleton<LazyRabbitMqConnection>();
+        builder.Services.AddHealthChecks().AddRabbitMQ(
+            sp => sp.GetRequiredService<LazyRabbitMqConnection>().GetAsync(TimeSpan.FromSeconds(3)), name: "RabbitMQ.Client", timeout: TimeSpan.FromSeconds(4));
         builder.Services.AddHttpClient<RabbitMqQueueMetrics>(http => http.Timeout = TimeSpan.FromSeconds(2));
         builder.Services.AddSingleton<LaneMonitor>();
         builder.Services.AddSingleton<LaneSampler>();

@@ -53,6 +53,27 @@ public sealed class LaneTraceContextTests
     }
 
     [Fact]
+    public void Oversized_client_baggage_is_left_out_of_the_entry_and_the_trace_still_links()
+    {
+        using var ingest = new Activity("ingest").SetIdFormat(ActivityIdFormat.W3C).Start();
+        var before = Baggage.Current;
+        Baggage.Current = Baggage.Create(new Dictionary<string, string> { ["blob"] = new string('x', 8000) });
+        NameValueEntry[] written;
+        try
+        {
+            written = LaneTraceContext.Inject(ingest);
+        }
+        finally
+        {
+            Baggage.Current = before;
+        }
+
+        Assert.DoesNotContain(written, f => f.Name == "baggage");
+        Assert.All(written, f => Assert.True(f.Value.ToString().Length <= LaneTraceContext.MaxFieldLength));
+        Assert.Equal(ingest.TraceId, LaneTraceContext.Extract(written).ActivityContext.TraceId);
+    }
+
+    [Fact]
     public void Entry_written_with_only_traceparent_still_continues_its_trace()
     {
         var traceId = ActivityTraceId.CreateRandom();
