@@ -34,7 +34,18 @@ internal static class LocalProcessResources
             ? configured
             : Path.Combine(builder.AppHostDirectory, ".data");
         var directory = Path.GetFullPath(Path.Combine(root, name));
-        Directory.CreateDirectory(directory);
+        if (OperatingSystem.IsWindows())
+        {
+            Directory.CreateDirectory(directory);
+        }
+        else
+        {
+            // The owner's alone: the brokers write password-bearing files here themselves (Redis's CONFIG REWRITE and
+            // a Sentinel's config rewrite replace the file with mode 0644), so the directory is what keeps them private.
+            Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            File.SetUnixFileMode(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        }
+
         return directory;
     }
 

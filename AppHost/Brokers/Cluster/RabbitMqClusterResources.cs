@@ -168,7 +168,17 @@ public static class RabbitMqClusterResources
 
         // Written aside and moved into place: a node never reads a half-written cookie, and the first writer wins.
         var draft = path + "." + Guid.NewGuid().ToString("N");
-        File.WriteAllText(draft, RandomNumberGenerator.GetString("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 32));
+        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows())
+        {
+            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite; // never readable by others, not even briefly
+        }
+
+        using (var file = new StreamWriter(draft, new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false), options))
+        {
+            file.Write(RandomNumberGenerator.GetString("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 32));
+        }
+
         if (!OperatingSystem.IsWindows())
         {
             File.SetUnixFileMode(draft, UnixFileMode.UserRead);
