@@ -56,6 +56,7 @@ public static class ProducerExtensions
         builder.Services.AddSingleton<IdempotencyGuard>();
         builder.Services.AddSingleton<Backpressure>();
         builder.Services.AddSingleton<EventIngest>();
+        builder.AddScheduling();
 
         builder.Services.AddSingleton<RabbitMqConnection>();
         builder.Services.AddHttpClient<RabbitMqQueueMetrics>(http => http.Timeout = TimeSpan.FromSeconds(2));

@@ -45,6 +45,7 @@ public sealed record SubmittedBatch(IReadOnlyList<SubmittedEvent> Events);
 public sealed class EventIngest(
     EventValidator validator,
     IEnumerable<ILanePublisher> publishers,
+    DelayedEventHolder delayed,
     IdempotencyGuard idempotency,
     Backpressure backpressure,
     PipelineMetrics metrics,
@@ -207,7 +208,7 @@ public sealed class EventIngest(
         var answer = claim.Requested
             .Select(e => repeats.TryGetValue(e.Id, out var r)
                 ? new SubmittedEvent(r.Id, r.Lane ?? e.Lane, r.State, Duplicate: true)
-                : new SubmittedEvent(e.Id, e.Lane, EventStates.Accepted))
+                : new SubmittedEvent(e.Id, e.Lane, e.IsTimed ? EventStates.Scheduled : EventStates.Accepted))
             .ToList();
         return (answer, null);
     }
@@ -249,9 +250,21 @@ public sealed class EventIngest(
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(options.Value.BrokerTimeout);
         var held = new List<ValidatedEvent>();
+        // Timed events (notBefore, delay, expiresAt) are held in Redis first; the rest go straight into their lane.
+        var timed = events.Where(e => e.IsTimed).ToList();
+        var steps = new List<(IReadOnlyList<ValidatedEvent> Events, Func<IReadOnlyList<ValidatedEvent>, Task> Write)>();
+        if (timed.Count > 0)
+        {
+            steps.Add((timed, batch => delayed.HoldAsync(batch, acceptedAt, timeout.Token)));
+        }
+
         foreach (var publisher in publishers)
         {
-            var forLane = events.Where(e => e.Lane == publisher.Lane).ToList();
+            steps.Add(([.. events.Where(e => e.Lane == publisher.Lane && !e.IsTimed)], batch => publisher.PublishAsync(batch, acceptedAt, timeout.Token)));
+        }
+
+        foreach (var (forLane, write) in steps)
+        {
             if (forLane.Count == 0)
             {
                 continue;
@@ -259,13 +272,13 @@ public sealed class EventIngest(
 
             try
             {
-                await publisher.PublishAsync(forLane, acceptedAt, timeout.Token);
+                await write(forLane);
             }
             catch (BrokerUnavailableException ex)
             {
                 logger.LogWarning(ex, "The {Lane} lane's broker did not confirm {Count} events ({Confirmed} confirmed before it failed, {Uncertain} in doubt)",
                     ex.Lane, forLane.Count, ex.Confirmed.Count, ex.Uncertain.Count);
-                Accepted(publisher.Lane, ex.Confirmed);
+                Accepted(ex.Confirmed);
                 held.AddRange(ex.Confirmed);
                 return new PublishOutcome(held, Problems.Unavailable(ex.Lane, $"The {ex.Lane} lane's broker is unavailable",
                     "The broker did not confirm every event of this request. The ones in heldIds are held and will run; " +
@@ -277,17 +290,17 @@ public sealed class EventIngest(
             }
 
             held.AddRange(forLane);
-            Accepted(publisher.Lane, forLane);
+            Accepted(forLane);
         }
 
         return new PublishOutcome(held, null);
     }
 
-    private void Accepted(string lane, IReadOnlyList<ValidatedEvent> events)
+    private void Accepted(IReadOnlyList<ValidatedEvent> events)
     {
-        foreach (var group in events.GroupBy(e => e.Type))
+        foreach (var group in events.GroupBy(e => (e.Lane, e.Type)))
         {
-            metrics.Accepted(lane, group.Key, group.Count());
+            metrics.Accepted(group.Key.Lane, group.Key.Type, group.Count());
         }
     }
 
