@@ -54,6 +54,11 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
           redis.call('EXPIRE', @key, @ttl)
           return 3
         end
+        if @copy ~= '' then
+          local running = redis.call('HGET', @key, 'copy')
+          if state == 'processing' and running and running ~= @copy then return 4 end
+          redis.call('HSET', @key, 'copy', @copy)
+        end
         redis.call('HSET', @key, 'state', 'processing', 'attempts', @attempt)
         redis.call('HSETNX', @key, 'startedAt', @now)
         redis.call('EXPIRE', @key, @ttl)
@@ -171,8 +176,13 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     /// The start check of both lanes: moves the event to <c>processing</c> only if it may run, in one script, so a
     /// cancel either lands before it (the event never runs) or after it (the cancel answers 409).
     /// </summary>
-    public async Task<StartDecision> TryStartAsync(string id, int attempt) =>
-        (StartDecision)(int)await Db.ScriptEvaluateAsync(ProcessingScript, new { key = Key(id), attempt, now = Now, ttl = TtlSeconds });
+    /// <param name="copy">
+    /// the broker's id of this copy of the event (the I/O lane's message id), or "" when the lane cannot hold two copies.
+    /// While one copy is <c>processing</c>, another copy (a second publish of the same event id) is refused; the same
+    /// copy redelivered after its worker died is not.
+    /// </param>
+    public async Task<StartDecision> TryStartAsync(string id, int attempt, string copy = "") =>
+        (StartDecision)(int)await Db.ScriptEvaluateAsync(ProcessingScript, new { key = Key(id), attempt, now = Now, ttl = TtlSeconds, copy });
 
     /// <summary>Cancels the event if it has not started (accepted, scheduled or waiting for a retry).</summary>
     public async Task<(CancelOutcome Outcome, string? State)> CancelAsync(string id)
@@ -277,6 +287,8 @@ public enum StartDecision
     Cancelled = 2,
     /// <summary>Not started by its <c>expiresAt</c> (now recorded <c>expired</c>): acknowledge without running it.</summary>
     Expired = 3,
+    /// <summary>Another copy of the same event is running: acknowledge this one without running it.</summary>
+    AnotherCopyRunning = 4,
 }
 
 public enum CancelOutcome

@@ -40,7 +40,7 @@ public sealed class IoEventConsumer(
         Activity.Current?.SetTag("eventpipeline.attempt", attempt);
 
         // The start check: an event that already succeeded, was cancelled or expired is acknowledged without a call.
-        if (await BestEffort(() => statuses.TryStartAsync(message.EventId, attempt), StartDecision.Start, message.EventId) is not StartDecision.Start and var refused)
+        if (await BestEffort(() => statuses.TryStartAsync(message.EventId, attempt, context.MessageId?.ToString("N") ?? ""), StartDecision.Start, message.EventId) is not StartDecision.Start and var refused)
         {
             logger.LogInformation("Event {EventId} not started ({Decision}); acknowledging it without calling downstream", message.EventId, refused);
             if (refused is StartDecision.Cancelled or StartDecision.Expired)
