@@ -75,7 +75,7 @@ public sealed class EventIngest(
                 return ValidationProblem(errors);
             }
 
-            var (events, failure) = await AcceptAsync(request, key, body, [validated], cancellationToken);
+            var (events, failure) = await AcceptAsync(ScopeOf(request), key, body, [validated], cancellationToken);
             if (failure is not null)
             {
                 return failure;
@@ -133,7 +133,7 @@ public sealed class EventIngest(
                 return ValidationProblem(errors);
             }
 
-            var (events, failure) = await AcceptAsync(request, key, body, validated, cancellationToken);
+            var (events, failure) = await AcceptAsync(ScopeOf(request), key, body, validated, cancellationToken);
             if (failure is not null)
             {
                 return failure;
@@ -146,9 +146,23 @@ public sealed class EventIngest(
         }
     }
 
+    /// <summary>
+    /// A periodic schedule's tick, through the same idempotent path as a client's event: its id is deterministic, so a
+    /// tick fired twice (two schedulers, or a restart between firing and recording it) enqueues one event.
+    /// </summary>
+    /// <returns>the event as accepted (<see cref="SubmittedEvent.Duplicate"/>: fired before), or null when it could not
+    /// be enqueued now (broker down, backpressure, the same tick in flight elsewhere): try again later.</returns>
+    public async Task<SubmittedEvent?> SubmitTickAsync(ValidatedEvent tick, CancellationToken cancellationToken)
+    {
+        var (events, failure) = await AcceptAsync("scheduler", null, ReadOnlyMemory<byte>.Empty, [tick], cancellationToken);
+        return failure is null ? events![0] : null;
+    }
+
+    private static string ScopeOf(HttpRequest request) => request.HttpContext.Items[ApiKeyFilter.ScopeItem] as string ?? "";
+
     /// <summary>Backpressure, then the idempotency claim, then the broker writes; answers in request order.</summary>
     private async Task<(IReadOnlyList<SubmittedEvent>? Events, IResult? Problem)> AcceptAsync(
-        HttpRequest request, string? key, ReadOnlyMemory<byte> body, IReadOnlyList<ValidatedEvent> events, CancellationToken cancellationToken)
+        string scope, string? key, ReadOnlyMemory<byte> body, IReadOnlyList<ValidatedEvent> events, CancellationToken cancellationToken)
     {
         if (backpressure.Overloaded(events.Select(e => e.Lane).Distinct()) is { } busy)
         {
@@ -164,7 +178,6 @@ public sealed class EventIngest(
             return (null, new HeaderResult(TypedResults.Problem(problem), ("Retry-After", backpressure.RetryAfterSeconds.ToString(CultureInfo.InvariantCulture))));
         }
 
-        var scope = request.HttpContext.Items[ApiKeyFilter.ScopeItem] as string ?? "";
         IdempotencyClaim claim;
         try
         {

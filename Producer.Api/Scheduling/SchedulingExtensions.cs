@@ -16,9 +16,11 @@ public static class SchedulingExtensions
             .ValidateOnStart();
         builder.Services.AddSingleton<DelayedEventStore>();
         builder.Services.AddSingleton<DelayedEventHolder>();
+        builder.Services.AddSingleton<ScheduleStore>();
         if (builder.Configuration.GetValue("Scheduling:Enabled", true))
         {
             builder.Services.AddHostedService<DelayedEventPromoter>();
+            builder.Services.AddHostedService<ScheduleRunner>();
         }
 
         return builder;
