@@ -73,6 +73,8 @@ public sealed class DelayedEventTests(TimedEventsFixture fixture, ITestOutputHel
         Assert.Equal(notBefore.ToUnixTimeMilliseconds(), status.GetProperty("notBefore").GetDateTimeOffset().ToUnixTimeMilliseconds());
         Assert.Equal(1, await Db.SortedSetLengthAsync($"events.{lane}.scheduled"));
 
+        // Times are kept in whole milliseconds.
+        notBefore = DateTimeOffset.FromUnixTimeMilliseconds(notBefore.ToUnixTimeMilliseconds());
         var done = await Host.WaitForStateAsync(id, "succeeded", TimeSpan.FromSeconds(60));
         var started = done.GetProperty("startedAt").GetDateTimeOffset();
         Assert.True(started >= notBefore, $"{id} started at {started:O}, before its notBefore {notBefore:O}");
