@@ -72,6 +72,8 @@ public sealed class DelayedEventTests(TimedEventsFixture fixture, ITestOutputHel
         Assert.Equal("scheduled", status.GetProperty("state").GetString());
         Assert.Equal(notBefore.ToUnixTimeMilliseconds(), status.GetProperty("notBefore").GetDateTimeOffset().ToUnixTimeMilliseconds());
         Assert.Equal(1, await Db.SortedSetLengthAsync($"events.{lane}.scheduled"));
+        var lanes = await Host.Submit.GetFromJsonAsync<JsonElement>("/lanes");
+        Assert.Equal(1, lanes.GetProperty("lanes").EnumerateArray().Single(l => l.GetProperty("name").GetString() == lane).GetProperty("scheduled").GetInt64());
 
         // Times are kept in whole milliseconds.
         notBefore = DateTimeOffset.FromUnixTimeMilliseconds(notBefore.ToUnixTimeMilliseconds());
