@@ -71,9 +71,9 @@ public sealed class DelayedEventTests(TimedEventsFixture fixture, ITestOutputHel
         var status = await Host.Submit.GetFromJsonAsync<JsonElement>($"/events/{id}");
         Assert.Equal("scheduled", status.GetProperty("state").GetString());
         Assert.Equal(notBefore.ToUnixTimeMilliseconds(), status.GetProperty("notBefore").GetDateTimeOffset().ToUnixTimeMilliseconds());
-        Assert.Equal(1, await Db.SortedSetLengthAsync($"events.{lane}.scheduled"));
+        Assert.NotNull(await Db.SortedSetScoreAsync($"events.{lane}.scheduled", id));
         var lanes = await Host.Submit.GetFromJsonAsync<JsonElement>("/lanes");
-        Assert.Equal(1, lanes.GetProperty("lanes").EnumerateArray().Single(l => l.GetProperty("name").GetString() == lane).GetProperty("scheduled").GetInt64());
+        Assert.True(lanes.GetProperty("lanes").EnumerateArray().Single(l => l.GetProperty("name").GetString() == lane).GetProperty("scheduled").GetInt64() >= 1);
 
         // Times are kept in whole milliseconds.
         notBefore = DateTimeOffset.FromUnixTimeMilliseconds(notBefore.ToUnixTimeMilliseconds());
@@ -81,15 +81,16 @@ public sealed class DelayedEventTests(TimedEventsFixture fixture, ITestOutputHel
         var started = done.GetProperty("startedAt").GetDateTimeOffset();
         Assert.True(started >= notBefore, $"{id} started at {started:O}, before its notBefore {notBefore:O}");
         Assert.True(started - notBefore <= Slack, $"{id} started {(started - notBefore).TotalMilliseconds} ms after its notBefore (slack {Slack})");
-        Assert.Equal(0, await Db.SortedSetLengthAsync($"events.{lane}.scheduled"));
+        Assert.Null(await Db.SortedSetScoreAsync($"events.{lane}.scheduled", id));
     }
 
     [Fact]
     public async Task Ten_thousand_delayed_events_spread_over_thirty_seconds_all_run_none_early_none_lost()
     {
-        const int count = 10_000;
+        // The benchmark in docs/benchmarks.md runs this with more events over a longer spread (see there).
+        var count = Setting("EVENTPIPELINE_DELAYED_COUNT", 10_000);
         var start = DateTimeOffset.UtcNow.AddSeconds(8);
-        var spread = TimeSpan.FromSeconds(30);
+        var spread = TimeSpan.FromSeconds(Setting("EVENTPIPELINE_DELAYED_SPREAD_SECONDS", 30));
         var prefix = $"spread-{Guid.NewGuid():N}-";
         var events = Enumerable.Range(0, count).Select(i => new
         {
@@ -115,9 +116,65 @@ public sealed class DelayedEventTests(TimedEventsFixture fixture, ITestOutputHel
         var slacks = seen.Select(p => p.Value.StartedAt!.Value - notBefore[p.Key].ToUnixTimeMilliseconds()).Order().ToList();
         var early = seen.Where(p => p.Value.StartedAt < notBefore[p.Key].ToUnixTimeMilliseconds()).Select(p => p.Key).ToList();
         Assert.True(early.Count == 0, $"{early.Count} events started before their notBefore, e.g. {string.Join(", ", early.Take(5))}");
-        output.WriteLine($"start slack over {count} events: p50 {slacks[count / 2]} ms, p99 {slacks[count * 99 / 100]} ms, max {slacks[^1]} ms");
-        Assert.Equal(0, await Db.SortedSetLengthAsync("events.cpu.scheduled") + await Db.SortedSetLengthAsync("events.io.scheduled"));
+        foreach (var lane in new[] { "cpu", "io" })
+        {
+            var slack = seen.Where(p => events[int.Parse(p.Key[prefix.Length..], System.Globalization.CultureInfo.InvariantCulture)].type == $"noop.{lane}")
+                .Select(p => p.Value.StartedAt!.Value - notBefore[p.Key].ToUnixTimeMilliseconds()).Order().ToList();
+            output.WriteLine($"{lane} lane, start slack (startedAt - notBefore) over {slack.Count} events spread over {spread.TotalSeconds} s: " +
+                             $"p50 {slack[slack.Count / 2]} ms, p99 {slack[slack.Count * 99 / 100]} ms, max {slack[^1]} ms");
+        }
     }
+
+    [Fact]
+    public async Task Scheduled_backlog_costs_the_workers_no_cpu_while_it_waits()
+    {
+        // CI holds 20,000 events an hour ahead for 10 s; docs/benchmarks.md runs 100,000 for 60 s.
+        var count = Setting("EVENTPIPELINE_IDLE_BACKLOG", 20_000);
+        var window = TimeSpan.FromSeconds(Setting("EVENTPIPELINE_IDLE_SECONDS", 10));
+        var prefix = $"idle-{Guid.NewGuid():N}-";
+        var notBefore = DateTimeOffset.UtcNow.AddHours(1).ToString("O");
+        foreach (var chunk in Enumerable.Range(0, count).Chunk(1000))
+        {
+            var batch = chunk.Select(i => new { id = prefix + i, type = i % 2 == 0 ? "noop.cpu" : "noop.io", payload = new { }, notBefore });
+            Assert.Equal(HttpStatusCode.Accepted, (await Host.Submit.PostAsJsonAsync("/events/batch", new { events = batch })).StatusCode);
+        }
+
+        try
+        {
+            var processes = new[] { ("Worker.Cpu", fixture.CpuWorker.Pid), ("Worker.Io", fixture.IoWorker.Pid), ("Producer.Api", Host.Api.Pid) };
+            var before = processes.Select(p => CpuSeconds(p.Pid)).ToArray();
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            await Eventually.TrueAsync(() => Task.FromResult(clock.Elapsed >= window), window + TimeSpan.FromSeconds(30), "the measuring window to pass", TimeSpan.FromMilliseconds(50));
+            var elapsed = clock.Elapsed.TotalSeconds;
+            var used = processes.Select((p, i) => (p.Item1, Share: (CpuSeconds(p.Pid) - before[i]) / elapsed)).ToList();
+            output.WriteLine($"{count} events scheduled an hour ahead, {elapsed:F1} s: " + string.Join(", ", used.Select(u => $"{u.Item1} {u.Share:P1} of a core")));
+            Assert.True(await Db.SortedSetLengthAsync("events.cpu.scheduled") + await Db.SortedSetLengthAsync("events.io.scheduled") >= count);
+            foreach (var (name, share) in used.Take(2))
+            {
+                Assert.True(share < 0.10, $"{name} used {share:P1} of a core while {count} events waited an hour ahead");
+            }
+        }
+        finally
+        {
+            // Leave the shared fixture as it was: the backlog goes (cancelled), nothing of it runs.
+            var db = Db;
+            foreach (var lane in new[] { "cpu", "io" })
+            {
+                await db.SortedSetRemoveRangeByScoreAsync($"events.{lane}.scheduled", DateTimeOffset.UtcNow.AddMinutes(30).ToUnixTimeMilliseconds(), double.PositiveInfinity);
+            }
+        }
+    }
+
+    /// <summary>User plus system CPU time of a process so far (<c>/proc/{pid}/stat</c>, fields 14 and 15, in clock ticks of 10 ms).</summary>
+    private static double CpuSeconds(int pid)
+    {
+        var stat = File.ReadAllText($"/proc/{pid}/stat");
+        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        return (long.Parse(fields[11], System.Globalization.CultureInfo.InvariantCulture) + long.Parse(fields[12], System.Globalization.CultureInfo.InvariantCulture)) / 100.0;
+    }
+
+    private static int Setting(string name, int fallback) =>
+        int.TryParse(Environment.GetEnvironmentVariable(name), out var value) && value > 0 ? value : fallback;
 
     [Fact]
     public async Task Cancelled_scheduled_event_is_never_run_on_either_lane()
