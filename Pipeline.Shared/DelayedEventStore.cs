@@ -163,7 +163,7 @@ public sealed class DelayedEventStore(IConnectionMultiplexer redis, EventStatusS
         return 1
         """);
 
-    private readonly SemaphoreSlim _held = new(0);
+    private readonly Dictionary<string, SemaphoreSlim> _held = Lanes.All.ToDictionary(lane => lane, _ => new SemaphoreSlim(0));
 
     private IDatabase Db => redis.GetDatabase();
 
@@ -196,7 +196,10 @@ public sealed class DelayedEventStore(IConnectionMultiplexer redis, EventStatusS
         }
 
         await Task.WhenAll(writes);
-        _held.Release(); // this process's promoter: the new event may be due before whatever it sleeps for
+        foreach (var lane in events.Select(e => e.Lane).Distinct())
+        {
+            _held[lane].Release(); // this process's promoter: the new event may be due before whatever it sleeps for
+        }
     }
 
     /// <summary>Moves due CPU-lane events into the stream.</summary>
@@ -251,10 +254,11 @@ public sealed class DelayedEventStore(IConnectionMultiplexer redis, EventStatusS
     }
 
     /// <summary>Waits for <paramref name="delay"/> or until this process holds a new event, whichever comes first.</summary>
-    public async Task WaitForDueOrHeldAsync(TimeSpan delay, CancellationToken cancellationToken)
+    public async Task WaitForDueOrHeldAsync(string lane, TimeSpan delay, CancellationToken cancellationToken)
     {
-        await _held.WaitAsync(delay, cancellationToken);
-        while (_held.CurrentCount > 0 && _held.Wait(0))
+        var held = _held[lane];
+        await held.WaitAsync(delay, cancellationToken);
+        while (held.CurrentCount > 0 && held.Wait(0))
         {
             // several holds meanwhile: one pass handles them all
         }

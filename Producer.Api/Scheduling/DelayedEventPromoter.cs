@@ -28,6 +28,14 @@ public sealed class DelayedEventPromoter(
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         SchedulingTelemetry.ObserveScheduled(() => _counts);
+        // One loop per lane: a slow publisher confirm on the I/O lane must not hold back the CPU lane's due events.
+        await Task.WhenAll(
+            RunAsync(Lanes.Cpu, PromoteCpuAsync, stoppingToken),
+            RunAsync(Lanes.Io, () => PromoteIoAsync(stoppingToken), stoppingToken));
+    }
+
+    private async Task RunAsync(string lane, Func<Task<DateTimeOffset?>> promote, CancellationToken stoppingToken)
+    {
         try
         {
             while (!stoppingToken.IsCancellationRequested)
@@ -35,22 +43,23 @@ public sealed class DelayedEventPromoter(
                 var wait = options.Value.PollInterval;
                 try
                 {
-                    var cpuNext = await PromoteCpuAsync();
-                    var ioNext = await PromoteIoAsync(stoppingToken);
-                    foreach (var due in new[] { cpuNext, ioNext }.OfType<DateTimeOffset>())
+                    if (await promote() is { } due)
                     {
                         var untilDue = due - DateTimeOffset.UtcNow;
                         wait = untilDue < Shortest ? Shortest : untilDue < wait ? untilDue : wait;
                     }
 
-                    await CountAsync();
+                    if (lane == Lanes.Cpu)
+                    {
+                        await CountAsync();
+                    }
                 }
                 catch (Exception ex) when (ex is RedisException or TimeoutException)
                 {
-                    logger.LogWarning(ex, "Promoting due delayed events failed; trying again in {Wait}", wait);
+                    logger.LogWarning(ex, "Promoting due delayed events of the {Lane} lane failed; trying again in {Wait}", lane, wait);
                 }
 
-                await store.WaitForDueOrHeldAsync(wait, stoppingToken);
+                await store.WaitForDueOrHeldAsync(lane, wait, stoppingToken);
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)

@@ -350,6 +350,44 @@ public sealed class DelayedEventTests(TimedEventsFixture fixture, ITestOutputHel
         Assert.Equal(1, (long)await Db.HashGetAsync($"event:{id}", "completions"));
     }
 
+    [Fact]
+    public async Task Bad_cron_or_unknown_time_zone_answers_400_and_stores_nothing()
+    {
+        var bodies = new (string Json, string Field)[]
+        {
+            ("""{"cron":"not a cron","event":{"type":"noop.cpu","payload":{}}}""", "cron"),
+            ("""{"cron":"* * *","event":{"type":"noop.cpu","payload":{}}}""", "cron"),
+            ("""{"cron":"61 * * * *","event":{"type":"noop.cpu","payload":{}}}""", "cron"),
+            ("""{"cron":"*/5 * * * *","timeZone":"Mars/Olympus_Mons","event":{"type":"noop.cpu","payload":{}}}""", "timeZone"),
+            ("""{"cron":"*/5 * * * *","misfire":"sometimes","event":{"type":"noop.cpu","payload":{}}}""", "misfire"),
+            ("""{"cron":"*/5 * * * *","event":{"type":"no.such.type","payload":{}}}""", "event.type"),
+            ("""{"cron":"*/5 * * * *","event":{"id":"fixed","type":"noop.cpu","payload":{}}}""", "event.id"),
+            ("""{"cron":"*/5 * * * *"}""", "event"),
+        };
+        foreach (var (json, field) in bodies)
+        {
+            var response = await Host.Admin.PutAsync("/schedules/bad", new StringContent(json, Encoding.UTF8, "application/json"));
+            Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+            Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+            var problem = await response.Content.ReadFromJsonAsync<JsonElement>();
+            Assert.True(problem.GetProperty("errors").TryGetProperty(field, out _), $"{json}: no error for {field}: {problem}");
+        }
+
+        Assert.Equal(HttpStatusCode.NotFound, (await Host.Admin.GetAsync("/schedules/bad")).StatusCode);
+        Assert.Equal(HttpStatusCode.Forbidden, (await Host.Submit.PutAsJsonAsync("/schedules/bad", new { cron = "* * * * *" })).StatusCode);
+        var list = await Host.Admin.GetFromJsonAsync<JsonElement>("/schedules");
+        Assert.DoesNotContain(list.GetProperty("schedules").EnumerateArray(), s => s.GetProperty("name").GetString() == "bad");
+
+        // A valid one in a time zone, then deleted.
+        var ok = await Host.Admin.PutAsJsonAsync("/schedules/nightly", new { cron = "0 3 * * *", timeZone = "Europe/Berlin", misfire = "skip", @event = new { type = "noop.io", payload = new { } } });
+        Assert.Equal(HttpStatusCode.Created, ok.StatusCode);
+        var nightly = await ok.Content.ReadFromJsonAsync<JsonElement>();
+        var next = nightly.GetProperty("nextFireAt").GetDateTimeOffset();
+        Assert.Equal(3, TimeZoneInfo.ConvertTime(next, TimeZoneInfo.FindSystemTimeZoneById("Europe/Berlin")).Hour);
+        Assert.Equal(HttpStatusCode.NoContent, (await Host.Admin.DeleteAsync("/schedules/nightly")).StatusCode);
+        Assert.Equal(HttpStatusCode.NotFound, (await Host.Admin.GetAsync("/schedules/nightly")).StatusCode);
+    }
+
     public static TheoryData<string, string> BadTiming() => new()
     {
         { """{"type":"noop.cpu","payload":{},"delay":5,"notBefore":"2030-01-01T00:00:00Z"}""", "delay" },
