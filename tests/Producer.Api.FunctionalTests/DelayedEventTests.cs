@@ -386,6 +386,13 @@ public sealed class DelayedEventTests(TimedEventsFixture fixture, ITestOutputHel
         Assert.Equal(3, TimeZoneInfo.ConvertTime(next, TimeZoneInfo.FindSystemTimeZoneById("Europe/Berlin")).Hour);
         Assert.Equal(HttpStatusCode.NoContent, (await Host.Admin.DeleteAsync("/schedules/nightly")).StatusCode);
         Assert.Equal(HttpStatusCode.NotFound, (await Host.Admin.GetAsync("/schedules/nightly")).StatusCode);
+
+        // The OpenAPI document describes the new endpoints and fields.
+        var openApi = await Host.Anonymous.GetStringAsync("/openapi/v1.json");
+        foreach (var expected in new[] { "/schedules/{name}", "/schedules/{name}/pause", "/events/{id}/cancel", "notBefore", "expiresAt", "scheduled" })
+        {
+            Assert.Contains(expected, openApi);
+        }
     }
 
     public static TheoryData<string, string> BadTiming() => new()
