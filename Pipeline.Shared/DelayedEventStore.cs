@@ -122,11 +122,11 @@ public sealed class DelayedEventStore(IConnectionMultiplexer redis, EventStatusS
         return reply
         """);
 
-    // Claims due entries for one lease. Returns { next due or -1, expired count, then id, body pairs of the claimed }.
+    // Claims due entries for one lease. Returns { next due or -1, expired types joined by newlines, then id, body pairs of the claimed }.
     private static readonly LuaScript ClaimIoScript = LuaScript.Prepare(DecideLua + """
         local due = redis.call('ZRANGEBYSCORE', @set, '-inf', @now, 'LIMIT', 0, @limit)
         local claimed = {}
-        local expired = 0
+        local expired = {}
         for _, id in ipairs(due) do
           local statusKey = @statusPrefix .. id
           local bodyKey = @bodyPrefix .. id
@@ -137,13 +137,13 @@ public sealed class DelayedEventStore(IConnectionMultiplexer redis, EventStatusS
             table.insert(claimed, id)
             table.insert(claimed, body)
           else
-            if decision == 'expired' then expired = expired + 1 end
+            if decision == 'expired' then table.insert(expired, redis.call('HGET', statusKey, 'type') or '') end
             redis.call('ZREM', @set, id)
             redis.call('DEL', bodyKey)
           end
         end
         local next = redis.call('ZRANGE', @set, 0, 0, 'WITHSCORES')
-        local reply = { next[2] or '-1', expired }
+        local reply = { next[2] or '-1', table.concat(expired, '\n') }
         for _, v in ipairs(claimed) do table.insert(reply, v) end
         return reply
         """);
@@ -215,7 +215,7 @@ public sealed class DelayedEventStore(IConnectionMultiplexer redis, EventStatusS
     }
 
     /// <summary>Claims due I/O-lane events for <see cref="SchedulingOptions.IoClaimLease"/>.</summary>
-    public async Task<(IReadOnlyList<ClaimedEvent> Claimed, int Expired, DateTimeOffset? NextDue)> ClaimIoAsync()
+    public async Task<(IReadOnlyList<ClaimedEvent> Claimed, IReadOnlyList<string> ExpiredTypes, DateTimeOffset? NextDue)> ClaimIoAsync()
     {
         var now = Now;
         var leaseUntil = now + (long)options.Value.IoClaimLease.TotalMilliseconds;
@@ -230,7 +230,8 @@ public sealed class DelayedEventStore(IConnectionMultiplexer redis, EventStatusS
             claimed.Add(new ClaimedEvent(reply[i].ToString()!, reply[i + 1].ToString()!, leaseUntil));
         }
 
-        return (claimed, (int)reply[1], Due(reply[0]));
+        var expired = reply[1].ToString() is { Length: > 0 } types ? types.Split('\n') : [];
+        return (claimed, expired, Due(reply[0]));
     }
 
     /// <summary>The claimed events are confirmed in the I/O lane: drop their entries (only under this claim's lease).</summary>

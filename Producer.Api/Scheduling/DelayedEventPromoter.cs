@@ -87,9 +87,9 @@ public sealed class DelayedEventPromoter(
     private async Task<DateTimeOffset?> PromoteIoAsync(CancellationToken stoppingToken)
     {
         var (claimed, expired, next) = await store.ClaimIoAsync();
-        for (var i = 0; i < expired; i++)
+        foreach (var type in expired)
         {
-            SchedulingTelemetry.NotRun(Lanes.Io, "", EventStates.Expired);
+            SchedulingTelemetry.NotRun(Lanes.Io, type, EventStates.Expired);
         }
 
         if (claimed.Count == 0)

@@ -323,6 +323,35 @@ public sealed class DelayedEventTests(TimedEventsFixture fixture, ITestOutputHel
     }
 
     [Fact]
+    public async Task Scheduled_event_that_expires_before_it_is_promoted_never_enters_its_lane()
+    {
+        var ids = new[] { ("noop.cpu", "cpu", $"late-cpu-{Guid.NewGuid():N}"), ("webhook.post", "io", $"late-io-{Guid.NewGuid():N}") };
+        var expiresAt = DateTimeOffset.UtcNow.AddSeconds(2);
+        foreach (var (type, _, id) in ids)
+        {
+            Assert.Equal(HttpStatusCode.Accepted, (await SubmitAsync(new { id, type, payload = new { }, delay = 1, expiresAt = expiresAt.ToString("O") })).StatusCode);
+        }
+
+        // The only promoter (the API's) is frozen past both the start and the expiry.
+        await using (ProcessPause.Of(Host.Api.Pid))
+        {
+            await Eventually.TrueAsync(() => Task.FromResult(DateTimeOffset.UtcNow > expiresAt.AddMilliseconds(200)),
+                TimeSpan.FromSeconds(10), "the events' expiry to pass", TimeSpan.FromMilliseconds(50));
+        }
+
+        foreach (var (_, lane, id) in ids)
+        {
+            var status = await Host.WaitForStateAsync(id, "expired", TimeSpan.FromSeconds(60));
+            Assert.Equal(JsonValueKind.Null, status.GetProperty("startedAt").ValueKind);
+            Assert.Null(await Db.SortedSetScoreAsync($"events.{lane}.scheduled", id));
+            Assert.False(await Db.KeyExistsAsync($"events.scheduled.body:{id}"));
+        }
+
+        using var receiver = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{fixture.ReceiverPort}") };
+        Assert.Equal(0, (await receiver.GetFromJsonAsync<JsonElement>($"/received/{ids[1].Item3}")).GetProperty("count").GetInt32());
+    }
+
+    [Fact]
     public async Task A_second_copy_of_a_promoted_io_event_reaches_downstream_once()
     {
         // What a promoter that died between its confirmed publish and the removal leaves behind: the entry back in the
