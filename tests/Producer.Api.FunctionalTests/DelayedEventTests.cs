@@ -416,6 +416,11 @@ public sealed class DelayedEventTests(TimedEventsFixture fixture, ITestOutputHel
         Assert.Equal(HttpStatusCode.NoContent, (await Host.Admin.DeleteAsync("/schedules/nightly")).StatusCode);
         Assert.Equal(HttpStatusCode.NotFound, (await Host.Admin.GetAsync("/schedules/nightly")).StatusCode);
 
+        // The scheduled gauge the Grafana panel reads is exported per lane.
+        var metrics = await Eventually.ReturnsAsync(() => Host.Anonymous.GetStringAsync("/metrics"),
+            m => m.Contains("eventpipeline_lane_scheduled{", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "the scheduled gauge to be exported");
+        Assert.Contains("lane=\"io\"", metrics.Split('\n').Where(l => l.StartsWith("eventpipeline_lane_scheduled{", StringComparison.Ordinal)).Aggregate("", string.Concat));
+
         // The OpenAPI document describes the new endpoints and fields.
         var openApi = await Host.Anonymous.GetStringAsync("/openapi/v1.json");
         foreach (var expected in new[] { "/schedules/{name}", "/schedules/{name}/pause", "/events/{id}/cancel", "notBefore", "expiresAt", "scheduled" })
