@@ -12,11 +12,19 @@ public static class Lanes
 /// <summary>The life of an event as <c>GET /events/{id}</c> reports it.</summary>
 public static class EventStates
 {
+    /// <summary>Held until its <c>notBefore</c>: not in a lane yet, occupies no worker.</summary>
+    public const string Scheduled = "scheduled";
     public const string Accepted = "accepted";
     public const string Processing = "processing";
     public const string Retrying = "retrying";
     public const string Succeeded = "succeeded";
     public const string Dead = "dead";
+
+    /// <summary>Not started before its <c>expiresAt</c>: never run, and not a dead letter.</summary>
+    public const string Expired = "expired";
+
+    /// <summary>Cancelled before it started (<c>POST /events/{id}/cancel</c>): never run.</summary>
+    public const string Cancelled = "cancelled";
 }
 
 /// <summary>Event types the pipeline knows. The routing table in configuration maps them to lanes.</summary>

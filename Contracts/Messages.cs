@@ -20,4 +20,8 @@ public sealed record EventStatus(
     DateTimeOffset? StartedAt,
     DateTimeOffset? FinishedAt,
     int Replays = 0,
-    DateTimeOffset? ReplayedAt = null);
+    DateTimeOffset? ReplayedAt = null,
+    DateTimeOffset? NotBefore = null,
+    DateTimeOffset? ExpiresAt = null,
+    DateTimeOffset? CancelledAt = null,
+    DateTimeOffset? ExpiredAt = null);

@@ -41,9 +41,24 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
         return 1
         """);
 
+    // The one check-and-move every start goes through (both lanes): a cancelled or expired event never starts, and one
+    // not started by its expiresAt is recorded expired here. A redelivery of an event that had started is not expired.
     private static readonly LuaScript ProcessingScript = LuaScript.Prepare("""
         local state = redis.call('HGET', @key, 'state')
         if state == 'succeeded' then return 0 end
+        if state == 'cancelled' then return 2 end
+        if state == 'expired' then return 3 end
+        local expiresAt = tonumber(redis.call('HGET', @key, 'expiresAt'))
+        if expiresAt and expiresAt <= tonumber(@now) and redis.call('HEXISTS', @key, 'startedAt') == 0 then
+          redis.call('HSET', @key, 'state', 'expired', 'expiredAt', @now, 'finishedAt', @now)
+          redis.call('EXPIRE', @key, @ttl)
+          return 3
+        end
+        if @copy ~= '' then
+          local running = redis.call('HGET', @key, 'copy')
+          if state == 'processing' and running and running ~= @copy then return 4 end
+          redis.call('HSET', @key, 'copy', @copy)
+        end
         redis.call('HSET', @key, 'state', 'processing', 'attempts', @attempt)
         redis.call('HSETNX', @key, 'startedAt', @now)
         redis.call('EXPIRE', @key, @ttl)
@@ -116,6 +131,21 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
         return 0
         """);
 
+    // Cancels an event that has not started, wherever it waits: the scheduled set entry goes with it; one in a lane (or
+    // waiting for a retry) is refused by the start check above. Returns { outcome, state before }.
+    private static readonly LuaScript CancelScript = LuaScript.Prepare("""
+        local state = redis.call('HGET', @key, 'state')
+        if not state then return { 'missing', '' } end
+        if state == 'cancelled' then return { 'already', state } end
+        if state ~= 'accepted' and state ~= 'scheduled' and state ~= 'retrying' then return { 'started', state } end
+        redis.call('HSET', @key, 'state', 'cancelled', 'cancelledAt', @now, 'finishedAt', @now)
+        redis.call('EXPIRE', @key, @ttl)
+        local lane = redis.call('HGET', @key, 'lane') or ''
+        redis.call('ZREM', 'events.' .. lane .. '.scheduled', @id)
+        redis.call('DEL', @body)
+        return { 'cancelled', state }
+        """);
+
     private IDatabase Db => redis.GetDatabase();
 
     /// <summary>Seconds a status is kept after its last change (<see cref="StatusOptions.Retention"/>).</summary>
@@ -139,9 +169,37 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     public Task MarkAcceptedAsync(string id, string type, string lane, DateTimeOffset acceptedAt) =>
         MarkAcceptedAsync(Db, id, type, lane, acceptedAt);
 
-    /// <returns>false when the event already succeeded: the caller should not run it again.</returns>
-    public async Task<bool> MarkProcessingAsync(string id, int attempt) =>
-        (int)await Db.ScriptEvaluateAsync(ProcessingScript, new { key = Key(id), attempt, now = Now, ttl = TtlSeconds }) == 1;
+    /// <returns>false when the event must not run: it already succeeded, was cancelled or expired (see <see cref="TryStartAsync"/>).</returns>
+    public async Task<bool> MarkProcessingAsync(string id, int attempt) => await TryStartAsync(id, attempt) == StartDecision.Start;
+
+    /// <summary>
+    /// The start check of both lanes: moves the event to <c>processing</c> only if it may run, in one script, so a
+    /// cancel either lands before it (the event never runs) or after it (the cancel answers 409).
+    /// </summary>
+    /// <param name="copy">
+    /// the broker's id of this copy of the event (the I/O lane's message id), or "" when the lane cannot hold two copies.
+    /// While one copy is <c>processing</c>, another copy (a second publish of the same event id) is refused; the same
+    /// copy redelivered after its worker died is not.
+    /// </param>
+    public async Task<StartDecision> TryStartAsync(string id, int attempt, string copy = "") =>
+        (StartDecision)(int)await Db.ScriptEvaluateAsync(ProcessingScript, new { key = Key(id), attempt, now = Now, ttl = TtlSeconds, copy });
+
+    /// <summary>Cancels the event if it has not started (accepted, scheduled or waiting for a retry).</summary>
+    public async Task<(CancelOutcome Outcome, string? State)> CancelAsync(string id)
+    {
+        var reply = (RedisResult[])(await Db.ScriptEvaluateAsync(CancelScript, new
+        {
+            key = Key(id), id, body = (RedisKey)(DelayedEventStore.BodyPrefix + id), now = Now, ttl = TtlSeconds,
+        }))!;
+        var outcome = reply[0].ToString() switch
+        {
+            "cancelled" => CancelOutcome.Cancelled,
+            "already" => CancelOutcome.AlreadyCancelled,
+            "started" => CancelOutcome.Started,
+            _ => CancelOutcome.NotFound,
+        };
+        return (outcome, reply[1].ToString() is { Length: > 0 } s ? s : null);
+    }
 
     public Task MarkRetryingAsync(IDatabaseAsync db, string id, int attempt, string error) =>
         db.ScriptEvaluateAsync(RetryingScript, new { key = Key(id), attempt, error, ttl = TtlSeconds });
@@ -204,7 +262,11 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
             StartedAt: Time(fields, "startedAt"),
             FinishedAt: Time(fields, "finishedAt"),
             Replays: int.TryParse(fields.GetValueOrDefault("replays"), out var replays) ? replays : 0,
-            ReplayedAt: Time(fields, "replayedAt"));
+            ReplayedAt: Time(fields, "replayedAt"),
+            NotBefore: Time(fields, "notBefore"),
+            ExpiresAt: Time(fields, "expiresAt"),
+            CancelledAt: Time(fields, "cancelledAt"),
+            ExpiredAt: Time(fields, "expiredAt"));
     }
 
     /// <summary>How many times a success was recorded for the event: 1 for every event, or work ran twice.</summary>
@@ -213,4 +275,26 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
 
     private static DateTimeOffset? Time(Dictionary<string, string> fields, string name) =>
         long.TryParse(fields.GetValueOrDefault(name), out var ms) ? DateTimeOffset.FromUnixTimeMilliseconds(ms) : null;
+}
+
+/// <summary>What the start check decided (<see cref="EventStatusStore.TryStartAsync"/>).</summary>
+public enum StartDecision
+{
+    /// <summary>Already succeeded: acknowledge the redelivery without running it.</summary>
+    AlreadySucceeded = 0,
+    Start = 1,
+    /// <summary>Cancelled before it started: acknowledge without running it.</summary>
+    Cancelled = 2,
+    /// <summary>Not started by its <c>expiresAt</c> (now recorded <c>expired</c>): acknowledge without running it.</summary>
+    Expired = 3,
+    /// <summary>Another copy of the same event is running: acknowledge this one without running it.</summary>
+    AnotherCopyRunning = 4,
+}
+
+public enum CancelOutcome
+{
+    Cancelled,
+    AlreadyCancelled,
+    Started,
+    NotFound,
 }

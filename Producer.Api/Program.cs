@@ -14,6 +14,7 @@ app.MapApiDocument();
 app.MapEventsApi();
 app.MapLanesApi();
 app.MapDeadLettersApi();
+app.MapSchedulesApi();
 
 app.Run();
 

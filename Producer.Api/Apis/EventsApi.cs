@@ -40,7 +40,55 @@ public static class EventsApi
             .ProducesProblem(StatusCodes.Status404NotFound)
             .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
+        events.MapPost("/{id}/cancel", CancelEventAsync)
+            .WithName("CancelEvent")
+            .WithSummary("Cancel an event that has not started")
+            .WithDescription("An event that is accepted, scheduled or waiting for a retry becomes `cancelled` and is never run, on either lane. " +
+                             "One that started (processing) or finished answers 409 with its state; cancelling a cancelled event again answers 200.")
+            .Produces<EventStatus>()
+            .ProducesProblem(StatusCodes.Status401Unauthorized)
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .ProducesProblem(StatusCodes.Status409Conflict)
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+
         return app;
+    }
+
+    private static async Task<IResult> CancelEventAsync(string id, EventStatusStore statuses, ILogger<EventStatusStore> logger)
+    {
+        try
+        {
+            var (outcome, state) = await statuses.CancelAsync(id);
+            switch (outcome)
+            {
+                case CancelOutcome.NotFound:
+                    return TypedResults.Problem(statusCode: 404, type: Problems.NotFound, title: "No such event",
+                        detail: $"No event '{id}' is known (never accepted, or its status expired).");
+                case CancelOutcome.Started:
+                    var problem = new ProblemDetails
+                    {
+                        Status = StatusCodes.Status409Conflict,
+                        Type = Problems.EventAlreadyStarted,
+                        Title = "The event has already started",
+                        Detail = $"Event '{id}' is {state}: only an event that has not started (accepted, scheduled, retrying) can be cancelled.",
+                        Extensions = { ["state"] = state },
+                    };
+                    return TypedResults.Problem(problem);
+            }
+
+            if (outcome == CancelOutcome.Cancelled)
+            {
+                logger.LogInformation("Event {EventId} cancelled while {State}", id, state);
+            }
+
+            return TypedResults.Ok(await statuses.GetAsync(id));
+        }
+        catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
+        {
+            logger.LogWarning(ex, "The status store did not answer cancelling event {EventId}", id);
+            return Problems.Unavailable(null, "The status store (Redis) is unavailable",
+                "The event could not be cancelled: nothing changed. Retry after the indicated delay.", StatusRetryAfterSeconds);
+        }
     }
 
     /// <summary>What a submission can answer besides its 202/200: the same for one event and for a batch.</summary>
@@ -77,7 +125,11 @@ public static class EventsApi
 }
 
 /// <summary>The body of <c>POST /events</c> (documentation only: the body is parsed by <see cref="EventIngest"/>).</summary>
-public sealed record SubmitEventRequest(string Type, System.Text.Json.JsonElement Payload, string? Id = null);
+/// <param name="NotBefore">RFC 3339: the event does not start before this time (state <c>scheduled</c> until then).</param>
+/// <param name="Delay">seconds from now; instead of <paramref name="NotBefore"/>.</param>
+/// <param name="ExpiresAt">RFC 3339: not started by then, the event is not run and ends <c>expired</c>.</param>
+public sealed record SubmitEventRequest(string Type, System.Text.Json.JsonElement Payload, string? Id = null,
+    DateTimeOffset? NotBefore = null, double? Delay = null, DateTimeOffset? ExpiresAt = null);
 
 /// <summary>The body of <c>POST /events/batch</c>.</summary>
 public sealed record SubmitBatchRequest(IReadOnlyList<SubmitEventRequest> Events);

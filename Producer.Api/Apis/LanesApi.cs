@@ -1,5 +1,6 @@
 using EventPipeline.Producer.Monitoring;
 using EventPipeline.Producer.Security;
+using EventPipeline.Shared;
 
 namespace EventPipeline.Producer.Apis;
 
@@ -10,7 +11,7 @@ public static class LanesApi
         app.MapGet("/lanes", GetLanesAsync)
             .WithTags("Lanes")
             .WithName("GetLanes")
-            .WithSummary("Backlog of each lane: depth, lag, pending, oldest pending age, dead letters, consumers")
+            .WithSummary("Backlog of each lane: depth, lag, pending, oldest pending age, dead letters, consumers, scheduled")
             .WithDescription("Read from the brokers on each call. `pending` and `oldestPendingAgeMs` are null where the broker cannot tell them " +
                              "(RabbitMQ keeps no delivery time; its unacknowledged count needs the Prometheus plugin).")
             .Produces<LanesResponse>()
@@ -20,12 +21,22 @@ public static class LanesApi
         return app;
     }
 
-    private static async Task<IResult> GetLanesAsync(LaneMonitor monitor, CancellationToken ct)
+    private static async Task<IResult> GetLanesAsync(LaneMonitor monitor, DelayedEventStore delayed, CancellationToken ct)
     {
         try
         {
             var lanes = await monitor.ReadAsync(ct);
-            return TypedResults.Ok(new LanesResponse([.. lanes.Select(LaneView.From)]));
+            IReadOnlyDictionary<string, long>? scheduled = null;
+            try
+            {
+                scheduled = await delayed.CountAsync();
+            }
+            catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
+            {
+                // left out (null) rather than shown as 0: an unreadable count must not look like an empty one
+            }
+
+            return TypedResults.Ok(new LanesResponse([.. lanes.Select(l => LaneView.From(l) with { Scheduled = scheduled?.GetValueOrDefault(l.Lane) })]));
         }
         catch (LaneUnavailableException ex)
         {
@@ -40,7 +51,8 @@ public sealed record LanesResponse(IReadOnlyList<LaneView> Lanes);
 /// <param name="Lag">events no consumer has picked up yet; backpressure compares this with its limit.</param>
 /// <param name="Pending">delivered to a consumer and not yet acknowledged; null when the broker cannot tell.</param>
 /// <param name="OldestPendingAgeMs">age of the oldest unacknowledged delivery; null when the broker cannot tell.</param>
-public sealed record LaneView(string Name, long Depth, long Lag, long? Pending, long? OldestPendingAgeMs, long DeadLetters, long Consumers)
+/// <param name="Scheduled">events held for a later start (notBefore/delay), not yet in the lane.</param>
+public sealed record LaneView(string Name, long Depth, long Lag, long? Pending, long? OldestPendingAgeMs, long DeadLetters, long Consumers, long? Scheduled = null)
 {
     public static LaneView From(LaneState s) => new(s.Lane, s.Depth, s.Lag, s.Pending, s.OldestPendingAgeMs, s.DeadLetters, s.Consumers);
 }

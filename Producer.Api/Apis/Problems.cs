@@ -22,6 +22,8 @@ public static class Problems
     public const string MethodNotAllowed = Base + "method-not-allowed";
     public const string BadRequest = Base + "bad-request";
     public const string InternalError = Base + "internal-error";
+    public const string EventAlreadyStarted = Base + "event-already-started";
+    public const string ScheduleNotFound = Base + "schedule-not-found";
 
     public static IResult Problem(int status, string type, string title, string? detail = null) =>
         TypedResults.Problem(statusCode: status, type: type, title: title, detail: detail);

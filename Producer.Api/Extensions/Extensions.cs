@@ -56,6 +56,7 @@ public static class ProducerExtensions
         builder.Services.AddSingleton<IdempotencyGuard>();
         builder.Services.AddSingleton<Backpressure>();
         builder.Services.AddSingleton<EventIngest>();
+        builder.AddScheduling();
 
         // The API's own AMQP connection (lane monitoring, dead letters): Aspire's client, with its health check (in
         // /health/ready) and tracing. Not opened at startup and no connect retries inside a request: the API must start

@@ -54,6 +54,7 @@ public sealed record SubmittedBatch(IReadOnlyList<SubmittedEvent> Events);
 public sealed class EventIngest(
     EventValidator validator,
     IEnumerable<ILanePublisher> publishers,
+    DelayedEventHolder delayed,
     IdempotencyGuard idempotency,
     Backpressure backpressure,
     PipelineMetrics metrics,
@@ -83,7 +84,7 @@ public sealed class EventIngest(
                 return ValidationProblem(errors);
             }
 
-            var (events, failure) = await AcceptAsync(request, key, body, [validated], cancellationToken);
+            var (events, failure) = await AcceptAsync(ScopeOf(request), key, body, [validated], cancellationToken);
             if (failure is not null)
             {
                 return failure;
@@ -141,7 +142,7 @@ public sealed class EventIngest(
                 return ValidationProblem(errors);
             }
 
-            var (events, failure) = await AcceptAsync(request, key, body, validated, cancellationToken);
+            var (events, failure) = await AcceptAsync(ScopeOf(request), key, body, validated, cancellationToken);
             if (failure is not null)
             {
                 return failure;
@@ -154,9 +155,23 @@ public sealed class EventIngest(
         }
     }
 
+    /// <summary>
+    /// A periodic schedule's tick, through the same idempotent path as a client's event: its id is deterministic, so a
+    /// tick fired twice (two schedulers, or a restart between firing and recording it) enqueues one event.
+    /// </summary>
+    /// <returns>the event as accepted (<see cref="SubmittedEvent.Duplicate"/>: fired before), or null when it could not
+    /// be enqueued now (broker down, backpressure, the same tick in flight elsewhere): try again later.</returns>
+    public async Task<SubmittedEvent?> SubmitTickAsync(ValidatedEvent tick, CancellationToken cancellationToken)
+    {
+        var (events, failure) = await AcceptAsync("scheduler", null, ReadOnlyMemory<byte>.Empty, [tick], cancellationToken);
+        return failure is null ? events![0] : null;
+    }
+
+    private static string ScopeOf(HttpRequest request) => request.HttpContext.Items[ApiKeyFilter.ScopeItem] as string ?? "";
+
     /// <summary>Backpressure, then the idempotency claim, then the broker writes; answers in request order.</summary>
     private async Task<(IReadOnlyList<SubmittedEvent>? Events, IResult? Problem)> AcceptAsync(
-        HttpRequest request, string? key, ReadOnlyMemory<byte> body, IReadOnlyList<ValidatedEvent> events, CancellationToken cancellationToken)
+        string scope, string? key, ReadOnlyMemory<byte> body, IReadOnlyList<ValidatedEvent> events, CancellationToken cancellationToken)
     {
         if (backpressure.Overloaded(events.Select(e => e.Lane).Distinct()) is { } busy)
         {
@@ -172,7 +187,6 @@ public sealed class EventIngest(
             return (null, new HeaderResult(TypedResults.Problem(problem), ("Retry-After", backpressure.RetryAfterSeconds.ToString(CultureInfo.InvariantCulture))));
         }
 
-        var scope = request.HttpContext.Items[ApiKeyFilter.ScopeItem] as string ?? "";
         IdempotencyClaim claim;
         try
         {
@@ -216,7 +230,7 @@ public sealed class EventIngest(
         var answer = claim.Requested
             .Select(e => repeats.TryGetValue(e.Id, out var r)
                 ? new SubmittedEvent(r.Id, r.Lane ?? e.Lane, r.State, Duplicate: true)
-                : new SubmittedEvent(e.Id, e.Lane, EventStates.Accepted))
+                : new SubmittedEvent(e.Id, e.Lane, e.IsTimed ? EventStates.Scheduled : EventStates.Accepted))
             .ToList();
         return (answer, null);
     }
@@ -258,9 +272,21 @@ public sealed class EventIngest(
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(options.Value.BrokerTimeout);
         var held = new List<ValidatedEvent>();
+        // Timed events (notBefore, delay, expiresAt) are held in Redis first; the rest go straight into their lane.
+        var timed = events.Where(e => e.IsTimed).ToList();
+        var steps = new List<(IReadOnlyList<ValidatedEvent> Events, Func<IReadOnlyList<ValidatedEvent>, Task> Write)>();
+        if (timed.Count > 0)
+        {
+            steps.Add((timed, batch => delayed.HoldAsync(batch, acceptedAt, timeout.Token)));
+        }
+
         foreach (var publisher in publishers)
         {
-            var forLane = events.Where(e => e.Lane == publisher.Lane).ToList();
+            steps.Add(([.. events.Where(e => e.Lane == publisher.Lane && !e.IsTimed)], batch => publisher.PublishAsync(batch, acceptedAt, timeout.Token)));
+        }
+
+        foreach (var (forLane, write) in steps)
+        {
             if (forLane.Count == 0)
             {
                 continue;
@@ -268,13 +294,13 @@ public sealed class EventIngest(
 
             try
             {
-                await publisher.PublishAsync(forLane, acceptedAt, timeout.Token);
+                await write(forLane);
             }
             catch (BrokerUnavailableException ex)
             {
                 logger.LogWarning(ex, "The {Lane} lane's broker did not confirm {Count} events ({Confirmed} confirmed before it failed, {Uncertain} in doubt)",
                     ex.Lane, forLane.Count, ex.Confirmed.Count, ex.Uncertain.Count);
-                Accepted(publisher.Lane, ex.Confirmed);
+                Accepted(ex.Confirmed);
                 held.AddRange(ex.Confirmed);
                 return new PublishOutcome(held, Problems.Unavailable(ex.Lane, $"The {ex.Lane} lane's broker is unavailable",
                     "The broker did not confirm every event of this request. The ones in heldIds are held and will run; " +
@@ -286,17 +312,17 @@ public sealed class EventIngest(
             }
 
             held.AddRange(forLane);
-            Accepted(publisher.Lane, forLane);
+            Accepted(forLane);
         }
 
         return new PublishOutcome(held, null);
     }
 
-    private void Accepted(string lane, IReadOnlyList<ValidatedEvent> events)
+    private void Accepted(IReadOnlyList<ValidatedEvent> events)
     {
-        foreach (var group in events.GroupBy(e => e.Type))
+        foreach (var group in events.GroupBy(e => (e.Lane, e.Type)))
         {
-            metrics.Accepted(lane, group.Key, group.Count());
+            metrics.Accepted(group.Key.Lane, group.Key.Type, group.Count());
         }
     }
 

@@ -1,20 +1,32 @@
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using System.Globalization;
 using EventPipeline.Contracts;
+using EventPipeline.Shared;
+using Microsoft.Extensions.Options;
 
 namespace EventPipeline.Producer.Validation;
 
 /// <summary>An event that passed validation and has a lane: ready to be handed to its broker.</summary>
 /// <param name="ClientGivenId">true when the client chose the id: a repeat of that id is a duplicate, not a new event.</param>
 /// <param name="Target">the allow-listed delivery URL of an I/O event, or null for the worker's configured downstream.</param>
-public sealed record ValidatedEvent(string Id, string Type, string Lane, string Payload, bool ClientGivenId = false, string? Target = null);
+/// <param name="NotBefore">when the event may start at the earliest; null: now.</param>
+/// <param name="ExpiresAt">when an event that has not started by then is no longer run; null: never.</param>
+public sealed record ValidatedEvent(string Id, string Type, string Lane, string Payload, bool ClientGivenId = false, string? Target = null,
+    DateTimeOffset? NotBefore = null, DateTimeOffset? ExpiresAt = null)
+{
+    /// <summary>Held by the delayed-event store (scheduled) instead of going straight into its lane.</summary>
+    public bool IsTimed => NotBefore is not null || ExpiresAt is not null;
+}
 
 /// <summary>
 /// Checks one event object (<c>{"id"?, "type", "payload"}</c>) and its type's payload. Errors are keyed by JSON path
 /// (<c>payload.iterations</c>, <c>events[3].type</c>) so a client sees exactly what to fix.
 /// </summary>
-public sealed partial class EventValidator(EventRouter router, DownstreamTargets targets)
+public sealed partial class EventValidator(EventRouter router, DownstreamTargets targets, IOptions<SchedulingOptions>? scheduling = null)
 {
+    private readonly SchedulingOptions _scheduling = scheduling?.Value ?? new SchedulingOptions();
+
     public const int MaxIdLength = 128;
     public const int MaxTestFailTimes = 1000;
     public const int MaxPbkdf2Iterations = 10_000_000;
@@ -22,6 +34,10 @@ public sealed partial class EventValidator(EventRouter router, DownstreamTargets
 
     [GeneratedRegex("^[A-Za-z0-9._:-]+$")]
     private static partial Regex IdPattern();
+
+    // RFC 3339 date-time: a full date, a time with seconds, and an explicit offset (Z or ±hh:mm).
+    [GeneratedRegex(@"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")]
+    private static partial Regex Rfc3339Pattern();
 
     public ValidatedEvent? Validate(JsonElement element, string path, Dictionary<string, string[]> errors)
     {
@@ -96,13 +112,91 @@ public sealed partial class EventValidator(EventRouter router, DownstreamTargets
             target = ValidateTarget(type, targetElement, Join(path, "target"), errors);
         }
 
+        var (notBefore, expiresAt) = ValidateTiming(element, path, errors);
+
         if (errors.Count != before || type is null || lane is null)
         {
             return null;
         }
 
-        return new ValidatedEvent(id ?? Guid.CreateVersion7().ToString("N"), type, lane, payload.GetRawText(), id is not null, target);
+        return new ValidatedEvent(id ?? Guid.CreateVersion7().ToString("N"), type, lane, payload.GetRawText(), id is not null, target, notBefore, expiresAt);
     }
+
+    /// <summary>
+    /// <c>notBefore</c> (RFC 3339) or <c>delay</c> (seconds), not both, within <see cref="SchedulingOptions.MaxDelay"/>;
+    /// a <c>notBefore</c> up to <see cref="SchedulingOptions.PastTolerance"/> in the past means now (null). <c>expiresAt</c>
+    /// (RFC 3339) must lie in the future and after the start time.
+    /// </summary>
+    private (DateTimeOffset? NotBefore, DateTimeOffset? ExpiresAt) ValidateTiming(JsonElement element, string path, Dictionary<string, string[]> errors)
+    {
+        var now = DateTimeOffset.UtcNow;
+        DateTimeOffset? start = null;
+        var hasNotBefore = element.TryGetProperty("notBefore", out var notBeforeElement) && notBeforeElement.ValueKind != JsonValueKind.Null;
+        var hasDelay = element.TryGetProperty("delay", out var delayElement) && delayElement.ValueKind != JsonValueKind.Null;
+        if (hasNotBefore && hasDelay)
+        {
+            Add(errors, Join(path, "delay"), "give either notBefore or delay, not both");
+        }
+        else if (hasNotBefore)
+        {
+            if (ReadTime(notBeforeElement) is not { } at)
+            {
+                Add(errors, Join(path, "notBefore"), "must be an RFC 3339 date-time with an offset, e.g. 2026-01-31T12:00:00Z");
+            }
+            else if (at < now - _scheduling.PastTolerance)
+            {
+                Add(errors, Join(path, "notBefore"), $"is more than {_scheduling.PastTolerance} in the past");
+            }
+            else if (at > now + _scheduling.MaxDelay)
+            {
+                Add(errors, Join(path, "notBefore"), $"is further ahead than the horizon of {_scheduling.MaxDelay}");
+            }
+            else
+            {
+                start = at > now ? at : null;
+            }
+        }
+        else if (hasDelay)
+        {
+            if (delayElement.ValueKind != JsonValueKind.Number || !delayElement.TryGetDouble(out var seconds) || double.IsNaN(seconds) || seconds < 0)
+            {
+                Add(errors, Join(path, "delay"), "must be a number of seconds, 0 or more");
+            }
+            else if (seconds > _scheduling.MaxDelay.TotalSeconds)
+            {
+                Add(errors, Join(path, "delay"), $"is longer than the horizon of {_scheduling.MaxDelay.TotalSeconds} seconds");
+            }
+            else
+            {
+                start = seconds > 0 ? now + TimeSpan.FromSeconds(seconds) : null;
+            }
+        }
+
+        DateTimeOffset? expiresAt = null;
+        if (element.TryGetProperty("expiresAt", out var expiresElement) && expiresElement.ValueKind != JsonValueKind.Null)
+        {
+            if (ReadTime(expiresElement) is not { } at)
+            {
+                Add(errors, Join(path, "expiresAt"), "must be an RFC 3339 date-time with an offset, e.g. 2026-01-31T12:00:00Z");
+            }
+            else if (at <= (start ?? now))
+            {
+                Add(errors, Join(path, "expiresAt"), start is null ? "is not in the future" : "is not after the event's start time (notBefore or delay)");
+            }
+            else
+            {
+                expiresAt = at;
+            }
+        }
+
+        return (start, expiresAt);
+    }
+
+    private static DateTimeOffset? ReadTime(JsonElement element) =>
+        element.ValueKind == JsonValueKind.String && element.GetString() is { } text && Rfc3339Pattern().IsMatch(text)
+        && DateTimeOffset.TryParse(text, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var at)
+            ? at.ToUniversalTime()
+            : null;
 
     /// <summary>
     /// <c>target</c>: where an I/O event is delivered. Only an absolute http(s) URL whose origin (scheme, host and

@@ -169,7 +169,7 @@ public sealed class CpuLaneConsumer(
             }
 
             // Written while the entry waits for a core and runs (same connection, so before any outcome).
-            var processing = statuses.MarkProcessingAsync(entry.Id, entry.Attempt);
+            var processing = statuses.TryStartAsync(entry.Id, entry.Attempt);
             if (!await cores.WaitForCoreAsync(entry))
             {
                 await processing;
@@ -184,6 +184,14 @@ public sealed class CpuLaneConsumer(
                 await processing;
                 logger.LogWarning("Event {EventId} (entry {EntryId}) was claimed by another consumer while it waited for a core; leaving it to that consumer",
                     entry.Id, entry.EntryId);
+                return;
+            }
+
+            if (await processing is not StartDecision.Start and var refused)
+            {
+                // Cancelled, expired (recorded by the check) or already succeeded: acknowledged, never run.
+                cores.Release();
+                await RefuseStartAsync(entry, refused);
                 return;
             }
 
@@ -230,6 +238,16 @@ public sealed class CpuLaneConsumer(
         await successes.SucceededAsync(entry, result!);
         metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Succeeded, handled);
         metrics.Finished(Lanes.Cpu, Outcomes.Succeeded, entry.AcceptedAt);
+    }
+
+    private async Task RefuseStartAsync(LaneEntry entry, StartDecision decision)
+    {
+        logger.LogInformation("Event {EventId} not started ({Decision}); acknowledging it without running it", entry.Id, decision);
+        await acknowledger.AcknowledgeAsync(entry);
+        if (decision is StartDecision.Cancelled or StartDecision.Expired)
+        {
+            SchedulingTelemetry.NotRun(Lanes.Cpu, entry.Type, decision == StartDecision.Expired ? EventStates.Expired : EventStates.Cancelled);
+        }
     }
 
     private async Task FailAsync(LaneEntry entry, Exception error, TimeSpan elapsed)

@@ -39,9 +39,15 @@ public sealed class IoEventConsumer(
         Activity.Current?.SetTag("eventpipeline.event.type", message.Type);
         Activity.Current?.SetTag("eventpipeline.attempt", attempt);
 
-        if (!await BestEffort(() => statuses.MarkProcessingAsync(message.EventId, attempt), true, message.EventId))
+        // The start check: an event that already succeeded, was cancelled or expired is acknowledged without a call.
+        if (await BestEffort(() => statuses.TryStartAsync(message.EventId, attempt, context.MessageId?.ToString("N") ?? ""), StartDecision.Start, message.EventId) is not StartDecision.Start and var refused)
         {
-            logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without calling downstream", message.EventId);
+            logger.LogInformation("Event {EventId} not started ({Decision}); acknowledging it without calling downstream", message.EventId, refused);
+            if (refused is StartDecision.Cancelled or StartDecision.Expired)
+            {
+                SchedulingTelemetry.NotRun(Lanes.Io, message.Type, refused == StartDecision.Expired ? EventStates.Expired : EventStates.Cancelled);
+            }
+
             return;
         }
 
