@@ -51,6 +51,7 @@ public static class ProducerExtensions
         builder.Services.AddSingleton<DownstreamTargets>();
         builder.Services.AddSingleton<EventValidator>();
         builder.Services.AddSingleton<EventStatusStore>();
+        builder.Services.AddSingleton<RedisReplicaAcknowledgement>();
         builder.Services.AddSingleton<ILanePublisher, CpuLanePublisher>();
         builder.Services.AddSingleton<ILanePublisher, IoLanePublisher>();
         builder.Services.AddSingleton<IdempotencyGuard>();

@@ -12,7 +12,7 @@ namespace EventPipeline.Producer.Ingest;
 /// <c>scheduled</c>) in one transaction before the 202, with the exact lane message the promoter later puts into the
 /// lane — a stream entry's fields for the CPU lane, an <see cref="IoEventSubmitted"/> for the I/O lane.
 /// </summary>
-public sealed class DelayedEventHolder(DelayedEventStore store)
+public sealed class DelayedEventHolder(DelayedEventStore store, RedisReplicaAcknowledgement replicas)
 {
     public async Task HoldAsync(IReadOnlyList<ValidatedEvent> events, DateTimeOffset acceptedAt, CancellationToken cancellationToken)
     {
@@ -21,7 +21,10 @@ public sealed class DelayedEventHolder(DelayedEventStore store)
             e.NotBefore ?? acceptedAt, e.ExpiresAt)).ToList();
         try
         {
+            // Held in Redis only until due: with Ingest:RedisReplicaAcks, answered once the replicas hold them too.
+            var primary = await replicas.PrimaryAsync();
             await store.HoldAsync(delayed, acceptedAt, cancellationToken);
+            await replicas.WaitAsync(primary, cancellationToken);
         }
         catch (Exception ex) when (ex is RedisException or TimeoutException or OperationCanceledException)
         {

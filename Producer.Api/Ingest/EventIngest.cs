@@ -1,3 +1,4 @@
+using System.Net;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
@@ -56,6 +57,7 @@ public sealed class EventIngest(
     IEnumerable<ILanePublisher> publishers,
     DelayedEventHolder delayed,
     IdempotencyGuard idempotency,
+    RedisReplicaAcknowledgement replicas,
     Backpressure backpressure,
     PipelineMetrics metrics,
     IOptions<IngestOptions> options,
@@ -188,8 +190,15 @@ public sealed class EventIngest(
         }
 
         IdempotencyClaim claim;
+        EndPoint? primary = null;
         try
         {
+            if (replicas.Enabled && IdempotencyGuard.NeedsClaim(key, events))
+            {
+                // The claim binds the key and ids in Redis: with Ingest:RedisReplicaAcks its replicas must hold that too.
+                primary = await replicas.PrimaryAsync().WaitAsync(options.Value.BrokerTimeout, cancellationToken);
+            }
+
             claim = IdempotencyGuard.NeedsClaim(key, events)
                 ? await idempotency.ClaimAsync(key, scope, body, events).WaitAsync(options.Value.BrokerTimeout, cancellationToken)
                 : IdempotencyClaim.Unguarded(events);
@@ -226,6 +235,11 @@ public sealed class EventIngest(
             return (null, outcome.Failure);
         }
 
+        if (primary is not null && await ReplicasMissAsync(primary, claim, outcome, cancellationToken) is { } unreplicated)
+        {
+            return (null, unreplicated);
+        }
+
         var repeats = claim.Repeats.ToDictionary(r => r.Id);
         var answer = claim.Requested
             .Select(e => repeats.TryGetValue(e.Id, out var r)
@@ -233,6 +247,33 @@ public sealed class EventIngest(
                 : new SubmittedEvent(e.Id, e.Lane, e.IsTimed ? EventStates.Scheduled : EventStates.Accepted))
             .ToList();
         return (answer, null);
+    }
+
+    /// <summary>
+    /// With <see cref="IngestOptions.RedisReplicaAcks"/>: the key's binding and the repeats an earlier try wrote (a 503's
+    /// uncertain events among them) are in Redis, and a repeat is answered as held only once the replicas hold them too
+    /// — the same promise a fresh 202 makes. A CPU-lane or timed event written now was already waited for by its writer.
+    /// </summary>
+    /// <returns>the 503 when the replicas did not acknowledge; null when they did.</returns>
+    private async Task<IResult?> ReplicasMissAsync(EndPoint primary, IdempotencyClaim claim, PublishOutcome outcome, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await replicas.WaitAsync(primary, cancellationToken).WaitAsync(options.Value.BrokerTimeout, cancellationToken);
+            return null;
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        {
+            logger.LogWarning(ex, "Redis replicas did not acknowledge the idempotency binding or the repeated events of a request");
+            // Events in RabbitMQ's quorum queue are held whatever Redis does; the others' writes are in doubt.
+            var held = outcome.Confirmed.Where(e => e.Lane == Lanes.Io && !e.IsTimed).Select(e => e.Id).ToHashSet(StringComparer.Ordinal);
+            var uncertain = claim.Requested.Select(e => e.Id).Where(id => !held.Contains(id)).ToList();
+            return Problems.Unavailable(Lanes.Cpu, "Redis's replicas did not confirm this request's writes",
+                "The Redis primary holds this request's events and idempotency binding, but fewer replicas than required confirmed them, " +
+                "so a failover could lose them. The ones in heldIds are held; the ones in uncertainIds may or may not be. " +
+                "Retry after the indicated delay with the same Idempotency-Key (or the same event ids): the retry gets the same ids.",
+                BrokerRetryAfterSeconds, held.Count > 0 ? [.. held] : null, uncertain.Count > 0 ? [.. uncertain] : null);
+        }
     }
 
     /// <summary>

@@ -38,7 +38,7 @@ public interface ILanePublisher
 /// with <see cref="IngestOptions.RedisReplicaAcks"/> &gt; 0 also <c>WAIT</c>'s count of replicas holding it (fewer → 503
 /// with every event uncertain), so a primary's death after the 202 cannot take the events with it.
 /// </summary>
-public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusStore statuses, IOptions<IngestOptions> options) : ILanePublisher
+public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusStore statuses, RedisReplicaAcknowledgement replicas) : ILanePublisher
 {
     public string Lane => Lanes.Cpu;
 
@@ -53,11 +53,8 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
 
         try
         {
-            var replicaAcks = options.Value.RedisReplicaAcks;
-            // WAIT counts the replicas that have every write of the connection it runs on: it must run on the server
-            // the EXEC went to. Pinned to the primary seen now; had the EXEC gone to another (a failover in between),
-            // WAIT fails on the old one or counts too few, and the answer is 503, never a wrong 202.
-            var primary = replicaAcks > 0 ? await redis.GetDatabase().IdentifyEndpointAsync(CpuLaneStreams.Stream, CommandFlags.DemandMaster) : null;
+            // Identified before the write: the replicas' acknowledgement must come from the server the EXEC went to.
+            var primary = await replicas.PrimaryAsync();
             var transaction = redis.GetDatabase().CreateTransaction();
             var writes = new List<Task>(events.Count * 2);
             foreach (var e in events)
@@ -72,37 +69,13 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
             }
 
             await Task.WhenAll(writes);
-            if (replicaAcks > 0)
-            {
-                await WaitForReplicasAsync(primary, replicaAcks, cancellationToken);
-            }
+            await replicas.WaitAsync(primary, cancellationToken);
         }
         catch (Exception ex) when (ex is RedisException or TimeoutException or OperationCanceledException)
         {
             // A transaction whose answer did not come in time may still commit: every event of it is in doubt.
             activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
             throw new BrokerUnavailableException(Lane, ex, [], events);
-        }
-    }
-
-    private async Task WaitForReplicasAsync(System.Net.EndPoint? primary, int replicaAcks, CancellationToken cancellationToken)
-    {
-        var timeout = options.Value.RedisReplicaAckTimeout;
-        IServer server;
-        try
-        {
-            server = redis.GetServer(primary ?? throw new RedisConnectionException(ConnectionFailureType.UnableToConnect, "no Redis primary"));
-        }
-        catch (ArgumentException ex)
-        {
-            // A failover took the primary out of the multiplexer's endpoints since the write: the write is in doubt.
-            throw new RedisConnectionException(ConnectionFailureType.UnableToConnect, $"the Redis primary {primary} the write went to is gone", ex);
-        }
-
-        var acknowledged = (long)await server.ExecuteAsync("WAIT", replicaAcks, (long)timeout.TotalMilliseconds).WaitAsync(cancellationToken);
-        if (acknowledged < replicaAcks)
-        {
-            throw new RedisException($"{acknowledged} of the {replicaAcks} Redis replicas required acknowledged the write within {timeout}");
         }
     }
 }

@@ -1,0 +1,160 @@
+using System.Net;
+using Microsoft.Extensions.Options;
+using StackExchange.Redis;
+
+namespace EventPipeline.Producer.Ingest;
+
+/// <summary>
+/// <see cref="IngestOptions.RedisReplicaAcks"/>: a Redis write is answered 202 — or 200 for a repeat of it — only once
+/// <c>WAIT</c> counts that many replicas holding it.
+/// <para>
+/// <c>WAIT</c> counts the replicas that reached the replication offset of its own connection's last write, and a
+/// primary's replication stream is one ordered log. So a probe write made after the caller's write was applied, followed
+/// by <c>WAIT</c> on the probe's connection, covers the caller's write whichever connection made it. The probes and
+/// <c>WAIT</c>s run on a connection of their own, one round at a time, each round covering every caller that was waiting
+/// when it began (a group commit): a <c>WAIT</c> blocks its connection until the replicas answer, and on the API's shared
+/// connection it would hold every other Redis command (idempotency checks, status reads, <c>/lanes</c>) behind it.
+/// </para>
+/// Hand-written: StackExchange.Redis has no call for "wait for replicas" beyond sending <c>WAIT</c> itself.
+/// </summary>
+public sealed class RedisReplicaAcknowledgement(
+    IConnectionMultiplexer shared, IConfiguration configuration, IOptions<IngestOptions> options, ILogger<RedisReplicaAcknowledgement> logger)
+    : IAsyncDisposable
+{
+    /// <summary>The key the probe writes (one small string, expiring).</summary>
+    public static readonly RedisKey ProbeKey = "ingest:replica-ack-probe";
+
+    private readonly Lock _gate = new();
+    private TaskCompletionSource<EndPoint>? _next;
+    private bool _running;
+    private Task<ConnectionMultiplexer>? _connecting;
+
+    public bool Enabled => options.Value.RedisReplicaAcks > 0;
+
+    /// <summary>The primary a write made now goes to; identified before the write, compared after the round.</summary>
+    public async Task<EndPoint?> PrimaryAsync() =>
+        Enabled ? await shared.GetDatabase().IdentifyEndpointAsync(ProbeKey, CommandFlags.DemandMaster) : null;
+
+    /// <summary>
+    /// Returns once the replicas hold every write the caller made (and saw answered) on <paramref name="primary"/> before
+    /// this call. Throws a <see cref="RedisException"/> when fewer replicas answered within
+    /// <see cref="IngestOptions.RedisReplicaAckTimeout"/>, or when the round ran on another server than the one the
+    /// caller wrote to (a failover in between): the caller's write is then in doubt.
+    /// </summary>
+    public async Task WaitAsync(EndPoint? primary, CancellationToken cancellationToken)
+    {
+        if (!Enabled)
+        {
+            return;
+        }
+
+        Task<EndPoint> round;
+        lock (_gate)
+        {
+            // Join the round that has not begun yet: its probe is written after this caller's write was applied.
+            _next ??= new TaskCompletionSource<EndPoint>(TaskCreationOptions.RunContinuationsAsynchronously);
+            round = _next.Task;
+            if (!_running)
+            {
+                _running = true;
+                _ = Task.Run(RunRoundsAsync, CancellationToken.None);
+            }
+        }
+
+        var server = await round.WaitAsync(cancellationToken);
+        if (primary is null || !server.Equals(primary))
+        {
+            throw new RedisConnectionException(ConnectionFailureType.UnableToConnect,
+                $"the Redis primary changed from {primary?.ToString() ?? "(none)"} to {server} since the write: it may not be on the new one");
+        }
+    }
+
+    private async Task RunRoundsAsync()
+    {
+        while (true)
+        {
+            TaskCompletionSource<EndPoint> round;
+            lock (_gate)
+            {
+                if (_next is null)
+                {
+                    _running = false;
+                    return;
+                }
+
+                (round, _next) = (_next, null);
+            }
+
+            try
+            {
+                round.SetResult(await OneRoundAsync());
+            }
+            catch (Exception ex)
+            {
+                logger.LogWarning(ex, "Redis replicas did not acknowledge the writes of a round");
+                round.SetException(ex);
+            }
+        }
+    }
+
+    private async Task<EndPoint> OneRoundAsync()
+    {
+        var required = options.Value.RedisReplicaAcks;
+        // WAIT 0 would wait forever: a timeout is always given.
+        var timeoutMs = Math.Max(1, (long)options.Value.RedisReplicaAckTimeout.TotalMilliseconds);
+        var connection = await ConnectionAsync();
+        var db = connection.GetDatabase();
+        var primary = await db.IdentifyEndpointAsync(ProbeKey, CommandFlags.DemandMaster)
+            ?? throw new RedisConnectionException(ConnectionFailureType.UnableToConnect, "no Redis primary");
+        IServer server;
+        try
+        {
+            server = connection.GetServer(primary);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new RedisConnectionException(ConnectionFailureType.UnableToConnect, $"the Redis primary {primary} is gone", ex);
+        }
+
+        // The probe and the WAIT go to the same server over its one interactive connection, in this order.
+        await db.StringSetAsync(ProbeKey, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), TimeSpan.FromMinutes(5), flags: CommandFlags.DemandMaster);
+        var acknowledged = (long)await server.ExecuteAsync("WAIT", required, timeoutMs);
+        if (acknowledged < required)
+        {
+            throw new RedisException($"{acknowledged} of the {required} Redis replicas required acknowledged the write within {timeoutMs} ms");
+        }
+
+        return primary;
+    }
+
+    private Task<ConnectionMultiplexer> ConnectionAsync()
+    {
+        lock (_gate)
+        {
+            if (_connecting is null || _connecting.IsFaulted || _connecting.IsCanceled)
+            {
+                var settings = ConfigurationOptions.Parse(configuration.GetConnectionString("redis")
+                    ?? throw new InvalidOperationException("ConnectionStrings:redis is not set"));
+                settings.ClientName = "producer-api-replica-acks";
+                settings.AbortOnConnectFail = false;
+                _connecting = ConnectionMultiplexer.ConnectAsync(settings);
+            }
+
+            return _connecting;
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Task<ConnectionMultiplexer>? connecting;
+        lock (_gate)
+        {
+            connecting = _connecting;
+        }
+
+        if (connecting is { IsCompletedSuccessfully: true })
+        {
+            await connecting.Result.DisposeAsync();
+        }
+    }
+}
