@@ -187,7 +187,19 @@ public sealed class CpuLaneConsumer(
                 return;
             }
 
-            if (await processing is not StartDecision.Start and var refused)
+            StartDecision decision;
+            try
+            {
+                decision = await processing;
+            }
+            catch
+            {
+                // Redis did not answer the start check (e.g. a failover): the core goes back, the entry stays pending.
+                cores.Release();
+                throw;
+            }
+
+            if (decision is not StartDecision.Start and var refused)
             {
                 // Cancelled, expired (recorded by the check) or already succeeded: acknowledged, never run.
                 cores.Release();

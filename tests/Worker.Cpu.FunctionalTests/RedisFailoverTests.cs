@@ -171,10 +171,14 @@ public sealed class RedisFailoverTests(SharedRabbitMq rabbit, ITestOutputHelper 
         // What is guaranteed with 0: an event's status and its stream entry are one MULTI/EXEC, replicated whole, so an
         // event the failover lost is gone entirely (no status, nothing to run) and every other one succeeds. The number
         // lost is what asynchronous replication let slip: reported, not asserted.
-        await Eventually.TrueAsync(async () =>
-                await lane.Db.StreamLengthAsync(CpuLaneStreams.Stream) == 0
-                && (await lane.StatesAsync(run.Accepted)).Values.All(v => v.State is "succeeded" or null),
-            Patience, "the lane to drain on the new primary", TimeSpan.FromMilliseconds(500));
+        await Eventually.ReturnsAsync(async () =>
+            {
+                var length = await lane.Db.StreamLengthAsync(CpuLaneStreams.Stream);
+                var counts = (await lane.StatesAsync(run.Accepted)).Values.GroupBy(v => v.State ?? "(none)").ToDictionary(g => g.Key, g => g.Count());
+                var pending = await lane.Db.StreamPendingAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group);
+                return (Drained: length == 0 && counts.Keys.All(k => k is "succeeded" or "(none)"),
+                    Detail: $"stream {length}, pending {pending.PendingMessageCount} ({string.Join(", ", pending.Consumers.Select(c => $"{c.Name}: {c.PendingMessageCount}"))}), states {string.Join(", ", counts.Select(c => $"{c.Key} {c.Value}"))}");
+            }, r => r.Drained, Patience, "the lane to drain on the new primary", TimeSpan.FromMilliseconds(500));
         var states = await lane.StatesAsync(run.Accepted);
         Report(run, states);
         Assert.All(states, s => Assert.True(s.Value.State is "succeeded" or null, $"{s.Key} is {s.Value.State}"));
