@@ -180,6 +180,7 @@ public sealed class SubmissionLog
         var body = new JsonObject { ["events"] = new JsonArray([.. batch.Select(e => (JsonNode)e.DeepClone())]) }.ToJsonString();
         var ids = batch.Select(e => e["id"]!.GetValue<string>()).ToList();
         var watch = Stopwatch.StartNew();
+        var last = "no answer";
         while (true)
         {
             using var request = new HttpRequestMessage(HttpMethod.Post, "/events/batch") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
@@ -204,6 +205,7 @@ public sealed class SubmissionLog
                 if (status == 503)
                 {
                     var problem = await response.Content.ReadFromJsonAsync<JsonElement>();
+                    last = $"503 {problem}";
                     if (problem.TryGetProperty("heldIds", out var held) && held.ValueKind == JsonValueKind.Array)
                     {
                         foreach (var id in held.EnumerateArray())
@@ -212,7 +214,11 @@ public sealed class SubmissionLog
                         }
                     }
                 }
-                else if (status != 409)
+                else if (status == 409)
+                {
+                    last = "409 (the same key still in flight)";
+                }
+                else
                 {
                     throw new InvalidOperationException($"POST /events/batch answered {status}: {await response.Content.ReadAsStringAsync()}");
                 }
@@ -220,11 +226,12 @@ public sealed class SubmissionLog
             catch (TaskCanceledException)
             {
                 Answers.Enqueue(new Answer(Now, 0, null, ids.Count));
+                last = "client timeout";
             }
 
             if (watch.Elapsed > deadline)
             {
-                throw new TimeoutException($"a batch of {ids.Count} was not accepted within {deadline}");
+                throw new TimeoutException($"a batch of {ids.Count} was not accepted within {deadline}; last answer: {last}");
             }
 
             await Task.Delay(50); // a client's short back-off; a broker timeout already took seconds
