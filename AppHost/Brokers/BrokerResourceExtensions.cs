@@ -172,7 +172,25 @@ public static class BrokerResourceExtensions
             epmdCheck, _ => new TcpPortHealthCheck(epmd.Resource.PrimaryEndpoint), failureStatus: null, tags: null));
         epmd.WithHealthCheck(epmdCheck);
 
-        var rabbit = builder.AddResource(new LocalRabbitMQResource(name, dataDirectory, userName.Resource, password.Resource))
+        return builder.AddLocalRabbitMQNode(name, dataDirectory, epmd, userName, password, resource =>
+        {
+            var home = Path.Combine(resource.DataDirectory, "home");
+            Directory.CreateDirectory(home);
+            var config = Path.Combine(resource.DataDirectory, "rabbitmq.conf");
+            File.WriteAllText(config, "loopback_users = none\n");
+            return (home, config);
+        });
+    }
+
+    /// <summary>
+    /// One Debian <c>rabbitmq-server</c> node on loopback — its ports, links, environment and health check — for the
+    /// single broker and for every node of a cluster alike. <paramref name="prepare"/> runs when the node's environment
+    /// is built: it writes the node's <c>rabbitmq.conf</c> and returns its HOME (where the Erlang cookie lives) and that file.
+    /// </summary>
+    internal static IResourceBuilder<LocalRabbitMQResource> AddLocalRabbitMQNode(this IDistributedApplicationBuilder builder, string name,
+        string dataDirectory, IResourceBuilder<EpmdResource> epmd, IResourceBuilder<ParameterResource> userName,
+        IResourceBuilder<ParameterResource> password, Func<LocalRabbitMQResource, (string Home, string ConfigFile)> prepare) =>
+        builder.AddResource(new LocalRabbitMQResource(name, dataDirectory, userName.Resource, password.Resource))
             .WithLocalPort(LocalRabbitMQResource.PrimaryEndpointName, "amqp")
             .WithLocalPort(LocalRabbitMQResource.DistributionEndpointName, "tcp")
             .WithLocalPort(LocalRabbitMQResource.PrometheusEndpointName, "http")
@@ -184,11 +202,10 @@ public static class BrokerResourceExtensions
             .WithEnvironment(context =>
             {
                 var resource = (LocalRabbitMQResource)context.Resource;
-                var home = Path.Combine(resource.DataDirectory, "home");
-                Directory.CreateDirectory(home);
+                var (home, configFile) = prepare(resource);
                 var env = context.EnvironmentVariables;
                 env["HOME"] = home;
-                // A stable node name keeps the queues across runs: RabbitMQ stores them under the node's name.
+                // A stable node name keeps the queues (and a cluster's membership) across runs: RabbitMQ stores them under it.
                 env["RABBITMQ_NODENAME"] = $"eventpipeline-{resource.Name}@localhost";
                 env["RABBITMQ_NODE_IP_ADDRESS"] = "127.0.0.1";
                 env["RABBITMQ_NODE_PORT"] = resource.PrimaryEndpoint.Property(EndpointProperty.TargetPort);
@@ -198,19 +215,18 @@ public static class BrokerResourceExtensions
                 env["RABBITMQ_MNESIA_BASE"] = Path.Combine(resource.DataDirectory, "mnesia");
                 env["RABBITMQ_LOG_BASE"] = Path.Combine(resource.DataDirectory, "log");
                 env["RABBITMQ_LOGS"] = "-";
-                env["RABBITMQ_CONFIG_FILE"] = Path.Combine(resource.DataDirectory, "rabbitmq.conf");
-                env["RABBITMQ_ENABLED_PLUGINS_FILE"] = WritePluginFiles(resource.DataDirectory);
+                env["RABBITMQ_CONFIG_FILE"] = configFile;
+                env["RABBITMQ_ENABLED_PLUGINS_FILE"] = WriteEnabledPlugins(resource.DataDirectory);
                 env["RABBITMQ_DEFAULT_USER"] = resource.UserName;
                 env["RABBITMQ_DEFAULT_PASS"] = resource.Password;
-                // -start_epmd false: the node registers with the epmd resource above and never starts a daemon of
-                // its own, which would outlive the AppHost (it happened once when epmd was stopped first).
+                // -start_epmd false: the node registers with the epmd resource and never starts a daemon of its own,
+                // which would outlive the AppHost (it happened once when epmd was stopped first).
                 env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = ReferenceExpression.Create(
                     $"-start_epmd false -kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_prometheus tcp_config [{{port,{resource.PrometheusEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}] "
                     + $"-rabbitmq_management tcp_config [{{port,{resource.ManagementEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}]");
             })
-            .WaitFor(epmd);
-        return rabbit.WithRabbitMQHealthCheck();
-    }
+            .WaitFor(epmd)
+            .WithRabbitMQHealthCheck();
 
     /// <summary>
     /// Healthy when Redis answers PING with the resource's password: the check Aspire's own <c>AddRedis</c> registers for
@@ -263,9 +279,8 @@ public static class BrokerResourceExtensions
     private static string ManagementUiText(string userParameter, string passwordParameter) =>
         $"RabbitMQ management (log in with parameters {userParameter} / {passwordParameter})";
 
-    private static string WritePluginFiles(string dataDirectory)
+    private static string WriteEnabledPlugins(string dataDirectory)
     {
-        File.WriteAllText(Path.Combine(dataDirectory, "rabbitmq.conf"), "loopback_users = none\n");
         var plugins = Path.Combine(dataDirectory, "enabled_plugins");
         File.WriteAllText(plugins, "[rabbitmq_prometheus,rabbitmq_management].\n");
         return plugins;

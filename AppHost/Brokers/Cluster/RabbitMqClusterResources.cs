@@ -83,45 +83,13 @@ public static class RabbitMqClusterResources
     private static IResourceBuilder<LocalRabbitMQResource> AddClusterNode(this IDistributedApplicationBuilder builder, string name, string seedNode,
         string home, IResourceBuilder<EpmdResource> epmd, IResourceBuilder<ParameterResource> userName, IResourceBuilder<ParameterResource> password)
     {
-        var dataDirectory = builder.LocalDataDirectory(name);
-        var node = builder.AddResource(new LocalRabbitMQResource(name, dataDirectory, userName.Resource, password.Resource))
-            .WithLocalPort(LocalRabbitMQResource.PrimaryEndpointName, "amqp")
-            .WithLocalPort(LocalRabbitMQResource.DistributionEndpointName, "tcp")
-            .WithLocalPort(LocalRabbitMQResource.PrometheusEndpointName, "http")
-            .WithLocalPort(LocalRabbitMQResource.ManagementEndpointName, "http")
-            .WithUrlForEndpoint(LocalRabbitMQResource.ManagementEndpointName, url => url.DisplayText =
-                $"RabbitMQ management (log in with parameters {userName.Resource.Name} / {password.Resource.Name})")
-            .WithUrlForEndpoint(LocalRabbitMQResource.PrimaryEndpointName, url => url.DisplayLocation = UrlDisplayLocation.DetailsOnly)
-            .WithUrlForEndpoint(LocalRabbitMQResource.PrometheusEndpointName, url => (url.DisplayText, url.DisplayLocation) = ("Prometheus metrics", UrlDisplayLocation.DetailsOnly))
-            .WithEnvironment(context =>
-            {
-                var resource = (LocalRabbitMQResource)context.Resource;
-                WriteSharedCookie(home);
-                var env = context.EnvironmentVariables;
-                // The same environment as the single node (BrokerResourceExtensions.AddPipelineRabbitMQ), except the
-                // shared HOME (one Erlang cookie for all nodes) and the cluster's peer discovery in rabbitmq.conf.
-                env["HOME"] = home;
-                // Stable node names: the cluster's membership and its queues are stored under them.
-                env["RABBITMQ_NODENAME"] = $"eventpipeline-{resource.Name}@localhost";
-                env["RABBITMQ_NODE_IP_ADDRESS"] = "127.0.0.1";
-                env["RABBITMQ_NODE_PORT"] = resource.PrimaryEndpoint.Property(EndpointProperty.TargetPort);
-                env["RABBITMQ_DIST_PORT"] = resource.GetEndpoint(LocalRabbitMQResource.DistributionEndpointName).Property(EndpointProperty.TargetPort);
-                env["ERL_EPMD_PORT"] = epmd.Resource.PrimaryEndpoint.Property(EndpointProperty.Port);
-                env["ERL_EPMD_ADDRESS"] = "127.0.0.1";
-                env["RABBITMQ_MNESIA_BASE"] = Path.Combine(resource.DataDirectory, "mnesia");
-                env["RABBITMQ_LOG_BASE"] = Path.Combine(resource.DataDirectory, "log");
-                env["RABBITMQ_LOGS"] = "-";
-                env["RABBITMQ_CONFIG_FILE"] = WriteNodeConfig(resource.DataDirectory, seedNode);
-                env["RABBITMQ_ENABLED_PLUGINS_FILE"] = WritePlugins(resource.DataDirectory);
-                env["RABBITMQ_DEFAULT_USER"] = resource.UserName;
-                env["RABBITMQ_DEFAULT_PASS"] = resource.Password;
-                env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = ReferenceExpression.Create(
-                    $"-start_epmd false -kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_prometheus tcp_config [{{port,{resource.PrometheusEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}] "
-                    + $"-rabbitmq_management tcp_config [{{port,{resource.ManagementEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}]");
-            })
-            .WaitFor(epmd);
-        node.WithRabbitMQHealthCheck();
-        return node;
+        // The single node's setup (BrokerResourceExtensions.AddLocalRabbitMQNode), with the shared HOME (one Erlang
+        // cookie for all nodes) and the cluster's peer discovery in rabbitmq.conf.
+        return builder.AddLocalRabbitMQNode(name, builder.LocalDataDirectory(name), epmd, userName, password, resource =>
+        {
+            WriteSharedCookie(home);
+            return (home, WriteNodeConfig(resource.DataDirectory, seedNode));
+        });
     }
 
     /// <summary>
@@ -147,13 +115,6 @@ public static class RabbitMqClusterResources
     {
         var mnesia = Path.Combine(node.DataDirectory, "mnesia");
         return !Directory.Exists(mnesia) || !Directory.EnumerateFileSystemEntries(mnesia).Any();
-    }
-
-    private static string WritePlugins(string dataDirectory)
-    {
-        var path = Path.Combine(dataDirectory, "enabled_plugins");
-        File.WriteAllText(path, "[rabbitmq_prometheus,rabbitmq_management].\n");
-        return path;
     }
 
     /// <summary>One cookie for every node (Erlang refuses peers with another), made once and kept with the data.</summary>
