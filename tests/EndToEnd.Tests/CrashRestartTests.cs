@@ -99,6 +99,10 @@ public sealed class CrashRestartTests(AppHostFixture fixture)
     {
         await WaitForRunningAsync("worker-io");
         using var timeout = new CancellationTokenSource(Deadline);
+        // An operator stops a worker that is up: "Running" comes as soon as the process starts (an earlier test may
+        // just have restarted it), and a process stopped in its first moments can outlast the orchestrator's stop
+        // window (a CI run: "timed out waiting for process to stop" 160 ms after its bus started).
+        await Notifications.WaitForResourceHealthyAsync("worker-io", timeout.Token);
         var stop = await fixture.App.ResourceCommands.ExecuteCommandAsync("worker-io", KnownResourceCommands.StopCommand, timeout.Token);
         Assert.True(stop.Success, stop.Message);
 
