@@ -158,19 +158,7 @@ public static class BrokerResourceExtensions
         }
 
         var dataDirectory = builder.LocalDataDirectory(name);
-        var epmd = builder.AddResource(new EpmdResource($"{name}-epmd", dataDirectory))
-            .WithLocalPort(EpmdResource.PrimaryEndpointName, "tcp")
-            .WithArgs(context =>
-            {
-                context.Args.Add("-port");
-                context.Args.Add(((EpmdResource)context.Resource).PrimaryEndpoint.Property(EndpointProperty.TargetPort));
-                context.Args.Add("-address");
-                context.Args.Add("127.0.0.1");
-            });
-        var epmdCheck = $"{epmd.Resource.Name}_tcp_check";
-        builder.Services.AddHealthChecks().Add(new HealthCheckRegistration(
-            epmdCheck, _ => new TcpPortHealthCheck(epmd.Resource.PrimaryEndpoint), failureStatus: null, tags: null));
-        epmd.WithHealthCheck(epmdCheck);
+        var epmd = builder.AddLocalEpmd($"{name}-epmd", dataDirectory);
 
         return builder.AddLocalRabbitMQNode(name, dataDirectory, epmd, userName, password, resource =>
         {
@@ -180,6 +168,27 @@ public static class BrokerResourceExtensions
             File.WriteAllText(config, "loopback_users = none\n");
             return (home, config);
         });
+    }
+
+    /// <summary>
+    /// The Erlang port mapper a local RabbitMQ node (or every node of a cluster) registers with: on a port of its own, on
+    /// loopback, healthy once it accepts TCP connections.
+    /// </summary>
+    internal static IResourceBuilder<EpmdResource> AddLocalEpmd(this IDistributedApplicationBuilder builder, string name, string directory)
+    {
+        var epmd = builder.AddResource(new EpmdResource(name, directory))
+            .WithLocalPort(EpmdResource.PrimaryEndpointName, "tcp")
+            .WithArgs(context =>
+            {
+                context.Args.Add("-port");
+                context.Args.Add(((EpmdResource)context.Resource).PrimaryEndpoint.Property(EndpointProperty.TargetPort));
+                context.Args.Add("-address");
+                context.Args.Add("127.0.0.1");
+            });
+        var check = $"{epmd.Resource.Name}_tcp_check";
+        builder.Services.AddHealthChecks().Add(new HealthCheckRegistration(
+            check, _ => new TcpPortHealthCheck(epmd.Resource.PrimaryEndpoint), failureStatus: null, tags: null));
+        return epmd.WithHealthCheck(check);
     }
 
     /// <summary>

@@ -30,16 +30,7 @@ public static class RabbitMqClusterResources
 
         var clusterDirectory = builder.LocalDataDirectory($"{name}-cluster");
         var home = Path.Combine(clusterDirectory, "home");
-        var epmd = builder.AddResource(new EpmdResource($"{name}-epmd", clusterDirectory))
-            .WithLocalPort(EpmdResource.PrimaryEndpointName, "tcp")
-            .WithArgs(context =>
-            {
-                context.Args.Add("-port");
-                context.Args.Add(((EpmdResource)context.Resource).PrimaryEndpoint.Property(EndpointProperty.TargetPort));
-                context.Args.Add("-address");
-                context.Args.Add("127.0.0.1");
-            });
-        builder.AddHealthCheck(epmd, new TcpPortHealthCheck(epmd.Resource.PrimaryEndpoint));
+        var epmd = builder.AddLocalEpmd($"{name}-epmd", clusterDirectory);
 
         var nodes = Enumerable.Range(0, NodeCount)
             .Select(index => builder.AddClusterNode($"{name}-{index}", $"eventpipeline-{name}-0@localhost", home, epmd, userName, password))
@@ -153,13 +144,6 @@ public static class RabbitMqClusterResources
         {
             File.Delete(draft); // another node's callback was first: the same cookie for all
         }
-    }
-
-    private static void AddHealthCheck<T>(this IDistributedApplicationBuilder builder, IResourceBuilder<T> resource, IHealthCheck check) where T : IResource
-    {
-        var key = $"{resource.Resource.Name}_check";
-        builder.Services.AddHealthChecks().Add(new HealthCheckRegistration(key, _ => check, failureStatus: null, tags: null));
-        resource.WithHealthCheck(key);
     }
 }
 
