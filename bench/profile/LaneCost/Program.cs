@@ -247,11 +247,11 @@ static Dictionary<int, string> SocketOwners(int redisPort, (string Name, int Pid
     return owners;
 }
 
-// MONITOR prints the commands a script ran ("[0 lua]") before the script's own line: they belong to the next client line.
+// MONITOR prints a script's line ("EVALSHA …") before the commands it ran ("[0 lua]"): those belong to the last client line.
 static List<(string Process, Dictionary<string, long> Sent, Dictionary<string, long> InLua)> Attribute(List<string> lines, Dictionary<int, string> owners)
 {
     var result = new Dictionary<string, (Dictionary<string, long> Sent, Dictionary<string, long> InLua)>();
-    var pendingLua = new List<string>();
+    (Dictionary<string, long> Sent, Dictionary<string, long> InLua)? last = null;
     foreach (var line in lines)
     {
         var open = line.IndexOf('[');
@@ -266,7 +266,11 @@ static List<(string Process, Dictionary<string, long> Sent, Dictionary<string, l
         var command = quote < 0 ? "?" : line[(quote + 1)..line.IndexOf('"', quote + 1)].ToLowerInvariant();
         if (source == "lua")
         {
-            pendingLua.Add(command);
+            if (last is { } script)
+            {
+                script.InLua[command] = script.InLua.GetValueOrDefault(command) + 1;
+            }
+
             continue;
         }
 
@@ -278,12 +282,7 @@ static List<(string Process, Dictionary<string, long> Sent, Dictionary<string, l
         }
 
         counts.Sent[command] = counts.Sent.GetValueOrDefault(command) + 1;
-        foreach (var lua in pendingLua)
-        {
-            counts.InLua[lua] = counts.InLua.GetValueOrDefault(lua) + 1;
-        }
-
-        pendingLua.Clear();
+        last = counts;
     }
 
     return [.. result.OrderBy(kv => kv.Key).Select(kv => (kv.Key, kv.Value.Sent, kv.Value.InLua))];
