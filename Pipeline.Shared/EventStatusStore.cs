@@ -28,42 +28,61 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
 {
     public static RedisKey Key(string eventId) => $"event:{eventId}";
 
-    // KEYS[1] status hash. ARGV: id, type, lane, acceptedAtMs, ttlSeconds. The expiry is set only with the state: the
-    // I/O lane writes accepted after the publish, when a fast worker may already have written (and timed) a later state,
-    // e.g. dead, which is kept as long as its dead letter.
-    private static readonly LuaScript AcceptScript = LuaScript.Prepare("""
-        if redis.call('HSETNX', @key, 'state', 'accepted') == 1 then
-          redis.call('HSET', @key, 'attempts', 0)
-          redis.call('EXPIRE', @key, @ttl)
+    /// <summary>
+    /// Lua function <c>record_accepted(key, id, type, lane, acceptedAt, ttl)</c>: the <c>accepted</c> status of a new
+    /// event. The expiry is set only with the state: the I/O lane writes accepted after the publish, when a fast worker
+    /// may already have written (and timed) a later state, e.g. dead, which is kept as long as its dead letter. Shared
+    /// with the CPU lane's publish script, which writes it and the stream entry in one step.
+    /// </summary>
+    public const string RecordAcceptedLua = """
+        local function record_accepted(key, id, type, lane, acceptedAt, ttl)
+          if redis.call('HSETNX', key, 'state', 'accepted') == 1 then
+            redis.call('HSET', key, 'attempts', 0)
+            redis.call('EXPIRE', key, ttl)
+          end
+          redis.call('HSET', key, 'id', id, 'type', type, 'lane', lane)
+          redis.call('HSETNX', key, 'acceptedAt', acceptedAt)
         end
-        redis.call('HSET', @key, 'id', @id, 'type', @type, 'lane', @lane)
-        redis.call('HSETNX', @key, 'acceptedAt', @acceptedAt)
-        return 1
-        """);
 
-    // The one check-and-move every start goes through (both lanes): a cancelled or expired event never starts, and one
-    // not started by its expiresAt is recorded expired here. A redelivery of an event that had started is not expired.
-    private static readonly LuaScript ProcessingScript = LuaScript.Prepare("""
-        local state = redis.call('HGET', @key, 'state')
-        if state == 'succeeded' then return 0 end
-        if state == 'cancelled' then return 2 end
-        if state == 'expired' then return 3 end
-        local expiresAt = tonumber(redis.call('HGET', @key, 'expiresAt'))
-        if expiresAt and expiresAt <= tonumber(@now) and redis.call('HEXISTS', @key, 'startedAt') == 0 then
-          redis.call('HSET', @key, 'state', 'expired', 'expiredAt', @now, 'finishedAt', @now)
-          redis.call('EXPIRE', @key, @ttl)
-          return 3
+        """;
+
+    private static readonly LuaScript AcceptScript = LuaScript.Prepare(
+        RecordAcceptedLua + "record_accepted(@key, @id, @type, @lane, @acceptedAt, @ttl) return 1");
+
+    /// <summary>
+    /// Lua function <c>try_start(key, attempt, now, ttl, copy)</c>, the one check-and-move every start goes through (both
+    /// lanes; Worker.Cpu runs it in the same script as its run charge): a cancelled or expired event never starts, and
+    /// one not started by its expiresAt is recorded expired here. A redelivery of an event that had started is not
+    /// expired. Returns a <see cref="StartDecision"/>.
+    /// </summary>
+    public const string TryStartLua = """
+        local function try_start(key, attempt, now, ttl, copy)
+          local fields = redis.call('HMGET', key, 'state', 'expiresAt')
+          local state = fields[1]
+          if state == 'succeeded' then return 0 end
+          if state == 'cancelled' then return 2 end
+          if state == 'expired' then return 3 end
+          local expiresAt = tonumber(fields[2])
+          if expiresAt and expiresAt <= tonumber(now) and redis.call('HEXISTS', key, 'startedAt') == 0 then
+            redis.call('HSET', key, 'state', 'expired', 'expiredAt', now, 'finishedAt', now)
+            redis.call('EXPIRE', key, ttl)
+            return 3
+          end
+          if copy ~= '' then
+            local running = redis.call('HGET', key, 'copy')
+            if state == 'processing' and running and running ~= copy then return 4 end
+            redis.call('HSET', key, 'copy', copy)
+          end
+          redis.call('HSET', key, 'state', 'processing', 'attempts', attempt)
+          redis.call('HSETNX', key, 'startedAt', now)
+          redis.call('EXPIRE', key, ttl)
+          return 1
         end
-        if @copy ~= '' then
-          local running = redis.call('HGET', @key, 'copy')
-          if state == 'processing' and running and running ~= @copy then return 4 end
-          redis.call('HSET', @key, 'copy', @copy)
-        end
-        redis.call('HSET', @key, 'state', 'processing', 'attempts', @attempt)
-        redis.call('HSETNX', @key, 'startedAt', @now)
-        redis.call('EXPIRE', @key, @ttl)
-        return 1
-        """);
+
+        """;
+
+    private static readonly LuaScript ProcessingScript = LuaScript.Prepare(
+        TryStartLua + "return try_start(@key, @attempt, @now, @ttl, @copy)");
 
     private static readonly LuaScript RetryingScript = LuaScript.Prepare("""
         if redis.call('HGET', @key, 'state') == 'succeeded' then return 0 end
@@ -72,15 +91,25 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
         return 1
         """);
 
-    // Returns 1 when this call recorded the success, 0 when the event had already succeeded (a redelivery).
-    private static readonly LuaScript SucceededScript = LuaScript.Prepare("""
-        if redis.call('HGET', @key, 'state') == 'succeeded' then return 0 end
-        redis.call('HSET', @key, 'state', 'succeeded', 'attempts', @attempt, 'finishedAt', @now, 'result', @result)
-        redis.call('HDEL', @key, 'error')
-        redis.call('HINCRBY', @key, 'completions', 1)
-        redis.call('EXPIRE', @key, @ttl)
-        return 1
-        """);
+    /// <summary>
+    /// Lua function <c>record_succeeded(key, attempt, now, result, ttl)</c>: 1 when this call recorded the success, 0 when
+    /// the event had already succeeded (a redelivery: <c>completions</c> counts each success once). Shared with
+    /// Worker.Cpu's script that records a batch of successes and acknowledges their entries in one step.
+    /// </summary>
+    public const string RecordSucceededLua = """
+        local function record_succeeded(key, attempt, now, result, ttl)
+          if redis.call('HGET', key, 'state') == 'succeeded' then return 0 end
+          redis.call('HSET', key, 'state', 'succeeded', 'attempts', attempt, 'finishedAt', now, 'result', result)
+          redis.call('HDEL', key, 'error')
+          redis.call('HINCRBY', key, 'completions', 1)
+          redis.call('EXPIRE', key, ttl)
+          return 1
+        end
+
+        """;
+
+    private static readonly LuaScript SucceededScript = LuaScript.Prepare(
+        RecordSucceededLua + "return record_succeeded(@key, @attempt, @now, @result, @ttl)");
 
     /// <summary>
     /// Lua function <c>record_dead(key, attempt, now, error, ttl)</c>: 1 when it marked the event dead, 0 when the event
@@ -157,7 +186,8 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     /// <summary>Dead letters older than this are dropped from both lanes' dead-letter stores.</summary>
     public TimeSpan DeadLetterRetention => options.Value.DeadLetterRetention;
 
-    private static long Now => DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+    /// <summary>Unix milliseconds, the time format of every status field.</summary>
+    public static long Now => DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
 
     /// <summary>Queues the <c>accepted</c> write on a batch or transaction, so it lands with the broker write.</summary>
     public Task MarkAcceptedAsync(IDatabaseAsync db, string id, string type, string lane, DateTimeOffset acceptedAt) =>

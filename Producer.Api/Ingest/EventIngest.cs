@@ -66,6 +66,7 @@ public sealed class EventIngest(
     public const string ReplayedHeader = "Idempotent-Replayed";
     private const int BrokerRetryAfterSeconds = 5;
     private const int InFlightRetryAfterSeconds = 1;
+    private const int PreallocatedBodyLimit = 256 * 1024;
     private static readonly JsonDocumentOptions JsonOptions = new() { MaxDepth = 64, CommentHandling = JsonCommentHandling.Disallow };
 
     public async Task<IResult> SubmitOneAsync(HttpRequest request, CancellationToken cancellationToken)
@@ -277,7 +278,8 @@ public sealed class EventIngest(
     }
 
     /// <summary>
-    /// Confirmed events keep their reservation for the retention window; the others are freed so that the client's
+    /// Confirmed events keep their reservation for the retention window (a CPU-lane event's status stands for it); the
+    /// others are freed so that the client's
     /// retry publishes the same ids again. If Redis cannot take this now, the reservations simply expire (pending TTL):
     /// a repeat meanwhile gets 409, never new ids.
     /// </summary>
@@ -285,9 +287,13 @@ public sealed class EventIngest(
     {
         try
         {
-            if (outcome.Confirmed.Count > 0)
+            // A CPU-lane event that went straight into its stream needs no mark: its status was written by the same
+            // script as its entry and outlives the mark's window (kept Status:Retention after its last change, never
+            // deleted), and the guard answers an id with a status as a repeat before it looks at the reservation.
+            var toMark = outcome.Confirmed.Where(e => e.Lane != Lanes.Cpu || e.IsTimed).ToList();
+            if (toMark.Count > 0)
             {
-                await idempotency.ConfirmAsync(outcome.Confirmed);
+                await idempotency.ConfirmAsync(toMark);
             }
 
             if (outcome.Failure is not null)
@@ -398,20 +404,27 @@ public sealed class EventIngest(
             return ([], null, TooLarge(maxBytes));
         }
 
-        // Read at most maxBytes + 1 so a body without Content-Length cannot grow past the limit either.
-        using var buffer = new MemoryStream();
-        var chunk = new byte[16 * 1024];
+        byte[] body;
         try
         {
-            int read;
-            while ((read = await request.Body.ReadAsync(chunk, cancellationToken)) > 0)
+            if (request.ContentLength is { } length and <= PreallocatedBodyLimit)
             {
-                if (buffer.Length + read > maxBytes)
+                // Read straight into an array of the announced size (Kestrel ends the body there): no copies. Only up to
+                // a limit: a client that announces a large body and sends it slowly holds no more than it has sent.
+                body = new byte[length];
+                if (await request.Body.ReadAtLeastAsync(body, body.Length, throwOnEndOfStream: false, cancellationToken) < body.Length)
                 {
-                    return ([], null, TooLarge(maxBytes));
+                    return ([], null, Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body could not be read",
+                        $"The body ended before the {length} bytes its Content-Length announced."));
                 }
-
-                buffer.Write(chunk, 0, read);
+            }
+            else if (await ReadUnannouncedAsync(request.Body, maxBytes, cancellationToken) is { } read)
+            {
+                body = read;
+            }
+            else
+            {
+                return ([], null, TooLarge(maxBytes));
             }
         }
         catch (BadHttpRequestException ex)
@@ -422,7 +435,6 @@ public sealed class EventIngest(
                 : Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body could not be read", ex.Message));
         }
 
-        var body = buffer.ToArray();
         try
         {
             return (body, JsonDocument.Parse(body, JsonOptions), null);
@@ -431,6 +443,32 @@ public sealed class EventIngest(
         {
             return ([], null, Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body is not valid JSON", ex.Message));
         }
+    }
+
+    /// <returns>the body, or null when it grew past <paramref name="maxBytes"/> (read no further).</returns>
+    private static async Task<byte[]?> ReadUnannouncedAsync(Stream source, int maxBytes, CancellationToken cancellationToken)
+    {
+        using var buffer = new MemoryStream();
+        var chunk = System.Buffers.ArrayPool<byte>.Shared.Rent(16 * 1024);
+        try
+        {
+            int read;
+            while ((read = await source.ReadAsync(chunk, cancellationToken)) > 0)
+            {
+                if (buffer.Length + read > maxBytes)
+                {
+                    return null;
+                }
+
+                buffer.Write(chunk, 0, read);
+            }
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(chunk);
+        }
+
+        return buffer.ToArray();
     }
 
     private static IResult TooLarge(int maxBytes) =>

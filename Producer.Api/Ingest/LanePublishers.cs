@@ -33,13 +33,34 @@ public interface ILanePublisher
 }
 
 /// <summary>
-/// CPU lane: one MULTI/EXEC holds every XADD and its <c>accepted</c> status, so a batch lands whole or not at all and
-/// no worker can see an entry before its status exists. Redis runs with AOF; the EXEC reply is the confirmation, and
-/// with <see cref="IngestOptions.RedisReplicaAcks"/> &gt; 0 also <c>WAIT</c>'s count of replicas holding it (fewer → 503
-/// with every event uncertain), so a primary's death after the 202 cannot take the events with it.
+/// CPU lane: one script per request writes every event's <c>accepted</c> status and its stream entry (XADD), so no worker
+/// can see an entry before its status exists, and nothing else runs in Redis between them. A script is not rolled back
+/// when it fails part-way (nor is a MULTI/EXEC), so an error answers 503 with every event of the request in doubt.
+/// Redis runs with AOF; the script's reply is the confirmation, and with <see cref="IngestOptions.RedisReplicaAcks"/>
+/// &gt; 0 also <c>WAIT</c>'s count of replicas holding it (fewer → 503 with every event uncertain), so a primary's death
+/// after the 202 cannot take the events with it. One round trip per request, sent as EVALSHA (the client loads the
+/// script once per server and loads it again after a <c>NOSCRIPT</c>).
 /// </summary>
 public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusStore statuses, RedisReplicaAcknowledgement replicas) : ILanePublisher
 {
+    // KEYS[1] stream, KEYS[1 + i] status hash of event i. ARGV[1] lane, ARGV[2] acceptedAt (unix ms), ARGV[3] status
+    // ttl (s), ARGV[4] n trace-context fields, then n name/value pairs, then id, type, payload of each event. The
+    // entry's fields and their order are CpuLaneStreams.NewEntry's. Returns the entry ids.
+    private const string PublishScript = EventStatusStore.RecordAcceptedLua + """
+        local traceFields = tonumber(ARGV[4])
+        local first = 5 + 2 * traceFields
+        local entry = { 'id', '', 'type', '', 'payload', '', 'acceptedAt', ARGV[2], 'attempt', '1' }
+        for j = 5, first - 1 do entry[#entry + 1] = ARGV[j] end
+        local added = {}
+        for i = 2, #KEYS do
+          local a = first + (i - 2) * 3
+          record_accepted(KEYS[i], ARGV[a], ARGV[a + 1], ARGV[1], ARGV[2], ARGV[3])
+          entry[2], entry[4], entry[6] = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+          added[#added + 1] = redis.call('XADD', KEYS[1], '*', unpack(entry))
+        end
+        return added
+        """;
+
     public string Lane => Lanes.Cpu;
 
     public async Task PublishAsync(IReadOnlyList<ValidatedEvent> events, DateTimeOffset acceptedAt, CancellationToken cancellationToken)
@@ -51,29 +72,39 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
         activity?.SetTag("messaging.batch.message_count", events.Count);
         var traceContext = LaneTraceContext.Inject(activity ?? Activity.Current);
 
+        var keys = new RedisKey[events.Count + 1];
+        var values = new RedisValue[4 + traceContext.Length * 2 + events.Count * 3];
+        keys[0] = CpuLaneStreams.Stream;
+        values[0] = Lane;
+        values[1] = acceptedAt.ToUnixTimeMilliseconds();
+        values[2] = statuses.TtlSeconds;
+        values[3] = traceContext.Length;
+        var v = 4;
+        foreach (var field in traceContext)
+        {
+            values[v++] = field.Name;
+            values[v++] = field.Value;
+        }
+
+        for (var i = 0; i < events.Count; i++)
+        {
+            var e = events[i];
+            keys[i + 1] = EventStatusStore.Key(e.Id);
+            values[v++] = e.Id;
+            values[v++] = e.Type;
+            values[v++] = e.Payload;
+        }
+
         try
         {
-            // Identified before the write: the replicas' acknowledgement must come from the server the EXEC went to.
+            // Identified before the write: the replicas' acknowledgement must come from the server the script ran on.
             var primary = await replicas.PrimaryAsync();
-            var transaction = redis.GetDatabase().CreateTransaction();
-            var writes = new List<Task>(events.Count * 2);
-            foreach (var e in events)
-            {
-                writes.Add(statuses.MarkAcceptedAsync(transaction, e.Id, e.Type, Lane, acceptedAt));
-                writes.Add(transaction.StreamAddAsync(CpuLaneStreams.Stream, CpuLaneStreams.NewEntry(e.Id, e.Type, e.Payload, acceptedAt, traceContext)));
-            }
-
-            if (!await transaction.ExecuteAsync().WaitAsync(cancellationToken))
-            {
-                throw new RedisException("the transaction was not committed");
-            }
-
-            await Task.WhenAll(writes);
+            await redis.GetDatabase().ScriptEvaluateAsync(PublishScript, keys, values).WaitAsync(cancellationToken);
             await replicas.WaitAsync(primary, cancellationToken);
         }
         catch (Exception ex) when (ex is RedisException or TimeoutException or OperationCanceledException)
         {
-            // A transaction whose answer did not come in time may still commit: every event of it is in doubt.
+            // A script whose answer did not come in time may still have run: every event of it is in doubt.
             activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
             throw new BrokerUnavailableException(Lane, ex, [], events);
         }

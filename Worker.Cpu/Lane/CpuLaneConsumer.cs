@@ -22,7 +22,6 @@ public sealed class CpuLaneConsumer(
     LaneBuffer buffer,
     StreamEntryReader reader,
     CpuWork work,
-    EventStatusStore statuses,
     EntryAcknowledger acknowledger,
     EntryOwnership ownership,
     ComputeSlots cores,
@@ -151,9 +150,10 @@ public sealed class CpuLaneConsumer(
                     entry.Id, entry.EntryId, entry.UnfinishedRuns);
             }
 
-            // Charged as a run now, so that a crash during the work is seen by whoever claims the entry; only if this
-            // consumer still owns the entry and its event has not succeeded. A Redis error here is not the event's
-            // failure: it propagates, and the entry stays pending.
+            // Charged as a run and marked processing now (one script), so that a crash during the work is seen by
+            // whoever claims the entry; only if this consumer still owns the entry and its event may start (not
+            // succeeded, cancelled or expired). A Redis error here is not the event's failure: it propagates, and the
+            // entry stays pending.
             switch (await cores.ChargeAsync(entry))
             {
                 case null:
@@ -166,13 +166,16 @@ public sealed class CpuLaneConsumer(
                     logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without running it", entry.Id);
                     await acknowledger.AcknowledgeAsync(entry);
                     return;
+                case EntryOwnership.Start.Cancelled:
+                    await RefuseStartAsync(entry, StartDecision.Cancelled);
+                    return;
+                case EntryOwnership.Start.Expired:
+                    await RefuseStartAsync(entry, StartDecision.Expired);
+                    return;
             }
 
-            // Written while the entry waits for a core and runs (same connection, so before any outcome).
-            var processing = statuses.TryStartAsync(entry.Id, entry.Attempt);
             if (!await cores.WaitForCoreAsync(entry))
             {
-                await processing;
                 return; // the drain timed out first: the run is taken back, the entry stays pending
             }
 
@@ -181,29 +184,8 @@ public sealed class CpuLaneConsumer(
                 // The heartbeat found it claimed by another consumer while this one was paused: the run is not ours.
                 cores.Release();
                 await cores.TakeBackAsync(entry);
-                await processing;
                 logger.LogWarning("Event {EventId} (entry {EntryId}) was claimed by another consumer while it waited for a core; leaving it to that consumer",
                     entry.Id, entry.EntryId);
-                return;
-            }
-
-            StartDecision decision;
-            try
-            {
-                decision = await processing;
-            }
-            catch
-            {
-                // Redis did not answer the start check (e.g. a failover): the core goes back, the entry stays pending.
-                cores.Release();
-                throw;
-            }
-
-            if (decision is not StartDecision.Start and var refused)
-            {
-                // Cancelled, expired (recorded by the check) or already succeeded: acknowledged, never run.
-                cores.Release();
-                await RefuseStartAsync(entry, refused);
                 return;
             }
 
@@ -223,7 +205,6 @@ public sealed class CpuLaneConsumer(
                 cores.Release();
             }
 
-            await processing;
             if (failure is null && next is not null)
             {
                 try

@@ -1,4 +1,3 @@
-using EventPipeline.Contracts;
 using EventPipeline.Shared;
 using StackExchange.Redis;
 
@@ -17,12 +16,12 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// After a crash, entries that were waiting for a core beside the one running stay charged once; claimed, they are
 /// suspects, and a suspect starts only when nothing else runs, so its later charges are all real runs.
 /// </remarks>
-public sealed class EntryOwnership(IConnectionMultiplexer redis, LaneBuffer buffer)
+public sealed class EntryOwnership(IConnectionMultiplexer redis, LaneBuffer buffer, EventStatusStore statuses)
 {
     /// <summary>What <see cref="TryStartAsync"/> found.</summary>
     public enum Start
     {
-        /// <summary>Counted as a run: run the work now.</summary>
+        /// <summary>Counted as a run and marked <c>processing</c>: run the work now.</summary>
         Started,
 
         /// <summary>Another consumer claimed the entry: leave it alone.</summary>
@@ -30,14 +29,27 @@ public sealed class EntryOwnership(IConnectionMultiplexer redis, LaneBuffer buff
 
         /// <summary>The event already succeeded (a redelivery): acknowledge without running.</summary>
         AlreadySucceeded,
+
+        /// <summary>Cancelled before it started: acknowledge without running.</summary>
+        Cancelled,
+
+        /// <summary>Not started by its <c>expiresAt</c> (now recorded <c>expired</c>): acknowledge without running.</summary>
+        Expired,
     }
 
-    // Counts the start only if the entry is still pending to this consumer and its event has not succeeded yet.
-    private static readonly LuaScript StartScript = LuaScript.Prepare("""
+    // The run charge and the status store's start check (try_start) in one step: counts the run and moves the event to
+    // processing only if the entry is still pending to this consumer and the event may start (not succeeded, cancelled
+    // or expired). Returns a Start.
+    private static readonly LuaScript StartScript = LuaScript.Prepare(EventStatusStore.TryStartLua + """
         if #redis.call('XPENDING', @stream, @group, @entry, @entry, 1, @consumer) == 0 then return 1 end
-        if redis.call('HGET', @status, 'state') == @succeeded then return 2 end
-        redis.call('HINCRBY', @started, @entry, 1)
-        return 0
+        local decision = try_start(@status, @attempt, @now, @ttl, '')
+        if decision == 1 then
+          redis.call('HINCRBY', @started, @entry, 1)
+          return 0
+        end
+        if decision == 0 then return 2 end
+        if decision == 2 then return 3 end
+        return 4
         """);
 
     // KEYS[1] started-runs hash; ARGV entry ids. Takes one charged run back from each (the field goes at 0).
@@ -68,8 +80,9 @@ public sealed class EntryOwnership(IConnectionMultiplexer redis, LaneBuffer buff
         """;
 
     /// <summary>
-    /// Charges <paramref name="entry"/> a run before its handler waits for a core: if this process dies during the
-    /// work, whoever claims the entry knows it was running (a suspect), not an entry that was only buffered.
+    /// Charges <paramref name="entry"/> a run and marks its event <c>processing</c> before its handler waits for a core:
+    /// if this process dies during the work, whoever claims the entry knows it was running (a suspect), not an entry
+    /// that was only buffered. One script, one round trip: nothing can claim the entry or cancel the event in between.
     /// </summary>
     public async Task<Start> TryStartAsync(LaneEntry entry) =>
         (Start)(int)await redis.GetDatabase().ScriptEvaluateAsync(StartScript, new
@@ -80,7 +93,9 @@ public sealed class EntryOwnership(IConnectionMultiplexer redis, LaneBuffer buff
             group = CpuLaneStreams.Group,
             consumer = buffer.ConsumerName,
             entry = entry.EntryId,
-            succeeded = EventStates.Succeeded,
+            attempt = entry.Attempt,
+            now = EventStatusStore.Now,
+            ttl = statuses.TtlSeconds,
         });
 
     /// <summary>

@@ -7,12 +7,12 @@ namespace EventPipeline.Worker.Cpu.Lane;
 
 /// <summary>
 /// Records successes in batches: every success that finished while the previous batch was on its way goes out in the
-/// next MULTI/EXEC — one status script per event, then one script that acknowledges (one XACK, HDEL and XDEL for
-/// all) exactly the entries whose success now reads as recorded and which this consumer still holds. An entry whose
-/// status write failed (any script error at run time: Redis runs the rest of a MULTI and rolls nothing back) stays
-/// pending and is run again; one that another consumer claimed meanwhile is left to that consumer. Never acknowledged
-/// before its work finished; only the number of round trips and commands per event falls. One batch is in flight at a
-/// time, so a batch grows by itself under load and is a single event when the lane is quiet.
+/// next script (<see cref="EntryAcknowledger.RecordSucceededAsync"/>), which writes each status and then acknowledges
+/// (one XACK, HDEL and XDEL for all) exactly the entries whose success now reads as recorded and which this consumer
+/// still holds. An entry whose status write failed stays pending and is run again; one that another consumer claimed
+/// meanwhile is left to that consumer. Never acknowledged before its work finished; only the number of round trips
+/// and commands per event falls. One batch is in flight at a time, so a batch grows by itself under load and is a
+/// single event when the lane is quiet.
 /// </summary>
 public sealed class SuccessBatcher(
     IConnectionMultiplexer redis,
@@ -59,36 +59,26 @@ public sealed class SuccessBatcher(
     {
         try
         {
-            var transaction = redis.GetDatabase().CreateTransaction();
-            var recorded = new Task<bool>[batch.Count];
+            var outcomes = await EntryAcknowledger.RecordSucceededAsync(redis.GetDatabase(), buffer.ConsumerName,
+                [.. batch.Select(s => (s.Entry, s.Result))], statuses.TtlSeconds);
             for (var i = 0; i < batch.Count; i++)
             {
-                var entry = batch[i].Entry;
-                recorded[i] = statuses.MarkSucceededAsync(transaction, entry.Id, entry.Attempt, batch[i].Result);
-            }
-
-            // After the status scripts, in the same transaction: it sees what they wrote, and nothing comes between.
-            var acknowledged = EntryAcknowledger.AcknowledgeSucceededAsync(transaction, buffer.ConsumerName, [.. batch.Select(s => s.Entry)]);
-            await EntryAcknowledger.CommitAsync(transaction);
-            var acked = await acknowledged;
-            for (var i = 0; i < batch.Count; i++)
-            {
-                try
+                var (entry, outcome) = (batch[i].Entry, outcomes[i]);
+                if (outcome.Error is not null && !outcome.Acknowledged)
                 {
-                    var wasRecorded = await recorded[i];
-                    if (!acked[i])
-                    {
-                        // The status reads succeeded (else the await above threw), so the entry is another consumer's.
-                        logger.LogWarning("Event {EventId} (entry {EntryId}) succeeded here, but another consumer claimed it meanwhile; its acknowledgement is left to that consumer",
-                            batch[i].Entry.Id, batch[i].Entry.EntryId);
-                    }
+                    // The entry stays pending and runs again; its handler reports the error.
+                    batch[i].Recorded.TrySetException(new RedisServerException(outcome.Error));
+                    continue;
+                }
 
-                    batch[i].Recorded.TrySetResult(wasRecorded);
-                }
-                catch (Exception ex)
+                if (!outcome.Acknowledged)
                 {
-                    batch[i].Recorded.TrySetException(ex);
+                    // The status reads succeeded (else the error above), so the entry is another consumer's.
+                    logger.LogWarning("Event {EventId} (entry {EntryId}) succeeded here, but another consumer claimed it meanwhile; its acknowledgement is left to that consumer",
+                        entry.Id, entry.EntryId);
                 }
+
+                batch[i].Recorded.TrySetResult(outcome.Recorded);
             }
         }
         catch (Exception ex)

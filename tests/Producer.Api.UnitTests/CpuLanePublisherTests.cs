@@ -1,0 +1,60 @@
+using EventPipeline.Producer.Ingest;
+using EventPipeline.Producer.Validation;
+using EventPipeline.Shared;
+using EventPipeline.Testing;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+using StackExchange.Redis;
+
+namespace EventPipeline.Producer.UnitTests;
+
+/// <summary>
+/// The CPU lane's publish against a real redis-server: no worker can ever see a stream entry whose event has no
+/// <c>accepted</c> status, also when a write fails half-way through a request's events.
+/// </summary>
+public sealed class CpuLanePublisherTests : IAsyncLifetime
+{
+    private RedisServer _redis = null!;
+    private ConnectionMultiplexer _connection = null!;
+
+    public async Task InitializeAsync()
+    {
+        _redis = await RedisServer.StartAsync();
+        _connection = await _redis.ConnectAsync();
+    }
+
+    public async Task DisposeAsync()
+    {
+        _connection.Dispose();
+        await _redis.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Cpu_entry_is_never_added_without_its_accepted_status()
+    {
+        var statuses = new EventStatusStore(_connection, Options.Create(new StatusOptions()));
+        var replicas = new RedisReplicaAcknowledgement(_connection, new ConfigurationBuilder().Build(),
+            Options.Create(new IngestOptions()), NullLogger<RedisReplicaAcknowledgement>.Instance);
+        var publisher = new CpuLanePublisher(_connection, statuses, replicas);
+        var tag = Guid.NewGuid().ToString("N")[..8];
+        ValidatedEvent[] events = [.. Enumerable.Range(0, 3).Select(i => new ValidatedEvent($"half-{tag}-{i}", "noop.cpu", "cpu", "{}"))];
+        // The second event's status key holds a string: its status write fails (WRONGTYPE) when it runs.
+        var db = _connection.GetDatabase();
+        await db.StringSetAsync(EventStatusStore.Key(events[1].Id), "not a status hash");
+
+        var failure = await Assert.ThrowsAsync<BrokerUnavailableException>(() =>
+            publisher.PublishAsync(events, DateTimeOffset.UtcNow, CancellationToken.None));
+
+        // The request is answered 503 with every event in doubt …
+        Assert.Equal(events.Select(e => e.Id), failure.Uncertain.Select(e => e.Id));
+        // … and no entry was added for the event whose status could not be written; every entry there has its status.
+        var entries = await db.StreamRangeAsync(CpuLaneStreams.Stream);
+        var added = entries.Select(e => (string)e["id"]!).ToList();
+        Assert.DoesNotContain(events[1].Id, added);
+        foreach (var id in added)
+        {
+            Assert.Equal("accepted", (string?)await db.HashGetAsync(EventStatusStore.Key(id), "state"));
+        }
+    }
+}
