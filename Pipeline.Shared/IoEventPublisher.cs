@@ -76,7 +76,7 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
                 };
                 // Not awaited one by one: every message of the chunk is on the wire before the first confirm is awaited.
                 confirms[i] = channel.BasicPublishAsync(IoLaneTopology.MessageExchange, "", mandatory: true, properties,
-                    IoLaneEnvelope.Serialize(events[i], messageId, sentTime), cancellationToken).AsTask();
+                    IoLaneEnvelope.Serialize(events[i], messageId, sentTime, parent), cancellationToken).AsTask();
             }
 
             await Task.WhenAll(confirms);
@@ -193,9 +193,14 @@ public static class IoLaneEnvelope
         Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
     };
 
-    public static byte[] Serialize(IoEventSubmitted message, Guid messageId, DateTime sentTime) =>
-        JsonSerializer.SerializeToUtf8Bytes(new Envelope(messageId.ToString(), [IoLaneTopology.MessageType], message, sentTime), Options);
+    private static readonly Dictionary<string, string> NoHeaders = [];
+
+    /// <param name="activityId">the publish span's W3C id: MassTransit writes it into the envelope's headers as well as the transport's.</param>
+    public static byte[] Serialize(IoEventSubmitted message, Guid messageId, DateTime sentTime, string? activityId) =>
+        JsonSerializer.SerializeToUtf8Bytes(new Envelope(messageId.ToString(), [IoLaneTopology.MessageType], message, sentTime,
+            activityId is null ? NoHeaders : new Dictionary<string, string> { [ActivityIdHeader] = activityId }), Options);
 
     /// <summary>The fields of MassTransit's <c>JsonMessageEnvelope</c> its consumer needs; the others are optional.</summary>
-    private sealed record Envelope(string MessageId, string[] MessageType, IoEventSubmitted Message, DateTime SentTime);
+    private sealed record Envelope(string MessageId, string[] MessageType, IoEventSubmitted Message, DateTime SentTime,
+        Dictionary<string, string> Headers);
 }
