@@ -76,7 +76,7 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
                 };
                 // Not awaited one by one: every message of the chunk is on the wire before the first confirm is awaited.
                 confirms[i] = channel.BasicPublishAsync(IoLaneTopology.MessageExchange, "", mandatory: true, properties,
-                    IoLaneEnvelope.Serialize(events[i], messageId, sentTime, parent), cancellationToken).AsTask();
+                    IoLaneEnvelope.Serialize(events[i], messageId, sentTime, connection.ExchangeAddress, parent), cancellationToken).AsTask();
             }
 
             await Task.WhenAll(confirms);
@@ -196,11 +196,12 @@ public static class IoLaneEnvelope
     private static readonly Dictionary<string, string> NoHeaders = [];
 
     /// <param name="activityId">the publish span's W3C id: MassTransit writes it into the envelope's headers as well as the transport's.</param>
-    public static byte[] Serialize(IoEventSubmitted message, Guid messageId, DateTime sentTime, string? activityId) =>
-        JsonSerializer.SerializeToUtf8Bytes(new Envelope(messageId.ToString(), [IoLaneTopology.MessageType], message, sentTime,
+    /// <param name="destinationAddress">the exchange's address (<see cref="IoLaneConnection.ExchangeAddress"/>).</param>
+    public static byte[] Serialize(IoEventSubmitted message, Guid messageId, DateTime sentTime, Uri destinationAddress, string? activityId) =>
+        JsonSerializer.SerializeToUtf8Bytes(new Envelope(messageId.ToString(), destinationAddress.ToString(), [IoLaneTopology.MessageType], message, sentTime,
             activityId is null ? NoHeaders : new Dictionary<string, string> { [ActivityIdHeader] = activityId }), Options);
 
     /// <summary>The fields of MassTransit's <c>JsonMessageEnvelope</c> its consumer needs; the others are optional.</summary>
-    private sealed record Envelope(string MessageId, string[] MessageType, IoEventSubmitted Message, DateTime SentTime,
+    private sealed record Envelope(string MessageId, string DestinationAddress, string[] MessageType, IoEventSubmitted Message, DateTime SentTime,
         Dictionary<string, string> Headers);
 }

@@ -20,6 +20,12 @@ public sealed class IoLaneConnection(RabbitMqNodes nodes, string clientName) : I
     private Task<IConnection>? _connecting;
     private int _generation;
 
+    /// <summary>
+    /// The message exchange's address as MassTransit writes it into an envelope (<c>destinationAddress</c>,
+    /// <c>rabbitmq://host:port/vhost/exchange</c>): the consumer's spans take their <c>messaging.system</c> from its scheme.
+    /// </summary>
+    public Uri ExchangeAddress { get; } = new($"rabbitmq://{nodes.FirstNode.Authority}{nodes.FirstNode.AbsolutePath.TrimEnd('/')}/{IoLaneTopology.MessageExchange}");
+
     /// <summary>Changes whenever the connection is made or recovered: what was declared before may be gone.</summary>
     public int Generation => Volatile.Read(ref _generation);
 
