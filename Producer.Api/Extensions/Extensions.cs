@@ -6,7 +6,6 @@ using EventPipeline.Producer.Monitoring;
 using EventPipeline.Producer.Security;
 using EventPipeline.Producer.Validation;
 using EventPipeline.Shared;
-using MassTransit;
 
 namespace Microsoft.Extensions.Hosting;
 

@@ -3,7 +3,6 @@ using EventPipeline.Contracts;
 using EventPipeline.Producer.Validation;
 using EventPipeline.ServiceDefaults;
 using EventPipeline.Shared;
-using MassTransit;
 using Microsoft.Extensions.Options;
 using StackExchange.Redis;
 
@@ -107,64 +106,6 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
             // A script whose answer did not come in time may still have run: every event of it is in doubt.
             activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
             throw new BrokerUnavailableException(Lane, ex, [], events);
-        }
-    }
-}
-
-/// <summary>
-/// I/O lane: MassTransit publishes with publisher confirms, so the await returns once RabbitMQ has the messages in
-/// its durable quorum queue. The status is written after the confirm and never moves a running event backwards.
-/// A batch goes out in chunks of <see cref="IngestOptions.IoPublishChunk"/>, each confirmed before the next: the
-/// messages one request holds in memory at once stay bounded however large the batch. When a chunk fails, the
-/// chunks before it are reported as confirmed and that chunk as in doubt.
-/// </summary>
-public sealed class IoLanePublisher(IBus bus, EventStatusStore statuses, IOptions<IngestOptions> options, ILogger<IoLanePublisher> logger) : ILanePublisher
-{
-    public string Lane => Lanes.Io;
-
-    public async Task PublishAsync(IReadOnlyList<ValidatedEvent> events, DateTimeOffset acceptedAt, CancellationToken cancellationToken)
-    {
-        var confirmed = new List<ValidatedEvent>(events.Count);
-        var statusWrites = new List<Task>(events.Count);
-        try
-        {
-            foreach (var chunk in events.Chunk(options.Value.IoPublishChunk))
-            {
-                var messages = chunk.Select(e => new IoEventSubmitted(e.Id, e.Type, e.Payload, acceptedAt, e.Target)).ToList();
-                try
-                {
-                    // Messages are persistent by default; the await completes on the publisher confirm.
-                    // Mandatory: a message the broker cannot route to a queue comes back as an error (503) instead of
-                    // being confirmed and dropped.
-                    await bus.PublishBatch(messages, context => context.Mandatory = true, cancellationToken);
-                }
-                catch (Exception ex)
-                {
-                    throw new BrokerUnavailableException(Lane, ex, confirmed, chunk);
-                }
-
-                confirmed.AddRange(chunk);
-                // Not awaited per chunk: a slow status store must not hold back the next chunk's publish.
-                statusWrites.AddRange(chunk.Select(e => statuses.MarkAcceptedAsync(e.Id, e.Type, Lane, acceptedAt)));
-            }
-        }
-        finally
-        {
-            await AwaitStatusWritesAsync(statusWrites);
-        }
-    }
-
-    private async Task AwaitStatusWritesAsync(List<Task> writes)
-    {
-        try
-        {
-            await Task.WhenAll(writes);
-        }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
-        {
-            // RabbitMQ holds the events, so they will run; only their status shows up late (RedisTimeoutException is a
-            // TimeoutException, not a RedisException: a slow Redis must not turn a held event into a 500).
-            logger.LogWarning(ex, "Status store unavailable after {Count} I/O events were published; statuses appear when workers run them", writes.Count);
         }
     }
 }

@@ -4,8 +4,8 @@ namespace EventPipeline.Producer.Monitoring;
 
 /// <summary>
 /// Declares the I/O lane's error exchange and queue when the API starts (retrying until RabbitMQ answers), so the
-/// lane's dead-letter target exists even before any Worker.Io ran. MassTransit declares the lane queue itself on the
-/// first publish (<see cref="IoLaneTopology.BindQueueOnPublish"/>).
+/// lane's dead-letter target exists even before any Worker.Io ran. The publisher declares the lane queue itself on the
+/// first publish (<see cref="IoLaneTopology.DeclareAsync"/>).
 /// </summary>
 public sealed class IoLaneTopologyDeclarer(LazyRabbitMqConnection rabbit, ILogger<IoLaneTopologyDeclarer> logger) : BackgroundService
 {

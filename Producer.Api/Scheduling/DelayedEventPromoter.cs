@@ -1,7 +1,6 @@
 using System.Text.Json;
 using EventPipeline.Contracts;
 using EventPipeline.Shared;
-using MassTransit;
 using Microsoft.Extensions.Options;
 using StackExchange.Redis;
 
@@ -17,7 +16,7 @@ namespace EventPipeline.Producer.Scheduling;
 /// </summary>
 public sealed class DelayedEventPromoter(
     DelayedEventStore store,
-    IBus bus,
+    IoEventPublisher publisher,
     IOptions<SchedulingOptions> options,
     ILogger<DelayedEventPromoter> logger) : BackgroundService
 {
@@ -104,7 +103,7 @@ public sealed class DelayedEventPromoter(
         {
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
             timeout.CancelAfter(options.Value.IoClaimLease / 2);
-            await bus.PublishBatch(messages, context => context.Mandatory = true, timeout.Token);
+            await publisher.PublishAsync(messages, timeout.Token);
         }
         catch (Exception ex) when (ex is not OperationCanceledException || !stoppingToken.IsCancellationRequested)
         {

@@ -2,7 +2,6 @@ using EventPipeline.Contracts;
 using EventPipeline.Shared;
 using EventPipeline.Worker.Cpu.Lane;
 using EventPipeline.Worker.Cpu.Work;
-using MassTransit;
 using Microsoft.Extensions.Options;
 
 namespace EventPipeline.Worker.Cpu.Forward;
@@ -14,13 +13,13 @@ public interface INextStageForwarder
 }
 
 /// <summary>
-/// Publishes the next stage to the I/O lane through MassTransit with publisher confirms and <c>mandatory</c> (a publish
-/// that reaches no queue fails), then marks its status <c>accepted</c>. Only after both does the caller acknowledge the
+/// Publishes the next stage to the I/O lane (<see cref="IoEventPublisher"/>: publisher confirms, <c>mandatory</c> so a
+/// publish that reaches no queue fails, a channel that failed replaced), then marks its status <c>accepted</c>. Only after both does the caller acknowledge the
 /// CPU entry, so a failed or unroutable hand-off is retried like any failed attempt; a crash in between runs the CPU event
 /// again, and the derived id (<c>{id}.then</c>) makes the repeated hand-off the same I/O event (same status hash,
 /// same downstream <c>Idempotency-Key</c>). Publishing inside the handler's activity carries the trace on.
 /// </summary>
-public sealed class IoLaneForwarder(IBus bus, EventStatusStore statuses, IOptions<CpuLaneOptions> options, ILogger<IoLaneForwarder> logger)
+public sealed class IoLaneForwarder(IoEventPublisher publisher, EventStatusStore statuses, IOptions<CpuLaneOptions> options, ILogger<IoLaneForwarder> logger)
     : INextStageForwarder
 {
     public async Task ForwardAsync(LaneEntry entry, NextStage next, string result)
@@ -30,10 +29,10 @@ public sealed class IoLaneForwarder(IBus bus, EventStatusStore statuses, IOption
         var message = new IoEventSubmitted(id, next.Type, next.BodyWith(entry.Id, entry.Type, result), acceptedAt, next.Target);
         using (var timeout = new CancellationTokenSource(options.Value.ForwardTimeout))
         {
-            // Completes on RabbitMQ's publisher confirm: from here the I/O lane holds the event durably. Every publish
-            // of AddIoLanePublisher is mandatory: a message no queue takes throws here and fails this attempt, instead
-            // of being confirmed and dropped while the CPU entry is acknowledged.
-            await bus.Publish(message, timeout.Token);
+            // Completes on RabbitMQ's publisher confirm: from here the I/O lane holds the event durably. The publish is
+            // mandatory: a message no queue takes throws here and fails this attempt, instead of being confirmed and
+            // dropped while the CPU entry is acknowledged. A nack fails it too, and the retry gets a fresh channel.
+            await publisher.PublishAsync([message], timeout.Token);
         }
 
         await statuses.MarkAcceptedAsync(id, next.Type, Lanes.Io, acceptedAt);

@@ -6,7 +6,7 @@ namespace EventPipeline.Observability.Tests;
 
 /// <summary>
 /// One event is one trace across every service it passes, read from the OTLP the services really export: the Redis lane
-/// carries the trace context (<c>traceparent</c>, <c>tracestate</c>, <c>baggage</c>) inside the stream entry, MassTransit carries it in the message headers, HttpClient in the
+/// carries the trace context (<c>traceparent</c>, <c>tracestate</c>, <c>baggage</c>) inside the stream entry, the I/O lane's publisher carries it in the message header MassTransit's consumer reads (<c>MT-Activity-Id</c>), HttpClient in the
 /// downstream call.
 /// </summary>
 [Collection(ObservedAppHostCollection.Name)]
@@ -145,9 +145,10 @@ public sealed class TraceTests(ObservedAppHostFixture fixture)
     private static bool IsApiServerSpan(ReceivedSpan s) =>
         s.Service == "producer-api" && s.Kind == ReceivedSpan.Server && s.Name.StartsWith("POST /events", StringComparison.Ordinal);
 
-    // MassTransit's send span; the API's RabbitMQ.Client (traced through Aspire's client) adds its own publish span under it.
+    // The API's publish span (Pipeline.Shared's IoEventPublisher, one per published chunk); the API's RabbitMQ.Client
+    // (traced through Aspire's client) adds its own publish span per message under it.
     private static bool IsApiRabbitMqSendSpan(ReceivedSpan s) =>
-        s.Service == "producer-api" && s.Kind == ReceivedSpan.Producer && s.Attribute("messaging.system") == "rabbitmq" && s.Scope == "MassTransit";
+        s.Service == "producer-api" && s.Kind == ReceivedSpan.Producer && s.Attribute("messaging.system") == "rabbitmq" && s.Scope == "EventPipeline";
 
     private static bool IsWorkerCpuHandOffSpan(ReceivedSpan s) =>
         s.Service == "worker-cpu" && s.Kind == ReceivedSpan.Producer && s.Attribute("messaging.system") == "rabbitmq";

@@ -1,0 +1,207 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using EventPipeline.Contracts;
+using EventPipeline.ServiceDefaults;
+using Microsoft.Extensions.Logging;
+using RabbitMQ.Client;
+
+namespace EventPipeline.Shared;
+
+/// <summary>
+/// Publishes I/O-lane events and returns only once RabbitMQ confirmed every one of them: the await completes when the
+/// broker holds each message in the durable quorum queue, and throws when any was nacked, returned (mandatory: no queue
+/// took it), not confirmed before the token fired, or lost with its channel. A channel that saw any of these is closed
+/// and replaced by a fresh one — never used again — and the replacement declares the lane's topology again
+/// (<see cref="IoLaneTopology.DeclareAsync"/>), so a queue deleted or lost in a broker reset comes back.
+/// Used by the API (ingest, due delayed events) and by Worker.Cpu's hand-off to the I/O lane.
+/// </summary>
+/// <remarks>
+/// Hand-written on RabbitMQ.Client rather than MassTransit's publish, for two reasons. (1) MassTransit keeps the channel
+/// a nack came on, and RabbitMQ 3.10's quorum queue with <c>reject-publish</c> leaves such a channel refusing every later
+/// publish until the queue sends it a "go" — which a new leader after a node's death does not always send, and which
+/// never comes when a <c>max-length</c> policy is simply cleared: the API answered 503 for minutes (issue 15; pinned by
+/// <c>IoPublishRecoveryTests</c>). (2) MassTransit's <c>PublishBatch</c> sends message by message through its pipeline
+/// (with Worker.Io's consumer, MassTransit and RabbitMQ.Client were ≈ 40 % of the API's CPU on the I/O path,
+/// docs/benchmarks.md); here a chunk is written at once and its confirms are awaited together. The consumer side stays
+/// MassTransit: each message is MassTransit's JSON envelope (<see cref="IoLaneEnvelope"/>) on the message type's
+/// exchange, with the trace context in the header MassTransit's receive reads, so Worker.Io is unchanged.
+/// </remarks>
+public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEventPublisher> logger) : IAsyncDisposable
+{
+    /// <summary>Channels kept open between publishes; more concurrent publishes open more and close them afterwards.</summary>
+    private const int IdleChannels = 16;
+
+    private static readonly CreateChannelOptions ChannelOptions = new(
+        publisherConfirmationsEnabled: true,
+        publisherConfirmationTrackingEnabled: true,
+        // No throttling: a publish is one request's chunk (bounded by the caller), its confirms awaited together.
+        outstandingPublisherConfirmationsRateLimiter: null);
+
+    private readonly ConcurrentBag<IChannel> _idle = [];
+    private int _declaredGeneration = -1;
+
+    public async Task PublishAsync(IReadOnlyList<IoEventSubmitted> events, CancellationToken cancellationToken)
+    {
+        if (events.Count == 0)
+        {
+            return;
+        }
+
+        using var activity = PipelineTelemetry.ActivitySource.StartActivity($"{IoLaneTopology.MessageExchange} publish", ActivityKind.Producer);
+        activity?.SetTag("messaging.system", "rabbitmq");
+        activity?.SetTag("messaging.destination.name", IoLaneTopology.MessageExchange);
+        activity?.SetTag("messaging.operation.type", "send");
+        activity?.SetTag("messaging.batch.message_count", events.Count);
+        // MassTransit's receive continues the trace of the W3C id in this header (and nothing else).
+        var parent = (activity ?? Activity.Current)?.Id;
+
+        IChannel? channel = null;
+        var healthy = false;
+        try
+        {
+            channel = await RentAsync(cancellationToken);
+            var sentTime = DateTime.UtcNow;
+            var confirms = new Task[events.Count];
+            for (var i = 0; i < events.Count; i++)
+            {
+                var messageId = Guid.NewGuid();
+                var properties = new BasicProperties
+                {
+                    MessageId = messageId.ToString(),
+                    ContentType = IoLaneEnvelope.ContentType,
+                    DeliveryMode = DeliveryModes.Persistent,
+                    Headers = parent is null ? null : new Dictionary<string, object?> { [IoLaneEnvelope.ActivityIdHeader] = parent },
+                };
+                // Not awaited one by one: every message of the chunk is on the wire before the first confirm is awaited.
+                confirms[i] = channel.BasicPublishAsync(IoLaneTopology.MessageExchange, "", mandatory: true, properties,
+                    IoLaneEnvelope.Serialize(events[i], messageId, sentTime, connection.ExchangeAddress, parent), cancellationToken).AsTask();
+            }
+
+            await Task.WhenAll(confirms);
+            healthy = true;
+        }
+        catch (Exception ex)
+        {
+            activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
+            throw;
+        }
+        finally
+        {
+            if (healthy)
+            {
+                Return(channel!);
+            }
+            else if (channel is not null)
+            {
+                // Whatever failed — a nack (the queue refused: on RabbitMQ 3.10 this channel may stay refused), a
+                // return, a timeout with confirms outstanding, a closed channel — the channel is not used again, and
+                // the next one declares the lane again. Closed in the background: a paused broker must not hold the 503.
+                Interlocked.Exchange(ref _declaredGeneration, -1);
+                _ = DiscardAsync(channel);
+            }
+        }
+    }
+
+    private async Task<IChannel> RentAsync(CancellationToken cancellationToken)
+    {
+        while (_idle.TryTake(out var idle))
+        {
+            if (idle.IsOpen)
+            {
+                return idle;
+            }
+
+            _ = DiscardAsync(idle);
+        }
+
+        var open = await connection.GetAsync(cancellationToken);
+        var generation = connection.Generation;
+        var channel = await open.CreateChannelAsync(ChannelOptions, cancellationToken);
+        try
+        {
+            if (Volatile.Read(ref _declaredGeneration) != generation)
+            {
+                await IoLaneTopology.DeclareAsync(channel, cancellationToken);
+                Volatile.Write(ref _declaredGeneration, generation);
+            }
+
+            return channel;
+        }
+        catch
+        {
+            _ = DiscardAsync(channel);
+            throw;
+        }
+    }
+
+    private void Return(IChannel channel)
+    {
+        if (channel.IsOpen && _idle.Count < IdleChannels)
+        {
+            _idle.Add(channel);
+        }
+        else
+        {
+            _ = DiscardAsync(channel);
+        }
+    }
+
+    private async Task DiscardAsync(IChannel channel)
+    {
+        try
+        {
+            if (channel.IsOpen)
+            {
+                using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+                await channel.AbortAsync(timeout.Token);
+            }
+
+            await channel.DisposeAsync();
+        }
+        catch (Exception ex)
+        {
+            logger.LogDebug(ex, "Closing a replaced I/O-lane publishing channel failed");
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        while (_idle.TryTake(out var channel))
+        {
+            await DiscardAsync(channel);
+        }
+    }
+}
+
+/// <summary>
+/// MassTransit's JSON envelope (<c>application/vnd.masstransit+json</c>, as MassTransit 8.5's
+/// <c>SystemTextJsonMessageSerializer</c> writes <c>JsonMessageEnvelope</c>: camelCase, the message under
+/// <c>message</c>, its type URNs under <c>messageType</c>) around one <see cref="IoEventSubmitted"/>, so Worker.Io's
+/// MassTransit consumer, MassTransit's error queue and the dead-letter API read it as one MassTransit published.
+/// </summary>
+public static class IoLaneEnvelope
+{
+    public const string ContentType = "application/vnd.masstransit+json";
+
+    /// <summary>MassTransit's <c>DiagnosticHeaders.ActivityId</c>: the transport header its receive takes the parent span from.</summary>
+    public const string ActivityIdHeader = "MT-Activity-Id";
+
+    private static readonly JsonSerializerOptions Options = new(JsonSerializerDefaults.Web)
+    {
+        Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
+
+    private static readonly Dictionary<string, string> NoHeaders = [];
+
+    /// <param name="activityId">the publish span's W3C id: MassTransit writes it into the envelope's headers as well as the transport's.</param>
+    /// <param name="destinationAddress">the exchange's address (<see cref="IoLaneConnection.ExchangeAddress"/>).</param>
+    public static byte[] Serialize(IoEventSubmitted message, Guid messageId, DateTime sentTime, Uri destinationAddress, string? activityId) =>
+        JsonSerializer.SerializeToUtf8Bytes(new Envelope(messageId.ToString(), destinationAddress.ToString(), [IoLaneTopology.MessageType], message, sentTime,
+            activityId is null ? NoHeaders : new Dictionary<string, string> { [ActivityIdHeader] = activityId }), Options);
+
+    /// <summary>The fields of MassTransit's <c>JsonMessageEnvelope</c> its consumer needs; the others are optional.</summary>
+    private sealed record Envelope(string MessageId, string DestinationAddress, string[] MessageType, IoEventSubmitted Message, DateTime SentTime,
+        Dictionary<string, string> Headers);
+}

@@ -1,0 +1,92 @@
+using RabbitMQ.Client;
+
+namespace EventPipeline.Shared;
+
+/// <summary>
+/// The I/O-lane publishers' own AMQP connection, opened on first use so a service starts (and answers 503s, or retries
+/// its forwards) while RabbitMQ is down. A connect that failed is tried again by the next caller; a connection that was
+/// made is kept, and the client's automatic recovery follows a broker restart or moves to another node of a cluster.
+/// </summary>
+/// <remarks>
+/// A dedicated connection rather than the API's shared one (Aspire's <c>AddRabbitMQClient</c>, used for monitoring and
+/// dead letters): Worker.Cpu publishes too and has no Aspire client, a dead-letter scan or a queue count never waits
+/// behind a burst of publishes on the same socket, and the broker's connection-level flow control on the publishers
+/// does not stall the health check that should report it. Only the connection is recovered, not what it declared
+/// (<see cref="IoEventPublisher"/> declares the lane again after every recovery, see <see cref="Generation"/>).
+/// </remarks>
+public sealed class IoLaneConnection(RabbitMqNodes nodes, string clientName) : IAsyncDisposable
+{
+    private readonly Lock _gate = new();
+    private Task<IConnection>? _connecting;
+    private int _generation;
+
+    /// <summary>
+    /// The message exchange's address as MassTransit writes it into an envelope (<c>destinationAddress</c>,
+    /// <c>rabbitmq://host:port/vhost/exchange</c>): the consumer's spans take their <c>messaging.system</c> from its scheme.
+    /// </summary>
+    public Uri ExchangeAddress { get; } = new($"rabbitmq://{nodes.FirstNode.Authority}{nodes.FirstNode.AbsolutePath.TrimEnd('/')}/{IoLaneTopology.MessageExchange}");
+
+    /// <summary>Changes whenever the connection is made or recovered: what was declared before may be gone.</summary>
+    public int Generation => Volatile.Read(ref _generation);
+
+    public Task<IConnection> GetAsync(CancellationToken cancellationToken)
+    {
+        lock (_gate)
+        {
+            if (_connecting is null || _connecting.IsFaulted || _connecting.IsCanceled)
+            {
+                _connecting = ConnectAsync();
+            }
+
+            return _connecting.WaitAsync(cancellationToken);
+        }
+    }
+
+    private async Task<IConnection> ConnectAsync()
+    {
+        var factory = new ConnectionFactory
+        {
+            ClientProvidedName = clientName,
+            AutomaticRecoveryEnabled = true,
+            TopologyRecoveryEnabled = false,
+            NetworkRecoveryInterval = TimeSpan.FromSeconds(2),
+            RequestedConnectionTimeout = TimeSpan.FromSeconds(5),
+            ContinuationTimeout = TimeSpan.FromSeconds(10),
+        };
+        nodes.ApplyTo(factory);
+        // Not the caller's token: the connect is shared, and one caller giving up must not fail it for the others.
+        var connection = await factory.CreateConnectionAsync(CancellationToken.None);
+        connection.RecoverySucceededAsync += (_, _) =>
+        {
+            Interlocked.Increment(ref _generation);
+            return Task.CompletedTask;
+        };
+        Interlocked.Increment(ref _generation);
+        return connection;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Task<IConnection>? connecting;
+        lock (_gate)
+        {
+            connecting = _connecting;
+        }
+
+        if (connecting is { IsCompletedSuccessfully: true })
+        {
+            var connection = connecting.Result;
+            try
+            {
+                using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+                await connection.CloseAsync(timeout.Token);
+            }
+            catch (Exception)
+            {
+                // Shutting down: a broker that does not answer the close must not hold the process.
+            }
+
+            await connection.DisposeAsync();
+        }
+    }
+}

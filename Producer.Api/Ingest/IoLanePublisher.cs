@@ -1,0 +1,63 @@
+using EventPipeline.Contracts;
+using EventPipeline.Producer.Validation;
+using EventPipeline.Shared;
+using Microsoft.Extensions.Options;
+using StackExchange.Redis;
+
+namespace EventPipeline.Producer.Ingest;
+
+/// <summary>
+/// I/O lane: <see cref="IoEventPublisher"/> publishes with publisher confirms, so the await returns once RabbitMQ has
+/// the messages in its durable quorum queue. The status is written after the confirm and never moves a running event
+/// backwards. A batch goes out in chunks of <see cref="IngestOptions.IoPublishChunk"/>, each confirmed before the next:
+/// the messages one request holds in memory at once stay bounded however large the batch. When a chunk fails, the
+/// chunks before it are reported as confirmed and that chunk as in doubt (the 503's <c>uncertainIds</c>); the
+/// publisher replaces the channel it failed on, so the next request does not inherit a refusal.
+/// </summary>
+public sealed class IoLanePublisher(IoEventPublisher publisher, EventStatusStore statuses, IOptions<IngestOptions> options, ILogger<IoLanePublisher> logger) : ILanePublisher
+{
+    public string Lane => Lanes.Io;
+
+    public async Task PublishAsync(IReadOnlyList<ValidatedEvent> events, DateTimeOffset acceptedAt, CancellationToken cancellationToken)
+    {
+        var confirmed = new List<ValidatedEvent>(events.Count);
+        var statusWrites = new List<Task>(events.Count);
+        try
+        {
+            foreach (var chunk in events.Chunk(options.Value.IoPublishChunk))
+            {
+                var messages = Array.ConvertAll(chunk, e => new IoEventSubmitted(e.Id, e.Type, e.Payload, acceptedAt, e.Target));
+                try
+                {
+                    await publisher.PublishAsync(messages, cancellationToken);
+                }
+                catch (Exception ex)
+                {
+                    throw new BrokerUnavailableException(Lane, ex, confirmed, chunk);
+                }
+
+                confirmed.AddRange(chunk);
+                // Not awaited per chunk: a slow status store must not hold back the next chunk's publish.
+                statusWrites.AddRange(chunk.Select(e => statuses.MarkAcceptedAsync(e.Id, e.Type, Lane, acceptedAt)));
+            }
+        }
+        finally
+        {
+            await AwaitStatusWritesAsync(statusWrites);
+        }
+    }
+
+    private async Task AwaitStatusWritesAsync(List<Task> writes)
+    {
+        try
+        {
+            await Task.WhenAll(writes);
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        {
+            // RabbitMQ holds the events, so they will run; only their status shows up late (RedisTimeoutException is a
+            // TimeoutException, not a RedisException: a slow Redis must not turn a held event into a 500).
+            logger.LogWarning(ex, "Status store unavailable after {Count} I/O events were published; statuses appear when workers run them", writes.Count);
+        }
+    }
+}
