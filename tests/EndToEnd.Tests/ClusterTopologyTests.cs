@@ -1,22 +1,115 @@
+using System.Diagnostics;
+using System.Globalization;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
 using Aspire.Hosting;
+using Aspire.Hosting.ApplicationModel;
 using Aspire.Hosting.Testing;
 using EventPipeline.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using StackExchange.Redis;
+using Xunit.Abstractions;
 
 namespace EventPipeline.EndToEnd.Tests;
 
 /// <summary>
 /// <c>Brokers:Topology=Cluster</c> from the real AppHost: three RabbitMQ nodes that form one cluster, services that are
-/// given every node, and the I/O lane's quorum queue spread over all three.
+/// given every node, and the I/O lane's quorum queue spread over all three; three Worker.Cpu and two Worker.Io
+/// replicas (<c>Workers:CpuReplicas</c>, <c>Workers:IoReplicas</c>), of which one each may die without losing an event.
 /// </summary>
 [Collection(ClusterAppHostCollection.Name)]
-public sealed class ClusterTopologyTests(ClusterAppHostFixture fixture)
+public sealed class ClusterTopologyTests(ClusterAppHostFixture fixture, ITestOutputHelper output)
 {
+    private const int EventsPerLane = 300;
+    private const int BatchSize = 50;
+
+    [Fact]
+    public async Task With_three_cpu_and_two_io_replicas_one_of_each_killed_mid_burst_every_accepted_event_is_processed_once()
+    {
+        var cpuWorkers = await fixture.RunningInstancesAsync("worker-cpu", 3);
+        var ioWorkers = await fixture.RunningInstancesAsync("worker-io", 2);
+        var watch = Stopwatch.StartNew();
+
+        // Slow enough per event that the kill lands while every replica holds work: PBKDF2 on the CPU lane, a
+        // receiver that answers after 100 ms on the I/O lane.
+        var cpuIds = new List<string>();
+        var ioIds = new List<string>();
+        for (var batch = 0; batch < EventsPerLane / BatchSize; batch++)
+        {
+            cpuIds.AddRange(await SubmitBatchAsync(Enumerable.Range(0, BatchSize).Select(i =>
+                (object)new { type = "hash.pbkdf2", payload = new { data = $"replica {batch}-{i}", iterations = 50_000 } })));
+            ioIds.AddRange(await SubmitBatchAsync(Enumerable.Range(0, BatchSize).Select(i =>
+                (object)new { type = "webhook.post", payload = new { replica = $"{batch}-{i}", simulate = new { delayMs = 100 } } })));
+        }
+
+        var accepted = watch.Elapsed;
+        await using var redis = await ConnectionMultiplexer.ConnectAsync((await fixture.App.GetConnectionStringAsync("redis"))!);
+        var db = redis.GetDatabase();
+        await Eventually.TrueAsync(async () => await CountSucceededAsync(db, cpuIds) >= 30 && (await DeliveriesAsync(ioIds)).Values.Count(c => c > 0) >= 30,
+            TimeSpan.FromSeconds(60), "30 events of each lane done before the kill");
+        var cpuDoneAtKill = await CountSucceededAsync(db, cpuIds);
+        var ioDoneAtKill = (await DeliveriesAsync(ioIds)).Values.Count(c => c > 0);
+        var killedCpu = KillWorkerProcess(cpuWorkers[1], "Worker.Cpu");
+        var killedIo = KillWorkerProcess(ioWorkers[0], "Worker.Io");
+        output.WriteLine($"all {cpuIds.Count + ioIds.Count} accepted in {accepted.TotalSeconds:F1} s; at {watch.Elapsed.TotalSeconds:F1} s " +
+                         $"({cpuDoneAtKill} cpu and {ioDoneAtKill} io done) kill -9 Worker.Cpu {killedCpu} and Worker.Io {killedIo}");
+        Assert.True(cpuDoneAtKill < cpuIds.Count && ioDoneAtKill < ioIds.Count, "the burst was over before the kill: nothing to prove");
+
+        // The dead CPU replica's pending entries go to the others after CpuLane:ClaimTimeout (10 s here); the dead I/O
+        // replica's unacknowledged messages return to the quorum queue at once.
+        await Eventually.TrueAsync(async () => await CountSucceededAsync(db, cpuIds) == cpuIds.Count, TimeSpan.FromSeconds(120),
+            $"all {cpuIds.Count} CPU events to succeed", TimeSpan.FromMilliseconds(500));
+        await Eventually.TrueAsync(async () => (await DeliveriesAsync(ioIds)).Values.All(c => c > 0), TimeSpan.FromSeconds(120),
+            $"all {ioIds.Count} I/O events to be delivered", TimeSpan.FromMilliseconds(500));
+        output.WriteLine($"all done at {watch.Elapsed.TotalSeconds:F1} s");
+
+        // Processed once: a CPU success is recorded once ("completions"); every I/O event ends succeeded. The receiver
+        // may see a delivery twice (the killed replica's unacknowledged ones, sent again: at-least-once, made harmless by
+        // the Idempotency-Key) — counted, not failed.
+        var completions = await Task.WhenAll(cpuIds.Select(id => db.HashGetAsync($"event:{id}", "completions")));
+        Assert.All(completions, c => Assert.Equal(1, (long)c));
+        var ioStates = await Task.WhenAll(ioIds.Select(id => db.HashGetAsync($"event:{id}", "state")));
+        Assert.All(ioStates, state => Assert.Equal("succeeded", state.ToString()));
+        var deliveries = await DeliveriesAsync(ioIds);
+        output.WriteLine($"I/O deliveries: {deliveries.Values.Sum()} for {ioIds.Count} events; delivered more than once: {deliveries.Values.Count(c => c > 1)}");
+    }
+
+    private async Task<List<string>> SubmitBatchAsync(IEnumerable<object> events)
+    {
+        using var response = await fixture.Api.PostAsJsonAsync("/events/batch", new { events = events.ToArray() });
+        Assert.Equal(System.Net.HttpStatusCode.Accepted, response.StatusCode);
+        var body = await response.Content.ReadFromJsonAsync<JsonElement>();
+        return [.. body.GetProperty("events").EnumerateArray().Select(e => e.GetProperty("id").GetString()!)];
+    }
+
+    private static async Task<int> CountSucceededAsync(IDatabase db, IReadOnlyList<string> ids) =>
+        (await Task.WhenAll(ids.Select(id => db.HashGetAsync($"event:{id}", "state")))).Count(s => s == "succeeded");
+
+    private async Task<Dictionary<string, int>> DeliveriesAsync(IReadOnlyList<string> ids)
+    {
+        using var response = await fixture.Downstream.PostAsJsonAsync("/received/lookup", new { keys = ids });
+        response.EnsureSuccessStatusCode();
+        var counts = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("counts");
+        return ids.ToDictionary(id => id, id => counts.TryGetProperty(id, out var c) ? c.GetProperty("count").GetInt32() : 0);
+    }
+
+    /// <summary>
+    /// kill -9 of one replica's worker process: Aspire runs a project as <c>dotnet run</c> (the instance's pid), the
+    /// worker is its child. Only that PID, which this AppHost started.
+    /// </summary>
+    private static int KillWorkerProcess(ResourceEvent instance, string executable)
+    {
+        var runPid = ClusterAppHostFixture.Pid(instance) ?? throw new InvalidOperationException($"{instance.ResourceId} has no pid");
+        var worker = ClusterAppHostFixture.ChildrenOf(runPid).SingleOrDefault(p => Path.GetFileName(ClusterAppHostFixture.ExecutableOf(p)) == executable);
+        Assert.True(worker != 0, $"no {executable} process under pid {runPid} ({instance.ResourceId})");
+        using var process = Process.GetProcessById(worker);
+        process.Kill();
+        return worker;
+    }
+
     [Fact]
     public async Task Cluster_topology_runs_three_joined_nodes_and_the_io_lane_spans_them()
     {
@@ -54,6 +147,8 @@ public sealed class ClusterAppHostFixture : IAsyncLifetime
 
     public HttpClient Api { get; private set; } = null!;
 
+    public HttpClient Downstream { get; private set; } = null!;
+
     public string RabbitPassword { get; private set; } = "";
 
     public async Task InitializeAsync()
@@ -61,27 +156,100 @@ public sealed class ClusterAppHostFixture : IAsyncLifetime
         var submitKey = "submit-" + Guid.NewGuid().ToString("N");
         var arguments = AppHostArguments.ForTest(_data.Path, submitKey, "admin-" + Guid.NewGuid().ToString("N"), "e2e-cluster");
         arguments.Add("Brokers:Topology=Cluster");
+        arguments.Add("Workers:CpuReplicas=3");
+        arguments.Add("Workers:IoReplicas=2");
         RabbitPassword = arguments.Single(a => a.StartsWith("Parameters:rabbitmq-password=", StringComparison.Ordinal)).Split('=', 2)[1];
         var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.AppHost>([.. arguments]);
         builder.Services.AddLogging(logging => logging
             .SetMinimumLevel(LogLevel.Warning)
             .AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks", LogLevel.None));
 
+        // A killed CPU replica's entries are claimed by the others after this long (30 s by default; at least three times CpuLane:BlockTimeout): keeps the test short.
+        builder.CreateResourceBuilder(builder.Resources.OfType<ProjectResource>().Single(r => r.Name == "worker-cpu"))
+            .WithEnvironment("CpuLane__ClaimTimeout", "00:00:10");
+
         _app = await builder.BuildAsync();
         using var startup = new CancellationTokenSource(TimeSpan.FromMinutes(4));
         await _app.StartAsync(startup.Token);
-        foreach (var resource in new[] { "rabbitmq-0", "rabbitmq-1", "rabbitmq-2", "rabbitmq", "producer-api", "worker-io" })
+        foreach (var resource in new[] { "rabbitmq-0", "rabbitmq-1", "rabbitmq-2", "rabbitmq", "producer-api", "downstream" })
         {
             await _app.ResourceNotifications.WaitForResourceHealthyAsync(resource, startup.Token);
         }
 
+        await RunningInstancesAsync("worker-cpu", 3);
+        await RunningInstancesAsync("worker-io", 2);
         Api = _app.CreateHttpClient("producer-api");
         Api.DefaultRequestHeaders.Add("X-Api-Key", submitKey);
+        Downstream = _app.CreateHttpClient("downstream");
+    }
+
+    /// <summary>
+    /// The replicas of <paramref name="resource"/> once <paramref name="count"/> of them run and are healthy. Aspire
+    /// finds a replicated resource by name for "any instance" only; each replica is an instance id of its own.
+    /// </summary>
+    public async Task<IReadOnlyList<ResourceEvent>> RunningInstancesAsync(string resource, int count)
+    {
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3));
+        var instances = new Dictionary<string, ResourceEvent>(StringComparer.Ordinal);
+        await foreach (var update in App.ResourceNotifications.WatchAsync(timeout.Token))
+        {
+            if (update.Resource.Name != resource)
+            {
+                continue;
+            }
+
+            instances[update.ResourceId] = update;
+            var ready = instances.Values.Where(e => e.Snapshot.State?.Text == KnownResourceStates.Running
+                && e.Snapshot.HealthStatus == Microsoft.Extensions.Diagnostics.HealthChecks.HealthStatus.Healthy && Pid(e) is not null).ToList();
+            if (ready.Count >= count)
+            {
+                return [.. ready.OrderBy(e => e.ResourceId, StringComparer.Ordinal)];
+            }
+        }
+
+        throw new TimeoutException($"{resource}: fewer than {count} healthy replicas");
+    }
+
+    public static int? Pid(ResourceEvent e) =>
+        e.Snapshot.Properties.FirstOrDefault(p => p.Name == "executable.pid")?.Value is { } value
+        && int.TryParse(Convert.ToString(value, CultureInfo.InvariantCulture), out var pid) ? pid : null;
+
+    public static IEnumerable<int> ChildrenOf(int pid) =>
+        Directory.EnumerateDirectories("/proc")
+            .Select(d => int.TryParse(Path.GetFileName(d), out var p) ? p : 0)
+            .Where(p => p > 0 && ParentOf(p) == pid);
+
+    private static int? ParentOf(int pid)
+    {
+        try
+        {
+            // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces, so read after the last ')'.
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            return int.Parse(fields[1], CultureInfo.InvariantCulture);
+        }
+        catch (IOException)
+        {
+            return null; // exited meanwhile
+        }
+    }
+
+    public static string ExecutableOf(int pid)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/{pid}/cmdline").Split('\0')[0];
+        }
+        catch (IOException)
+        {
+            return "";
+        }
     }
 
     public async Task DisposeAsync()
     {
         Api?.Dispose();
+        Downstream?.Dispose();
         if (_app is not null)
         {
             await _app.StopAsync();
