@@ -34,7 +34,7 @@ public sealed class ClusterTopologyTests(ClusterAppHostFixture fixture, ITestOut
         var watch = Stopwatch.StartNew();
 
         // A third of each lane first; the kill once both lanes are under way, the rest after it: the killed replicas
-        // held work (PBKDF2 on the CPU lane; a receiver that answers after 500 ms on the I/O lane), and the survivors
+        // held work (PBKDF2 on the CPU lane; a receiver that answers after 3 s on the I/O lane), and the survivors
         // take what comes next.
         var cpuIds = new List<string>();
         var ioIds = new List<string>();
@@ -43,7 +43,7 @@ public sealed class ClusterTopologyTests(ClusterAppHostFixture fixture, ITestOut
             cpuIds.AddRange(await SubmitBatchAsync(Enumerable.Range(0, BatchSize).Select(i =>
                 (object)new { type = "hash.pbkdf2", payload = new { data = $"replica {batch}-{i}", iterations = 50_000 } })));
             ioIds.AddRange(await SubmitBatchAsync(Enumerable.Range(0, BatchSize).Select(i =>
-                (object)new { type = "webhook.post", payload = new { replica = $"{batch}-{i}", simulate = new { delayMs = 500 } } })));
+                (object)new { type = "webhook.post", payload = new { replica = $"{batch}-{i}", simulate = new { delayMs = 3000 } } })));
         }
 
         var batches = EventsPerLane / BatchSize;
@@ -55,7 +55,7 @@ public sealed class ClusterTopologyTests(ClusterAppHostFixture fixture, ITestOut
         await using var redis = await ConnectionMultiplexer.ConnectAsync((await fixture.App.GetConnectionStringAsync("redis"))!);
         var db = redis.GetDatabase();
         // Each lane's replica dies once its lane is under way and not done: 10 CPU events succeeded; 10 I/O events
-        // at the receiver (whose answers take 500 ms, so the replicas hold unacknowledged deliveries).
+        // at the receiver (whose answers take 3 s, so the replicas hold unacknowledged deliveries).
         var kills = await Task.WhenAll(
             KillOnceUnderWayAsync(() => CountSucceededAsync(db, cpuIds), () => CountSucceededAsync(db, cpuIds), cpuIds.Count, cpuWorkers[1], "Worker.Cpu"),
             KillOnceUnderWayAsync(async () => (await DeliveriesAsync(ioIds)).Values.Count(c => c > 0), () => CountSucceededAsync(db, ioIds), ioIds.Count, ioWorkers[0], "Worker.Io"));
