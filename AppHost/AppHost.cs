@@ -57,7 +57,10 @@ if (rabbitmq.Resource is LocalRabbitMQResource localRabbit)
     api.WithEnvironment("LaneMonitor__RabbitMqPrometheusUrl", localRabbit.PrometheusEndpoint);
 }
 
+// Workers:CpuReplicas / Workers:IoReplicas processes of each worker (1 each; 3 and 2 in Cluster mode): one killed, the others go on.
+var clustered = topology == BrokerTopology.Cluster;
 var workerCpu = builder.AddProject<Projects.Worker_Cpu>("worker-cpu")
+    .WithReplicas(builder.WorkerReplicaCount(WorkerReplicas.CpuSetting, clustered ? 3 : 1))
     .WithReference(redis).WaitFor(redis)
     .WithReference(rabbitmq).WaitFor(rabbitmq) // a chained event hands its result on to the I/O lane
     .WithEnvironment("TestEvents__Enabled", testEvents)
@@ -65,6 +68,7 @@ var workerCpu = builder.AddProject<Projects.Worker_Cpu>("worker-cpu")
     .WithRestartOnCrash(); // Workers:RestartOnCrash=false leaves a crashed worker down (the bench's chaos mode starts it itself)
 
 var workerIo = builder.AddProject<Projects.Worker_Io>("worker-io")
+    .WithReplicas(builder.WorkerReplicaCount(WorkerReplicas.IoSetting, clustered ? 2 : 1))
     .WithReference(rabbitmq).WaitFor(rabbitmq)
     .WithReference(redis).WaitFor(redis)
     .WithReference(downstream).WaitFor(downstream)

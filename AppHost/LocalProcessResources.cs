@@ -21,11 +21,47 @@ internal static class LocalProcessResources
         return builder.WithEndpoint(port: port, targetPort: port, scheme: scheme, name: name, isProxied: false);
     }
 
+    /// <summary>
+    /// A loopback port free now, below the kernel's ephemeral range. The process binds it seconds to minutes later (a
+    /// RabbitMQ node after its boot); a port from the ephemeral range (what binding to port 0 hands out) can become the
+    /// local port of any outgoing connection on the machine meanwhile, and the process then fails with eaddrinuse
+    /// (seen on a busy machine). Ports below that range are never taken that way.
+    /// </summary>
     public static int FreeLoopbackPort()
     {
-        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        var (low, high) = (LowestPort, Math.Min(EphemeralRangeStart(), 65536) - 1);
+        for (var attempt = 0; attempt < 200; attempt++)
+        {
+            var port = Random.Shared.Next(low, high + 1);
+            try
+            {
+                using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, port);
+                listener.Start();
+                return port;
+            }
+            catch (System.Net.Sockets.SocketException)
+            {
+                // In use: try another.
+            }
+        }
+
+        throw new InvalidOperationException($"no free loopback port between {low} and {high}");
+    }
+
+    /// <summary>Above the well-known and commonly configured service ports.</summary>
+    private const int LowestPort = 20000;
+
+    private static int EphemeralRangeStart()
+    {
+        try
+        {
+            var range = File.ReadAllText("/proc/sys/net/ipv4/ip_local_port_range").Split((char[])['\t', ' ', '\n'], StringSplitOptions.RemoveEmptyEntries);
+            return int.Parse(range[0], System.Globalization.CultureInfo.InvariantCulture) is var start and > LowestPort + 1000 ? start : 32768;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or FormatException)
+        {
+            return 32768; // Linux's default; other systems start theirs at 49152
+        }
     }
 
     public static string LocalDataDirectory(this IDistributedApplicationBuilder builder, string name)

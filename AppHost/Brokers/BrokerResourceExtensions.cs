@@ -228,10 +228,15 @@ public static class BrokerResourceExtensions
                 env["RABBITMQ_ENABLED_PLUGINS_FILE"] = WriteEnabledPlugins(resource.DataDirectory);
                 env["RABBITMQ_DEFAULT_USER"] = resource.UserName;
                 env["RABBITMQ_DEFAULT_PASS"] = resource.Password;
-                // -start_epmd false: the node registers with the epmd resource and never starts a daemon of its own,
-                // which would outlive the AppHost (it happened once when epmd was stopped first).
+                // The node registers with the epmd resource and never starts a daemon of its own, which would outlive
+                // the AppHost and squat the resource's port. In ERL_FLAGS, not only on the node's command line: every
+                // Erlang VM the node starts inherits it, and the node starts one to make sure epmd runs — at boot and
+                // every minute after (rabbit_nodes_common:ensure_epmd, rabbit_epmd_monitor). With the epmd resource
+                // gone (Aspire stops resources in no order, so at shutdown epmd may go first) that VM started
+                // `epmd -daemon` (LocalRabbitMqEpmdTests).
+                env["ERL_FLAGS"] = "-start_epmd false";
                 env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = ReferenceExpression.Create(
-                    $"-start_epmd false -kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_prometheus tcp_config [{{port,{resource.PrometheusEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}] "
+                    $"-kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_prometheus tcp_config [{{port,{resource.PrometheusEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}] "
                     + $"-rabbitmq_management tcp_config [{{port,{resource.ManagementEndpoint.Property(EndpointProperty.TargetPort)}}},{{ip,\"127.0.0.1\"}}]");
             })
             .WaitFor(epmd)

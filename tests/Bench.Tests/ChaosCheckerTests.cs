@@ -30,7 +30,7 @@ public sealed partial class ChaosCheckerTests
         var events = int.Parse(line.Groups["events"].Value);
         Assert.True(events > 50, $"only {events} events: {line.Value}");
         Assert.NotEqual("none", line.Groups["faults"].Value);
-        Assert.Matches(@"^([a-z]+-[a-z-]+:\d+,?)+$", line.Groups["faults"].Value);
+        Assert.Matches(@"^([a-z]+-[a-z0-9-]+:\d+,?)+$", line.Groups["faults"].Value);
         Assert.Equal(("0", "0", "0"), (line.Groups["lost"].Value, line.Groups["dup"].Value, line.Groups["wrong"].Value));
         Assert.InRange(int.Parse(line.Groups["effects"].Value), 0, events);
         Assert.EndsWith(line.Value, text.TrimEnd());

@@ -1,22 +1,170 @@
+using System.Diagnostics;
+using System.Globalization;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
 using Aspire.Hosting;
+using Aspire.Hosting.ApplicationModel;
 using Aspire.Hosting.Testing;
 using EventPipeline.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using StackExchange.Redis;
+using Xunit.Abstractions;
 
 namespace EventPipeline.EndToEnd.Tests;
 
 /// <summary>
 /// <c>Brokers:Topology=Cluster</c> from the real AppHost: three RabbitMQ nodes that form one cluster, services that are
-/// given every node, and the I/O lane's quorum queue spread over all three.
+/// given every node, and the I/O lane's quorum queue spread over all three; three Worker.Cpu and two Worker.Io
+/// replicas (<c>Workers:CpuReplicas</c>, <c>Workers:IoReplicas</c>), of which one each may die without losing an event.
 /// </summary>
 [Collection(ClusterAppHostCollection.Name)]
-public sealed class ClusterTopologyTests(ClusterAppHostFixture fixture)
+public sealed class ClusterTopologyTests(ClusterAppHostFixture fixture, ITestOutputHelper output)
 {
+    private const int EventsPerLane = 300;
+    private const int BatchSize = 50;
+
+    [Fact]
+    public async Task With_three_cpu_and_two_io_replicas_one_of_each_killed_mid_burst_every_accepted_event_is_processed_once()
+    {
+        var cpuWorkers = await fixture.RunningInstancesAsync("worker-cpu", 3);
+        var ioWorkers = await fixture.RunningInstancesAsync("worker-io", 2);
+        var watch = Stopwatch.StartNew();
+
+        // A third of each lane first; the kill once both lanes are under way, the rest after it: the killed replicas
+        // held work (PBKDF2 on the CPU lane; a receiver that answers after 3 s on the I/O lane), and the survivors
+        // take what comes next.
+        var cpuIds = new List<string>();
+        var ioIds = new List<string>();
+        async Task SubmitAsync(int batch)
+        {
+            cpuIds.AddRange(await SubmitBatchAsync(Enumerable.Range(0, BatchSize).Select(i =>
+                (object)new { type = "hash.pbkdf2", payload = new { data = $"replica {batch}-{i}", iterations = 50_000 } })));
+            ioIds.AddRange(await SubmitBatchAsync(Enumerable.Range(0, BatchSize).Select(i =>
+                (object)new { type = "webhook.post", payload = new { replica = $"{batch}-{i}", simulate = new { delayMs = 3000 } } })));
+        }
+
+        var batches = EventsPerLane / BatchSize;
+        for (var batch = 0; batch < batches / 3; batch++)
+        {
+            await SubmitAsync(batch);
+        }
+
+        await using var redis = await ConnectionMultiplexer.ConnectAsync((await fixture.App.GetConnectionStringAsync("redis"))!);
+        var db = redis.GetDatabase();
+        // Each lane's replica dies once its lane is under way and not done: 10 CPU events succeeded; 10 I/O events
+        // at the receiver (whose answers take 3 s, so the replicas hold unacknowledged deliveries).
+        var kills = await Task.WhenAll(
+            KillOnceUnderWayAsync(() => CountSucceededAsync(db, cpuIds), () => CountSucceededAsync(db, cpuIds), cpuIds.Count, cpuWorkers[1], "Worker.Cpu"),
+            KillOnceUnderWayAsync(async () => (await DeliveriesAsync(ioIds)).Values.Count(c => c > 0), () => CountSucceededAsync(db, ioIds), ioIds.Count, ioWorkers[0], "Worker.Io"));
+        output.WriteLine($"kill -9 at {watch.Elapsed.TotalSeconds:F1} s: {string.Join("; ", kills)}");
+        for (var batch = batches / 3; batch < batches; batch++)
+        {
+            await SubmitAsync(batch);
+        }
+
+        output.WriteLine($"all {cpuIds.Count + ioIds.Count} accepted at {watch.Elapsed.TotalSeconds:F1} s");
+
+        // The dead CPU replica's pending entries go to the others after CpuLane:ClaimTimeout (10 s here); the dead I/O
+        // replica's unacknowledged messages return to the quorum queue at once.
+        await Eventually.TrueAsync(async () => await CountSucceededAsync(db, cpuIds) == cpuIds.Count, TimeSpan.FromSeconds(120),
+            $"all {cpuIds.Count} CPU events to succeed", TimeSpan.FromMilliseconds(500));
+        try
+        {
+            await Eventually.ReturnsAsync(async () => (await DeliveriesAsync(ioIds)).Values.Count(c => c == 0), missing => missing == 0,
+                TimeSpan.FromSeconds(120), $"all {ioIds.Count} I/O events to be delivered (last value: how many are not)", TimeSpan.FromMilliseconds(500));
+        }
+        catch (TimeoutException)
+        {
+            var missing = (await DeliveriesAsync(ioIds)).Where(d => d.Value == 0).Select(d => d.Key).ToList();
+            var states = await Task.WhenAll(missing.Select(id => db.HashGetAsync($"event:{id}", "state")));
+            output.WriteLine($"not delivered at {watch.Elapsed.TotalSeconds:F1} s: {missing.Count} of {ioIds.Count}, states: " +
+                             string.Join(", ", states.GroupBy(st => st.ToString()).Select(g => $"{g.Key} {g.Count()}")) + $"; e.g. {string.Join(' ', missing.Take(5))}");
+            throw;
+        }
+        output.WriteLine($"all done at {watch.Elapsed.TotalSeconds:F1} s");
+
+        // Processed once: a CPU success is recorded once ("completions"); every I/O event ends succeeded. The receiver
+        // may see a delivery twice (the killed replica's unacknowledged ones, sent again: at-least-once, made harmless by
+        // the Idempotency-Key) — counted, not failed.
+        var completions = await Task.WhenAll(cpuIds.Select(id => db.HashGetAsync($"event:{id}", "completions")));
+        Assert.All(completions, c => Assert.Equal(1, (long)c));
+        var ioStates = await Task.WhenAll(ioIds.Select(id => db.HashGetAsync($"event:{id}", "state")));
+        Assert.All(ioStates, state => Assert.Equal("succeeded", state.ToString()));
+        var deliveries = await DeliveriesAsync(ioIds);
+        output.WriteLine($"I/O deliveries: {deliveries.Values.Sum()} for {ioIds.Count} events; delivered more than once: {deliveries.Values.Count(c => c > 1)}");
+    }
+
+    /// <summary>
+    /// Submits a batch under an <c>Idempotency-Key</c> and, as the API asks, sends it again with the same key while the
+    /// answer is 503 (on a loaded machine a replica's acknowledgement can take longer than the API waits) or 409; the
+    /// ids are the same on every try. Returns them once the answer is 202 (or 200: all held already).
+    /// </summary>
+    private async Task<List<string>> SubmitBatchAsync(IEnumerable<object> events)
+    {
+        var body = JsonSerializer.Serialize(new { events = events.ToArray() });
+        var key = "cluster-test-" + Guid.NewGuid().ToString("N");
+        var answers = new List<int>();
+        var ids = await Eventually.ReturnsAsync(async () =>
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "/events/batch") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
+            request.Headers.Add("Idempotency-Key", key);
+            using var response = await fixture.Api.SendAsync(request);
+            answers.Add((int)response.StatusCode);
+            if (response.StatusCode is not (System.Net.HttpStatusCode.Accepted or System.Net.HttpStatusCode.OK))
+            {
+                Assert.True(response.StatusCode is System.Net.HttpStatusCode.ServiceUnavailable or System.Net.HttpStatusCode.Conflict,
+                    $"answered {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync()}");
+                return null;
+            }
+
+            var answer = await response.Content.ReadFromJsonAsync<JsonElement>();
+            return answer.GetProperty("events").EnumerateArray().Select(e => e.GetProperty("id").GetString()!).ToList();
+        }, found => found is not null, TimeSpan.FromSeconds(60), $"batch {key} to be accepted", TimeSpan.FromMilliseconds(250));
+        if (answers.Count > 1)
+        {
+            output.WriteLine($"batch {key}: answers {string.Join(' ', answers)}");
+        }
+
+        return ids!;
+    }
+
+    private static async Task<string> KillOnceUnderWayAsync(Func<Task<int>> started, Func<Task<int>> succeeded, int total, ResourceEvent replica, string executable)
+    {
+        await Eventually.ReturnsAsync(started, n => n >= 10, TimeSpan.FromSeconds(60), $"10 events of {executable}'s lane under way", TimeSpan.FromMilliseconds(50));
+        var killed = KillWorkerProcess(replica, executable);
+        var done = await succeeded();
+        Assert.True(done < total, $"{executable}'s lane was done before the kill: nothing to prove");
+        return $"{executable} {killed} with {done} of {total} succeeded";
+    }
+
+    private static async Task<int> CountSucceededAsync(IDatabase db, IReadOnlyList<string> ids) =>
+        (await Task.WhenAll(ids.Select(id => db.HashGetAsync($"event:{id}", "state")))).Count(s => s == "succeeded");
+
+    private async Task<Dictionary<string, int>> DeliveriesAsync(IReadOnlyList<string> ids)
+    {
+        using var response = await fixture.Downstream.PostAsJsonAsync("/received/lookup", new { keys = ids });
+        response.EnsureSuccessStatusCode();
+        var counts = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("counts");
+        return ids.ToDictionary(id => id, id => counts.TryGetProperty(id, out var c) ? c.GetProperty("count").GetInt32() : 0);
+    }
+
+    /// <summary>
+    /// kill -9 of one replica's worker process: Aspire runs a project as <c>dotnet run</c> (the instance's pid), the
+    /// worker is its child. Only that PID, which this AppHost started.
+    /// </summary>
+    private static int KillWorkerProcess(ResourceEvent instance, string executable)
+    {
+        var runPid = ClusterAppHostFixture.Pid(instance) ?? throw new InvalidOperationException($"{instance.ResourceId} has no pid");
+        var worker = ClusterAppHostFixture.ChildrenOf(runPid).SingleOrDefault(p => Path.GetFileName(ClusterAppHostFixture.ExecutableOf(p)) == executable);
+        Assert.True(worker != 0, $"no {executable} process under pid {runPid} ({instance.ResourceId})");
+        using var process = Process.GetProcessById(worker);
+        process.Kill();
+        return worker;
+    }
+
     [Fact]
     public async Task Cluster_topology_runs_three_joined_nodes_and_the_io_lane_spans_them()
     {
@@ -25,9 +173,7 @@ public sealed class ClusterTopologyTests(ClusterAppHostFixture fixture)
         Assert.Equal(3, nodes.Length);
 
         // An I/O event goes through the cluster to the receiver.
-        using var submitted = await fixture.Api.PostAsJsonAsync("/events", new { type = "webhook.post", payload = new { order = 7 } });
-        Assert.Equal(System.Net.HttpStatusCode.Accepted, submitted.StatusCode);
-        var id = (await submitted.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("id").GetString();
+        var id = (await SubmitBatchAsync([new { type = "webhook.post", payload = new { order = 7 } }])).Single();
         await Eventually.TrueAsync(async () =>
             (await fixture.Api.GetFromJsonAsync<JsonElement>($"/events/{id}")).GetProperty("state").GetString() == "succeeded",
             TimeSpan.FromSeconds(60), $"event {id} to succeed");
@@ -54,6 +200,8 @@ public sealed class ClusterAppHostFixture : IAsyncLifetime
 
     public HttpClient Api { get; private set; } = null!;
 
+    public HttpClient Downstream { get; private set; } = null!;
+
     public string RabbitPassword { get; private set; } = "";
 
     public async Task InitializeAsync()
@@ -61,27 +209,100 @@ public sealed class ClusterAppHostFixture : IAsyncLifetime
         var submitKey = "submit-" + Guid.NewGuid().ToString("N");
         var arguments = AppHostArguments.ForTest(_data.Path, submitKey, "admin-" + Guid.NewGuid().ToString("N"), "e2e-cluster");
         arguments.Add("Brokers:Topology=Cluster");
+        arguments.Add("Workers:CpuReplicas=3");
+        arguments.Add("Workers:IoReplicas=2");
         RabbitPassword = arguments.Single(a => a.StartsWith("Parameters:rabbitmq-password=", StringComparison.Ordinal)).Split('=', 2)[1];
         var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.AppHost>([.. arguments]);
         builder.Services.AddLogging(logging => logging
             .SetMinimumLevel(LogLevel.Warning)
             .AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks", LogLevel.None));
 
+        // A killed CPU replica's entries are claimed by the others after this long (30 s by default; at least three times CpuLane:BlockTimeout): keeps the test short.
+        builder.CreateResourceBuilder(builder.Resources.OfType<ProjectResource>().Single(r => r.Name == "worker-cpu"))
+            .WithEnvironment("CpuLane__ClaimTimeout", "00:00:10");
+
         _app = await builder.BuildAsync();
         using var startup = new CancellationTokenSource(TimeSpan.FromMinutes(4));
         await _app.StartAsync(startup.Token);
-        foreach (var resource in new[] { "rabbitmq-0", "rabbitmq-1", "rabbitmq-2", "rabbitmq", "producer-api", "worker-io" })
+        foreach (var resource in new[] { "rabbitmq-0", "rabbitmq-1", "rabbitmq-2", "rabbitmq", "producer-api", "downstream" })
         {
             await _app.ResourceNotifications.WaitForResourceHealthyAsync(resource, startup.Token);
         }
 
+        await RunningInstancesAsync("worker-cpu", 3);
+        await RunningInstancesAsync("worker-io", 2);
         Api = _app.CreateHttpClient("producer-api");
         Api.DefaultRequestHeaders.Add("X-Api-Key", submitKey);
+        Downstream = _app.CreateHttpClient("downstream");
+    }
+
+    /// <summary>
+    /// The replicas of <paramref name="resource"/> once <paramref name="count"/> of them run and are healthy. Aspire
+    /// finds a replicated resource by name for "any instance" only; each replica is an instance id of its own.
+    /// </summary>
+    public async Task<IReadOnlyList<ResourceEvent>> RunningInstancesAsync(string resource, int count)
+    {
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3));
+        var instances = new Dictionary<string, ResourceEvent>(StringComparer.Ordinal);
+        await foreach (var update in App.ResourceNotifications.WatchAsync(timeout.Token))
+        {
+            if (update.Resource.Name != resource)
+            {
+                continue;
+            }
+
+            instances[update.ResourceId] = update;
+            var ready = instances.Values.Where(e => e.Snapshot.State?.Text == KnownResourceStates.Running
+                && e.Snapshot.HealthStatus == Microsoft.Extensions.Diagnostics.HealthChecks.HealthStatus.Healthy && Pid(e) is not null).ToList();
+            if (ready.Count >= count)
+            {
+                return [.. ready.OrderBy(e => e.ResourceId, StringComparer.Ordinal)];
+            }
+        }
+
+        throw new TimeoutException($"{resource}: fewer than {count} healthy replicas");
+    }
+
+    public static int? Pid(ResourceEvent e) =>
+        e.Snapshot.Properties.FirstOrDefault(p => p.Name == "executable.pid")?.Value is { } value
+        && int.TryParse(Convert.ToString(value, CultureInfo.InvariantCulture), out var pid) ? pid : null;
+
+    public static IEnumerable<int> ChildrenOf(int pid) =>
+        Directory.EnumerateDirectories("/proc")
+            .Select(d => int.TryParse(Path.GetFileName(d), out var p) ? p : 0)
+            .Where(p => p > 0 && ParentOf(p) == pid);
+
+    private static int? ParentOf(int pid)
+    {
+        try
+        {
+            // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces, so read after the last ')'.
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            return int.Parse(fields[1], CultureInfo.InvariantCulture);
+        }
+        catch (IOException)
+        {
+            return null; // exited meanwhile
+        }
+    }
+
+    public static string ExecutableOf(int pid)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/{pid}/cmdline").Split('\0')[0];
+        }
+        catch (IOException)
+        {
+            return "";
+        }
     }
 
     public async Task DisposeAsync()
     {
         Api?.Dispose();
+        Downstream?.Dispose();
         if (_app is not null)
         {
             await _app.StopAsync();

@@ -25,9 +25,10 @@ public static class ChaosRunner
     {
         var seed = options.Seed;
         var duration = TimeSpan.FromSeconds(options.DurationSeconds);
-        log.WriteLine($"[chaos] seed {seed}, {duration.TotalSeconds:F0} s of faults, {options.Clients} clients");
+        log.WriteLine($"[chaos] seed {seed}, {duration.TotalSeconds:F0} s of faults, {options.Clients} clients, topology {options.Topology}{(options.MajorityFaults ? " with majority faults" : "")}");
         await using var target = await AppHostLauncher.StartAsync(options, log, cancellationToken);
-        var processes = new ResourceProcesses(target.App!);
+        await using var processes = new ResourceProcesses(target.App!);
+        var targets = Nemesis.TargetsFor(options.Topology);
         var history = new ChaosHistory();
         using var http = new HttpClient(new SocketsHttpHandler
         {
@@ -44,7 +45,7 @@ public static class ChaosRunner
         var poller = new StatePoller(redis, history);
         var clients = new ChaosClients(http, api, target.ApiKey, history, log);
         var deadLetters = new DeadLetterOperator(http, api, target.AdminKey!, history);
-        var nemesis = new Nemesis(processes, history, log);
+        var nemesis = new Nemesis(processes, history, log, targets, options.MajorityFaults);
         var runTag = string.Create(CultureInfo.InvariantCulture, $"s{seed}");
 
         await WarmUpAsync(processes, http, api, target.ApiKey, history, log, cancellationToken);
@@ -69,7 +70,7 @@ public static class ChaosRunner
         history.Mark("faults end: no new client operations, no operator actions");
         await Task.WhenAll(nemesisDone, operatorDone);
 
-        var healed = await HealAsync(processes, history, log, cancellationToken);
+        var healed = await HealAsync(processes, targets, history, log, cancellationToken);
         giveUp.CancelAfter(ClientGrace);
         await clientsDone;
         history.Mark($"clients done ({clients.Operations} operations, {clients.Unanswered} guarded tries unanswered)");
@@ -109,6 +110,8 @@ public static class ChaosRunner
     /// Traffic on both lanes, then one clean restart of RabbitMQ before any fault: RabbitMQ 3.10 does not bring back a
     /// quorum queue whose node was SIGKILLed moments after declaring it (README, "Known broker edge"). That edge is the
     /// broker's; a queue that has been through one clean restart recovers from SIGKILL, as a broker in service does.
+    /// In Cluster mode there is no single <c>rabbitmq</c> process (it is the connection string): the queue has a
+    /// member on each node, and one node's SIGKILL leaves two that hold it, so no restart is made.
     /// </summary>
     private static async Task WarmUpAsync(ResourceProcesses processes, HttpClient http, Func<Uri> api, string submitKey, ChaosHistory history, TextWriter log, CancellationToken cancellationToken)
     {
@@ -168,16 +171,17 @@ public static class ChaosRunner
     }
 
     /// <summary>Resumes every process of every target (a stray SIGSTOP cannot outlive the run) and starts what is down.</summary>
-    private static async Task<bool> HealAsync(ResourceProcesses processes, ChaosHistory history, TextWriter log, CancellationToken cancellationToken)
+    private static async Task<bool> HealAsync(ResourceProcesses processes, IReadOnlyList<string> targets, ChaosHistory history, TextWriter log, CancellationToken cancellationToken)
     {
         history.Mark("heal: SIGCONT everything, start what is down");
         var healed = true;
-        foreach (var resource in Nemesis.Targets)
+        var instances = targets.SelectMany(processes.Instances).ToList();
+        foreach (var resource in instances)
         {
             ResourceProcesses.Signal(processes.Processes(resource), ResourceProcesses.SIGCONT);
         }
 
-        foreach (var resource in Nemesis.Targets)
+        foreach (var resource in instances)
         {
             try
             {
@@ -256,7 +260,8 @@ public static class ChaosRunner
     private static async Task<int> UntrackedEventsAsync(ConnectionMultiplexer redis, ChaosHistory history)
     {
         var count = 0;
-        foreach (var server in redis.GetServers())
+        // The primary only: behind Sentinel the multiplexer also knows the replicas, which hold the same keys.
+        foreach (var server in redis.GetServers().Where(s => s.IsConnected && !s.IsReplica))
         {
             await foreach (var key in server.KeysAsync(pattern: "event:*", pageSize: 1000))
             {

@@ -14,10 +14,14 @@ public sealed class BenchOptions
           bench idle   [--duration <T s>] [--rate <R per s>]     pickup latency at a low rate (default 20/s), then idle CPU (default 15 s)
           bench suite  [--quick]                                 every target of issue 9 in one run (one AppHost start)
           bench report --from <run>.json                         judge the targets again and rewrite the run's markdown
-          bench chaos  --duration <T s> --seed <n> [--clients <C>] [--quiet <s>]
+          bench chaos  --duration <T s> --seed <n> [--clients <C>] [--quiet <s>] [--topology single|cluster] [--majority-faults]
                        random client mix under a seeded nemesis (SIGKILL, SIGSTOP, SIGTERM of the services and
                        brokers), then heal, wait for quiet and account for every event (docs/reliability.md);
-                       exit 0 only when nothing was lost, no key got two ids and no event ended in a wrong state
+                       exit 0 only when nothing was lost, no key got two ids and no event ended in a wrong state.
+                       --topology cluster: the AppHost's Brokers:Topology=Cluster (three RabbitMQ nodes, Redis with two
+                       replicas and three Sentinels, 3 Worker.Cpu and 2 Worker.Io replicas); the nemesis picks single
+                       nodes and single replicas. --majority-faults (cluster only) also takes two nodes of one broker
+                       down at once: then 503s are expected and a 202 must still never be wrong (docs/ha.md)
 
         workload:   --iterations <I> (cpu, default 10000; 0 = noop.cpu)  --delay-ms <D> (io, default 50)
         target:     starts the AppHost itself (brokers as local executables, data in a temp dir), unless
@@ -35,6 +39,15 @@ public sealed class BenchOptions
         """;
 
     public string Command { get; set; } = "";
+
+    /// <summary>chaos: the AppHost's <c>Brokers:Topology</c> (Single or Cluster).</summary>
+    public string Topology { get; set; } = "Single";
+
+    /// <summary>chaos, Cluster: some faults take a majority of one broker's nodes down at once.</summary>
+    public bool MajorityFaults { get; set; }
+
+    /// <summary>Extra AppHost configuration (<c>key=value</c>) for a run that starts the AppHost itself.</summary>
+    public List<string> AppHostArguments { get; } = [];
     public string WorkloadName { get; set; } = "noop-cpu";
     public int Count { get; set; } = 1000;
     public int Batch { get; set; } = 1;
@@ -142,6 +155,15 @@ public sealed class BenchOptions
                 case "--seed": options.Seed = Int(); break;
                 case "--clients": options.Clients = Math.Max(1, Int()); break;
                 case "--quiet": options.QuietSeconds = Double(); break;
+                case "--topology":
+                    options.Topology = Value().ToLowerInvariant() switch
+                    {
+                        "single" => "Single",
+                        "cluster" => "Cluster",
+                        var other => throw new UsageException($"--topology is single or cluster, not '{other}'"),
+                    };
+                    break;
+                case "--majority-faults": options.MajorityFaults = true; break;
                 default: throw new UsageException($"unknown option '{name}'");
             }
         }
@@ -165,6 +187,13 @@ public sealed class BenchOptions
             {
                 options.DurationSeconds = 120;
             }
+
+            options.AppHostArguments.Add($"Brokers:Topology={options.Topology}");
+        }
+
+        if (options.MajorityFaults && options.Topology != "Cluster")
+        {
+            throw new UsageException("--majority-faults needs --topology cluster (a single node down is all of it)");
         }
 
         if (options.Url is not null && string.IsNullOrEmpty(options.ApiKey))

@@ -33,6 +33,7 @@ public static class AppHostLauncher
             "Parameters:rabbitmq-password=bench-rabbit-" + Guid.NewGuid().ToString("N")[..12],
             "ASPIRE_VERSION_CHECK_DISABLED=true",
             $"Logging:LogLevel:Default={(options.Verbose ? "Information" : "Warning")}",
+            .. options.AppHostArguments,
         ], cancellationToken);
         // The services' and brokers' console output (AppHost.Resources.*) and the health checks that fail by design
         // while the brokers boot would bury the progress line; --verbose shows them.
