@@ -76,6 +76,8 @@ public sealed class EventIngest(
             return problem;
         }
 
+        // The body's pooled buffer goes back only after the document (which reads from it) and the publish are done.
+        using (body)
         using (document)
         {
             var errors = new Dictionary<string, string[]>();
@@ -86,7 +88,7 @@ public sealed class EventIngest(
                 return ValidationProblem(errors);
             }
 
-            var (events, failure) = await AcceptAsync(ScopeOf(request), key, body, [validated], cancellationToken);
+            var (events, failure) = await AcceptAsync(ScopeOf(request), key, body!.Memory, [validated], cancellationToken);
             if (failure is not null)
             {
                 return failure;
@@ -107,6 +109,7 @@ public sealed class EventIngest(
             return problem;
         }
 
+        using (body)
         using (document)
         {
             var errors = new Dictionary<string, string[]>();
@@ -144,7 +147,7 @@ public sealed class EventIngest(
                 return ValidationProblem(errors);
             }
 
-            var (events, failure) = await AcceptAsync(ScopeOf(request), key, body, validated, cancellationToken);
+            var (events, failure) = await AcceptAsync(ScopeOf(request), key, body!.Memory, validated, cancellationToken);
             if (failure is not null)
             {
                 return failure;
@@ -385,51 +388,45 @@ public sealed class EventIngest(
         return key;
     }
 
-    private static async Task<(byte[] Body, JsonDocument? Document, IResult? Problem)> ReadJsonAsync(HttpRequest request, int maxBytes, CancellationToken cancellationToken)
+    private static async Task<(PooledRequestBody? Body, JsonDocument? Document, IResult? Problem)> ReadJsonAsync(HttpRequest request, int maxBytes, CancellationToken cancellationToken)
     {
         if (!request.HasJsonContentType())
         {
-            return ([], null, Problems.Problem(StatusCodes.Status415UnsupportedMediaType, Problems.UnsupportedMediaType,
+            return (null, null, Problems.Problem(StatusCodes.Status415UnsupportedMediaType, Problems.UnsupportedMediaType,
                 "Unsupported media type", "Send the event as JSON with Content-Type: application/json."));
         }
 
         if (request.ContentLength > maxBytes)
         {
-            return ([], null, TooLarge(maxBytes));
+            return (null, null, TooLarge(maxBytes));
         }
 
         // Read at most maxBytes + 1 so a body without Content-Length cannot grow past the limit either.
-        using var buffer = new MemoryStream();
-        var chunk = new byte[16 * 1024];
+        PooledRequestBody? body;
         try
         {
-            int read;
-            while ((read = await request.Body.ReadAsync(chunk, cancellationToken)) > 0)
+            body = await PooledRequestBody.ReadAsync(request.Body, request.ContentLength, maxBytes, cancellationToken);
+            if (body is null)
             {
-                if (buffer.Length + read > maxBytes)
-                {
-                    return ([], null, TooLarge(maxBytes));
-                }
-
-                buffer.Write(chunk, 0, read);
+                return (null, null, TooLarge(maxBytes));
             }
         }
         catch (BadHttpRequestException ex)
         {
             // Kestrel's own limits (MaxRequestBodySize, minimum data rate) or a broken chunked encoding.
-            return ([], null, ex.StatusCode == StatusCodes.Status413PayloadTooLarge
+            return (null, null, ex.StatusCode == StatusCodes.Status413PayloadTooLarge
                 ? TooLarge(maxBytes)
                 : Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body could not be read", ex.Message));
         }
 
-        var body = buffer.ToArray();
         try
         {
-            return (body, JsonDocument.Parse(body, JsonOptions), null);
+            return (body, JsonDocument.Parse(body.Memory, JsonOptions), null);
         }
         catch (JsonException ex)
         {
-            return ([], null, Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body is not valid JSON", ex.Message));
+            body.Dispose();
+            return (null, null, Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body is not valid JSON", ex.Message));
         }
     }
 
