@@ -1,5 +1,5 @@
 using System.Net;
-using System.Net.Http.Headers;
+using System.Net.Sockets;
 using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
@@ -22,13 +22,18 @@ public sealed class InFlightIngestBudgetTests(ApiOnlyFixture fixture)
     [Fact]
     public async Task Submissions_past_the_in_flight_byte_budget_get_429_and_nothing_is_enqueued()
     {
-        // Eight batches announce the largest body and send only its first bytes: each holds its reservation meanwhile.
-        using var release = new CancellationTokenSource();
-        var held = new List<Task>();
-        using var slow = Host.Client(PipelineHost.SubmitKey);
+        // Eight batches announce the largest body and send only its first bytes (raw sockets: nothing buffers them):
+        // each holds its reservation meanwhile. Enough is sent that Kestrel's minimum data rate does not end them first.
+        var held = new List<TcpClient>();
         for (var i = 0; i < HeldBatches; i++)
         {
-            held.Add(SendQuietly(slow, new StalledBody(MaxBatchBytes), release.Token));
+            var client = new TcpClient();
+            held.Add(client);
+            await client.ConnectAsync(IPAddress.Loopback, Host.ApiPort);
+            var start = Encoding.ASCII.GetBytes(
+                $"POST /events/batch HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Api-Key: {PipelineHost.SubmitKey}\r\n" +
+                $"Content-Type: application/json\r\nContent-Length: {MaxBatchBytes}\r\n\r\n{{\"events\":[" + new string(' ', 16 * 1024));
+            await client.GetStream().WriteAsync(start);
         }
 
         try
@@ -57,8 +62,7 @@ public sealed class InFlightIngestBudgetTests(ApiOnlyFixture fixture)
         finally
         {
             // The held batches' connections close: their reservations are given back.
-            await release.CancelAsync();
-            await Task.WhenAll(held);
+            held.ForEach(c => c.Dispose());
         }
 
         await Eventually.TrueAsync(async () =>
@@ -71,40 +75,4 @@ public sealed class InFlightIngestBudgetTests(ApiOnlyFixture fixture)
 
     private Task<HttpResponseMessage> SubmitAsync() =>
         Host.Submit.PostAsync("/events", new StringContent("""{"type":"noop.cpu","payload":{}}""", Encoding.UTF8, "application/json"));
-
-    private static async Task SendQuietly(HttpClient client, HttpContent body, CancellationToken cancellationToken)
-    {
-        try
-        {
-            using var _ = await client.PostAsync("/events/batch", body, cancellationToken);
-        }
-        catch (Exception ex) when (ex is OperationCanceledException or HttpRequestException)
-        {
-            // Cancelled on purpose once the test is done with it.
-        }
-    }
-
-    /// <summary>
-    /// Announces <paramref name="length"/> bytes, sends the start of a batch and then nothing until cancelled. Enough is
-    /// sent up front that Kestrel's minimum data rate (240 bytes/s after 5 s) does not end the request first.
-    /// </summary>
-    private sealed class StalledBody(long length) : HttpContent
-    {
-        protected override async Task SerializeToStreamAsync(Stream stream, TransportContext? context, CancellationToken cancellationToken)
-        {
-            var start = Encoding.UTF8.GetBytes("{\"events\":[" + new string(' ', 16 * 1024));
-            await stream.WriteAsync(start, cancellationToken);
-            await stream.FlushAsync(cancellationToken);
-            await new TaskCompletionSource().Task.WaitAsync(cancellationToken);
-        }
-
-        protected override Task SerializeToStreamAsync(Stream stream, TransportContext? context) =>
-            SerializeToStreamAsync(stream, context, CancellationToken.None);
-
-        protected override bool TryComputeLength(out long computed)
-        {
-            computed = length;
-            return true;
-        }
-    }
 }
