@@ -66,7 +66,6 @@ public sealed class EventIngest(
     public const string ReplayedHeader = "Idempotent-Replayed";
     private const int BrokerRetryAfterSeconds = 5;
     private const int InFlightRetryAfterSeconds = 1;
-    private const int PreallocatedBodyLimit = 256 * 1024;
     private static readonly JsonDocumentOptions JsonOptions = new() { MaxDepth = 64, CommentHandling = JsonCommentHandling.Disallow };
 
     public async Task<IResult> SubmitOneAsync(HttpRequest request, CancellationToken cancellationToken)
@@ -77,6 +76,8 @@ public sealed class EventIngest(
             return problem;
         }
 
+        // The body's pooled buffer goes back only after the document (which reads from it) and the publish are done.
+        using (body)
         using (document)
         {
             var errors = new Dictionary<string, string[]>();
@@ -87,7 +88,7 @@ public sealed class EventIngest(
                 return ValidationProblem(errors);
             }
 
-            var (events, failure) = await AcceptAsync(ScopeOf(request), key, body, [validated], cancellationToken);
+            var (events, failure) = await AcceptAsync(ScopeOf(request), key, body!.Memory, [validated], cancellationToken);
             if (failure is not null)
             {
                 return failure;
@@ -108,6 +109,7 @@ public sealed class EventIngest(
             return problem;
         }
 
+        using (body)
         using (document)
         {
             var errors = new Dictionary<string, string[]>();
@@ -145,7 +147,7 @@ public sealed class EventIngest(
                 return ValidationProblem(errors);
             }
 
-            var (events, failure) = await AcceptAsync(ScopeOf(request), key, body, validated, cancellationToken);
+            var (events, failure) = await AcceptAsync(ScopeOf(request), key, body!.Memory, validated, cancellationToken);
             if (failure is not null)
             {
                 return failure;
@@ -391,84 +393,46 @@ public sealed class EventIngest(
         return key;
     }
 
-    private static async Task<(byte[] Body, JsonDocument? Document, IResult? Problem)> ReadJsonAsync(HttpRequest request, int maxBytes, CancellationToken cancellationToken)
+    private static async Task<(PooledRequestBody? Body, JsonDocument? Document, IResult? Problem)> ReadJsonAsync(HttpRequest request, int maxBytes, CancellationToken cancellationToken)
     {
         if (!request.HasJsonContentType())
         {
-            return ([], null, Problems.Problem(StatusCodes.Status415UnsupportedMediaType, Problems.UnsupportedMediaType,
+            return (null, null, Problems.Problem(StatusCodes.Status415UnsupportedMediaType, Problems.UnsupportedMediaType,
                 "Unsupported media type", "Send the event as JSON with Content-Type: application/json."));
         }
 
         if (request.ContentLength > maxBytes)
         {
-            return ([], null, TooLarge(maxBytes));
+            return (null, null, TooLarge(maxBytes));
         }
 
-        byte[] body;
+        // Read at most maxBytes + 1 so a body without Content-Length cannot grow past the limit either.
+        PooledRequestBody? body;
         try
         {
-            if (request.ContentLength is { } length and <= PreallocatedBodyLimit)
+            body = await PooledRequestBody.ReadAsync(request.Body, request.ContentLength, maxBytes, cancellationToken);
+            if (body is null)
             {
-                // Read straight into an array of the announced size (Kestrel ends the body there): no copies. Only up to
-                // a limit: a client that announces a large body and sends it slowly holds no more than it has sent.
-                body = new byte[length];
-                if (await request.Body.ReadAtLeastAsync(body, body.Length, throwOnEndOfStream: false, cancellationToken) < body.Length)
-                {
-                    return ([], null, Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body could not be read",
-                        $"The body ended before the {length} bytes its Content-Length announced."));
-                }
-            }
-            else if (await ReadUnannouncedAsync(request.Body, maxBytes, cancellationToken) is { } read)
-            {
-                body = read;
-            }
-            else
-            {
-                return ([], null, TooLarge(maxBytes));
+                return (null, null, TooLarge(maxBytes));
             }
         }
         catch (BadHttpRequestException ex)
         {
             // Kestrel's own limits (MaxRequestBodySize, minimum data rate) or a broken chunked encoding.
-            return ([], null, ex.StatusCode == StatusCodes.Status413PayloadTooLarge
+            return (null, null, ex.StatusCode == StatusCodes.Status413PayloadTooLarge
                 ? TooLarge(maxBytes)
                 : Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body could not be read", ex.Message));
         }
 
         try
         {
-            return (body, JsonDocument.Parse(body, JsonOptions), null);
+            return (body, JsonDocument.Parse(body.Memory, JsonOptions), null);
         }
         catch (JsonException ex)
         {
-            return ([], null, Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body is not valid JSON", ex.Message));
+            body.Dispose();
+            return (null, null, Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body is not valid JSON", ex.Message));
         }
-    }
-
-    /// <returns>the body, or null when it grew past <paramref name="maxBytes"/> (read no further).</returns>
-    private static async Task<byte[]?> ReadUnannouncedAsync(Stream source, int maxBytes, CancellationToken cancellationToken)
-    {
-        using var buffer = new MemoryStream();
-        var chunk = System.Buffers.ArrayPool<byte>.Shared.Rent(16 * 1024);
-        try
-        {
-            int read;
-            while ((read = await source.ReadAsync(chunk, cancellationToken)) > 0)
-            {
-                if (buffer.Length + read > maxBytes)
-                {
-                    return null;
-                }
-
-                buffer.Write(chunk, 0, read);
-            }
-        }
-        finally
-        {
-            System.Buffers.ArrayPool<byte>.Shared.Return(chunk);
-        }
-
-        return buffer.ToArray();
     }
 
     private static IResult TooLarge(int maxBytes) =>

@@ -25,18 +25,27 @@ public static class IoLaneExtensions
         builder.Services.AddOptions<StatusOptions>().BindConfiguration("Status");
         builder.Services.AddSingleton<EventStatusStore>();
 
+        var lane = builder.Configuration.GetSection("IoLane").Get<IoLaneOptions>() ?? new IoLaneOptions();
         builder.Services.AddHttpClient(DownstreamClient.HttpClientName, (sp, http) =>
                 http.Timeout = sp.GetRequiredService<IOptions<DownstreamOptions>>().Value.Timeout)
             // The client lives as long as the process (it holds the rate limiters): recycle connections for DNS changes.
             // No redirects: a Location header is the downstream's say, and following it would carry the POST to an
             // origin nobody allowed. A 3xx is a failure (DownstreamClient).
-            .ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromMinutes(5), AllowAutoRedirect = false });
+            // One connection per message the endpoint runs at once, no more: a burst never opens more sockets to a
+            // downstream than there can be calls, and the pool keeps them between bursts (idle timeout) instead of
+            // paying the handshakes again.
+            .ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler
+            {
+                PooledConnectionLifetime = TimeSpan.FromMinutes(5),
+                PooledConnectionIdleTimeout = TimeSpan.FromMinutes(2),
+                MaxConnectionsPerServer = lane.ConcurrentMessageLimit,
+                AllowAutoRedirect = false,
+            });
         builder.Services.AddSingleton(sp => new DownstreamClient(
             sp.GetRequiredService<IHttpClientFactory>().CreateClient(DownstreamClient.HttpClientName),
             sp.GetRequiredService<IOptions<DownstreamOptions>>(),
             sp.GetRequiredService<ILogger<DownstreamClient>>()));
 
-        var lane = builder.Configuration.GetSection("IoLane").Get<IoLaneOptions>() ?? new IoLaneOptions();
         var connectionString = builder.Configuration.GetConnectionString("rabbitmq")
             ?? throw new InvalidOperationException("ConnectionStrings:rabbitmq is not set");
 
