@@ -29,25 +29,30 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     public static RedisKey Key(string eventId) => $"event:{eventId}";
 
     /// <summary>
-    /// Lua function <c>record_accepted(key, id, type, lane, acceptedAt, ttl)</c>: the <c>accepted</c> status of a new
-    /// event. The expiry is set only with the state: the I/O lane writes accepted after the publish, when a fast worker
+    /// Lua function <c>record_accepted(key, id, type, lane, acceptedAt, ttl, onlyNew)</c>: the <c>accepted</c> status of a
+    /// new event; true when this call created the state. With <c>onlyNew</c> it writes nothing to an event that already
+    /// has a state (the CPU lane's publish then adds no second entry). The expiry is set only with the state: the I/O lane writes accepted after the publish, when a fast worker
     /// may already have written (and timed) a later state, e.g. dead, which is kept as long as its dead letter. Shared
     /// with the CPU lane's publish script, which writes it and the stream entry in one step.
     /// </summary>
     public const string RecordAcceptedLua = """
-        local function record_accepted(key, id, type, lane, acceptedAt, ttl)
-          if redis.call('HSETNX', key, 'state', 'accepted') == 1 then
+        local function record_accepted(key, id, type, lane, acceptedAt, ttl, onlyNew)
+          local created = redis.call('HSETNX', key, 'state', 'accepted') == 1
+          if created then
             redis.call('HSET', key, 'attempts', 0)
             redis.call('EXPIRE', key, ttl)
+          elseif onlyNew then
+            return false
           end
           redis.call('HSET', key, 'id', id, 'type', type, 'lane', lane)
           redis.call('HSETNX', key, 'acceptedAt', acceptedAt)
+          return created
         end
 
         """;
 
     private static readonly LuaScript AcceptScript = LuaScript.Prepare(
-        RecordAcceptedLua + "record_accepted(@key, @id, @type, @lane, @acceptedAt, @ttl) return 1");
+        RecordAcceptedLua + "record_accepted(@key, @id, @type, @lane, @acceptedAt, @ttl, false) return 1");
 
     /// <summary>
     /// Lua function <c>try_start(key, attempt, now, ttl, copy)</c>, the one check-and-move every start goes through (both

@@ -46,6 +46,12 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
     // ttl (s), ARGV[4] n trace-context fields, then n name/value pairs, then id, type, payload of each event. The
     // entry's fields and their order are CpuLaneStreams.NewEntry's. Returns the entry ids.
     private const string PublishScript = EventStatusStore.RecordAcceptedLua + """
+        -- Checked before anything is written (a script is not rolled back): a status without its entry would answer
+        -- a retry as a repeat of an event that never runs.
+        local streamType = redis.call('TYPE', KEYS[1]).ok
+        if streamType ~= 'stream' and streamType ~= 'none' then
+          return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' is not a stream')
+        end
         local traceFields = tonumber(ARGV[4])
         local first = 5 + 2 * traceFields
         local entry = { 'id', '', 'type', '', 'payload', '', 'acceptedAt', ARGV[2], 'attempt', '1' }
@@ -53,9 +59,12 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
         local added = {}
         for i = 2, #KEYS do
           local a = first + (i - 2) * 3
-          record_accepted(KEYS[i], ARGV[a], ARGV[a + 1], ARGV[1], ARGV[2], ARGV[3])
-          entry[2], entry[4], entry[6] = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-          added[#added + 1] = redis.call('XADD', KEYS[1], '*', unpack(entry))
+          -- An event that already has a state is held (the guard's reservation was bypassed: expired while this
+          -- script waited, or lost in a failover): no second entry, no second run.
+          if record_accepted(KEYS[i], ARGV[a], ARGV[a + 1], ARGV[1], ARGV[2], ARGV[3], true) then
+            entry[2], entry[4], entry[6] = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+            added[#added + 1] = redis.call('XADD', KEYS[1], '*', unpack(entry))
+          end
         end
         return added
         """;

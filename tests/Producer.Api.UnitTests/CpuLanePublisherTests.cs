@@ -57,4 +57,47 @@ public sealed class CpuLanePublisherTests : IAsyncLifetime
             Assert.Equal("accepted", (string?)await db.HashGetAsync(EventStatusStore.Key(id), "state"));
         }
     }
+
+    private CpuLanePublisher Publisher()
+    {
+        var statuses = new EventStatusStore(_connection, Options.Create(new StatusOptions()));
+        var replicas = new RedisReplicaAcknowledgement(_connection, new ConfigurationBuilder().Build(),
+            Options.Create(new IngestOptions()), NullLogger<RedisReplicaAcknowledgement>.Instance);
+        return new CpuLanePublisher(_connection, statuses, replicas);
+    }
+
+    [Fact]
+    public async Task An_id_whose_status_exists_gets_no_second_stream_entry_even_past_the_idempotency_guard()
+    {
+        // The guard's reservation can be gone when a request's script finally runs (its pending TTL expired while the
+        // script waited in a backlog, or a failover lost it): the publish itself must not add a second entry.
+        var publisher = Publisher();
+        var id = $"twice-{Guid.NewGuid():N}";
+        await publisher.PublishAsync([new ValidatedEvent(id, "noop.cpu", "cpu", "{}")], DateTimeOffset.UtcNow, CancellationToken.None);
+        await publisher.PublishAsync([new ValidatedEvent(id, "hash.pbkdf2", "cpu", "{}")], DateTimeOffset.UtcNow, CancellationToken.None);
+
+        var db = _connection.GetDatabase();
+        var entries = (await db.StreamRangeAsync(CpuLaneStreams.Stream)).Count(e => (string?)e["id"] == id);
+        Assert.Equal(1, entries);
+        Assert.Equal("noop.cpu", (string?)await db.HashGetAsync(EventStatusStore.Key(id), "type"));
+    }
+
+    [Fact]
+    public async Task A_stream_key_of_the_wrong_type_fails_the_request_before_any_status_is_written()
+    {
+        var db = _connection.GetDatabase();
+        await db.StringSetAsync(CpuLaneStreams.Stream, "not a stream");
+        try
+        {
+            var id = $"wrongtype-{Guid.NewGuid():N}";
+            await Assert.ThrowsAsync<BrokerUnavailableException>(() =>
+                Publisher().PublishAsync([new ValidatedEvent(id, "noop.cpu", "cpu", "{}")], DateTimeOffset.UtcNow, CancellationToken.None));
+            // No status without its entry: a retry after the repair is a new event, not a repeat of one that never ran.
+            Assert.False(await db.KeyExistsAsync(EventStatusStore.Key(id)));
+        }
+        finally
+        {
+            await db.KeyDeleteAsync(CpuLaneStreams.Stream);
+        }
+    }
 }
