@@ -33,14 +33,28 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
     /// <summary>Channels kept open between publishes; more concurrent publishes open more and close them afterwards.</summary>
     private const int IdleChannels = 16;
 
+    /// <summary>
+    /// Channels open at once, at most (the broker's <c>channel_max</c> is 2,047 per connection): a publish past it waits for
+    /// a channel within its own deadline, and a request that cannot get one in time is answered 503 like any slow broker.
+    /// </summary>
+    private const int MaxChannels = 128;
+
     private static readonly CreateChannelOptions ChannelOptions = new(
         publisherConfirmationsEnabled: true,
         publisherConfirmationTrackingEnabled: true,
         // No throttling: a publish is one request's chunk (bounded by the caller), its confirms awaited together.
         outstandingPublisherConfirmationsRateLimiter: null);
 
-    private readonly ConcurrentBag<IChannel> _idle = [];
+    private readonly ConcurrentQueue<(IChannel Channel, int Epoch)> _idle = new();
+    private readonly SemaphoreSlim _channels = new(MaxChannels, MaxChannels);
     private int _declaredGeneration = -1;
+
+    /// <summary>
+    /// Moves on whenever a publish fails. RabbitMQ 3.10's quorum queue tells every channel that ever published to it
+    /// that it is refused (<c>reject_publish</c> goes to all its enqueuers at once), so a failure on one channel means
+    /// the idle ones are refused too: they are all closed, and a channel rented before the failure is not put back.
+    /// </summary>
+    private int _epoch;
 
     public async Task PublishAsync(IReadOnlyList<IoEventSubmitted> events, CancellationToken cancellationToken)
     {
@@ -58,10 +72,12 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
         var parent = (activity ?? Activity.Current)?.Id;
 
         IChannel? channel = null;
+        var epoch = 0;
         var healthy = false;
+        await _channels.WaitAsync(cancellationToken);
         try
         {
-            channel = await RentAsync(cancellationToken);
+            (channel, epoch) = await RentAsync(cancellationToken);
             var sentTime = DateTime.UtcNow;
             var confirms = new Task[events.Count];
             for (var i = 0; i < events.Count; i++)
@@ -91,29 +107,42 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
         {
             if (healthy)
             {
-                Return(channel!);
+                Return(channel!, epoch);
             }
-            else if (channel is not null)
+            else
             {
-                // Whatever failed — a nack (the queue refused: on RabbitMQ 3.10 this channel may stay refused), a
-                // return, a timeout with confirms outstanding, a closed channel — the channel is not used again, and
-                // the next one declares the lane again. Closed in the background: a paused broker must not hold the 503.
+                // Whatever failed — a nack (the queue refused: on RabbitMQ 3.10 this channel and every other that
+                // published to the queue may stay refused), a return, a timeout with confirms outstanding, a closed
+                // channel — no channel open now is used again, and the next one declares the lane again. Closed in the
+                // background: a paused broker must not hold the 503.
+                Interlocked.Increment(ref _epoch);
                 Interlocked.Exchange(ref _declaredGeneration, -1);
-                _ = DiscardAsync(channel);
+                if (channel is not null)
+                {
+                    _ = DiscardAsync(channel);
+                }
+
+                while (_idle.TryDequeue(out var idle))
+                {
+                    _ = DiscardAsync(idle.Channel);
+                }
             }
+
+            _channels.Release();
         }
     }
 
-    private async Task<IChannel> RentAsync(CancellationToken cancellationToken)
+    private async Task<(IChannel Channel, int Epoch)> RentAsync(CancellationToken cancellationToken)
     {
-        while (_idle.TryTake(out var idle))
+        var epoch = Volatile.Read(ref _epoch);
+        while (_idle.TryDequeue(out var idle))
         {
-            if (idle.IsOpen)
+            if (idle.Epoch == epoch && idle.Channel.IsOpen)
             {
                 return idle;
             }
 
-            _ = DiscardAsync(idle);
+            _ = DiscardAsync(idle.Channel);
         }
 
         var open = await connection.GetAsync(cancellationToken);
@@ -127,7 +156,7 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
                 Volatile.Write(ref _declaredGeneration, generation);
             }
 
-            return channel;
+            return (channel, epoch);
         }
         catch
         {
@@ -136,11 +165,11 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
         }
     }
 
-    private void Return(IChannel channel)
+    private void Return(IChannel channel, int epoch)
     {
-        if (channel.IsOpen && _idle.Count < IdleChannels)
+        if (channel.IsOpen && epoch == Volatile.Read(ref _epoch) && _idle.Count < IdleChannels)
         {
-            _idle.Add(channel);
+            _idle.Enqueue((channel, epoch));
         }
         else
         {
@@ -168,9 +197,9 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
 
     public async ValueTask DisposeAsync()
     {
-        while (_idle.TryTake(out var channel))
+        while (_idle.TryDequeue(out var idle))
         {
-            await DiscardAsync(channel);
+            await DiscardAsync(idle.Channel);
         }
     }
 }

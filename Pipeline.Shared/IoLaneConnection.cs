@@ -20,6 +20,18 @@ public sealed class IoLaneConnection(RabbitMqNodes nodes, string clientName) : I
     private Task<IConnection>? _connecting;
     private int _generation;
 
+    /// <summary>When the connection was last seen shut down without having recovered since (ticks; 0 = open).</summary>
+    private long _shutDownAt;
+    private IConnection? _current;
+
+    /// <summary>
+    /// A connection shut down this long without recovering is given up and made anew: RabbitMQ.Client's automatic
+    /// recovery does not start after some closes (an application-initiated close, a server close such as
+    /// ACCESS_REFUSED) and stops for good when its loop fails, and every channel asked of such a connection throws.
+    /// Several of the recovery's own 2-second attempts fit in it.
+    /// </summary>
+    private static readonly TimeSpan GiveUpRecoveryAfter = TimeSpan.FromSeconds(20);
+
     /// <summary>
     /// The message exchange's address as MassTransit writes it into an envelope (<c>destinationAddress</c>,
     /// <c>rabbitmq://host:port/vhost/exchange</c>): the consumer's spans take their <c>messaging.system</c> from its scheme.
@@ -36,6 +48,14 @@ public sealed class IoLaneConnection(RabbitMqNodes nodes, string clientName) : I
             if (_connecting is null || _connecting.IsFaulted || _connecting.IsCanceled)
             {
                 _connecting = ConnectAsync();
+            }
+            else if (_connecting.IsCompletedSuccessfully && !_connecting.Result.IsOpen && Volatile.Read(ref _shutDownAt) is var since and > 0
+                     && TimeProvider.System.GetElapsedTime(since) > GiveUpRecoveryAfter)
+            {
+                var abandoned = _connecting.Result;
+                Volatile.Write(ref _shutDownAt, 0);
+                _connecting = ConnectAsync();
+                _ = abandoned.DisposeAsync().AsTask().ContinueWith(static _ => { }, TaskScheduler.Default);
             }
 
             return _connecting.WaitAsync(cancellationToken);
@@ -56,9 +76,23 @@ public sealed class IoLaneConnection(RabbitMqNodes nodes, string clientName) : I
         nodes.ApplyTo(factory);
         // Not the caller's token: the connect is shared, and one caller giving up must not fail it for the others.
         var connection = await factory.CreateConnectionAsync(CancellationToken.None);
+        _current = connection;
         connection.RecoverySucceededAsync += (_, _) =>
         {
+            Volatile.Write(ref _shutDownAt, 0);
             Interlocked.Increment(ref _generation);
+            return Task.CompletedTask;
+        };
+        connection.ConnectionShutdownAsync += (_, shutdown) =>
+        {
+            // Only the connection in use: a given-up one's own shutdown must not start the clock on its successor.
+            if (ReferenceEquals(Volatile.Read(ref _current), connection))
+            {
+                // Closed by this process (not by us: by a library or a test): recovery never starts, so give it up at once.
+                var since = shutdown.Initiator == ShutdownInitiator.Application ? 1 : TimeProvider.System.GetTimestamp();
+                Interlocked.CompareExchange(ref _shutDownAt, since, 0);
+            }
+
             return Task.CompletedTask;
         };
         Interlocked.Increment(ref _generation);
