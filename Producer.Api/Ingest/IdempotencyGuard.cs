@@ -46,8 +46,9 @@ public sealed record IdempotencyClaim(
 /// retention window. The binding is never deleted or replaced — not on a 409, a 503, a timeout or a crash — so every
 /// retry under the key gets the same ids, whatever happened to the earlier tries.</item>
 /// <item>Each guarded id (under a key, or given by the client) has a reservation: <c>pending:&lt;token&gt;</c> while one
-/// request publishes it (a concurrent copy gets 409 instead of publishing it too), <c>held:&lt;lane&gt;</c> once its
-/// broker confirmed (a repeat is answered from it). A write that failed or is in doubt frees the reservation, so the
+/// request publishes it (a concurrent copy gets 409 instead of publishing it too), <c>held:io</c> once RabbitMQ
+/// confirmed an I/O-lane event (a repeat is answered from it; a CPU-lane event's status, written by the same script as
+/// its stream entry, answers instead). A write that failed or is in doubt frees the reservation, so the
 /// retry publishes the <i>same</i> id again. That is harmless: a status never moves back from a final state and
 /// downstream calls carry the id as their <c>Idempotency-Key</c>.</item>
 /// </list>

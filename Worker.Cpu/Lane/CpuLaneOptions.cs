@@ -53,7 +53,7 @@ public sealed class CpuLaneOptions
     [Range(0, 4096)]
     public int MaxStarted { get; set; }
 
-    /// <summary>Successes recorded (status, XACK, XDEL) in one MULTI/EXEC at most.</summary>
+    /// <summary>Successes recorded (status, XACK, XDEL) by one script run at most.</summary>
     [Range(1, 4096)]
     public int AckBatchSize { get; set; } = 256;
 
