@@ -33,6 +33,16 @@ internal static class LocalProcessResources
         for (var attempt = 0; attempt < 200; attempt++)
         {
             var port = Random.Shared.Next(low, high + 1);
+            // Free now is not enough: a port handed to another resource of this AppHost is free too until that
+            // resource's process binds it (a Cluster-mode model picks about 21; two of them drew the same one).
+            lock (HandedOut)
+            {
+                if (!HandedOut.Add(port))
+                {
+                    continue;
+                }
+            }
+
             try
             {
                 using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, port);
@@ -41,7 +51,7 @@ internal static class LocalProcessResources
             }
             catch (System.Net.Sockets.SocketException)
             {
-                // In use: try another.
+                // In use: try another (and keep this one out: someone holds it).
             }
         }
 
@@ -50,6 +60,9 @@ internal static class LocalProcessResources
 
     /// <summary>Above the well-known and commonly configured service ports.</summary>
     private const int LowestPort = 20000;
+
+    /// <summary>Every port this process has handed out: never handed out twice.</summary>
+    private static readonly HashSet<int> HandedOut = [];
 
     private static int EphemeralRangeStart()
     {
