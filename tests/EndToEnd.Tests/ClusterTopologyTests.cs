@@ -166,7 +166,7 @@ public sealed class ClusterTopologyTests(ClusterAppHostFixture fixture, ITestOut
     private static int KillWorkerProcess(ResourceEvent instance, string executable)
     {
         var runPid = ClusterAppHostFixture.Pid(instance) ?? throw new InvalidOperationException($"{instance.ResourceId} has no pid");
-        var worker = ClusterAppHostFixture.ChildrenOf(runPid).SingleOrDefault(p => Path.GetFileName(ClusterAppHostFixture.ExecutableOf(p)) == executable);
+        var worker = ProcessTree.ChildRunning(runPid, executable);
         Assert.True(worker != 0, $"no {executable} process under pid {runPid} ({instance.ResourceId})");
         using var process = Process.GetProcessById(worker);
         process.Kill();
@@ -274,38 +274,6 @@ public sealed class ClusterAppHostFixture : IAsyncLifetime
     public static int? Pid(ResourceEvent e) =>
         e.Snapshot.Properties.FirstOrDefault(p => p.Name == "executable.pid")?.Value is { } value
         && int.TryParse(Convert.ToString(value, CultureInfo.InvariantCulture), out var pid) ? pid : null;
-
-    public static IEnumerable<int> ChildrenOf(int pid) =>
-        Directory.EnumerateDirectories("/proc")
-            .Select(d => int.TryParse(Path.GetFileName(d), out var p) ? p : 0)
-            .Where(p => p > 0 && ParentOf(p) == pid);
-
-    private static int? ParentOf(int pid)
-    {
-        try
-        {
-            // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces, so read after the last ')'.
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-            return int.Parse(fields[1], CultureInfo.InvariantCulture);
-        }
-        catch (IOException)
-        {
-            return null; // exited meanwhile
-        }
-    }
-
-    public static string ExecutableOf(int pid)
-    {
-        try
-        {
-            return File.ReadAllText($"/proc/{pid}/cmdline").Split('\0')[0];
-        }
-        catch (IOException)
-        {
-            return "";
-        }
-    }
 
     public async Task DisposeAsync()
     {

@@ -41,42 +41,10 @@ public sealed class CrashRestartTests(AppHostFixture fixture)
     /// </summary>
     private static void Kill(int runPid, string executable)
     {
-        var worker = ChildrenOf(runPid).SingleOrDefault(p => Path.GetFileName(ExecutableOf(p)) == executable);
+        var worker = ProcessTree.ChildRunning(runPid, executable);
         Assert.True(worker != 0, $"no {executable} process under pid {runPid}");
         using var process = Process.GetProcessById(worker);
         process.Kill();
-    }
-
-    private static IEnumerable<int> ChildrenOf(int pid) =>
-        Directory.EnumerateDirectories("/proc")
-            .Select(d => int.TryParse(Path.GetFileName(d), out var p) ? p : 0)
-            .Where(p => p > 0 && ParentOf(p) == pid);
-
-    private static int? ParentOf(int pid)
-    {
-        try
-        {
-            // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces, so read after the last ')'.
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-            return int.Parse(fields[1], CultureInfo.InvariantCulture);
-        }
-        catch (IOException)
-        {
-            return null; // exited meanwhile
-        }
-    }
-
-    private static string ExecutableOf(int pid)
-    {
-        try
-        {
-            return File.ReadAllText($"/proc/{pid}/cmdline").Split('\0')[0];
-        }
-        catch (IOException)
-        {
-            return "";
-        }
     }
 
     [Fact]
