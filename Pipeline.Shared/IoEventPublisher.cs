@@ -1,11 +1,14 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using EventPipeline.Contracts;
 using EventPipeline.ServiceDefaults;
 using Microsoft.Extensions.Logging;
 using RabbitMQ.Client;
+
+[assembly: InternalsVisibleTo("Producer.Api.UnitTests")]
 
 namespace EventPipeline.Shared;
 
@@ -55,6 +58,11 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
     /// the idle ones are refused too: they are all closed, and a channel rented before the failure is not put back.
     /// </summary>
     private int _epoch;
+
+    private int _channelsOpened;
+
+    /// <summary>Channels this publisher has opened so far (tests: a publish that should reuse an idle channel opens none).</summary>
+    internal int ChannelsOpened => Volatile.Read(ref _channelsOpened);
 
     public async Task PublishAsync(IReadOnlyList<IoEventSubmitted> events, CancellationToken cancellationToken)
     {
@@ -148,6 +156,7 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
         var open = await connection.GetAsync(cancellationToken);
         var generation = connection.Generation;
         var channel = await open.CreateChannelAsync(ChannelOptions, cancellationToken);
+        Interlocked.Increment(ref _channelsOpened);
         try
         {
             if (Volatile.Read(ref _declaredGeneration) != generation)
