@@ -1,8 +1,11 @@
 using System.Globalization;
 using EventPipeline.Contracts;
+using EventPipeline.Producer.Ingest;
+using EventPipeline.Producer.Validation;
 using EventPipeline.Shared;
 using EventPipeline.Testing;
 using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
 using RabbitMQ.Client;
 
 namespace EventPipeline.Producer.UnitTests;
@@ -23,11 +26,11 @@ public sealed class IoEventPublisherRabbit : IAsyncLifetime
     /// <summary>Channels the broker has open on the connections named <paramref name="clientName"/>.</summary>
     public async Task<int> ChannelsAsync(string clientName)
     {
-        var output = await Rabbit.CtlAsync("list_connections", "-q", "--no-table-headers", "user_provided_name", "channels");
+        // rabbitmqctl 3.10 has no user_provided_name column: the name is the connection_name client property.
+        var output = await Rabbit.CtlAsync("list_connections", "-q", "--no-table-headers", "client_properties", "channels");
         return output.Split('\n')
-            .Select(line => line.Split('\t'))
-            .Where(fields => fields.Length == 2 && fields[0].Trim() == clientName)
-            .Sum(fields => int.Parse(fields[1].Trim(), CultureInfo.InvariantCulture));
+            .Where(line => line.Contains($"\"{clientName}\"", StringComparison.Ordinal))
+            .Sum(line => int.Parse(line.Split('\t')[^1].Trim(), CultureInfo.InvariantCulture));
     }
 }
 
@@ -139,5 +142,25 @@ public sealed class IoEventPublisherTests(IoEventPublisherRabbit fixture) : ICla
         await connection.DisposeAsync();
 
         await Assert.ThrowsAsync<ObjectDisposedException>(() => connection.GetAsync(CancellationToken.None));
+    }
+
+    [Fact]
+    public async Task Events_that_never_reached_a_channel_are_not_reported_in_doubt()
+    {
+        // Nothing listens on this port: no connection, so no channel, so nothing of the chunk was written anywhere.
+        var nodes = RabbitMqNodes.Parse($"amqp://nobody:nothing@127.0.0.1:{LocalPorts.Free()}");
+        await using var connection = new IoLaneConnection(nodes, "io-publisher-not-sent");
+        await using var publisher = new IoEventPublisher(connection, NullLogger<IoEventPublisher>.Instance);
+        // The status store is written only for confirmed events, and none is confirmed here.
+        var lane = new IoLanePublisher(publisher, new EventStatusStore(null!, Options.Create(new StatusOptions())),
+            Options.Create(new IngestOptions()), NullLogger<IoLanePublisher>.Instance);
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+
+        var failure = await Assert.ThrowsAsync<BrokerUnavailableException>(() =>
+            lane.PublishAsync([new ValidatedEvent($"io-{Guid.NewGuid():N}", "noop.io", "io", "{}")], DateTimeOffset.UtcNow, timeout.Token));
+
+        Assert.Empty(failure.Confirmed);
+        Assert.True(failure.Uncertain.Count == 0,
+            $"{failure.Uncertain.Count} event(s) never sent (the connection was refused: {failure.InnerException?.GetType().Name}) reported as in doubt");
     }
 }
