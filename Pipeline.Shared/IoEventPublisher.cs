@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using EventPipeline.Contracts;
@@ -7,14 +8,17 @@ using EventPipeline.ServiceDefaults;
 using Microsoft.Extensions.Logging;
 using RabbitMQ.Client;
 
+[assembly: InternalsVisibleTo("Producer.Api.UnitTests")]
+
 namespace EventPipeline.Shared;
 
 /// <summary>
 /// Publishes I/O-lane events and returns only once RabbitMQ confirmed every one of them: the await completes when the
 /// broker holds each message in the durable quorum queue, and throws when any was nacked, returned (mandatory: no queue
 /// took it), not confirmed before the token fired, or lost with its channel. A channel that saw any of these is closed
-/// and replaced by a fresh one — never used again — and the replacement declares the lane's topology again
-/// (<see cref="IoLaneTopology.DeclareAsync"/>), so a queue deleted or lost in a broker reset comes back.
+/// and replaced by a fresh one — never used again; after a refusal by the broker every idle channel goes too and the
+/// replacement declares the lane's topology again (<see cref="IoLaneTopology.DeclareAsync"/>), so a queue deleted or lost
+/// in a broker reset comes back. A caller that gives up never leaves a channel open behind it.
 /// Used by the API (ingest, due delayed events) and by Worker.Cpu's hand-off to the I/O lane.
 /// </summary>
 /// <remarks>
@@ -47,16 +51,35 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
 
     private readonly ConcurrentQueue<(IChannel Channel, int Epoch)> _idle = new();
     private readonly SemaphoreSlim _channels = new(MaxChannels, MaxChannels);
-    private int _declaredGeneration = -1;
 
     /// <summary>
-    /// Moves on whenever a publish fails. RabbitMQ 3.10's quorum queue tells every channel that ever published to it
-    /// that it is refused (<c>reject_publish</c> goes to all its enqueuers at once), so a failure on one channel means
-    /// the idle ones are refused too: they are all closed, and a channel rented before the failure is not put back.
+    /// The connection generation and epoch (<see cref="DeclaredKey"/>) the lane was last declared in: a new channel
+    /// declares again unless both are still the same, so a refusal or a recovery while a declare runs is never lost.
+    /// </summary>
+    private long _declared = -1;
+
+    /// <summary>
+    /// Moves on when the broker refuses a publish (a nack, a return, or a channel it closed). RabbitMQ 3.10's quorum
+    /// queue tells every channel that ever published to it that it is refused (<c>reject_publish</c> goes to all its
+    /// enqueuers at once), so a refusal on one channel means the idle ones are refused too: they are all closed, a
+    /// channel rented before it is not put back, and the next new channel declares the lane again. A publish that failed
+    /// for any other reason (the caller gave up, the connection is down) closes only its own channel.
     /// </summary>
     private int _epoch;
 
-    public async Task PublishAsync(IReadOnlyList<IoEventSubmitted> events, CancellationToken cancellationToken)
+    private int _channelsOpened;
+
+    /// <summary>Channels this publisher has opened so far (tests: a publish that should reuse an idle channel opens none).</summary>
+    internal int ChannelsOpened => Volatile.Read(ref _channelsOpened);
+
+    public Task PublishAsync(IReadOnlyList<IoEventSubmitted> events, CancellationToken cancellationToken) =>
+        PublishAsync(events, null, cancellationToken);
+
+    /// <param name="progress">
+    /// Set to sent once the first message is handed to a channel: a publish that failed before that (no place under the
+    /// channel cap, no connection, no channel in time) wrote nothing, so none of its events can be held by the broker.
+    /// </param>
+    public async Task PublishAsync(IReadOnlyList<IoEventSubmitted> events, IoPublishProgress? progress, CancellationToken cancellationToken)
     {
         if (events.Count == 0)
         {
@@ -74,12 +97,16 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
         IChannel? channel = null;
         var epoch = 0;
         var healthy = false;
+        Exception? failure = null;
+        Task[]? confirms = null;
+        var slot = new Slot();
         await _channels.WaitAsync(cancellationToken);
         try
         {
-            (channel, epoch) = await RentAsync(cancellationToken);
+            (channel, epoch) = await RentAsync(slot, cancellationToken);
             var sentTime = DateTime.UtcNow;
-            var confirms = new Task[events.Count];
+            progress?.MarkSent();
+            confirms = new Task[events.Count];
             for (var i = 0; i < events.Count; i++)
             {
                 var messageId = Guid.NewGuid();
@@ -100,6 +127,7 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
         }
         catch (Exception ex)
         {
+            failure = ex;
             activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
             throw;
         }
@@ -111,28 +139,47 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
             }
             else
             {
-                // Whatever failed — a nack (the queue refused: on RabbitMQ 3.10 this channel and every other that
-                // published to the queue may stay refused), a return, a timeout with confirms outstanding, a closed
-                // channel — no channel open now is used again, and the next one declares the lane again. Closed in the
-                // background: a paused broker must not hold the 503.
-                Interlocked.Increment(ref _epoch);
-                Interlocked.Exchange(ref _declaredGeneration, -1);
+                if (IsRefusal(failure, channel, confirms))
+                {
+                    // The queue refused (on RabbitMQ 3.10 this channel and every other that published to it may stay
+                    // refused) or the broker closed the channel: no channel open now is used again, and the next one
+                    // declares the lane again.
+                    Interlocked.Increment(ref _epoch);
+                    while (_idle.TryDequeue(out var idle))
+                    {
+                        _ = DiscardAsync(idle.Channel);
+                    }
+                }
+
+                // Its confirms may still be outstanding (a caller that gave up), so this channel is never reused. Closed in
+                // the background: a paused broker must not hold the 503.
                 if (channel is not null)
                 {
                     _ = DiscardAsync(channel);
                 }
-
-                while (_idle.TryDequeue(out var idle))
-                {
-                    _ = DiscardAsync(idle.Channel);
-                }
             }
 
-            _channels.Release();
+            if (!slot.HandedOff)
+            {
+                _channels.Release();
+            }
         }
     }
 
-    private async Task<(IChannel Channel, int Epoch)> RentAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// A refusal by the broker, not a caller that gave up or a connection that is down: a nack
+    /// (<see cref="RabbitMQ.Client.Exceptions.PublishException"/>), a return (its subclass, <c>IsReturn</c>), or the
+    /// broker closing the channel.
+    /// </summary>
+    private static bool IsRefusal(Exception? failure, IChannel? channel, Task[]? confirms) =>
+        failure is RabbitMQ.Client.Exceptions.PublishException
+        || (confirms is not null && confirms.Any(c => c is { IsFaulted: true }
+            && c.Exception!.InnerExceptions.Any(e => e is RabbitMQ.Client.Exceptions.PublishException)))
+        || channel is { IsOpen: false, CloseReason.Initiator: ShutdownInitiator.Peer };
+
+    private static long DeclaredKey(int generation, int epoch) => ((long)generation << 32) | (uint)epoch;
+
+    private async Task<(IChannel Channel, int Epoch)> RentAsync(Slot slot, CancellationToken cancellationToken)
     {
         var epoch = Volatile.Read(ref _epoch);
         while (_idle.TryDequeue(out var idle))
@@ -147,13 +194,16 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
 
         var open = await connection.GetAsync(cancellationToken);
         var generation = connection.Generation;
-        var channel = await open.CreateChannelAsync(ChannelOptions, cancellationToken);
+        var channel = await OpenChannelAsync(open, slot, cancellationToken);
         try
         {
-            if (Volatile.Read(ref _declaredGeneration) != generation)
+            var key = DeclaredKey(generation, epoch);
+            if (Volatile.Read(ref _declared) != key)
             {
                 await IoLaneTopology.DeclareAsync(channel, cancellationToken);
-                Volatile.Write(ref _declaredGeneration, generation);
+                // The key of the generation and epoch read before the declare: a refusal or a recovery meanwhile moved
+                // them on, so the next channel declares again (an extra declare is harmless, a lost one is not).
+                Volatile.Write(ref _declared, key);
             }
 
             return (channel, epoch);
@@ -163,6 +213,52 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
             _ = DiscardAsync(channel);
             throw;
         }
+    }
+
+    /// <summary>
+    /// Opens a channel without passing the caller's token to RabbitMQ.Client: its 7.2 <c>Channel.OpenAsync</c>, cancelled
+    /// after <c>channel.open</c> went out, neither closes the session nor hands the channel back, so the broker keeps it
+    /// open for the life of the connection (towards <c>channel_max</c>, then every publish is refused). The open is
+    /// bounded by the connection's <c>ContinuationTimeout</c>; a caller that gives up leaves it to finish, and the channel
+    /// is closed then. Until that, it keeps its place under <see cref="MaxChannels"/> (<paramref name="slot"/>).
+    /// </summary>
+    private async Task<IChannel> OpenChannelAsync(IConnection open, Slot slot, CancellationToken cancellationToken)
+    {
+        var opening = open.CreateChannelAsync(ChannelOptions, CancellationToken.None);
+        try
+        {
+            var channel = await opening.WaitAsync(cancellationToken);
+            Interlocked.Increment(ref _channelsOpened);
+            return channel;
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            slot.HandedOff = true;
+            _ = DiscardWhenOpenedAsync(opening);
+            throw;
+        }
+    }
+
+    private async Task DiscardWhenOpenedAsync(Task<IChannel> opening)
+    {
+        try
+        {
+            await DiscardAsync(await opening);
+        }
+        catch (Exception ex)
+        {
+            logger.LogDebug(ex, "An I/O-lane publishing channel whose caller gave up did not open");
+        }
+        finally
+        {
+            _channels.Release();
+        }
+    }
+
+    /// <summary>Whether a publish's place under <see cref="MaxChannels"/> went to a channel still opening in the background.</summary>
+    private sealed class Slot
+    {
+        public bool HandedOff { get; set; }
     }
 
     private void Return(IChannel channel, int epoch)
@@ -202,6 +298,17 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
             await DiscardAsync(idle.Channel);
         }
     }
+}
+
+/// <summary>Whether a publish got as far as writing to a channel (<see cref="IoEventPublisher.PublishAsync(IReadOnlyList{IoEventSubmitted}, IoPublishProgress?, CancellationToken)"/>).</summary>
+public sealed class IoPublishProgress
+{
+    private int _sent;
+
+    /// <summary>False: nothing was written, so the broker holds none of the publish's events.</summary>
+    public bool Sent => Volatile.Read(ref _sent) == 1;
+
+    internal void MarkSent() => Volatile.Write(ref _sent, 1);
 }
 
 /// <summary>

@@ -1,4 +1,5 @@
 using RabbitMQ.Client;
+using RabbitMQ.Client.Events;
 
 namespace EventPipeline.Shared;
 
@@ -23,6 +24,7 @@ public sealed class IoLaneConnection(RabbitMqNodes nodes, string clientName) : I
     /// <summary>When the connection was last seen shut down without having recovered since (ticks; 0 = open).</summary>
     private long _shutDownAt;
     private IConnection? _current;
+    private bool _disposed;
 
     /// <summary>
     /// A connection shut down this long without recovering is given up and made anew: RabbitMQ.Client's automatic
@@ -45,6 +47,8 @@ public sealed class IoLaneConnection(RabbitMqNodes nodes, string clientName) : I
     {
         lock (_gate)
         {
+            // A connection opened after dispose would belong to nobody.
+            ObjectDisposedException.ThrowIf(_disposed, this);
             if (_connecting is null || _connecting.IsFaulted || _connecting.IsCanceled)
             {
                 _connecting = ConnectAsync();
@@ -53,6 +57,9 @@ public sealed class IoLaneConnection(RabbitMqNodes nodes, string clientName) : I
                      && TimeProvider.System.GetElapsedTime(since) > GiveUpRecoveryAfter)
             {
                 var abandoned = _connecting.Result;
+                // No longer the connection in use before it is disposed: its own shutdown (an application close) must
+                // not start the clock that would give up its successor at once.
+                _current = null;
                 Volatile.Write(ref _shutDownAt, 0);
                 _connecting = ConnectAsync();
                 _ = abandoned.DisposeAsync().AsTask().ContinueWith(static _ => { }, TaskScheduler.Default);
@@ -76,27 +83,60 @@ public sealed class IoLaneConnection(RabbitMqNodes nodes, string clientName) : I
         nodes.ApplyTo(factory);
         // Not the caller's token: the connect is shared, and one caller giving up must not fail it for the others.
         var connection = await factory.CreateConnectionAsync(CancellationToken.None);
-        _current = connection;
+        // Each handler acts only while its own connection is the one in use: a given-up one's events must not touch its
+        // successor's clock.
         connection.RecoverySucceededAsync += (_, _) =>
         {
-            Volatile.Write(ref _shutDownAt, 0);
-            Interlocked.Increment(ref _generation);
-            return Task.CompletedTask;
-        };
-        connection.ConnectionShutdownAsync += (_, shutdown) =>
-        {
-            // Only the connection in use: a given-up one's own shutdown must not start the clock on its successor.
             if (ReferenceEquals(Volatile.Read(ref _current), connection))
             {
-                // Closed by this process (not by us: by a library or a test): recovery never starts, so give it up at once.
-                var since = shutdown.Initiator == ShutdownInitiator.Application ? 1 : TimeProvider.System.GetTimestamp();
-                Interlocked.CompareExchange(ref _shutDownAt, since, 0);
+                Volatile.Write(ref _shutDownAt, 0);
+                Interlocked.Increment(ref _generation);
             }
 
             return Task.CompletedTask;
         };
+        connection.ConnectionShutdownAsync += (_, shutdown) =>
+        {
+            if (ReferenceEquals(Volatile.Read(ref _current), connection))
+            {
+                RecordShutdown(shutdown);
+            }
+
+            return Task.CompletedTask;
+        };
+
+        bool disposed;
+        lock (_gate)
+        {
+            disposed = _disposed;
+            if (!disposed)
+            {
+                _current = connection;
+                Volatile.Write(ref _shutDownAt, 0);
+            }
+        }
+
+        if (disposed)
+        {
+            await connection.DisposeAsync();
+            throw new ObjectDisposedException(nameof(IoLaneConnection));
+        }
+
+        // A shutdown between the connect and the handlers raised its event to nobody: recorded here instead.
+        if (connection.CloseReason is { } closed)
+        {
+            RecordShutdown(closed);
+        }
+
         Interlocked.Increment(ref _generation);
         return connection;
+    }
+
+    private void RecordShutdown(ShutdownEventArgs shutdown)
+    {
+        // Closed by this process (not by us: by a library or a test): recovery never starts, so give it up at once.
+        var since = shutdown.Initiator == ShutdownInitiator.Application ? 1 : TimeProvider.System.GetTimestamp();
+        Interlocked.CompareExchange(ref _shutDownAt, since, 0);
     }
 
     public async ValueTask DisposeAsync()
@@ -104,6 +144,13 @@ public sealed class IoLaneConnection(RabbitMqNodes nodes, string clientName) : I
         Task<IConnection>? connecting;
         lock (_gate)
         {
+            if (_disposed)
+            {
+                return;
+            }
+
+            // A connect still running sees this and disposes what it made.
+            _disposed = true;
             connecting = _connecting;
         }
 

@@ -1,22 +1,47 @@
+using System.Globalization;
 using EventPipeline.Contracts;
+using EventPipeline.Producer.Ingest;
+using EventPipeline.Producer.Validation;
 using EventPipeline.Shared;
 using EventPipeline.Testing;
 using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
 using RabbitMQ.Client;
 
 namespace EventPipeline.Producer.UnitTests;
 
+/// <summary>One rabbitmq-server for the whole class: each test uses its own connection name, so counts do not mix.</summary>
+public sealed class IoEventPublisherRabbit : IAsyncLifetime
+{
+    public RabbitMqServer Rabbit { get; private set; } = null!;
+
+    public async Task InitializeAsync() => Rabbit = await RabbitMqServer.StartAsync();
+
+    public async Task DisposeAsync() => await Rabbit.DisposeAsync();
+
+    /// <summary>The broker's own PID (the script execs the VM), for SIGSTOP.</summary>
+    public async Task<int> PidAsync() =>
+        int.Parse((await Rabbit.CtlAsync("eval", "list_to_integer(os:getpid()).")).Trim().Split('\n').Last(), CultureInfo.InvariantCulture);
+
+    /// <summary>Channels the broker has open on the connections named <paramref name="clientName"/>.</summary>
+    public async Task<int> ChannelsAsync(string clientName)
+    {
+        // rabbitmqctl 3.10 has no user_provided_name column: the name is the connection_name client property.
+        var output = await Rabbit.CtlAsync("list_connections", "-q", "--no-table-headers", "client_properties", "channels");
+        return output.Split('\n')
+            .Where(line => line.Contains($"\"{clientName}\"", StringComparison.Ordinal))
+            .Sum(line => int.Parse(line.Split('\t')[^1].Trim(), CultureInfo.InvariantCulture));
+    }
+}
+
 /// <summary>
 /// The I/O lane's own publisher against a real rabbitmq-server: its connection is made again when the client's
-/// automatic recovery will not bring it back, so ingest and Worker.Cpu's hand-offs do not answer 503 until a restart.
+/// automatic recovery will not bring it back, so ingest and Worker.Cpu's hand-offs do not answer 503 until a restart;
+/// a caller that gives up never leaves a channel open behind it, and only a broker's refusal empties the channel pool.
 /// </summary>
-public sealed class IoEventPublisherTests : IAsyncLifetime
+public sealed class IoEventPublisherTests(IoEventPublisherRabbit fixture) : IClassFixture<IoEventPublisherRabbit>
 {
-    private RabbitMqServer _rabbit = null!;
-
-    public async Task InitializeAsync() => _rabbit = await RabbitMqServer.StartAsync();
-
-    public async Task DisposeAsync() => await _rabbit.DisposeAsync();
+    private RabbitMqServer Rabbit => fixture.Rabbit;
 
     private static IoEventSubmitted Event() =>
         new($"io-{Guid.NewGuid():N}", "noop.io", "{}", DateTimeOffset.UtcNow, null);
@@ -24,9 +49,10 @@ public sealed class IoEventPublisherTests : IAsyncLifetime
     [Fact]
     public async Task Publishing_works_again_after_its_connection_was_closed_for_good()
     {
-        await using var connection = new IoLaneConnection(RabbitMqNodes.Parse(_rabbit.ConnectionString), "io-publisher-test");
+        await using var connection = new IoLaneConnection(RabbitMqNodes.Parse(Rabbit.ConnectionString), "io-publisher-test");
         await using var publisher = new IoEventPublisher(connection, NullLogger<IoEventPublisher>.Instance);
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        var before = await Rabbit.MessageCountAsync(IoLaneTopology.QueueName) ?? 0;
         await publisher.PublishAsync([Event()], timeout.Token);
 
         // A close that automatic recovery does not follow (here the application's own; a server's ACCESS_REFUSED and a
@@ -45,6 +71,96 @@ public sealed class IoEventPublisherTests : IAsyncLifetime
                 return false;
             }
         }, TimeSpan.FromSeconds(10), "a publish to be confirmed on a new connection", TimeSpan.FromMilliseconds(200));
-        Assert.Equal(2u, await _rabbit.MessageCountAsync(IoLaneTopology.QueueName));
+        Assert.Equal(before + 2u, await Rabbit.MessageCountAsync(IoLaneTopology.QueueName));
+    }
+
+    [Fact]
+    public async Task Publishes_that_give_up_while_the_broker_is_slow_leave_no_channel_open()
+    {
+        const string name = "io-publisher-gave-up";
+        await using var connection = new IoLaneConnection(RabbitMqNodes.Parse(Rabbit.ConnectionString), name);
+        await using var publisher = new IoEventPublisher(connection, NullLogger<IoEventPublisher>.Instance);
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await publisher.PublishAsync([Event()], timeout.Token);
+
+        var pid = await fixture.PidAsync();
+        var outcomes = new List<Exception?>();
+        await using (ProcessPause.Of(pid))
+        {
+            // Each caller gives up after a second, while its channel.open is on the wire and not answered.
+            var publishes = Enumerable.Range(0, 50).Select(async _ =>
+            {
+                using var gaveUp = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+                try
+                {
+                    await publisher.PublishAsync([Event()], gaveUp.Token);
+                    return null;
+                }
+                catch (Exception ex)
+                {
+                    return ex;
+                }
+            }).ToList();
+            outcomes.AddRange(await Task.WhenAll(publishes));
+        }
+
+        Assert.All(outcomes, ex => Assert.IsAssignableFrom<OperationCanceledException>(ex));
+        // Confirmed after the 50 channel.opens were read by the broker (one socket, in order).
+        await publisher.PublishAsync([Event()], timeout.Token);
+        await Eventually.ReturnsAsync(() => fixture.ChannelsAsync(name), channels => channels <= 16, TimeSpan.FromSeconds(30),
+            "the publisher's connection to keep no more channels open than its idle pool (16) after 50 publishes gave up",
+            TimeSpan.FromMilliseconds(500));
+    }
+
+    [Fact]
+    public async Task A_publish_the_caller_gave_up_on_does_not_close_the_other_idle_channels()
+    {
+        await using var connection = new IoLaneConnection(RabbitMqNodes.Parse(Rabbit.ConnectionString), "io-publisher-cancel");
+        await using var publisher = new IoEventPublisher(connection, NullLogger<IoEventPublisher>.Instance);
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        // Several channels in the idle pool.
+        await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => publisher.PublishAsync([Event()], timeout.Token)));
+        Assert.True(publisher.ChannelsOpened >= 2, $"{publisher.ChannelsOpened} channels opened by 8 concurrent publishes");
+
+        // A client that times out mid-publish: its channel has confirms outstanding, the others are as good as before.
+        await using (ProcessPause.Of(await fixture.PidAsync()))
+        {
+            using var gaveUp = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => publisher.PublishAsync([Event()], gaveUp.Token));
+        }
+
+        var opened = publisher.ChannelsOpened;
+        await publisher.PublishAsync([Event()], timeout.Token);
+        Assert.True(opened == publisher.ChannelsOpened,
+            $"the publish after a cancelled one opened {publisher.ChannelsOpened - opened} new channel(s) instead of taking an idle one");
+    }
+
+    [Fact]
+    public async Task A_disposed_connection_opens_no_new_connection()
+    {
+        var connection = new IoLaneConnection(RabbitMqNodes.Parse(Rabbit.ConnectionString), "io-publisher-disposed");
+        await connection.DisposeAsync();
+
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => connection.GetAsync(CancellationToken.None));
+    }
+
+    [Fact]
+    public async Task Events_that_never_reached_a_channel_are_not_reported_in_doubt()
+    {
+        // Nothing listens on this port: no connection, so no channel, so nothing of the chunk was written anywhere.
+        var nodes = RabbitMqNodes.Parse($"amqp://nobody:nothing@127.0.0.1:{LocalPorts.Free()}");
+        await using var connection = new IoLaneConnection(nodes, "io-publisher-not-sent");
+        await using var publisher = new IoEventPublisher(connection, NullLogger<IoEventPublisher>.Instance);
+        // The status store is written only for confirmed events, and none is confirmed here.
+        var lane = new IoLanePublisher(publisher, new EventStatusStore(null!, Options.Create(new StatusOptions())),
+            Options.Create(new IngestOptions()), NullLogger<IoLanePublisher>.Instance);
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+
+        var failure = await Assert.ThrowsAsync<BrokerUnavailableException>(() =>
+            lane.PublishAsync([new ValidatedEvent($"io-{Guid.NewGuid():N}", "noop.io", "io", "{}")], DateTimeOffset.UtcNow, timeout.Token));
+
+        Assert.Empty(failure.Confirmed);
+        Assert.True(failure.Uncertain.Count == 0,
+            $"{failure.Uncertain.Count} event(s) never sent (the connection was refused: {failure.InnerException?.GetType().Name}) reported as in doubt");
     }
 }
