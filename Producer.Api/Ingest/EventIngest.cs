@@ -420,12 +420,10 @@ public sealed class EventIngest(
         // The budget and its options come from the request's services so that this path keeps its shape; the
         // reservation is made here, in the endpoint, i.e. after the API key was checked.
         var budget = request.HttpContext.RequestServices.GetRequiredService<InFlightIngestBudget>();
-        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        deadline.CancelAfter(budget.BodyReadTimeout);
         PooledRequestBody? body;
         try
         {
-            (body, var outcome) = await PooledRequestBody.ReadAsync(request.Body, request.ContentLength, maxBytes, budget, deadline.Token);
+            (body, var outcome) = await PooledRequestBody.ReadAsync(request.Body, request.ContentLength, maxBytes, budget, budget.BodyReadTimeout, cancellationToken);
             switch (outcome)
             {
                 case PooledRequestBody.Outcome.TooLarge:
@@ -433,11 +431,9 @@ public sealed class EventIngest(
                 case PooledRequestBody.Outcome.OverBudget:
                     return (null, null, budget.Refusal(request.HttpContext.RequestServices.GetRequiredService<ILogger<InFlightIngestBudget>>(),
                         request.ContentLength));
+                case PooledRequestBody.Outcome.TimedOut:
+                    return (null, null, budget.Timeout());
             }
-        }
-        catch (OperationCanceledException) when (deadline.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
-        {
-            return (null, null, budget.Timeout());
         }
         catch (BadHttpRequestException ex)
         {

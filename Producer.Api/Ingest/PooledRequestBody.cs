@@ -23,6 +23,7 @@ public sealed class PooledRequestBody : IDisposable
         Read,
         TooLarge,
         OverBudget,
+        TimedOut,
     }
 
     public int Length { get; private set; }
@@ -33,10 +34,11 @@ public sealed class PooledRequestBody : IDisposable
     /// <summary>
     /// Reads the whole body. <see cref="Outcome.TooLarge"/> when it is longer than <paramref name="maxBytes"/>;
     /// <see cref="Outcome.OverBudget"/> when the next buffer it needs would take the budget past its limit (nothing
-    /// of it is kept).
+    /// of it is kept); <see cref="Outcome.TimedOut"/> when the body has not all arrived within <paramref name="timeout"/>
+    /// (its buffers are given back: what a slow client holds, it holds for that long at most).
     /// </summary>
     public static async Task<(PooledRequestBody? Body, Outcome Outcome)> ReadAsync(
-        Stream body, long? contentLength, int maxBytes, InFlightIngestBudget budget, CancellationToken cancellationToken)
+        Stream body, long? contentLength, int maxBytes, InFlightIngestBudget budget, TimeSpan timeout, CancellationToken cancellationToken)
     {
         if (contentLength > maxBytes)
         {
@@ -48,6 +50,8 @@ public sealed class PooledRequestBody : IDisposable
         // the side tells a longer body (renting maxBytes + 1 would double the last buffer: the pool rents powers of two).
         var limit = contentLength ?? maxBytes;
         var read = new PooledRequestBody(budget);
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(timeout);
         try
         {
             // The buffer grows (doubling, from 16 KiB) only as bytes arrive: a client that announces a large body and
@@ -61,7 +65,7 @@ public sealed class PooledRequestBody : IDisposable
                 }
 
                 var room = (int)Math.Min(read._buffer.Length, limit) - read.Length;
-                var n = await body.ReadAsync(read._buffer.AsMemory(read.Length, room), cancellationToken);
+                var n = await body.ReadAsync(read._buffer.AsMemory(read.Length, room), deadline.Token);
                 if (n == 0)
                 {
                     break;
@@ -70,13 +74,18 @@ public sealed class PooledRequestBody : IDisposable
                 read.Length += n;
             }
 
-            if (contentLength is null && read.Length == maxBytes && await body.ReadAsync(new byte[1], cancellationToken) > 0)
+            if (contentLength is null && read.Length == maxBytes && await body.ReadAsync(new byte[1], deadline.Token) > 0)
             {
                 read.Dispose();
                 return (null, Outcome.TooLarge);
             }
 
             return (read, Outcome.Read);
+        }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            read.Dispose();
+            return (null, Outcome.TimedOut);
         }
         catch
         {

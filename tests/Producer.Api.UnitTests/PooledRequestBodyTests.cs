@@ -22,7 +22,7 @@ public sealed class PooledRequestBodyTests
     public async Task A_body_with_a_Content_Length_holds_exactly_that_many_bytes_of_the_budget()
     {
         var budget = Budget(32L * 1024 * 1024);
-        var (body, outcome) = await PooledRequestBody.ReadAsync(new MemoryStream(new byte[FourMiB]), FourMiB, FourMiB, budget, CancellationToken.None);
+        var (body, outcome) = await PooledRequestBody.ReadAsync(new MemoryStream(new byte[FourMiB]), FourMiB, FourMiB, budget, TimeSpan.FromSeconds(30), CancellationToken.None);
 
         Assert.Equal(PooledRequestBody.Outcome.Read, outcome);
         Assert.Equal(FourMiB, body!.Length);
@@ -38,7 +38,7 @@ public sealed class PooledRequestBodyTests
         var budget = Budget(256 * 1024);
         Assert.True(budget.TryReserve(200 * 1024)); // another submission's body
 
-        var (body, outcome) = await PooledRequestBody.ReadAsync(new MemoryStream(new byte[100 * 1024]), null, FourMiB, budget, CancellationToken.None);
+        var (body, outcome) = await PooledRequestBody.ReadAsync(new MemoryStream(new byte[100 * 1024]), null, FourMiB, budget, TimeSpan.FromSeconds(30), CancellationToken.None);
 
         Assert.Equal(PooledRequestBody.Outcome.OverBudget, outcome);
         Assert.Null(body);
@@ -49,7 +49,7 @@ public sealed class PooledRequestBodyTests
     public async Task A_body_alone_is_never_refused_for_the_budget()
     {
         var budget = Budget(64 * 1024);
-        var (body, outcome) = await PooledRequestBody.ReadAsync(new MemoryStream(new byte[FourMiB]), null, FourMiB, budget, CancellationToken.None);
+        var (body, outcome) = await PooledRequestBody.ReadAsync(new MemoryStream(new byte[FourMiB]), null, FourMiB, budget, TimeSpan.FromSeconds(30), CancellationToken.None);
 
         Assert.Equal(PooledRequestBody.Outcome.Read, outcome);
         using (body)
@@ -65,9 +65,24 @@ public sealed class PooledRequestBodyTests
     public async Task A_body_without_Content_Length_one_byte_past_the_limit_is_too_large_and_holds_nothing()
     {
         var budget = Budget(32L * 1024 * 1024);
-        var (body, outcome) = await PooledRequestBody.ReadAsync(new MemoryStream(new byte[FourMiB + 1]), null, FourMiB, budget, CancellationToken.None);
+        var (body, outcome) = await PooledRequestBody.ReadAsync(new MemoryStream(new byte[FourMiB + 1]), null, FourMiB, budget, TimeSpan.FromSeconds(30), CancellationToken.None);
 
         Assert.Equal(PooledRequestBody.Outcome.TooLarge, outcome);
+        Assert.Null(body);
+        Assert.Equal(0, budget.Held);
+    }
+
+    [Fact]
+    public async Task A_body_that_stops_arriving_times_out_and_gives_back_what_it_held()
+    {
+        var budget = Budget(32L * 1024 * 1024);
+        // 20 KiB arrive, then nothing (the writer stays open): a client that announced 4 MiB and stalled.
+        var pipe = new System.IO.Pipelines.Pipe();
+        await pipe.Writer.WriteAsync(new byte[20 * 1024]);
+
+        var (body, outcome) = await PooledRequestBody.ReadAsync(pipe.Reader.AsStream(), FourMiB, FourMiB, budget, TimeSpan.FromMilliseconds(300), CancellationToken.None);
+
+        Assert.Equal(PooledRequestBody.Outcome.TimedOut, outcome);
         Assert.Null(body);
         Assert.Equal(0, budget.Held);
     }
