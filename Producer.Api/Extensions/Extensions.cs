@@ -22,7 +22,7 @@ public static class ProducerExtensions
 
         builder.Services.AddOptions<RoutingOptions>().BindConfiguration("Routing");
         builder.Services.AddOptions<TestEventsOptions>().BindConfiguration("TestEvents");
-        builder.Services.AddOptions<IngestOptions>().BindConfiguration("Ingest")
+        builder.Services.AddOptions<IngestOptions>().BindConfiguration("Ingest").ValidateDataAnnotations()
             .Validate(o => o.MaxEventBytes > 0 && o.MaxBatchBytes >= o.MaxEventBytes && o.MaxBatchEvents > 0 && o.BrokerTimeout > TimeSpan.Zero && o.IoPublishChunk > 0,
                 "Ingest limits must be positive and MaxBatchBytes at least MaxEventBytes")
             .ValidateOnStart();

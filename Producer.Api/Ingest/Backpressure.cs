@@ -14,10 +14,16 @@ public sealed class BackpressureOptions
     public int RetryAfterSeconds { get; set; } = 2;
 
     /// <summary>
-    /// Request bytes this process holds at once across all submissions (read, parsed, waiting for their broker);
-    /// past it a submission gets 429. The default is eight of the largest batches.
+    /// Body bytes this process holds in memory at once across all submissions (arrived, parsed, waiting for their
+    /// broker); a submission whose body would take it further gets 429. The default is eight of the largest batches.
     /// </summary>
     public long MaxInFlightBytes { get; set; } = 32L * 1024 * 1024;
+
+    /// <summary>
+    /// How long a submission's body may take to arrive once its headers have; past it the answer is 408. Bounds how
+    /// long a slow client holds the bytes it has sent (Kestrel's minimum data rate alone lets 4 MiB take hours).
+    /// </summary>
+    public TimeSpan BodyReadTimeout { get; set; } = TimeSpan.FromSeconds(30);
 }
 
 /// <summary>
@@ -45,29 +51,41 @@ public sealed class Backpressure(LaneSampler sampler, IOptions<BackpressureOptio
 }
 
 /// <summary>
-/// Owns "the API's memory for submissions is bounded, whatever the number of clients": a submission reserves its body
-/// size (Content-Length; without one, the largest body its endpoint accepts) before its body is read, and gives it back
-/// when its answer is written. A submission that would take the bytes held past
-/// <see cref="BackpressureOptions.MaxInFlightBytes"/> gets 429 with Retry-After before anything of it is read or
-/// enqueued. One submission is always let in when nothing else is held, so a body the endpoint accepts can never be
-/// refused for its size alone (the size limits answer 413).
+/// Owns "the API's memory for submissions is bounded, whatever the number of clients, and a 429 writes nothing": the
+/// bytes a submission's body holds in memory (<see cref="PooledRequestBody"/> charges every buffer before it reads into
+/// it, so a body is counted as its bytes arrive, not as it announces them) are reserved here and given back when its
+/// answer is written. A body whose next buffer would take the bytes held past
+/// <see cref="BackpressureOptions.MaxInFlightBytes"/> gets 429 with Retry-After and nothing of it is enqueued. One
+/// submission is always let in when nothing else is held, so a body the endpoint accepts can never be refused for its
+/// size alone (the size limits answer 413).
 /// </summary>
+/// <remarks>
+/// Reserving the announced Content-Length up front let a client that announces a large body and sends it slowly hold
+/// the whole reservation for as long as it keeps above Kestrel's minimum data rate: eight such clients locked everyone
+/// out. Counting arrived bytes bounds the memory actually held, and <see cref="BackpressureOptions.BodyReadTimeout"/>
+/// bounds how long any body may hold it. The reservation is made by the endpoint, so after authentication.
+/// </remarks>
 public sealed class InFlightIngestBudget(IOptions<BackpressureOptions> options)
 {
+    public const string ProblemType = "https://eventpipeline.dev/problems/ingest-in-flight";
+    public const string BodyReadTimeoutType = "https://eventpipeline.dev/problems/body-read-timeout";
+
     private long _held;
 
     public long Held => Interlocked.Read(ref _held);
 
     public long Limit => options.Value.MaxInFlightBytes;
 
+    public TimeSpan BodyReadTimeout => options.Value.BodyReadTimeout;
+
     /// <returns>true when the bytes were reserved (give them back with <see cref="Release"/>); false when they would
-    /// take the total past the limit.</returns>
-    public bool TryReserve(long bytes)
+    /// take the total past the limit while others than the caller (who holds <paramref name="ownHeld"/>) hold bytes.</returns>
+    public bool TryReserve(long bytes, long ownHeld = 0)
     {
         while (true)
         {
             var held = Interlocked.Read(ref _held);
-            if (held > 0 && held + bytes > Limit)
+            if (held > ownHeld && held + bytes > Limit)
             {
                 return false;
             }
@@ -79,61 +97,33 @@ public sealed class InFlightIngestBudget(IOptions<BackpressureOptions> options)
         }
     }
 
+    /// <summary>Counts bytes already held whatever the limit (what the pool rounded a rented buffer up by).</summary>
+    public void Add(long bytes) => Interlocked.Add(ref _held, bytes);
+
     public void Release(long bytes) => Interlocked.Add(ref _held, -bytes);
-}
 
-/// <summary>Puts <c>POST /events</c> and <c>POST /events/batch</c> under the <see cref="InFlightIngestBudget"/>.</summary>
-public sealed class InFlightIngestLimit(RequestDelegate next, InFlightIngestBudget budget, IOptions<IngestOptions> ingest,
-    IOptions<BackpressureOptions> options, ILogger<InFlightIngestLimit> logger)
-{
-    /// <summary>The endpoint names (<c>EventsApi</c>) whose bodies are held until they are enqueued.</summary>
-    private static readonly Dictionary<string, Func<IngestOptions, int>> Submissions = new(StringComparer.Ordinal)
+    /// <summary>429 with Retry-After: nothing of the submission was enqueued and its buffers are given back.</summary>
+    public IResult Refusal(ILogger logger, long? announced)
     {
-        ["SubmitEvent"] = o => o.MaxEventBytes,
-        ["SubmitEventBatch"] = o => o.MaxBatchBytes,
-    };
-
-    public const string ProblemType = "https://eventpipeline.dev/problems/ingest-in-flight";
-
-    public async Task InvokeAsync(HttpContext context)
-    {
-        if (context.GetEndpoint()?.Metadata.GetMetadata<IEndpointNameMetadata>()?.EndpointName is not { } name
-            || !Submissions.TryGetValue(name, out var maxOf))
+        logger.LogInformation("Refusing a submission (Content-Length {Announced}): {Held} bytes of submissions are in memory (limit {Limit})",
+            announced, Held, Limit);
+        var problem = new ProblemDetails
         {
-            await next(context);
-            return;
-        }
-
-        // A larger Content-Length is answered 413 by the ingest path without reading it: count it at the limit.
-        var max = maxOf(ingest.Value);
-        var bytes = Math.Min(context.Request.ContentLength ?? max, max);
-        if (!budget.TryReserve(bytes))
-        {
-            logger.LogInformation("Refusing a submission of {Bytes} bytes: {Held} bytes of submissions are in flight (limit {Limit})",
-                bytes, budget.Held, budget.Limit);
-            var problem = new ProblemDetails
-            {
-                Status = StatusCodes.Status429TooManyRequests,
-                Type = ProblemType,
-                Title = "Too many submissions in flight",
-                Detail = "The API holds as many submitted bytes as it may while they are written to their brokers. " +
-                         "Nothing of this request was read or enqueued; retry after the indicated delay.",
-                Extensions = { ["inFlightBytes"] = budget.Held, ["limit"] = budget.Limit },
-            };
-            context.Response.Headers.RetryAfter = options.Value.RetryAfterSeconds.ToString(CultureInfo.InvariantCulture);
-            await TypedResults.Problem(problem).ExecuteAsync(context);
-            return;
-        }
-
-        try
-        {
-            await next(context);
-        }
-        finally
-        {
-            budget.Release(bytes);
-        }
+            Status = StatusCodes.Status429TooManyRequests,
+            Type = ProblemType,
+            Title = "Too many submissions in flight",
+            Detail = "The API holds as many submitted bytes as it may while they are read and written to their brokers. " +
+                     "Nothing of this request was enqueued; retry after the indicated delay.",
+            Extensions = { ["inFlightBytes"] = Held, ["limit"] = Limit },
+        };
+        return new HeaderResult(TypedResults.Problem(problem),
+            ("Retry-After", options.Value.RetryAfterSeconds.ToString(CultureInfo.InvariantCulture)));
     }
+
+    /// <summary>408: the body did not arrive within <see cref="BodyReadTimeout"/>; nothing of it was enqueued.</summary>
+    public IResult Timeout() =>
+        TypedResults.Problem(statusCode: StatusCodes.Status408RequestTimeout, type: BodyReadTimeoutType, title: "The body took too long to arrive",
+            detail: $"A submission's body must arrive within {BodyReadTimeout.TotalSeconds:0.###} s; nothing of this request was enqueued.");
 }
 
 public static class InFlightIngestExtensions
@@ -141,11 +131,9 @@ public static class InFlightIngestExtensions
     public static IHostApplicationBuilder AddInFlightIngestBudget(this IHostApplicationBuilder builder)
     {
         builder.Services.AddOptions<BackpressureOptions>()
-            .Validate(o => o.MaxInFlightBytes > 0, "Backpressure:MaxInFlightBytes must be positive");
+            .Validate(o => o.MaxInFlightBytes > 0, "Backpressure:MaxInFlightBytes must be positive")
+            .Validate(o => o.BodyReadTimeout > TimeSpan.Zero, "Backpressure:BodyReadTimeout must be positive");
         builder.Services.AddSingleton<InFlightIngestBudget>();
         return builder;
     }
-
-    /// <summary>After routing (the endpoint's name decides), before the endpoint reads the body.</summary>
-    public static IApplicationBuilder UseInFlightIngestLimit(this IApplicationBuilder app) => app.UseMiddleware<InFlightIngestLimit>();
 }

@@ -13,10 +13,20 @@ using Microsoft.Extensions.Options;
 
 namespace EventPipeline.Producer.Ingest;
 
+/// <remarks>Ranges are checked when the API starts (a bad setting fails the start naming it). A body is read into one
+/// array: 1 GiB is the most an array pool bucket holds and far past any sane request, and it keeps sizes derived from
+/// these limits (a limit + 1) within an int.</remarks>
 public sealed class IngestOptions
 {
+    public const int MaxBodyBytes = 1024 * 1024 * 1024;
+
+    [System.ComponentModel.DataAnnotations.Range(1, MaxBodyBytes)]
     public int MaxEventBytes { get; set; } = 256 * 1024;
+
+    [System.ComponentModel.DataAnnotations.Range(1, MaxBodyBytes)]
     public int MaxBatchBytes { get; set; } = 4 * 1024 * 1024;
+
+    [System.ComponentModel.DataAnnotations.Range(1, 100_000)]
     public int MaxBatchEvents { get; set; } = 1000;
 
     /// <summary>
@@ -32,6 +42,7 @@ public sealed class IngestOptions
     /// CPU lane: replicas that must hold a write (Redis <c>WAIT</c>) before it is answered 202; 0 trusts the primary
     /// alone (a failover can lose what it had not yet replicated). See docs/ha.md.
     /// </summary>
+    [System.ComponentModel.DataAnnotations.Range(0, 100)]
     public int RedisReplicaAcks { get; set; }
 
     /// <summary>How long <c>WAIT</c> waits for <see cref="RedisReplicaAcks"/> replicas before the answer is 503.</summary>
@@ -406,14 +417,22 @@ public sealed class EventIngest(
             return (null, null, TooLarge(maxBytes));
         }
 
-        // Read at most maxBytes + 1 so a body without Content-Length cannot grow past the limit either.
+        // The budget and its options come from the request's services so that this path keeps its shape; the
+        // reservation is made here, in the endpoint, i.e. after the API key was checked.
+        var budget = request.HttpContext.RequestServices.GetRequiredService<InFlightIngestBudget>();
         PooledRequestBody? body;
         try
         {
-            body = await PooledRequestBody.ReadAsync(request.Body, request.ContentLength, maxBytes, cancellationToken);
-            if (body is null)
+            (body, var outcome) = await PooledRequestBody.ReadAsync(request.Body, request.ContentLength, maxBytes, budget, budget.BodyReadTimeout, cancellationToken);
+            switch (outcome)
             {
-                return (null, null, TooLarge(maxBytes));
+                case PooledRequestBody.Outcome.TooLarge:
+                    return (null, null, TooLarge(maxBytes));
+                case PooledRequestBody.Outcome.OverBudget:
+                    return (null, null, budget.Refusal(request.HttpContext.RequestServices.GetRequiredService<ILogger<InFlightIngestBudget>>(),
+                        request.ContentLength));
+                case PooledRequestBody.Outcome.TimedOut:
+                    return (null, null, budget.Timeout());
             }
         }
         catch (BadHttpRequestException ex)
@@ -426,11 +445,11 @@ public sealed class EventIngest(
 
         try
         {
-            return (body, JsonDocument.Parse(body.Memory, JsonOptions), null);
+            return (body, JsonDocument.Parse(body!.Memory, JsonOptions), null);
         }
         catch (JsonException ex)
         {
-            body.Dispose();
+            body!.Dispose();
             return (null, null, Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body is not valid JSON", ex.Message));
         }
     }

@@ -25,7 +25,8 @@ public static class IoLaneExtensions
         builder.Services.AddOptions<StatusOptions>().BindConfiguration("Status");
         builder.Services.AddSingleton<EventStatusStore>();
 
-        var lane = builder.Configuration.GetSection("IoLane").Get<IoLaneOptions>() ?? new IoLaneOptions();
+        // Everything below reads the validated IoLaneOptions from the container (never a raw Get<> of the section, which
+        // skips the [Range] checks): a bad setting fails the start with its name instead of configuring the bus with it.
         builder.Services.AddHttpClient(DownstreamClient.HttpClientName, (sp, http) =>
                 http.Timeout = sp.GetRequiredService<IOptions<DownstreamOptions>>().Value.Timeout)
             // The client lives as long as the process (it holds the rate limiters): recycle connections for DNS changes.
@@ -34,11 +35,11 @@ public static class IoLaneExtensions
             // One connection per message the endpoint runs at once, no more: a burst never opens more sockets to a
             // downstream than there can be calls, and the pool keeps them between bursts (idle timeout) instead of
             // paying the handshakes again.
-            .ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler
+            .ConfigurePrimaryHttpMessageHandler(sp => new SocketsHttpHandler
             {
                 PooledConnectionLifetime = TimeSpan.FromMinutes(5),
                 PooledConnectionIdleTimeout = TimeSpan.FromMinutes(2),
-                MaxConnectionsPerServer = lane.ConcurrentMessageLimit,
+                MaxConnectionsPerServer = sp.GetRequiredService<IOptions<IoLaneOptions>>().Value.ConcurrentMessageLimit,
                 AllowAutoRedirect = false,
             });
         builder.Services.AddSingleton(sp => new DownstreamClient(
@@ -55,6 +56,7 @@ public static class IoLaneExtensions
             bus.AddConsumer<BrokerDeadLetterStatusConsumer>();
             bus.UsingRabbitMq((context, cfg) =>
             {
+                var lane = context.GetRequiredService<IOptions<IoLaneOptions>>().Value;
                 // One node, or every node of a cluster (MassTransit moves to another when its node dies).
                 RabbitMqNodes.Parse(connectionString).ConfigureHost(cfg);
                 // Without this the error queue inherits the lane queue's delivery limit and dead-letter target, and
@@ -92,8 +94,9 @@ public static class IoLaneExtensions
             });
         });
 
-        builder.Services.Configure<MassTransitHostOptions>(options =>
+        builder.Services.AddOptions<MassTransitHostOptions>().Configure<IOptions<IoLaneOptions>>((options, validated) =>
         {
+            var lane = validated.Value;
             options.WaitUntilStarted = false;
             // Without a StopTimeout the bus waits forever for in-flight messages on shutdown. ConsumerStopTimeout is the
             // grace period for in-flight deliveries; after it their CancellationToken fires, the HTTP call is abandoned
@@ -101,7 +104,7 @@ public static class IoLaneExtensions
             options.ConsumerStopTimeout = lane.ConsumerStopTimeout;
             options.StopTimeout = lane.StopTimeout;
         });
-        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = lane.StopTimeout + TimeSpan.FromSeconds(5));
+        builder.Services.AddOptions<HostOptions>().Configure<IOptions<IoLaneOptions>>((o, lane) => o.ShutdownTimeout = lane.Value.StopTimeout + TimeSpan.FromSeconds(5));
         return builder;
     }
 }
