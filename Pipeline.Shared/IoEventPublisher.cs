@@ -72,14 +72,7 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
     /// <summary>Channels this publisher has opened so far (tests: a publish that should reuse an idle channel opens none).</summary>
     internal int ChannelsOpened => Volatile.Read(ref _channelsOpened);
 
-    public Task PublishAsync(IReadOnlyList<IoEventSubmitted> events, CancellationToken cancellationToken) =>
-        PublishAsync(events, null, cancellationToken);
-
-    /// <param name="progress">
-    /// Set to sent once the first message is handed to a channel: a publish that failed before that (no place under the
-    /// channel cap, no connection, no channel in time) wrote nothing, so none of its events can be held by the broker.
-    /// </param>
-    public async Task PublishAsync(IReadOnlyList<IoEventSubmitted> events, IoPublishProgress? progress, CancellationToken cancellationToken)
+    public async Task PublishAsync(IReadOnlyList<IoEventSubmitted> events, CancellationToken cancellationToken)
     {
         if (events.Count == 0)
         {
@@ -105,7 +98,6 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
         {
             (channel, epoch) = await RentAsync(slot, cancellationToken);
             var sentTime = DateTime.UtcNow;
-            progress?.MarkSent();
             confirms = new Task[events.Count];
             for (var i = 0; i < events.Count; i++)
             {
@@ -298,17 +290,6 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
             await DiscardAsync(idle.Channel);
         }
     }
-}
-
-/// <summary>Whether a publish got as far as writing to a channel (<see cref="IoEventPublisher.PublishAsync(IReadOnlyList{IoEventSubmitted}, IoPublishProgress?, CancellationToken)"/>).</summary>
-public sealed class IoPublishProgress
-{
-    private int _sent;
-
-    /// <summary>False: nothing was written, so the broker holds none of the publish's events.</summary>
-    public bool Sent => Volatile.Read(ref _sent) == 1;
-
-    internal void MarkSent() => Volatile.Write(ref _sent, 1);
 }
 
 /// <summary>

@@ -11,8 +11,10 @@ namespace EventPipeline.Producer.Ingest;
 /// the messages in its durable quorum queue. The status is written after the confirm and never moves a running event
 /// backwards. A batch goes out in chunks of <see cref="IngestOptions.IoPublishChunk"/>, each confirmed before the next:
 /// the messages one request holds in memory at once stay bounded however large the batch. When a chunk fails, the
-/// chunks before it are reported as confirmed and that chunk as in doubt (the 503's <c>uncertainIds</c>) unless none of it
-/// was written (then it was not enqueued); the publisher replaces the channel it failed on, so the next request does not inherit a refusal.
+/// chunks before it are reported as confirmed and that chunk as in doubt (the 503's <c>uncertainIds</c>) — also when this
+/// request wrote none of it (no connection, no channel in time): an earlier try of the same ids may have left them with the
+/// broker unconfirmed, so "not written now" is not "not held". The publisher replaces the channel it failed on, so the
+/// next request does not inherit a refusal.
 /// </summary>
 public sealed class IoLanePublisher(IoEventPublisher publisher, EventStatusStore statuses, IOptions<IngestOptions> options, ILogger<IoLanePublisher> logger) : ILanePublisher
 {
@@ -27,16 +29,13 @@ public sealed class IoLanePublisher(IoEventPublisher publisher, EventStatusStore
             foreach (var chunk in events.Chunk(options.Value.IoPublishChunk))
             {
                 var messages = Array.ConvertAll(chunk, e => new IoEventSubmitted(e.Id, e.Type, e.Payload, acceptedAt, e.Target));
-                var progress = new IoPublishProgress();
                 try
                 {
-                    await publisher.PublishAsync(messages, progress, cancellationToken);
+                    await publisher.PublishAsync(messages, cancellationToken);
                 }
                 catch (Exception ex)
                 {
-                    // A chunk that never reached a channel (no connection, no channel in time) is not in doubt: it was
-                    // not enqueued, like the chunks after it.
-                    throw new BrokerUnavailableException(Lane, ex, confirmed, progress.Sent ? chunk : []);
+                    throw new BrokerUnavailableException(Lane, ex, confirmed, chunk);
                 }
 
                 confirmed.AddRange(chunk);

@@ -29,7 +29,7 @@ public sealed class BrokerOutageTests : IAsyncLifetime
         return (response, watch.Elapsed);
     }
 
-    private static async Task AssertUnavailableAsync(HttpResponseMessage response, TimeSpan took, string lane)
+    private static async Task<JsonElement> AssertUnavailableAsync(HttpResponseMessage response, TimeSpan took, string lane)
     {
         Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
         Assert.True(took < AnswerDeadline, $"the 503 took {took}");
@@ -37,6 +37,7 @@ public sealed class BrokerOutageTests : IAsyncLifetime
         var problem = await response.Content.ReadFromJsonAsync<JsonElement>();
         Assert.Equal("https://eventpipeline.dev/problems/broker-unavailable", problem.GetProperty("type").GetString());
         Assert.Equal(lane, problem.GetProperty("lane").GetString());
+        return problem;
     }
 
     [Fact]
@@ -97,6 +98,32 @@ public sealed class BrokerOutageTests : IAsyncLifetime
         Assert.True(await _host.Rabbit.MessageCountAsync("events-io") >= 2);
         Assert.Equal(HttpStatusCode.OK, (await SubmitAsync("noop.io", id)).Response.StatusCode); // idempotency survived
     }
+
+    [Fact]
+    public async Task A_retry_that_cannot_reach_rabbitmq_still_names_an_event_an_earlier_try_left_in_doubt()
+    {
+        Assert.Equal(HttpStatusCode.Accepted, (await SubmitAsync("noop.io")).Response.StatusCode);
+        var id = "doubt-" + Guid.NewGuid().ToString("N");
+        var pid = int.Parse((await _host.Rabbit.CtlAsync("eval", "list_to_integer(os:getpid()).")).Trim().Split('\n').Last(),
+            System.Globalization.CultureInfo.InvariantCulture);
+        await using (ProcessPause.Of(pid))
+        {
+            // The publish is written to a paused broker and never confirmed: the 503 names the event as in doubt (the
+            // broker may still take it when it resumes).
+            var (first, took) = await SubmitAsync("noop.io", id);
+            Assert.Contains(id, Ids(await AssertUnavailableAsync(first, took, "io"), "uncertainIds"));
+            // Then the broker dies for good (SIGKILL reaches a stopped process).
+            await _host.Rabbit.KillAsync();
+        }
+
+        // The retry cannot even open a channel, so it writes nothing — but the earlier try's copy may be held: the
+        // event is still in doubt, never "not enqueued".
+        var (retry, retryTook) = await SubmitAsync("noop.io", id);
+        Assert.Contains(id, Ids(await AssertUnavailableAsync(retry, retryTook, "io"), "uncertainIds"));
+    }
+
+    private static List<string> Ids(JsonElement problem, string property) =>
+        problem.TryGetProperty(property, out var ids) ? [.. ids.EnumerateArray().Select(i => i.GetString()!)] : [];
 
     [Fact]
     public async Task Redis_down_gives_503_for_the_cpu_lane_and_recovers_without_an_api_restart()

@@ -143,24 +143,4 @@ public sealed class IoEventPublisherTests(IoEventPublisherRabbit fixture) : ICla
 
         await Assert.ThrowsAsync<ObjectDisposedException>(() => connection.GetAsync(CancellationToken.None));
     }
-
-    [Fact]
-    public async Task Events_that_never_reached_a_channel_are_not_reported_in_doubt()
-    {
-        // Nothing listens on this port: no connection, so no channel, so nothing of the chunk was written anywhere.
-        var nodes = RabbitMqNodes.Parse($"amqp://nobody:nothing@127.0.0.1:{LocalPorts.Free()}");
-        await using var connection = new IoLaneConnection(nodes, "io-publisher-not-sent");
-        await using var publisher = new IoEventPublisher(connection, NullLogger<IoEventPublisher>.Instance);
-        // The status store is written only for confirmed events, and none is confirmed here.
-        var lane = new IoLanePublisher(publisher, new EventStatusStore(null!, Options.Create(new StatusOptions())),
-            Options.Create(new IngestOptions()), NullLogger<IoLanePublisher>.Instance);
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-
-        var failure = await Assert.ThrowsAsync<BrokerUnavailableException>(() =>
-            lane.PublishAsync([new ValidatedEvent($"io-{Guid.NewGuid():N}", "noop.io", "io", "{}")], DateTimeOffset.UtcNow, timeout.Token));
-
-        Assert.Empty(failure.Confirmed);
-        Assert.True(failure.Uncertain.Count == 0,
-            $"{failure.Uncertain.Count} event(s) never sent (the connection was refused: {failure.InnerException?.GetType().Name}) reported as in doubt");
-    }
 }
