@@ -174,9 +174,12 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
     private async Task<(IChannel Channel, int Epoch)> RentAsync(Slot slot, CancellationToken cancellationToken)
     {
         var epoch = Volatile.Read(ref _epoch);
+        // After a recovery (a new generation) the idle channels come back on the new connection but nothing declared
+        // the lane there (the broker may have lost it): they are not used until a new channel has declared it again.
+        var declaredNow = Volatile.Read(ref _declared) == DeclaredKey(connection.Generation, epoch);
         while (_idle.TryDequeue(out var idle))
         {
-            if (idle.Epoch == epoch && idle.Channel.IsOpen)
+            if (idle.Epoch == epoch && idle.Channel.IsOpen && declaredNow)
             {
                 return idle;
             }
@@ -211,8 +214,11 @@ public sealed class IoEventPublisher(IoLaneConnection connection, ILogger<IoEven
     /// Opens a channel without passing the caller's token to RabbitMQ.Client: its 7.2 <c>Channel.OpenAsync</c>, cancelled
     /// after <c>channel.open</c> went out, neither closes the session nor hands the channel back, so the broker keeps it
     /// open for the life of the connection (towards <c>channel_max</c>, then every publish is refused). The open is
-    /// bounded by the connection's <c>ContinuationTimeout</c>; a caller that gives up leaves it to finish, and the channel
-    /// is closed then. Until that, it keeps its place under <see cref="MaxChannels"/> (<paramref name="slot"/>).
+    /// bounded by the connection's <c>ContinuationTimeout</c> (10 s); a caller that gives up leaves it to finish, and the
+    /// channel is closed then. Until that, it keeps its place under <see cref="MaxChannels"/> (<paramref name="slot"/>).
+    /// Not covered: an open that takes longer than <c>ContinuationTimeout</c> ends in the library's own timeout, which
+    /// takes the same path, so a broker slower than 10 s per <c>channel.open</c> still leaves up to
+    /// <see cref="MaxChannels"/> channels per episode on its side (a library limit of 7.2.2; documented in io-lane.md).
     /// </summary>
     private async Task<IChannel> OpenChannelAsync(IConnection open, Slot slot, CancellationToken cancellationToken)
     {

@@ -154,6 +154,20 @@ public sealed class IoLaneConnection(RabbitMqNodes nodes, string clientName) : I
             connecting = _connecting;
         }
 
+        if (connecting is { IsCompleted: false })
+        {
+            // A connect past its own disposed check (it installed its connection just before this dispose) finishes
+            // and returns that connection to nobody: wait for it (bounded) and close it here.
+            try
+            {
+                await connecting.WaitAsync(TimeSpan.FromSeconds(10));
+            }
+            catch (Exception)
+            {
+                // It failed or took too long: nothing of it to close (a connect that saw the flag disposed its own).
+            }
+        }
+
         if (connecting is { IsCompletedSuccessfully: true })
         {
             var connection = connecting.Result;

@@ -132,7 +132,8 @@ public static class InFlightIngestExtensions
     {
         builder.Services.AddOptions<BackpressureOptions>()
             .Validate(o => o.MaxInFlightBytes > 0, "Backpressure:MaxInFlightBytes must be positive")
-            .Validate(o => o.BodyReadTimeout > TimeSpan.Zero, "Backpressure:BodyReadTimeout must be positive");
+            .Validate(o => o.BodyReadTimeout > TimeSpan.Zero && o.BodyReadTimeout <= TimeSpan.FromDays(1),
+                "Backpressure:BodyReadTimeout must be positive and at most a day (a CancellationTokenSource takes up to ~24.8 days)");
         builder.Services.AddSingleton<InFlightIngestBudget>();
         return builder;
     }

@@ -438,9 +438,13 @@ public sealed class EventIngest(
         catch (BadHttpRequestException ex)
         {
             // Kestrel's own limits (MaxRequestBodySize, minimum data rate) or a broken chunked encoding.
-            return (null, null, ex.StatusCode == StatusCodes.Status413PayloadTooLarge
-                ? TooLarge(maxBytes)
-                : Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body could not be read", ex.Message));
+            return (null, null, ex.StatusCode switch
+            {
+                StatusCodes.Status413PayloadTooLarge => TooLarge(maxBytes),
+                // Kestrel's own body timeout (minimum data rate): the same answer as the API's body read deadline.
+                StatusCodes.Status408RequestTimeout => budget.Timeout(),
+                _ => Problems.Problem(StatusCodes.Status400BadRequest, Problems.MalformedJson, "The body could not be read", ex.Message),
+            });
         }
 
         try

@@ -14,6 +14,7 @@ public sealed class IngestOptionsValidationTests
     [InlineData("Ingest:MaxBatchBytes", "2147483647", "MaxBatchBytes")]
     [InlineData("Ingest:MaxEventBytes", "0", "MaxEventBytes")]
     [InlineData("Ingest:IoPublishChunk", "20000", "IoPublishChunk")]
+    [InlineData("Backpressure:BodyReadTimeout", "30.00:00:00", "BodyReadTimeout")]
     public void An_ingest_limit_out_of_range_fails_the_start_naming_it(string key, string value, string named)
     {
         var builder = WebApplication.CreateBuilder();
@@ -26,6 +27,7 @@ public sealed class IngestOptionsValidationTests
             ["Auth:ApiKeys:Admin"] = "admin-key-0123456789",
         });
         builder.AddApplicationServices();
+        builder.AddInFlightIngestBudget();
         using var services = builder.Services.BuildServiceProvider();
 
         // What the host runs before it starts anything (ValidateOnStart).

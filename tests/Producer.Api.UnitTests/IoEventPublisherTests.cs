@@ -75,6 +75,29 @@ public sealed class IoEventPublisherTests(IoEventPublisherRabbit fixture) : ICla
     }
 
     [Fact]
+    public async Task After_a_recovery_the_lane_is_declared_again_before_a_pooled_channel_publishes()
+    {
+        await using var connection = new IoLaneConnection(RabbitMqNodes.Parse(Rabbit.ConnectionString), "io-publisher-recovered");
+        await using var publisher = new IoEventPublisher(connection, NullLogger<IoEventPublisher>.Instance);
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        // Several idle channels in the pool.
+        await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => publisher.PublishAsync([Event()], timeout.Token)));
+
+        // The broker loses the lane's queue (as a reset that lost its data would) and drops the connection; the client's
+        // automatic recovery brings the connection back, and the pooled channels with it.
+        await Rabbit.CtlAsync("delete_queue", IoLaneTopology.QueueName);
+        var generation = connection.Generation;
+        await Rabbit.CtlAsync("close_all_connections", "test: broker restarted");
+        await Eventually.TrueAsync(() => Task.FromResult(connection.Generation != generation), TimeSpan.FromSeconds(30),
+            "the publishers' connection to recover", TimeSpan.FromMilliseconds(100));
+
+        // The first publish after the recovery is confirmed: a pooled channel would have published to an exchange with
+        // no queue bound (returned: a 503) — the lane is declared again first.
+        await publisher.PublishAsync([Event()], timeout.Token);
+        Assert.Equal(1u, await Rabbit.MessageCountAsync(IoLaneTopology.QueueName));
+    }
+
+    [Fact]
     public async Task Publishes_that_give_up_while_the_broker_is_slow_leave_no_channel_open()
     {
         const string name = "io-publisher-gave-up";
