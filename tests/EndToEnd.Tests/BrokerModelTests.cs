@@ -25,10 +25,7 @@ public sealed class BrokerModelTests(ITestOutputHelper output) : IDisposable
         args.Remove("Brokers:Mode=Executables");
         args.Add($"Brokers:Mode={mode}");
         var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.AppHost>([.. args]);
-        // Never started, so nothing to stop; without this a second model in the same process waited out the host's
-        // default 30 s shutdown timeout on dispose (about a minute of the suite for four model reads).
-        builder.Services.Configure<Microsoft.Extensions.Hosting.HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(2));
-        return await builder.BuildAsync();
+        return await builder.BuildNeverStartedAsync();
     }
 
     /// <summary>The arguments the resource would be started with in run mode, evaluated as Aspire evaluates them.</summary>

@@ -25,9 +25,7 @@ public sealed class LocalPortTests : IDisposable
         var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.AppHost>(
             [.. AppHostArguments.ForTest(_data.Path, "submit-" + Guid.NewGuid().ToString("N"), "admin-" + Guid.NewGuid().ToString("N"), "ports"),
              "Brokers:Topology=Cluster"]);
-        // Never started: disposed at once (as in BrokerModelTests).
-        builder.Services.Configure<Microsoft.Extensions.Hosting.HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(2));
-        await using var app = await builder.BuildAsync();
+        await using var app = await builder.BuildNeverStartedAsync();
         var ports = app.Services.GetRequiredService<DistributedApplicationModel>().Resources
             .SelectMany(r => r.Annotations.OfType<EndpointAnnotation>().Where(e => !e.IsProxied && e.Port is not null)
                 .Select(e => (Endpoint: $"{r.Name}/{e.Name}", Port: e.Port!.Value)))

@@ -63,9 +63,7 @@ public sealed class LocalRabbitMqEpmdTests(ITestOutputHelper output) : IDisposab
         var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.AppHost>(
             [.. AppHostArguments.ForTest(_data.Path, "submit-" + Guid.NewGuid().ToString("N"), "admin-" + Guid.NewGuid().ToString("N"), "epmd"),
              "Monitoring:Enabled=false"]);
-        // Never started: disposed at once (as in BrokerModelTests; otherwise the host's 30 s shutdown timeout).
-        builder.Services.Configure<Microsoft.Extensions.Hosting.HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(2));
-        await using var app = await builder.BuildAsync();
+        await using var app = await builder.BuildNeverStartedAsync();
         var model = app.Services.GetRequiredService<DistributedApplicationModel>();
         var node = model.Resources.OfType<LocalRabbitMQResource>().Single(r => r.Name == "rabbitmq");
         var epmd = model.Resources.OfType<EpmdResource>().Single();
