@@ -21,11 +21,13 @@ public sealed class TestEventsOptions
 /// follows along: processing → succeeded, or retrying → dead. The intermediate states are best effort (a later write
 /// replaces them); a final one is written before the message is acknowledged or moved (<see cref="FinalStatusWrite"/>):
 /// a status store outage holds the message, it neither dead-letters the event, nor repeats a delivery that succeeded,
-/// nor leaves an event <c>processing</c> forever once the broker has let go of it.
+/// nor leaves an event <c>processing</c> forever once the broker has let go of it. The start check and the success go
+/// through <see cref="StatusWriteCoalescer"/>, which sends those of concurrent deliveries together.
 /// </summary>
 public sealed class IoEventConsumer(
     DownstreamClient downstream,
     EventStatusStore statuses,
+    StatusWriteCoalescer coalescedStatuses,
     PipelineMetrics metrics,
     IOptions<IoLaneOptions> options,
     IOptions<TestEventsOptions> testEvents,
@@ -40,7 +42,7 @@ public sealed class IoEventConsumer(
         Activity.Current?.SetTag("eventpipeline.attempt", attempt);
 
         // The start check: an event that already succeeded, was cancelled or expired is acknowledged without a call.
-        if (await BestEffort(() => statuses.TryStartAsync(message.EventId, attempt, context.MessageId?.ToString("N") ?? ""), StartDecision.Start, message.EventId) is not StartDecision.Start and var refused)
+        if (await BestEffort(() => coalescedStatuses.TryStartAsync(message.EventId, attempt, context.MessageId?.ToString("N") ?? ""), StartDecision.Start, message.EventId) is not StartDecision.Start and var refused)
         {
             logger.LogInformation("Event {EventId} not started ({Decision}); acknowledging it without calling downstream", message.EventId, refused);
             if (refused is StartDecision.Cancelled or StartDecision.Expired)
@@ -80,7 +82,7 @@ public sealed class IoEventConsumer(
             throw;
         }
 
-        await FinalStatusWrite.UntilWrittenAsync(() => statuses.MarkSucceededAsync(message.EventId, attempt, ""),
+        await FinalStatusWrite.UntilWrittenAsync(() => coalescedStatuses.MarkSucceededAsync(message.EventId, attempt, ""),
             message.EventId, EventStates.Succeeded, logger, context.CancellationToken);
         metrics.Processed(Lanes.Io, message.Type, Outcomes.Succeeded, Stopwatch.GetElapsedTime(started));
         metrics.Finished(Lanes.Io, Outcomes.Succeeded, message.AcceptedAt);

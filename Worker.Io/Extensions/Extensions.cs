@@ -24,6 +24,7 @@ public static class IoLaneExtensions
         builder.Services.AddOptions<TestEventsOptions>().BindConfiguration("TestEvents");
         builder.Services.AddOptions<StatusOptions>().BindConfiguration("Status");
         builder.Services.AddSingleton<EventStatusStore>();
+        builder.Services.AddSingleton<StatusWriteCoalescer>();
 
         // Everything below reads the validated IoLaneOptions from the container (never a raw Get<> of the section, which
         // skips the [Range] checks): a bad setting fails the start with its name instead of configuring the bus with it.
@@ -41,7 +42,10 @@ public static class IoLaneExtensions
                 PooledConnectionIdleTimeout = TimeSpan.FromMinutes(2),
                 MaxConnectionsPerServer = sp.GetRequiredService<IOptions<IoLaneOptions>>().Value.ConcurrentMessageLimit,
                 AllowAutoRedirect = false,
-            });
+            })
+            // No IHttpClientFactory logging handlers: they open a log scope for every call and log only at Information,
+            // which this client's category never shows; DownstreamClient logs every failure itself.
+            .RemoveAllLoggers();
         builder.Services.AddSingleton(sp => new DownstreamClient(
             sp.GetRequiredService<IHttpClientFactory>().CreateClient(DownstreamClient.HttpClientName),
             sp.GetRequiredService<IOptions<DownstreamOptions>>(),

@@ -179,28 +179,37 @@ public sealed class IoLaneHost : IAsyncDisposable
     /// Puts an I/O event straight into <c>events-io</c> in MassTransit's envelope, as any publisher with broker access
     /// could, bypassing the API's validation: what the worker does with it is all its own checks.
     /// </summary>
-    public async Task PublishDirectAsync(string eventId, string type, JsonObject payload, string? target)
+    public Task PublishDirectAsync(string eventId, string type, JsonObject payload, string? target) =>
+        PublishDirectAsync([(eventId, type, payload, target)]);
+
+    /// <summary>Many events straight into <c>events-io</c> on one channel, each confirmed by the broker.</summary>
+    public async Task PublishDirectAsync(IReadOnlyList<(string EventId, string Type, JsonObject Payload, string? Target)> events)
     {
-        var envelope = new JsonObject
-        {
-            ["messageId"] = Guid.NewGuid().ToString(),
-            ["messageType"] = new JsonArray("urn:message:EventPipeline.Contracts:IoEventSubmitted"),
-            ["message"] = new JsonObject
-            {
-                ["eventId"] = eventId,
-                ["type"] = type,
-                ["payload"] = payload.ToJsonString(),
-                ["acceptedAt"] = DateTimeOffset.UtcNow.ToString("O"),
-                ["target"] = target,
-            },
-            ["sentTime"] = DateTimeOffset.UtcNow.ToString("O"),
-            ["headers"] = new JsonObject(),
-        };
         await using var connection = await Rabbit.ConnectAsync();
         await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
         var properties = new BasicProperties { ContentType = "application/vnd.masstransit+json", Persistent = true };
-        await channel.BasicPublishAsync("", QueueName, mandatory: true, properties, Encoding.UTF8.GetBytes(envelope.ToJsonString()));
+        // All at once, confirms awaited together: the queue fills as fast as the broker takes them.
+        await Task.WhenAll(events.Select(async e =>
+        {
+            var (eventId, type, payload, target) = e;
+            var envelope = new JsonObject
+            {
+                ["messageId"] = Guid.NewGuid().ToString(),
+                ["messageType"] = new JsonArray("urn:message:EventPipeline.Contracts:IoEventSubmitted"),
+                ["message"] = new JsonObject
+                {
+                    ["eventId"] = eventId,
+                    ["type"] = type,
+                    ["payload"] = payload.ToJsonString(),
+                    ["acceptedAt"] = DateTimeOffset.UtcNow.ToString("O"),
+                    ["target"] = target,
+                },
+                ["sentTime"] = DateTimeOffset.UtcNow.ToString("O"),
+                ["headers"] = new JsonObject(),
+            };
+            await channel.BasicPublishAsync("", QueueName, mandatory: true, properties, Encoding.UTF8.GetBytes(envelope.ToJsonString()));
+        }));
     }
 
     public static string NewId(string prefix) => $"{prefix}-{Guid.NewGuid():N}";
