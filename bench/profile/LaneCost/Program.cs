@@ -7,7 +7,9 @@
 // Commands per event do not depend on the machine's load: they are the yardstick to compare code changes with.
 // Usage: dotnet build -c Release Producer.Api Worker.Cpu
 //        dotnet run -c Release --project bench/profile/LaneCost -- [events=10000] [batch=100] [connections=8]
-//            [warmup=5000] [monitorEvents=2000] [--api KEY=VALUE ...] [--worker KEY=VALUE ...]
+//            [warmup=5000] [monitorEvents=2000] [--iterations I] [--api KEY=VALUE ...] [--worker KEY=VALUE ...]
+//        --iterations I sends `hash.pbkdf2` with I iterations instead of `noop.cpu` (the PBKDF2 lane, where events
+//        finish one at a time and each round trip is paid alone).
 using System.Diagnostics;
 using System.Globalization;
 using System.Net.Http.Headers;
@@ -20,9 +22,14 @@ using StackExchange.Redis;
 var positional = new List<int>();
 var apiExtra = new Dictionary<string, string?>();
 var workerExtra = new Dictionary<string, string?>();
+var iterations = 0;
 for (var i = 0; i < args.Length; i++)
 {
-    if (args[i] is "--api" or "--worker")
+    if (args[i] == "--iterations")
+    {
+        iterations = int.Parse(args[++i], CultureInfo.InvariantCulture);
+    }
+    else if (args[i] is "--api" or "--worker")
     {
         var pair = args[++i].Split('=', 2);
         (args[i - 1] == "--api" ? apiExtra : workerExtra)[pair[0]] = pair[1];
@@ -42,7 +49,7 @@ var monitorEvents = Arg(4, 2_000);
 const string SubmitKey = "lanecost-submit-key-0123456789ab";
 
 Console.WriteLine($"cores {Environment.ProcessorCount}; load average at start: {File.ReadAllText("/proc/loadavg").Trim()}");
-Console.WriteLine($"events {events}, batch {batch}, connections {connections}, warm-up {warmup}, monitored {monitorEvents}; api {Show(apiExtra)}; worker {Show(workerExtra)}");
+Console.WriteLine($"type {(iterations > 0 ? $"hash.pbkdf2 × {iterations} iterations" : "noop.cpu")}, events {events}, batch {batch}, connections {connections}, warm-up {warmup}, monitored {monitorEvents}; api {Show(apiExtra)}; worker {Show(workerExtra)}");
 
 var redisTask = RedisServer.StartAsync();
 var rabbitTask = RabbitMqServer.StartAsync();
@@ -171,9 +178,14 @@ byte[] Body(string[] chunk)
         {
             json.WriteStartObject();
             json.WriteString("id", id);
-            json.WriteString("type", "noop.cpu");
+            json.WriteString("type", iterations > 0 ? "hash.pbkdf2" : "noop.cpu");
             json.WriteStartObject("payload");
-            json.WriteString("data", new string('x', Math.Max(0, 600 - 60 - id.Length)));
+            json.WriteString("data", new string('x', Math.Max(0, 600 - (iterations > 0 ? 80 : 60) - id.Length)));
+            if (iterations > 0)
+            {
+                json.WriteNumber("iterations", iterations);
+            }
+
             json.WriteEndObject();
             json.WriteEndObject();
         }
