@@ -103,15 +103,25 @@ await Task.Delay(TimeSpan.FromSeconds(2));
 // 1. CPU time per event, submit and drain together (as the bench's burst).
 var processes = new (string Name, int Pid)[] { ("producer-api", api.Pid), ("worker-cpu", worker.Pid), ("redis", redis.Pid) };
 var before = processes.Select(p => CpuTicks(p.Pid)).ToArray();
+var workerThreadsBefore = ThreadTicks(worker.Pid);
 var watch = Stopwatch.StartNew();
 var ids = await SubmitAndDrainAsync($"cpu-{run}", events);
 var elapsed = watch.Elapsed;
 var after = processes.Select(p => CpuTicks(p.Pid)).ToArray();
+var workerThreadsAfter = ThreadTicks(worker.Pid);
 var succeeded = await CountSucceededAsync(ids);
 Console.WriteLine();
 Console.WriteLine($"submit + drain of {events}: {elapsed.TotalSeconds:F2} s = {events / elapsed.TotalSeconds:F0} events/s; succeeded {succeeded}/{events}");
 Console.WriteLine("CPU µs per event: " + string.Join(", ", processes.Select((p, i) => $"{p.Name} {(after[i] - before[i]) * 10_000.0 / events:F0}"))
     + $", together {(after.Sum() - before.Sum()) * 10_000.0 / events:F0}");
+// The worker's threads by name (thread-pool workers, the Redis client's socket threads, timers...): how many were busy
+// beside the computation and what each kind cost per event (a thread born in the window counts from zero).
+var byKind = workerThreadsAfter
+    .GroupBy(t => t.Value.Name)
+    .Select(g => (Name: g.Key, Threads: g.Count(), Ticks: g.Sum(t => t.Value.Ticks - workerThreadsBefore.GetValueOrDefault(t.Key).Ticks)))
+    .Where(k => k.Ticks > 0)
+    .OrderByDescending(k => k.Ticks);
+Console.WriteLine("worker-cpu threads, CPU µs per event: " + string.Join(", ", byKind.Select(k => $"{k.Name} ×{k.Threads} {k.Ticks * 10_000.0 / events:F0}")));
 
 // 2. Commands per event, per process, seen by MONITOR (a separate run: MONITOR costs Redis CPU).
 var monitor = await RedisMonitor.StartAsync(redis.Port, redis.Password);
@@ -220,6 +230,29 @@ static long CpuTicks(int pid)
     var stat = File.ReadAllText($"/proc/{pid}/stat");
     var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
     return long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
+}
+
+// Each thread of a process: its name and utime+stime (clock ticks).
+static Dictionary<int, (string Name, long Ticks)> ThreadTicks(int pid)
+{
+    var threads = new Dictionary<int, (string Name, long Ticks)>();
+    foreach (var task in Directory.EnumerateDirectories($"/proc/{pid}/task"))
+    {
+        try
+        {
+            var stat = File.ReadAllText(Path.Combine(task, "stat"));
+            var name = stat[(stat.IndexOf('(') + 1)..stat.LastIndexOf(')')];
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            threads[int.Parse(Path.GetFileName(task), CultureInfo.InvariantCulture)] =
+                (name, long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture));
+        }
+        catch (IOException)
+        {
+            // the thread ended meanwhile
+        }
+    }
+
+    return threads;
 }
 
 // Local port of each loopback connection to Redis → the process that holds its socket.
