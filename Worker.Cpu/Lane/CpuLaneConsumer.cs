@@ -84,10 +84,7 @@ public sealed class CpuLaneConsumer(
                     await Task.Delay(backoff, stoppingToken);
                 }
 
-                if (!await buffer.WaitForSpaceAsync(stoppingToken))
-                {
-                    return;
-                }
+                await buffer.WaitForRoomAsync(stoppingToken);
 
                 await StreamEntryReader.EnsureGroupOnceAsync(redis.GetDatabase());
                 // Not cancelled by shutdown: the read returns within BlockTimeout, and what it returns is ours to run.
@@ -119,20 +116,23 @@ public sealed class CpuLaneConsumer(
 
     private async Task RunHandlerAsync()
     {
-        await foreach (var entry in buffer.Reader.ReadAllAsync())
+        while (await buffer.Reader.WaitToReadAsync())
         {
-            try
+            while (buffer.TryTake(out var entry))
             {
-                await HandleAsync(entry);
-            }
-            catch (Exception ex)
-            {
-                // The outcome could not be written (Redis unreachable): the entry stays pending and is claimed again.
-                logger.LogError(ex, "Could not record the outcome of event {EventId} (entry {EntryId}); it stays pending", entry.Id, entry.EntryId);
-            }
-            finally
-            {
-                buffer.Release(entry);
+                try
+                {
+                    await HandleAsync(entry);
+                }
+                catch (Exception ex)
+                {
+                    // The outcome could not be written (Redis unreachable): the entry stays pending and is claimed again.
+                    logger.LogError(ex, "Could not record the outcome of event {EventId} (entry {EntryId}); it stays pending", entry.Id, entry.EntryId);
+                }
+                finally
+                {
+                    buffer.Release(entry);
+                }
             }
         }
     }

@@ -82,4 +82,32 @@ public sealed class LaneWriteTests(ITestOutputHelper output)
         output.WriteLine($"{acknowledgements} acknowledgements (XACK) for {events} events");
         Assert.True(acknowledgements <= events / 4, $"{acknowledgements} XACKs for {events} events finishing one at a time: their successes were not written together");
     }
+
+    [Fact]
+    public async Task A_backlog_is_read_half_a_buffer_at_a_time_not_one_entry_per_freed_slot()
+    {
+        const int events = 60;
+        const int iterations = 20_000; // milliseconds each: slots come free one at a time
+        await using var lane = await CpuLaneHarness.StartAsync();
+        await using var monitor = await RedisMonitor.StartAsync(lane.Redis);
+        var ids = Enumerable.Range(0, events).Select(i => $"read-{i}-{Guid.NewGuid():N}").ToArray();
+        await lane.EnqueueAsync([.. ids.Select(id => (id, "hash.pbkdf2", (object)new { data = Bursts.DataOf(id), iterations }))]);
+        var skip = monitor.Lines.Count;
+        // A buffer of 8; no write linger, so each success frees its handler, and a buffer slot, by itself.
+        await lane.StartWorkerAsync(new Dictionary<string, string?>
+        {
+            ["CpuLane__Handlers"] = "1",
+            ["CpuLane__MaxStarted"] = "4",
+            ["CpuLane__WriteLinger"] = "00:00:00",
+        });
+        await Eventually.TrueAsync(async () => await lane.CountInStateAsync(ids, "succeeded") == events
+                && await lane.Db.StreamLengthAsync(CpuLaneStreams.Stream) == 0, Patience,
+            "the backlog to succeed and be acknowledged", TimeSpan.FromMilliseconds(100));
+        Assert.All((await lane.StatesAsync(ids)).Values, s => Assert.Equal(1, s.Completions));
+
+        var reads = monitor.LinesAfter(skip).Count(line => line.Contains("\"XREADGROUP\"", StringComparison.OrdinalIgnoreCase));
+        output.WriteLine($"{reads} reads (XREADGROUP) for {events} events through a buffer of 8");
+        // At least 4 entries a read, plus the reads that found the stream empty (one BLOCK timeout per second).
+        Assert.True(reads <= events / 3, $"{reads} XREADGROUPs for {events} events: the backlog was read a freed slot at a time");
+    }
 }
