@@ -18,6 +18,7 @@ public static class CpuLaneExtensions
             .Validate(o => o.ClaimTimeout >= TimeSpan.FromSeconds(1) && o.ClaimInterval > TimeSpan.Zero, "CpuLane:ClaimTimeout must be at least 1 s and ClaimInterval positive")
             .Validate(o => o.BlockTimeout > TimeSpan.Zero && o.BlockTimeout < o.ClaimTimeout / 3, "CpuLane:BlockTimeout must be positive and under a third of ClaimTimeout")
             .Validate(o => o.RetryBaseDelay > TimeSpan.Zero && o.RetryMaxDelay >= o.RetryBaseDelay, "CpuLane:RetryBaseDelay must be positive and at most RetryMaxDelay")
+            .Validate(o => o.WriteLinger >= TimeSpan.Zero && o.WriteLinger <= TimeSpan.FromSeconds(1), "CpuLane:WriteLinger must be between 0 and 1 s")
             .Validate(o => o.DrainTimeout > TimeSpan.Zero && o.ForwardTimeout > TimeSpan.Zero, "CpuLane:DrainTimeout and CpuLane:ForwardTimeout must be positive")
             .ValidateOnStart();
         builder.Services.AddOptions<TestEventsOptions>().BindConfiguration("TestEvents");
@@ -38,7 +39,7 @@ public static class CpuLaneExtensions
         builder.Services.AddSingleton<EntryAcknowledger>();
         builder.Services.AddSingleton<EntryOwnership>();
         builder.Services.AddSingleton<ComputeSlots>();
-        builder.Services.AddSingleton<SuccessBatcher>();
+        builder.Services.AddSingleton<LaneWriter>();
         builder.Services.AddSingleton<RetryScheduler>();
         builder.Services.AddSingleton<DeadLetterStream>();
         builder.Services.AddHostedService<CpuLaneConsumer>();

@@ -5,12 +5,12 @@ namespace EventPipeline.Worker.Cpu.Lane;
 
 /// <summary>
 /// The cores: at most <see cref="CpuLaneOptions.Handlers"/> entries compute at once. An entry is charged a run
-/// (<see cref="EntryOwnership.TryStartAsync"/>) before it waits here, so the round trip overlaps other entries' work;
+/// (<see cref="LaneWriter.StartAsync"/>) before it waits here, so the round trip overlaps other entries' work;
 /// when the drain times out, every entry still waiting for a core has its charge taken back before the process exits,
 /// so only the entries that were computing count as runs that died with this consumer. After the deadline nothing is
 /// charged any more.
 /// </summary>
-public sealed class ComputeSlots(EntryOwnership ownership, IOptions<CpuLaneOptions> options, ILogger<ComputeSlots> logger)
+public sealed class ComputeSlots(EntryOwnership ownership, LaneWriter writer, IOptions<CpuLaneOptions> options, ILogger<ComputeSlots> logger)
 {
     private readonly SemaphoreSlim _cores = new(options.Value.EffectiveHandlers, options.Value.EffectiveHandlers);
     private readonly CancellationTokenSource _drainExpired = new();
@@ -37,7 +37,7 @@ public sealed class ComputeSlots(EntryOwnership ownership, IOptions<CpuLaneOptio
         var start = EntryOwnership.Start.ClaimedByAnother;
         try
         {
-            start = await ownership.TryStartAsync(entry);
+            start = await writer.StartAsync(entry);
             return start;
         }
         finally
@@ -86,6 +86,21 @@ public sealed class ComputeSlots(EntryOwnership ownership, IOptions<CpuLaneOptio
     }
 
     public void Release() => _cores.Release();
+
+    /// <summary>
+    /// Whether entries charged a run are waiting for a core: then every core that comes free has an entry to run, and
+    /// a write may wait for others to join it (<see cref="LaneWriter"/>) without leaving a core idle.
+    /// </summary>
+    public bool WorkWaitingForCore
+    {
+        get
+        {
+            lock (_charged)
+            {
+                return _charged.Count > 0;
+            }
+        }
+    }
 
     /// <summary>
     /// Takes back the charge of an entry that got a core but will not run here (another consumer claimed it).

@@ -13,7 +13,7 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// The CPU lane's consumer: one reading loop feeding <see cref="LaneBuffer"/>, handler tasks running the work (at most
 /// <c>Handlers</c> computing at once, at most <c>MaxStarted</c> taken up), and the drain on shutdown — stop reading,
 /// finish everything buffered, acknowledge, exit. An entry is acknowledged only after its handler finished (success,
-/// scheduled retry or dead letter); successes are recorded and acknowledged in batches (<see cref="SuccessBatcher"/>).
+/// scheduled retry or dead letter); starts and successes are written in batches (<see cref="LaneWriter"/>).
 /// A run is charged when a handler takes an entry up and taken back if the drain times out before the entry got a core
 /// (<see cref="ComputeSlots"/>): only the entries computing at the deadline count as runs that died with this consumer. An entry another consumer has claimed (this one was paused past the claim timeout) is neither
 /// started nor failed here.
@@ -25,7 +25,7 @@ public sealed class CpuLaneConsumer(
     EntryAcknowledger acknowledger,
     EntryOwnership ownership,
     ComputeSlots cores,
-    SuccessBatcher successes,
+    LaneWriter writer,
     RetryScheduler retries,
     DeadLetterStream deadLetters,
     INextStageForwarder forwarder,
@@ -42,7 +42,7 @@ public sealed class CpuLaneConsumer(
         logger.LogInformation("CPU lane consumer {Consumer} starting {Tasks} handlers, at most {Started} taken up and {Parallel} running CPU work at once",
             buffer.ConsumerName, handlerCount, options.Value.EffectiveMaxStarted, options.Value.EffectiveHandlers);
 
-        var writing = Task.Run(successes.RunAsync, CancellationToken.None);
+        var writing = Task.Run(() => writer.RunAsync(() => cores.WorkWaitingForCore), CancellationToken.None);
         var handlers = Enumerable.Range(0, handlerCount)
             .Select(_ => Task.Run(RunHandlerAsync, CancellationToken.None))
             .ToArray();
@@ -65,7 +65,8 @@ public sealed class CpuLaneConsumer(
             logger.LogInformation("CPU lane consumer {Consumer} drained", buffer.ConsumerName);
         }
 
-        successes.Complete();
+        // After a drain timeout handlers may still run, but ComputeSlots charges nothing any more: no start is queued.
+        writer.Complete();
         await writing;
         await heartbeatStop.CancelAsync();
         await heartbeat;
@@ -83,10 +84,7 @@ public sealed class CpuLaneConsumer(
                     await Task.Delay(backoff, stoppingToken);
                 }
 
-                if (!await buffer.WaitForSpaceAsync(stoppingToken))
-                {
-                    return;
-                }
+                await buffer.WaitForRoomAsync(stoppingToken);
 
                 await StreamEntryReader.EnsureGroupOnceAsync(redis.GetDatabase());
                 // Not cancelled by shutdown: the read returns within BlockTimeout, and what it returns is ours to run.
@@ -118,20 +116,23 @@ public sealed class CpuLaneConsumer(
 
     private async Task RunHandlerAsync()
     {
-        await foreach (var entry in buffer.Reader.ReadAllAsync())
+        while (await buffer.Reader.WaitToReadAsync())
         {
-            try
+            while (buffer.TryTake(out var entry))
             {
-                await HandleAsync(entry);
-            }
-            catch (Exception ex)
-            {
-                // The outcome could not be written (Redis unreachable): the entry stays pending and is claimed again.
-                logger.LogError(ex, "Could not record the outcome of event {EventId} (entry {EntryId}); it stays pending", entry.Id, entry.EntryId);
-            }
-            finally
-            {
-                buffer.Release(entry);
+                try
+                {
+                    await HandleAsync(entry);
+                }
+                catch (Exception ex)
+                {
+                    // The outcome could not be written (Redis unreachable): the entry stays pending and is claimed again.
+                    logger.LogError(ex, "Could not record the outcome of event {EventId} (entry {EntryId}); it stays pending", entry.Id, entry.EntryId);
+                }
+                finally
+                {
+                    buffer.Release(entry);
+                }
             }
         }
     }
@@ -228,7 +229,7 @@ public sealed class CpuLaneConsumer(
 
         // The work is done: another entry may start while this success is written (with others, in one transaction).
         var handled = Stopwatch.GetElapsedTime(startedAt);
-        await successes.SucceededAsync(entry, result!);
+        await writer.SucceededAsync(entry, result!);
         metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Succeeded, handled);
         metrics.Finished(Lanes.Cpu, Outcomes.Succeeded, entry.AcceptedAt);
     }

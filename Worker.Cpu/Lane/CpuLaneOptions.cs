@@ -57,6 +57,13 @@ public sealed class CpuLaneOptions
     [Range(1, 4096)]
     public int AckBatchSize { get; set; } = 256;
 
+    /// <summary>
+    /// How long a batch of status writes (starts, successes) may wait for more to join it while entries already
+    /// charged are waiting for a core (so no core idles meanwhile); 0 writes every batch at once. With long jobs the
+    /// completions otherwise go one round trip each; a success's status and acknowledgement come at most this late.
+    /// </summary>
+    public TimeSpan WriteLinger { get; set; } = TimeSpan.FromMilliseconds(10);
+
     public int EffectiveHandlers => Handlers > 0 ? Handlers : Environment.ProcessorCount;
 
     /// <summary>Handler tasks, each carrying one entry from start to the end of its work.</summary>

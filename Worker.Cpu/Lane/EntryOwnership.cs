@@ -10,15 +10,15 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// and the write it guards run in one script, so no claim can land between them.
 /// </summary>
 /// <remarks>
-/// Runs are counted here (<see cref="CpuLaneStreams.Started"/>), when a handler takes an entry up, just before it waits
-/// for a core, so the round trip overlaps other entries' work. A run that never got a core is taken back when the drain
+/// Runs are counted in <see cref="CpuLaneStreams.Started"/> by the start script (<see cref="LaneWriter"/>), when a handler
+/// takes an entry up, just before it waits for a core, so the round trip overlaps other entries' work. A run that never got a core is taken back when the drain
 /// times out (<see cref="TakeBackStartsAsync"/>), so deploys and scale-ins charge only the entries that were computing.
 /// After a crash, entries that were waiting for a core beside the one running stay charged once; claimed, they are
 /// suspects, and a suspect starts only when nothing else runs, so its later charges are all real runs.
 /// </remarks>
-public sealed class EntryOwnership(IConnectionMultiplexer redis, LaneBuffer buffer, EventStatusStore statuses)
+public sealed class EntryOwnership(IConnectionMultiplexer redis, LaneBuffer buffer)
 {
-    /// <summary>What <see cref="TryStartAsync"/> found.</summary>
+    /// <summary>What a start (<see cref="LaneWriter.StartAsync"/>) found.</summary>
     public enum Start
     {
         /// <summary>Counted as a run and marked <c>processing</c>: run the work now.</summary>
@@ -36,21 +36,6 @@ public sealed class EntryOwnership(IConnectionMultiplexer redis, LaneBuffer buff
         /// <summary>Not started by its <c>expiresAt</c> (now recorded <c>expired</c>): acknowledge without running.</summary>
         Expired,
     }
-
-    // The run charge and the status store's start check (try_start) in one step: counts the run and moves the event to
-    // processing only if the entry is still pending to this consumer and the event may start (not succeeded, cancelled
-    // or expired). Returns a Start.
-    private static readonly LuaScript StartScript = LuaScript.Prepare(EventStatusStore.TryStartLua + """
-        if #redis.call('XPENDING', @stream, @group, @entry, @entry, 1, @consumer) == 0 then return 1 end
-        local decision = try_start(@status, @attempt, @now, @ttl, '')
-        if decision == 1 then
-          redis.call('HINCRBY', @started, @entry, 1)
-          return 0
-        end
-        if decision == 0 then return 2 end
-        if decision == 2 then return 3 end
-        return 4
-        """);
 
     // KEYS[1] started-runs hash; ARGV entry ids. Takes one charged run back from each (the field goes at 0).
     private const string TakeBackScript = """
@@ -78,25 +63,6 @@ public sealed class EntryOwnership(IConnectionMultiplexer redis, LaneBuffer buff
         end
         return lost
         """;
-
-    /// <summary>
-    /// Charges <paramref name="entry"/> a run and marks its event <c>processing</c> before its handler waits for a core:
-    /// if this process dies during the work, whoever claims the entry knows it was running (a suspect), not an entry
-    /// that was only buffered. One script, one round trip: nothing can claim the entry or cancel the event in between.
-    /// </summary>
-    public async Task<Start> TryStartAsync(LaneEntry entry) =>
-        (Start)(int)await redis.GetDatabase().ScriptEvaluateAsync(StartScript, new
-        {
-            stream = CpuLaneStreams.Stream,
-            started = CpuLaneStreams.Started,
-            status = EventStatusStore.Key(entry.Id),
-            group = CpuLaneStreams.Group,
-            consumer = buffer.ConsumerName,
-            entry = entry.EntryId,
-            attempt = entry.Attempt,
-            now = EventStatusStore.Now,
-            ttl = statuses.TtlSeconds,
-        });
 
     /// <summary>
     /// Takes back the runs charged to entries whose work never began (they were still waiting for a core when the

@@ -8,12 +8,17 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// <summary>
 /// The bounded hand-off between the readers (new entries, claimed entries) and the handlers. Its capacity is what
 /// applies backpressure: a reader that finds it full stops reading, and the entries wait in Redis, not in memory.
+/// The stream reader reads again only once half of it is free (<see cref="WaitForRoomAsync"/>), so a backlog is read
+/// half a buffer at a time rather than one entry per slot that a finished job frees; the handlers still have the other
+/// half to work on meanwhile, and an empty buffer (a quiet lane) is read at once.
 /// It also knows which entries this consumer holds, so they can be kept fresh against claiming.
 /// </summary>
 public sealed class LaneBuffer
 {
     private readonly Channel<LaneEntry> _channel;
     private readonly ConcurrentDictionary<RedisValue, LaneEntry> _held = new();
+    private readonly Lock _room = new();
+    private TaskCompletionSource? _roomWaiter;
 
     public LaneBuffer(IOptions<CpuLaneOptions> options)
     {
@@ -38,7 +43,49 @@ public sealed class LaneBuffer
 
     public IReadOnlyCollection<RedisValue> HeldEntryIds => [.. _held.Keys];
 
-    public ValueTask<bool> WaitForSpaceAsync(CancellationToken cancellationToken) => _channel.Writer.WaitToWriteAsync(cancellationToken);
+    /// <summary>Free slots at which the stream reader reads again: half the buffer (at least one).</summary>
+    public int ReadThreshold => Math.Max(1, Capacity / 2);
+
+    /// <summary>Waits until at least <see cref="ReadThreshold"/> slots are free (one read then fetches that many).</summary>
+    public async Task WaitForRoomAsync(CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            TaskCompletionSource waiter;
+            lock (_room)
+            {
+                if (FreeSlots >= ReadThreshold)
+                {
+                    return;
+                }
+
+                waiter = _roomWaiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+
+            await waiter.Task.WaitAsync(cancellationToken);
+        }
+    }
+
+    /// <summary>A handler takes the next buffered entry; wakes the stream reader once half the buffer is free.</summary>
+    public bool TryTake([System.Diagnostics.CodeAnalysis.MaybeNullWhen(false)] out LaneEntry entry)
+    {
+        if (!_channel.Reader.TryRead(out entry))
+        {
+            return false;
+        }
+
+        TaskCompletionSource? wake = null;
+        lock (_room)
+        {
+            if (_roomWaiter is not null && FreeSlots >= ReadThreshold)
+            {
+                (wake, _roomWaiter) = (_roomWaiter, null);
+            }
+        }
+
+        wake?.TrySetResult();
+        return true;
+    }
 
     /// <returns>false when the buffer was already closed for shutdown (the entry stays pending in Redis).</returns>
     public async ValueTask<bool> AddAsync(LaneEntry entry)

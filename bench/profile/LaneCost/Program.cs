@@ -7,7 +7,9 @@
 // Commands per event do not depend on the machine's load: they are the yardstick to compare code changes with.
 // Usage: dotnet build -c Release Producer.Api Worker.Cpu
 //        dotnet run -c Release --project bench/profile/LaneCost -- [events=10000] [batch=100] [connections=8]
-//            [warmup=5000] [monitorEvents=2000] [--api KEY=VALUE ...] [--worker KEY=VALUE ...]
+//            [warmup=5000] [monitorEvents=2000] [--iterations I] [--api KEY=VALUE ...] [--worker KEY=VALUE ...]
+//        --iterations I sends `hash.pbkdf2` with I iterations instead of `noop.cpu` (the PBKDF2 lane, where events
+//        finish one at a time and each round trip is paid alone).
 using System.Diagnostics;
 using System.Globalization;
 using System.Net.Http.Headers;
@@ -20,9 +22,14 @@ using StackExchange.Redis;
 var positional = new List<int>();
 var apiExtra = new Dictionary<string, string?>();
 var workerExtra = new Dictionary<string, string?>();
+var iterations = 0;
 for (var i = 0; i < args.Length; i++)
 {
-    if (args[i] is "--api" or "--worker")
+    if (args[i] == "--iterations")
+    {
+        iterations = int.Parse(args[++i], CultureInfo.InvariantCulture);
+    }
+    else if (args[i] is "--api" or "--worker")
     {
         var pair = args[++i].Split('=', 2);
         (args[i - 1] == "--api" ? apiExtra : workerExtra)[pair[0]] = pair[1];
@@ -42,7 +49,7 @@ var monitorEvents = Arg(4, 2_000);
 const string SubmitKey = "lanecost-submit-key-0123456789ab";
 
 Console.WriteLine($"cores {Environment.ProcessorCount}; load average at start: {File.ReadAllText("/proc/loadavg").Trim()}");
-Console.WriteLine($"events {events}, batch {batch}, connections {connections}, warm-up {warmup}, monitored {monitorEvents}; api {Show(apiExtra)}; worker {Show(workerExtra)}");
+Console.WriteLine($"type {(iterations > 0 ? $"hash.pbkdf2 × {iterations} iterations" : "noop.cpu")}, events {events}, batch {batch}, connections {connections}, warm-up {warmup}, monitored {monitorEvents}; api {Show(apiExtra)}; worker {Show(workerExtra)}");
 
 var redisTask = RedisServer.StartAsync();
 var rabbitTask = RabbitMqServer.StartAsync();
@@ -96,15 +103,25 @@ await Task.Delay(TimeSpan.FromSeconds(2));
 // 1. CPU time per event, submit and drain together (as the bench's burst).
 var processes = new (string Name, int Pid)[] { ("producer-api", api.Pid), ("worker-cpu", worker.Pid), ("redis", redis.Pid) };
 var before = processes.Select(p => CpuTicks(p.Pid)).ToArray();
+var workerThreadsBefore = ThreadTicks(worker.Pid);
 var watch = Stopwatch.StartNew();
 var ids = await SubmitAndDrainAsync($"cpu-{run}", events);
 var elapsed = watch.Elapsed;
 var after = processes.Select(p => CpuTicks(p.Pid)).ToArray();
+var workerThreadsAfter = ThreadTicks(worker.Pid);
 var succeeded = await CountSucceededAsync(ids);
 Console.WriteLine();
 Console.WriteLine($"submit + drain of {events}: {elapsed.TotalSeconds:F2} s = {events / elapsed.TotalSeconds:F0} events/s; succeeded {succeeded}/{events}");
 Console.WriteLine("CPU µs per event: " + string.Join(", ", processes.Select((p, i) => $"{p.Name} {(after[i] - before[i]) * 10_000.0 / events:F0}"))
     + $", together {(after.Sum() - before.Sum()) * 10_000.0 / events:F0}");
+// The worker's threads by name (thread-pool workers, the Redis client's socket threads, timers...): how many were busy
+// beside the computation and what each kind cost per event (a thread born in the window counts from zero).
+var byKind = workerThreadsAfter
+    .GroupBy(t => t.Value.Name)
+    .Select(g => (Name: g.Key, Threads: g.Count(), Ticks: g.Sum(t => t.Value.Ticks - workerThreadsBefore.GetValueOrDefault(t.Key).Ticks)))
+    .Where(k => k.Ticks > 0)
+    .OrderByDescending(k => k.Ticks);
+Console.WriteLine("worker-cpu threads, CPU µs per event: " + string.Join(", ", byKind.Select(k => $"{k.Name} ×{k.Threads} {k.Ticks * 10_000.0 / events:F0}")));
 
 // 2. Commands per event, per process, seen by MONITOR (a separate run: MONITOR costs Redis CPU).
 var monitor = await RedisMonitor.StartAsync(redis.Port, redis.Password);
@@ -171,9 +188,14 @@ byte[] Body(string[] chunk)
         {
             json.WriteStartObject();
             json.WriteString("id", id);
-            json.WriteString("type", "noop.cpu");
+            json.WriteString("type", iterations > 0 ? "hash.pbkdf2" : "noop.cpu");
             json.WriteStartObject("payload");
-            json.WriteString("data", new string('x', Math.Max(0, 600 - 60 - id.Length)));
+            json.WriteString("data", new string('x', Math.Max(0, 600 - (iterations > 0 ? 80 : 60) - id.Length)));
+            if (iterations > 0)
+            {
+                json.WriteNumber("iterations", iterations);
+            }
+
             json.WriteEndObject();
             json.WriteEndObject();
         }
@@ -208,6 +230,29 @@ static long CpuTicks(int pid)
     var stat = File.ReadAllText($"/proc/{pid}/stat");
     var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
     return long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
+}
+
+// Each thread of a process: its name and utime+stime (clock ticks).
+static Dictionary<int, (string Name, long Ticks)> ThreadTicks(int pid)
+{
+    var threads = new Dictionary<int, (string Name, long Ticks)>();
+    foreach (var task in Directory.EnumerateDirectories($"/proc/{pid}/task"))
+    {
+        try
+        {
+            var stat = File.ReadAllText(Path.Combine(task, "stat"));
+            var name = stat[(stat.IndexOf('(') + 1)..stat.LastIndexOf(')')];
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            threads[int.Parse(Path.GetFileName(task), CultureInfo.InvariantCulture)] =
+                (name, long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture));
+        }
+        catch (IOException)
+        {
+            // the thread ended meanwhile
+        }
+    }
+
+    return threads;
 }
 
 // Local port of each loopback connection to Redis → the process that holds its socket.

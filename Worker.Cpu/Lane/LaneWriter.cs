@@ -1,0 +1,278 @@
+using System.Diagnostics;
+using System.Threading.Channels;
+using EventPipeline.Shared;
+using Microsoft.Extensions.Options;
+using StackExchange.Redis;
+
+namespace EventPipeline.Worker.Cpu.Lane;
+
+/// <summary>
+/// The lane's status writes in batches, one script per batch and one batch in flight at a time: the starts handlers
+/// asked for (<see cref="StartAsync"/>: each entry checked and charged exactly as a start of its own would be — still
+/// pending to this consumer, its event allowed to start — at the moment its handler takes it up) and the successes
+/// that finished (<see cref="SucceededAsync"/>: each status written, then exactly the entries whose status now reads
+/// <c>succeeded</c> and which this consumer still holds acknowledged, one XACK, HDEL and XDEL for all). A batch grows
+/// by itself under load and is a single write when the lane is quiet. While entries charged before this batch are
+/// still waiting for a core (<c>lingerWhile</c>), nothing in the batch can make a core busier, so the batch waits up
+/// to <see cref="CpuLaneOptions.WriteLinger"/> for more: with long jobs (PBKDF2) completions are otherwise written one
+/// round trip each. Never acknowledges before the work finished; an entry whose write failed stays pending.
+/// </summary>
+public sealed class LaneWriter(
+    IConnectionMultiplexer redis,
+    EventStatusStore statuses,
+    LaneBuffer buffer,
+    IOptions<CpuLaneOptions> options,
+    ILogger<LaneWriter> logger)
+{
+    // KEYS[1] stream, KEYS[2] started-runs hash, then the status hash of each success, then of each start; ARGV[1]
+    // group, ARGV[2] consumer, ARGV[3] now (unix ms), ARGV[4] status ttl (s), ARGV[5] number of successes, then entry
+    // id, attempt, result of each success, then entry id, attempt of each start. Returns five arrays: per success
+    // recorded (1 recorded here, 0 already succeeded, -1 the write failed), acknowledged (1/0) and the write's error
+    // ('' when none); per start the EntryOwnership.Start (-1 when its write failed) and the error.
+    private const string Script = EventStatusStore.RecordSucceededLua + EventStatusStore.TryStartLua + """
+        local successes = tonumber(ARGV[5])
+        local recorded, acked, errors, done = {}, {}, {}, {}
+        for n = 1, successes do
+          local key = KEYS[2 + n]
+          local a = 6 + (n - 1) * 3
+          local id = ARGV[a]
+          local ok, r = pcall(record_succeeded, key, ARGV[a + 1], ARGV[3], ARGV[a + 2], ARGV[4])
+          local succeeded = ok
+          if ok then
+            recorded[n], errors[n] = r, ''
+          else
+            recorded[n], errors[n] = -1, type(r) == 'table' and (r.err or 'error') or tostring(r)
+            -- Part of the write may have landed: what counts is whether the status reads succeeded now.
+            succeeded = redis.pcall('HGET', key, 'state') == 'succeeded'
+          end
+          if succeeded and #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2]) == 1 then
+            done[#done + 1] = id
+            acked[n] = 1
+          else
+            acked[n] = 0
+          end
+        end
+        if #done > 0 then
+          redis.call('XACK', KEYS[1], ARGV[1], unpack(done))
+          redis.call('HDEL', KEYS[2], unpack(done))
+          redis.call('XDEL', KEYS[1], unpack(done))
+        end
+        local function start_one(key, id, attempt)
+          if #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2]) == 0 then return 1 end
+          local decision = try_start(key, attempt, ARGV[3], ARGV[4], '')
+          if decision == 1 then
+            redis.call('HINCRBY', KEYS[2], id, 1)
+            return 0
+          end
+          if decision == 0 then return 2 end
+          if decision == 2 then return 3 end
+          return 4
+        end
+        local starts, startErrors = {}, {}
+        local first = 6 + successes * 3
+        for n = 1, #KEYS - 2 - successes do
+          local a = first + (n - 1) * 2
+          -- One entry's failed write (a wrong-type key, Redis out of memory) fails that entry's start only.
+          local ok, r = pcall(start_one, KEYS[2 + successes + n], ARGV[a], ARGV[a + 1])
+          if ok then
+            starts[n], startErrors[n] = r, ''
+          else
+            starts[n], startErrors[n] = -1, type(r) == 'table' and (r.err or 'error') or tostring(r)
+          end
+        end
+        return { recorded, acked, errors, starts, startErrors }
+        """;
+
+    private readonly Channel<Write> _pending = Channel.CreateBounded<Write>(new BoundedChannelOptions(options.Value.AckBatchSize * 4 + options.Value.BufferCapacity)
+    {
+        SingleReader = true,
+        FullMode = BoundedChannelFullMode.Wait,
+    });
+
+    /// <summary>
+    /// Charges <paramref name="entry"/> a run and marks its event <c>processing</c> (see <see cref="EntryOwnership"/>)
+    /// in the next batch; the task ends with what the script found. A Redis error is thrown (the entry stays pending).
+    /// </summary>
+    public async Task<EntryOwnership.Start> StartAsync(LaneEntry entry)
+    {
+        var start = new Start(entry, new TaskCompletionSource<EntryOwnership.Start>(TaskCreationOptions.RunContinuationsAsynchronously));
+        await _pending.Writer.WriteAsync(start);
+        return await start.Done.Task;
+    }
+
+    /// <summary>Queues a success; the task ends when it is recorded (true) or found already recorded (false).</summary>
+    /// <remarks>Waits while too many writes are queued, so a slow Redis slows the handlers instead of filling memory.</remarks>
+    public async Task<bool> SucceededAsync(LaneEntry entry, string result)
+    {
+        var success = new Success(entry, result, new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously));
+        await _pending.Writer.WriteAsync(success);
+        return await success.Done.Task;
+    }
+
+    /// <summary>
+    /// Writes batches until <see cref="Complete"/> was called and every queued write is written. While
+    /// <paramref name="lingerWhile"/> holds (entries already charged are waiting for a core), a batch waits up to
+    /// <see cref="CpuLaneOptions.WriteLinger"/> for more writes to join it.
+    /// </summary>
+    public async Task RunAsync(Func<bool> lingerWhile)
+    {
+        var maxSuccesses = options.Value.AckBatchSize;
+        var maxStarts = options.Value.BufferCapacity;
+        var linger = options.Value.WriteLinger;
+        var successes = new List<Success>(maxSuccesses);
+        var starts = new List<Start>(maxStarts);
+        while (await _pending.Reader.WaitToReadAsync())
+        {
+            successes.Clear();
+            starts.Clear();
+            Take(successes, starts, maxSuccesses, maxStarts);
+            if (linger > TimeSpan.Zero && lingerWhile())
+            {
+                var deadline = Stopwatch.GetTimestamp() + (long)(linger.TotalSeconds * Stopwatch.Frequency);
+                while (successes.Count < maxSuccesses && starts.Count < maxStarts && lingerWhile())
+                {
+                    var left = Stopwatch.GetElapsedTime(Stopwatch.GetTimestamp(), deadline);
+                    if (left <= TimeSpan.Zero || !await MoreWithinAsync(left))
+                    {
+                        break;
+                    }
+
+                    Take(successes, starts, maxSuccesses, maxStarts);
+                }
+            }
+
+            await WriteAsync(successes, starts);
+        }
+    }
+
+    /// <summary>No more writes will be queued (the handlers have finished, or the drain timed out and nothing starts).</summary>
+    public void Complete() => _pending.Writer.TryComplete();
+
+    private void Take(List<Success> successes, List<Start> starts, int maxSuccesses, int maxStarts)
+    {
+        // Stops at the first write that does not fit: it opens the next batch.
+        while (_pending.Reader.TryPeek(out var next)
+            && (next is Success ? successes.Count < maxSuccesses : starts.Count < maxStarts)
+            && _pending.Reader.TryRead(out next))
+        {
+            if (next is Success success)
+            {
+                successes.Add(success);
+            }
+            else
+            {
+                starts.Add((Start)next);
+            }
+        }
+    }
+
+    private async Task<bool> MoreWithinAsync(TimeSpan left)
+    {
+        using var timeout = new CancellationTokenSource(left);
+        try
+        {
+            return await _pending.Reader.WaitToReadAsync(timeout.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
+    private async Task WriteAsync(List<Success> successes, List<Start> starts)
+    {
+        var keys = new RedisKey[2 + successes.Count + starts.Count];
+        var values = new RedisValue[5 + successes.Count * 3 + starts.Count * 2];
+        keys[0] = CpuLaneStreams.Stream;
+        keys[1] = CpuLaneStreams.Started;
+        values[0] = CpuLaneStreams.Group;
+        values[1] = buffer.ConsumerName;
+        values[2] = EventStatusStore.Now;
+        values[3] = statuses.TtlSeconds;
+        values[4] = successes.Count;
+        var k = 2;
+        var v = 5;
+        foreach (var success in successes)
+        {
+            keys[k++] = EventStatusStore.Key(success.Entry.Id);
+            values[v++] = success.Entry.EntryId;
+            values[v++] = success.Entry.Attempt;
+            values[v++] = success.Result;
+        }
+
+        foreach (var start in starts)
+        {
+            keys[k++] = EventStatusStore.Key(start.Entry.Id);
+            values[v++] = start.Entry.EntryId;
+            values[v++] = start.Entry.Attempt;
+        }
+
+        RedisResult[] reply;
+        try
+        {
+            reply = (RedisResult[])(await redis.GetDatabase().ScriptEvaluateAsync(Script, keys, values))!;
+        }
+        catch (Exception ex)
+        {
+            // Nothing of the batch is known to have been written: each entry stays pending and its handler reports it.
+            foreach (var success in successes)
+            {
+                success.Done.TrySetException(ex);
+            }
+
+            foreach (var start in starts)
+            {
+                start.Done.TrySetException(ex);
+            }
+
+            return;
+        }
+
+        var recorded = (RedisResult[])reply[0]!;
+        var acked = (RedisResult[])reply[1]!;
+        var errors = (RedisResult[])reply[2]!;
+        for (var i = 0; i < successes.Count; i++)
+        {
+            var entry = successes[i].Entry;
+            var error = errors[i].ToString();
+            var acknowledged = (int)acked[i] == 1;
+            if (!string.IsNullOrEmpty(error) && !acknowledged)
+            {
+                // The entry stays pending and runs again; its handler reports the error.
+                successes[i].Done.TrySetException(new RedisServerException(error));
+                continue;
+            }
+
+            if (!acknowledged)
+            {
+                // The status reads succeeded (else the error above), so the entry is another consumer's.
+                logger.LogWarning("Event {EventId} (entry {EntryId}) succeeded here, but another consumer claimed it meanwhile; its acknowledgement is left to that consumer",
+                    entry.Id, entry.EntryId);
+            }
+
+            successes[i].Done.TrySetResult((int)recorded[i] == 1);
+        }
+
+        var decisions = (RedisResult[])reply[3]!;
+        var startErrors = (RedisResult[])reply[4]!;
+        for (var i = 0; i < starts.Count; i++)
+        {
+            var code = (int)decisions[i];
+            if (code < 0)
+            {
+                // Its handler reports it; the entry stays pending. The rest of the batch is not held back.
+                starts[i].Done.TrySetException(new RedisServerException(startErrors[i].ToString()));
+            }
+            else
+            {
+                starts[i].Done.TrySetResult((EntryOwnership.Start)code);
+            }
+        }
+    }
+
+    private abstract record Write(LaneEntry Entry);
+
+    private sealed record Success(LaneEntry Entry, string Result, TaskCompletionSource<bool> Done) : Write(Entry);
+
+    private sealed record Start(LaneEntry Entry, TaskCompletionSource<EntryOwnership.Start> Done) : Write(Entry);
+}

@@ -1,0 +1,113 @@
+using EventPipeline.Shared;
+using EventPipeline.Testing;
+using EventPipeline.Worker.Cpu.FunctionalTests.Infrastructure;
+using Xunit.Abstractions;
+
+namespace EventPipeline.Worker.Cpu.FunctionalTests;
+
+/// <summary>
+/// The lane's status writes cost Redis round trips, not one per event: the starts of entries taken up together share
+/// a script, and while other entries wait for a core, the successes of jobs that finish one at a time share one too
+/// (Worker.Cpu/Lane/LaneWriter.cs) — without changing what each entry's status says or when it is acknowledged.
+/// </summary>
+[Collection(CpuLaneCollection.Name)]
+public sealed class LaneWriteTests(ITestOutputHelper output)
+{
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(90);
+
+    [Fact]
+    public async Task Starts_and_successes_of_a_backlog_share_scripts_instead_of_a_round_trip_each()
+    {
+        const int events = 200;
+        const int iterations = 2_000; // short jobs that still finish one at a time on one core
+        await using var lane = await CpuLaneHarness.StartAsync();
+        await using var monitor = await RedisMonitor.StartAsync(lane.Redis);
+        var ids = Enumerable.Range(0, events).Select(i => $"shared-{i}-{Guid.NewGuid():N}").ToArray();
+        // A backlog before the worker starts: every read brings many entries, and one core works through them.
+        await lane.EnqueueAsync([.. ids.Select(id => (id, "hash.pbkdf2", (object)new { data = Bursts.DataOf(id), iterations }))]);
+        var skip = monitor.Lines.Count;
+        await lane.StartWorkerAsync(new Dictionary<string, string?> { ["CpuLane__Handlers"] = "1" });
+        var drain = System.Diagnostics.Stopwatch.StartNew();
+
+        await Eventually.TrueAsync(async () => await lane.Db.StreamLengthAsync(CpuLaneStreams.Stream) == 0, Patience,
+            "the backlog to be acknowledged", TimeSpan.FromMilliseconds(100));
+        output.WriteLine($"drained {drain.Elapsed.TotalSeconds:F2} s after the worker was ready");
+
+        var outcomes = await lane.ReadAsync(ids);
+        Assert.Equal([], outcomes.Where(o => o.Value.State != "succeeded" || o.Value.Completions != 1).Select(o => $"{o.Key}: {o.Value.State} × {o.Value.Completions}"));
+        Assert.Equal([], outcomes.Where(o => o.Value.Result != Bursts.ExpectedPbkdf2(o.Key, iterations)).Select(o => o.Key));
+        // Every entry was charged exactly one run and its charge went with its acknowledgement.
+        Assert.Equal(events, monitor.LinesAfter(skip).Count(line => line.Contains($"\"HINCRBY\" \"{CpuLaneStreams.Started}\"", StringComparison.OrdinalIgnoreCase)));
+        Assert.Equal(0, await lane.Db.HashLengthAsync(CpuLaneStreams.Started));
+
+        // The scripts that start entries or record successes name the run-charge hash among their keys.
+        var laneScripts = monitor.LinesAfter(skip).Count(line =>
+            (line.Contains("] \"EVALSHA\"", StringComparison.OrdinalIgnoreCase) || line.Contains("] \"EVAL\"", StringComparison.OrdinalIgnoreCase))
+            && line.Contains($"\"{CpuLaneStreams.Started}\"", StringComparison.Ordinal));
+        output.WriteLine($"{laneScripts} start/success scripts for {events} events");
+        // One start and one success script per event would be 2 × events; shared, they are a fraction of one per event.
+        Assert.True(laneScripts <= events / 2, $"{laneScripts} start/success scripts for {events} events: the writes were not shared");
+    }
+
+    [Fact]
+    public async Task Successes_wait_for_company_only_while_other_entries_wait_for_a_core()
+    {
+        const int events = 40;
+        const int iterations = 20_000; // milliseconds each: alone, every success would be written by itself
+        await using var lane = await CpuLaneHarness.StartAsync();
+        await using var monitor = await RedisMonitor.StartAsync(lane.Redis);
+        await lane.StartWorkerAsync(new Dictionary<string, string?>
+        {
+            ["CpuLane__Handlers"] = "1",
+            ["CpuLane__WriteLinger"] = "00:00:00.500", // long, so that sharing shows however slow the machine is
+        });
+
+        // A quiet lane: nothing waits for a core, so a success is written at once, not after the linger.
+        var lone = $"lone-{Guid.NewGuid():N}";
+        await lane.EnqueueAsync((lone, "noop.cpu", (object)new { }));
+        var status = await lane.WaitForStateAsync(lone, "succeeded", Patience);
+        var written = long.Parse(status["finishedAt"]) - long.Parse(status["startedAt"]);
+        output.WriteLine($"lone event: started → succeeded in {written} ms");
+        Assert.True(written < 400, $"a lone event's success was written {written} ms after it started: it waited for company that could not come");
+
+        // A backlog on one core: while entries wait for it, successes of jobs finishing one at a time share a script.
+        var skip = monitor.Lines.Count;
+        var ids = Enumerable.Range(0, events).Select(i => $"linger-{i}-{Guid.NewGuid():N}").ToArray();
+        await lane.EnqueueAsync([.. ids.Select(id => (id, "hash.pbkdf2", (object)new { data = Bursts.DataOf(id), iterations }))]);
+        await Eventually.TrueAsync(async () => await lane.CountInStateAsync(ids, "succeeded") == events
+                && await lane.Db.StreamLengthAsync(CpuLaneStreams.Stream) == 0, Patience,
+            "the backlog to succeed and be acknowledged", TimeSpan.FromMilliseconds(100));
+        Assert.All((await lane.StatesAsync(ids)).Values, s => Assert.Equal(1, s.Completions));
+        var acknowledgements = monitor.LinesAfter(skip).Count(line => line.Contains("\"XACK\"", StringComparison.OrdinalIgnoreCase));
+        output.WriteLine($"{acknowledgements} acknowledgements (XACK) for {events} events");
+        Assert.True(acknowledgements <= events / 4, $"{acknowledgements} XACKs for {events} events finishing one at a time: their successes were not written together");
+    }
+
+    [Fact]
+    public async Task A_backlog_is_read_half_a_buffer_at_a_time_not_one_entry_per_freed_slot()
+    {
+        const int events = 60;
+        const int iterations = 20_000; // milliseconds each: slots come free one at a time
+        await using var lane = await CpuLaneHarness.StartAsync();
+        await using var monitor = await RedisMonitor.StartAsync(lane.Redis);
+        var ids = Enumerable.Range(0, events).Select(i => $"read-{i}-{Guid.NewGuid():N}").ToArray();
+        await lane.EnqueueAsync([.. ids.Select(id => (id, "hash.pbkdf2", (object)new { data = Bursts.DataOf(id), iterations }))]);
+        var skip = monitor.Lines.Count;
+        // A buffer of 8; no write linger, so each success frees its handler, and a buffer slot, by itself.
+        await lane.StartWorkerAsync(new Dictionary<string, string?>
+        {
+            ["CpuLane__Handlers"] = "1",
+            ["CpuLane__MaxStarted"] = "4",
+            ["CpuLane__WriteLinger"] = "00:00:00",
+        });
+        await Eventually.TrueAsync(async () => await lane.CountInStateAsync(ids, "succeeded") == events
+                && await lane.Db.StreamLengthAsync(CpuLaneStreams.Stream) == 0, Patience,
+            "the backlog to succeed and be acknowledged", TimeSpan.FromMilliseconds(100));
+        Assert.All((await lane.StatesAsync(ids)).Values, s => Assert.Equal(1, s.Completions));
+
+        var reads = monitor.LinesAfter(skip).Count(line => line.Contains("\"XREADGROUP\"", StringComparison.OrdinalIgnoreCase));
+        output.WriteLine($"{reads} reads (XREADGROUP) for {events} events through a buffer of 8");
+        // At least 4 entries a read, plus the reads that found the stream empty (one BLOCK timeout per second).
+        Assert.True(reads <= events / 3, $"{reads} XREADGROUPs for {events} events: the backlog was read a freed slot at a time");
+    }
+}
