@@ -48,6 +48,11 @@ public sealed class QuickSuiteTests : IDisposable
             AssertIsRealPng(chart, DepthChart.Width, DepthChart.Height);
         }
 
+        // Every burst is measured after an unreported warm-up of its own workload, and the result says how many.
+        Assert.All(scenarios, s => Assert.Equal(BenchApp.SuiteWarmup(s.GetProperty("name").GetString()!, quick: true), s.GetProperty("warmup").GetInt32()));
+        Assert.All(["noop-cpu-burst", "noop-io-burst", "noop-cpu-single", "cpu-burst", "io-burst"],
+            name => Assert.True(scenarios.Single(s => s.GetProperty("name").GetString() == name).GetProperty("warmup").GetInt32() > 0, name));
+
         var cpu = scenarios.Single(s => s.GetProperty("name").GetString() == "cpu-burst");
         Assert.True(cpu.GetProperty("ceiling").GetProperty("eventsPerSecond").GetDouble() > 0);
         Assert.True(cpu.GetProperty("ceilingRatio").GetDouble() > 0);

@@ -44,13 +44,13 @@ public static class ReportWriter
             md.AppendLine();
         }
 
-        md.AppendLine("| scenario | events | batch × conns | accepted | enqueue /s | drain s | end-to-end /s | p50 ms | p95 ms | p99 ms | max ms | pickup p50 ms | lost | dup | ceiling /s | ratio |");
-        md.AppendLine("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        md.AppendLine("| scenario | events | warm-up | batch × conns | accepted | enqueue /s | drain s | end-to-end /s | p50 ms | p95 ms | p99 ms | max ms | pickup p50 ms | lost | dup | ceiling /s | ratio |");
+        md.AppendLine("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var s in run.Scenarios)
         {
             var mode = s.Mode == "steady" ? $"{s.Rate}/s × {s.DurationSeconds}s, " : "";
             md.AppendLine(CultureInfo.InvariantCulture,
-                $"| {s.Name} | {s.Events} {s.EventType} | {mode}{s.Batch} × {s.Connections} | {s.Accepted} | {N(s.EnqueueRate)} | {N(s.DrainSeconds, "F2")} | {N(s.EndToEndRate)} | " +
+                $"| {s.Name} | {s.Events} {s.EventType} | {(s.Warmup > 0 ? s.Warmup.ToString(CultureInfo.InvariantCulture) : "—")} | {mode}{s.Batch} × {s.Connections} | {s.Accepted} | {N(s.EnqueueRate)} | {N(s.DrainSeconds, "F2")} | {N(s.EndToEndRate)} | " +
                 $"{N(s.Latency?.P50)} | {N(s.Latency?.P95)} | {N(s.Latency?.P99)} | {N(s.Latency?.Max)} | {N(s.Pickup?.P50)} | {s.Lost} | {(s.Duplicated?.ToString(CultureInfo.InvariantCulture) ?? "?")} | " +
                 $"{N(s.Ceiling?.EventsPerSecond)} | {N(s.CeilingRatio, "P1")} |");
         }

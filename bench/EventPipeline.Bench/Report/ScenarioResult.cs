@@ -72,6 +72,9 @@ public sealed record ScenarioResult
     public double? Rate { get; init; }
     public double? DurationSeconds { get; init; }
 
+    /// <summary>Events of the same workload and shape run just before, not reported (0: none).</summary>
+    public int Warmup { get; init; }
+
     public int Requests { get; init; }
     public int Accepted { get; init; }
     public int Rejected { get; init; }
