@@ -234,13 +234,13 @@ public sealed class IdempotencyGuard(IConnectionMultiplexer redis, IOptions<Inge
         return new RepeatedEvent(id, reservation.StartsWith("held:", StringComparison.Ordinal) ? reservation[5..] : null, Contracts.EventStates.Accepted);
     }
 
-    private static RedisKey ReservationKey(string id) => $"ingest:{id}";
+    internal static RedisKey ReservationKey(string id) => $"ingest:{id}";
 
     /// <summary>Keys are stored hashed with the caller's scope: the raw header value never lands in Redis.</summary>
-    private static RedisKey KeyOf(string scope, string idempotencyKey) =>
+    internal static RedisKey KeyOf(string scope, string idempotencyKey) =>
         "idem:" + Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(scope + "\n" + idempotencyKey)));
 
-    private static string Hash(ReadOnlySpan<byte> body) => Convert.ToHexStringLower(SHA256.HashData(body));
+    internal static string Hash(ReadOnlySpan<byte> body) => Convert.ToHexStringLower(SHA256.HashData(body));
 
-    private sealed record KeyBinding(string BodyHash, string[] Ids);
+    internal sealed record KeyBinding(string BodyHash, string[] Ids);
 }
