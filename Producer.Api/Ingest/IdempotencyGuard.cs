@@ -53,6 +53,8 @@ public sealed record IdempotencyClaim(
 /// downstream calls carry the id as their <c>Idempotency-Key</c>.</item>
 /// </list>
 /// The reservations only spare the brokers a second copy; the guarantee rests on rule 1.
+/// A request whose events all go straight into the CPU lane does not come here: <see cref="CpuLaneSubmission"/> applies
+/// both rules in the same script as its publish (one round trip), and its new events need no reservation.
 /// Events with a server-generated id and no Idempotency-Key need no reservation (nobody can repeat them), so such
 /// I/O-lane submissions do not depend on Redis.
 /// </summary>
