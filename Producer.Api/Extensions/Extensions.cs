@@ -54,6 +54,7 @@ public static class ProducerExtensions
         builder.Services.AddSingleton<ILanePublisher, CpuLanePublisher>();
         builder.Services.AddSingleton<ILanePublisher, IoLanePublisher>();
         builder.Services.AddSingleton<IdempotencyGuard>();
+        builder.Services.AddSingleton<CpuLaneSubmission>();
         builder.Services.AddSingleton<Backpressure>();
         builder.Services.AddSingleton<EventIngest>();
         builder.AddScheduling();

@@ -68,6 +68,7 @@ public sealed class EventIngest(
     IEnumerable<ILanePublisher> publishers,
     DelayedEventHolder delayed,
     IdempotencyGuard idempotency,
+    CpuLaneSubmission cpuLane,
     RedisReplicaAcknowledgement replicas,
     Backpressure backpressure,
     PipelineMetrics metrics,
@@ -203,6 +204,11 @@ public sealed class EventIngest(
             return (null, new HeaderResult(TypedResults.Problem(problem), ("Retry-After", backpressure.RetryAfterSeconds.ToString(CultureInfo.InvariantCulture))));
         }
 
+        if (CpuLaneSubmission.Takes(key, events))
+        {
+            return await AcceptCpuLaneAsync(scope, key, body, events, cancellationToken);
+        }
+
         IdempotencyClaim claim;
         EndPoint? primary = null;
         try
@@ -225,17 +231,9 @@ public sealed class EventIngest(
                 BrokerRetryAfterSeconds));
         }
 
-        switch (claim.Outcome)
+        if (ConflictProblem(claim.Outcome) is { } conflict)
         {
-            case ClaimOutcome.KeyReused:
-                return (null, Problems.Problem(StatusCodes.Status422UnprocessableEntity, Problems.IdempotencyKeyReused,
-                    "This Idempotency-Key was used for a different request",
-                    "A key identifies one request body for the retention window; send a new key for a new request."));
-            case ClaimOutcome.InFlight:
-                return (null, new HeaderResult(
-                    Problems.Problem(StatusCodes.Status409Conflict, Problems.IdempotencyInFlight, "The same event is being submitted right now",
-                        "Another request with this Idempotency-Key or event id is still waiting for its broker. Retry after the indicated delay to get its outcome."),
-                    ("Retry-After", InFlightRetryAfterSeconds.ToString(CultureInfo.InvariantCulture))));
+            return (null, conflict);
         }
 
         var outcome = await PublishAsync(claim.Fresh, claim.Repeats, cancellationToken);
@@ -254,13 +252,69 @@ public sealed class EventIngest(
             return (null, unreplicated);
         }
 
+        return (Answer(claim), null);
+    }
+
+    /// <summary>
+    /// A guarded CPU-lane request: the idempotency check and the publish are one Redis script, one round trip
+    /// (<see cref="CpuLaneSubmission"/>); the answers are the same as on the general path.
+    /// </summary>
+    private async Task<(IReadOnlyList<SubmittedEvent>? Events, IResult? Problem)> AcceptCpuLaneAsync(
+        string scope, string? key, ReadOnlyMemory<byte> body, IReadOnlyList<ValidatedEvent> events, CancellationToken cancellationToken)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout.CancelAfter(options.Value.BrokerTimeout);
+        IdempotencyClaim claim;
+        try
+        {
+            claim = await cpuLane.SubmitAsync(key, scope, body, events, DateTimeOffset.UtcNow, timeout.Token);
+        }
+        catch (BrokerUnavailableException ex)
+        {
+            logger.LogWarning(ex, "The {Lane} lane's broker did not confirm {Count} events ({Confirmed} confirmed before it failed, {Uncertain} in doubt)",
+                ex.Lane, events.Count, ex.Confirmed.Count, ex.Uncertain.Count);
+            return (null, Problems.Unavailable(ex.Lane, $"The {ex.Lane} lane's broker is unavailable",
+                "Redis did not confirm this request's idempotency check and write; the script may or may not have run. " +
+                "The events in uncertainIds may or may not be held (as may an earlier try's events under the same key or ids); nothing else was enqueued. " +
+                "Retry after the indicated delay with the same Idempotency-Key (or the same event ids): " +
+                "the retry gets the same ids and publishes what is not held, so nothing runs under two ids.",
+                BrokerRetryAfterSeconds, null, [.. ex.Uncertain.Select(e => e.Id)]));
+        }
+
+        if (ConflictProblem(claim.Outcome) is { } conflict)
+        {
+            return (null, conflict);
+        }
+
+        Accepted(claim.Fresh);
+        return (Answer(claim), null);
+    }
+
+    private static IResult? ConflictProblem(ClaimOutcome outcome) => outcome switch
+    {
+        ClaimOutcome.KeyReused => Problems.Problem(StatusCodes.Status422UnprocessableEntity, Problems.IdempotencyKeyReused,
+            "This Idempotency-Key was used for a different request",
+            "A key identifies one request body for the retention window; send a new key for a new request."),
+        ClaimOutcome.InFlight => new HeaderResult(
+            Problems.Problem(StatusCodes.Status409Conflict, Problems.IdempotencyInFlight, "The same event is being submitted right now",
+                "Another request with this Idempotency-Key or event id is still waiting for its broker. Retry after the indicated delay to get its outcome."),
+            ("Retry-After", InFlightRetryAfterSeconds.ToString(CultureInfo.InvariantCulture))),
+        _ => null,
+    };
+
+    /// <summary>The request's events in order: a repeat as it stands (200 when all are), a new one accepted or scheduled.</summary>
+    private static List<SubmittedEvent> Answer(IdempotencyClaim claim)
+    {
+        if (claim.Repeats.Count == 0)
+        {
+            return [.. claim.Requested.Select(e => new SubmittedEvent(e.Id, e.Lane, e.IsTimed ? EventStates.Scheduled : EventStates.Accepted))];
+        }
+
         var repeats = claim.Repeats.ToDictionary(r => r.Id);
-        var answer = claim.Requested
+        return [.. claim.Requested
             .Select(e => repeats.TryGetValue(e.Id, out var r)
                 ? new SubmittedEvent(r.Id, r.Lane ?? e.Lane, r.State, Duplicate: true)
-                : new SubmittedEvent(e.Id, e.Lane, e.IsTimed ? EventStates.Scheduled : EventStates.Accepted))
-            .ToList();
-        return (answer, null);
+                : new SubmittedEvent(e.Id, e.Lane, e.IsTimed ? EventStates.Scheduled : EventStates.Accepted))];
     }
 
     /// <summary>

@@ -53,6 +53,8 @@ public sealed record IdempotencyClaim(
 /// downstream calls carry the id as their <c>Idempotency-Key</c>.</item>
 /// </list>
 /// The reservations only spare the brokers a second copy; the guarantee rests on rule 1.
+/// A request whose events all go straight into the CPU lane does not come here: <see cref="CpuLaneSubmission"/> applies
+/// both rules in the same script as its publish (one round trip), and its new events need no reservation.
 /// Events with a server-generated id and no Idempotency-Key need no reservation (nobody can repeat them), so such
 /// I/O-lane submissions do not depend on Redis.
 /// </summary>
@@ -234,13 +236,13 @@ public sealed class IdempotencyGuard(IConnectionMultiplexer redis, IOptions<Inge
         return new RepeatedEvent(id, reservation.StartsWith("held:", StringComparison.Ordinal) ? reservation[5..] : null, Contracts.EventStates.Accepted);
     }
 
-    private static RedisKey ReservationKey(string id) => $"ingest:{id}";
+    internal static RedisKey ReservationKey(string id) => $"ingest:{id}";
 
     /// <summary>Keys are stored hashed with the caller's scope: the raw header value never lands in Redis.</summary>
-    private static RedisKey KeyOf(string scope, string idempotencyKey) =>
+    internal static RedisKey KeyOf(string scope, string idempotencyKey) =>
         "idem:" + Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(scope + "\n" + idempotencyKey)));
 
-    private static string Hash(ReadOnlySpan<byte> body) => Convert.ToHexStringLower(SHA256.HashData(body));
+    internal static string Hash(ReadOnlySpan<byte> body) => Convert.ToHexStringLower(SHA256.HashData(body));
 
-    private sealed record KeyBinding(string BodyHash, string[] Ids);
+    internal sealed record KeyBinding(string BodyHash, string[] Ids);
 }

@@ -29,15 +29,20 @@ public sealed class ApiKeyOptions
 /// </summary>
 public sealed class ApiKeyFilter(ApiKeyScope required, IOptions<ApiKeyOptions> options) : IEndpointFilter
 {
+    // The configured keys' hashes, computed once: a request hashes only the key it presents (one SHA-256, not four).
+    private readonly Lazy<(byte[]? Admin, byte[]? Submit)> _configured = new(() =>
+        (HashOf(options.Value.Admin), HashOf(options.Value.Submit)));
+
     /// <summary>HttpContext item holding the caller's scope name, so per-client state (idempotency keys) stays per scope.</summary>
     public const string ScopeItem = "EventPipeline.ApiKeyScope";
 
     public ValueTask<object?> InvokeAsync(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
     {
-        var presented = context.HttpContext.Request.Headers[ApiKeyOptions.HeaderName].ToString();
+        var presented = HashOf(context.HttpContext.Request.Headers[ApiKeyOptions.HeaderName].ToString());
+        var (admin, submit) = _configured.Value;
         // Both comparisons always run, so the time taken does not tell which key (if any) matched.
-        var isAdmin = Matches(presented, options.Value.Admin);
-        var isSubmit = Matches(presented, options.Value.Submit) | isAdmin;
+        var isAdmin = Matches(presented, admin);
+        var isSubmit = Matches(presented, submit) | isAdmin;
 
         if (!isSubmit)
         {
@@ -55,9 +60,11 @@ public sealed class ApiKeyFilter(ApiKeyScope required, IOptions<ApiKeyOptions> o
         return next(context);
     }
 
-    private static bool Matches(string presented, string configured) =>
-        configured.Length > 0 && presented.Length > 0 &&
-        CryptographicOperations.FixedTimeEquals(SHA256.HashData(Encoding.UTF8.GetBytes(presented)), SHA256.HashData(Encoding.UTF8.GetBytes(configured)));
+    /// <summary>Null for an empty key: an empty key is never configured and never matches.</summary>
+    private static byte[]? HashOf(string key) => key.Length > 0 ? SHA256.HashData(Encoding.UTF8.GetBytes(key)) : null;
+
+    private static bool Matches(byte[]? presented, byte[]? configured) =>
+        presented is not null && configured is not null && CryptographicOperations.FixedTimeEquals(presented, configured);
 }
 
 public static class ApiKeyEndpointExtensions

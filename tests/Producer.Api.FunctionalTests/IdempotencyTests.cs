@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
+using StackExchange.Redis;
 
 namespace EventPipeline.Producer.FunctionalTests;
 
@@ -135,6 +136,29 @@ public sealed class IdempotencyTests(ApiOnlyFixture fixture)
         Assert.Equal(fresh, events[1].GetProperty("id").GetString());
         Assert.False(events[1].TryGetProperty("duplicate", out _));
         await AssertEnqueuedAsync(before, "io", 1);
+    }
+
+    [Fact]
+    public async Task Cpu_lane_submission_guarded_by_id_or_key_costs_one_redis_round_trip()
+    {
+        // The idempotency check and the publish are one script: a single POST waits for Redis once, not two or three
+        // times (a key's binding, the ids' reservation, the publish were each a round trip).
+        var clientId = "trip-" + Guid.NewGuid().ToString("N");
+        using var redis = await Host.Redis.ConnectAsync();
+        await using var log = await RedisCommandLog.StartAsync(Host.Redis);
+
+        using var byId = await Host.Submit.SendAsync(Post("/events", $$$"""{"id":"{{{clientId}}}","type":"noop.cpu","payload":{}}"""));
+        using var byKey = await Host.Submit.SendAsync(Post("/events", """{"type":"noop.cpu","payload":{"trip":1}}""", "trip-" + Guid.NewGuid().ToString("N")));
+
+        Assert.Equal(HttpStatusCode.Accepted, byId.StatusCode);
+        Assert.Equal(HttpStatusCode.Accepted, byKey.StatusCode);
+        var keyedId = (await byKey.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("id").GetString()!;
+        var sentForId = await log.SentNamingAsync(clientId, redis.GetDatabase());
+        Assert.True(sentForId.Count == 1, $"a POST with a client-given id sent {sentForId.Count} commands naming it:\n{string.Join("\n", sentForId)}");
+        var sentForKey = await log.SentNamingAsync(keyedId, redis.GetDatabase());
+        Assert.True(sentForKey.Count == 1, $"a POST with an Idempotency-Key sent {sentForKey.Count} commands naming its event:\n{string.Join("\n", sentForKey)}");
+        Assert.Equal("accepted", (string?)await redis.GetDatabase().HashGetAsync($"event:{clientId}", "state"));
+        Assert.Equal("accepted", (string?)await redis.GetDatabase().HashGetAsync($"event:{keyedId}", "state"));
     }
 
     private async Task AssertEnqueuedAsync(BrokerContents before, string lane, long expected)

@@ -1,0 +1,117 @@
+using System.Text;
+using EventPipeline.Producer.Ingest;
+using EventPipeline.Producer.Validation;
+using EventPipeline.Shared;
+using EventPipeline.Testing;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+using StackExchange.Redis;
+
+namespace EventPipeline.Producer.UnitTests;
+
+/// <summary>
+/// The guarded CPU-lane request's single script against a real redis-server: the idempotency guard's rules and the
+/// publish's "no entry without its status" hold in one step, and a request that cannot go through writes nothing.
+/// </summary>
+public sealed class CpuLaneSubmissionTests : IAsyncLifetime
+{
+    private RedisServer _redis = null!;
+    private ConnectionMultiplexer _connection = null!;
+
+    public async Task InitializeAsync()
+    {
+        _redis = await RedisServer.StartAsync();
+        _connection = await _redis.ConnectAsync();
+    }
+
+    public async Task DisposeAsync()
+    {
+        _connection.Dispose();
+        await _redis.DisposeAsync();
+    }
+
+    private CpuLaneSubmission Submission()
+    {
+        var status = Options.Create(new StatusOptions());
+        var replicas = new RedisReplicaAcknowledgement(_connection, new ConfigurationBuilder().Build(),
+            Options.Create(new IngestOptions()), NullLogger<RedisReplicaAcknowledgement>.Instance);
+        return new CpuLaneSubmission(_connection, new EventStatusStore(_connection, status), replicas, status);
+    }
+
+    private static ValidatedEvent Event(string id) => new(id, "noop.cpu", "cpu", "{}", ClientGivenId: true);
+
+    private Task<IdempotencyClaim> SubmitAsync(ValidatedEvent[] events, string? key = null, string body = "{}") =>
+        Submission().SubmitAsync(key, "scope", Encoding.UTF8.GetBytes(body), events, DateTimeOffset.UtcNow, CancellationToken.None);
+
+    private async Task<int> EntriesAsync(string id) =>
+        (await _connection.GetDatabase().StreamRangeAsync(CpuLaneStreams.Stream)).Count(e => (string?)e["id"] == id);
+
+    [Fact]
+    public async Task An_id_another_request_is_publishing_makes_the_request_a_conflict_that_writes_nothing()
+    {
+        // An I/O-lane request holds the id's in-flight reservation while RabbitMQ confirms it.
+        var db = _connection.GetDatabase();
+        var busy = $"busy-{Guid.NewGuid():N}";
+        var free = $"free-{Guid.NewGuid():N}";
+        await db.StringSetAsync($"ingest:{busy}", "pending:other-request", TimeSpan.FromMinutes(1));
+
+        var claim = await SubmitAsync([Event(free), Event(busy)]);
+
+        Assert.Equal(ClaimOutcome.InFlight, claim.Outcome);
+        Assert.False(await db.KeyExistsAsync(EventStatusStore.Key(free)), "the other event of the refused request got a status");
+        Assert.Equal(0, await EntriesAsync(free));
+    }
+
+    [Fact]
+    public async Task A_status_key_of_the_wrong_type_fails_the_request_with_every_event_in_doubt_and_nothing_written()
+    {
+        var db = _connection.GetDatabase();
+        var ids = Enumerable.Range(0, 3).Select(i => $"wrong-{i}-{Guid.NewGuid():N}").ToArray();
+        await db.StringSetAsync(EventStatusStore.Key(ids[1]), "not a status hash");
+
+        var failure = await Assert.ThrowsAsync<BrokerUnavailableException>(() => SubmitAsync([.. ids.Select(Event)]));
+
+        Assert.Equal(ids, failure.Uncertain.Select(e => e.Id));
+        Assert.False(await db.KeyExistsAsync(EventStatusStore.Key(ids[0])), "an event before the bad key was written");
+        Assert.Equal(0, await EntriesAsync(ids[0]));
+    }
+
+    [Fact]
+    public async Task A_repeat_is_answered_from_its_status_and_only_new_ids_get_an_entry()
+    {
+        var seen = $"seen-{Guid.NewGuid():N}";
+        var fresh = $"fresh-{Guid.NewGuid():N}";
+        Assert.Single((await SubmitAsync([Event(seen)])).Fresh);
+        await _connection.GetDatabase().HashSetAsync(EventStatusStore.Key(seen), "state", "succeeded");
+
+        var claim = await SubmitAsync([Event(seen), Event(fresh)]);
+
+        Assert.Equal(ClaimOutcome.Claimed, claim.Outcome);
+        Assert.Equal(fresh, Assert.Single(claim.Fresh).Id);
+        var repeat = Assert.Single(claim.Repeats);
+        Assert.Equal((seen, "cpu", "succeeded"), (repeat.Id, repeat.Lane, repeat.State));
+        Assert.Equal(1, await EntriesAsync(seen));
+        Assert.Equal(1, await EntriesAsync(fresh));
+    }
+
+    [Fact]
+    public async Task A_key_keeps_the_ids_of_its_first_request_and_refuses_a_different_body()
+    {
+        var key = $"key-{Guid.NewGuid():N}";
+        var first = await SubmitAsync([Event($"first-{Guid.NewGuid():N}") with { ClientGivenId = false }], key, """{"a":1}""");
+        var id = Assert.Single(first.Fresh).Id;
+
+        var again = await SubmitAsync([Event($"other-{Guid.NewGuid():N}") with { ClientGivenId = false }], key, """{"a":1}""");
+        var different = await SubmitAsync([Event($"third-{Guid.NewGuid():N}") with { ClientGivenId = false }], key, """{"a":2}""");
+
+        Assert.Equal(ClaimOutcome.Claimed, again.Outcome);
+        Assert.Empty(again.Fresh);
+        Assert.Equal(id, Assert.Single(again.Repeats).Id);
+        Assert.Equal(ClaimOutcome.KeyReused, different.Outcome);
+        Assert.Equal(1, await EntriesAsync(id));
+        var binding = Assert.Single(_connection.GetServer(_connection.GetEndPoints()[0]).Keys(pattern: "idem:*").ToList());
+        Assert.True(await _connection.GetDatabase().KeyTimeToLiveAsync(binding) > TimeSpan.FromHours(1),
+            "the key's binding must last for the retention window");
+    }
+}
