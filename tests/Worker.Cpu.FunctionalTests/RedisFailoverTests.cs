@@ -62,6 +62,15 @@ public sealed class RedisFailoverTests(SharedRabbitMq rabbit, ITestOutputHelper 
             Assert.Equal(HttpStatusCode.Accepted, fine.StatusCode);
         }
 
+        // The submission above wrote the replica-ack probe. An event named like the probe is an event like any other:
+        // when the probe's key was in the reservations' namespace (ingest:<id>), it was answered "duplicate" and never
+        // written.
+        using (var named = await lane.SubmitBatchAsync([NoopCpu("replica-ack-probe")]))
+        {
+            Assert.True(named.StatusCode == HttpStatusCode.Accepted,
+                $"an event with the probe's name was answered {(int)named.StatusCode}: {await named.Content.ReadAsStringAsync()}");
+        }
+
         var primary = await lane.Redis.PrimaryPortAsync();
         foreach (var replica in lane.Redis.NodePorts.Where(p => p != primary))
         {
