@@ -21,8 +21,12 @@ public sealed class RedisReplicaAcknowledgement(
     IConnectionMultiplexer shared, IConfiguration configuration, IOptions<IngestOptions> options, ILogger<RedisReplicaAcknowledgement> logger)
     : IAsyncDisposable
 {
-    /// <summary>The key the probe writes (one small string, expiring).</summary>
-    public static readonly RedisKey ProbeKey = "ingest:replica-ack-probe";
+    /// <summary>
+    /// The key the probe writes (one small string, expiring). Outside every namespace an event id can reach
+    /// (<c>ingest:&lt;id&gt;</c> reservations, <c>event:&lt;id&gt;</c> statuses): as <c>ingest:replica-ack-probe</c> it made an
+    /// event named <c>replica-ack-probe</c> look held, answered "duplicate" and never written.
+    /// </summary>
+    public static readonly RedisKey ProbeKey = "replica-acks.probe";
 
     private readonly Lock _gate = new();
     private TaskCompletionSource<EndPoint>? _next;
