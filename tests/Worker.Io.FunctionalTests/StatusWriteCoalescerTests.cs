@@ -14,7 +14,7 @@ namespace EventPipeline.Worker.Io.FunctionalTests;
 /// a queued write is answered within about one Redis timeout however many writes are queued, and every caller gets an
 /// error of its own that the consumer's status-write handling covers.
 /// </summary>
-public sealed class StatusWriteCoalescerTests : IAsyncLifetime
+public sealed class StatusWriteCoalescerTests(ITestOutputHelper output) : IAsyncLifetime
 {
     // Short, so a stall costs the test about a second; the default (5 s) scales every figure below by 5.
     private const int RedisTimeoutMs = 1000;
@@ -57,6 +57,7 @@ public sealed class StatusWriteCoalescerTests : IAsyncLifetime
         }
 
         var slowest = answered.Max();
+        output.WriteLine($"{writes} writes queued while Redis was stalled: slowest answered after {slowest.TotalSeconds:F2} s, DisposeAsync returned after {disposed.TotalSeconds:F2} s (Redis timeout {RedisTimeoutMs} ms)");
         Assert.True(slowest < TimeSpan.FromMilliseconds(4 * RedisTimeoutMs),
             $"the slowest of {writes} writes queued while Redis was stalled was answered after {slowest.TotalSeconds:F1} s (Redis timeout {RedisTimeoutMs} ms)");
         Assert.True(disposed < TimeSpan.FromMilliseconds(4 * RedisTimeoutMs),
