@@ -57,6 +57,9 @@ public sealed class StatusWriteCoalescer : IAsyncDisposable, IDisposable
     private readonly TimeSpan _timeout;
     private readonly Task _loop;
 
+    // The latest deadline among the writes of the call in flight: after it, nobody waits for that call's answer.
+    private long _inFlightAwaitedUntil;
+
     public StatusWriteCoalescer(IConnectionMultiplexer redis, EventStatusStore statuses)
     {
         _redis = redis;
@@ -145,6 +148,7 @@ public sealed class StatusWriteCoalescer : IAsyncDisposable, IDisposable
                 continue;
             }
 
+            _inFlightAwaitedUntil = batch.Max(w => w.Deadline);
             _ = SendAsync(batch);
         }
     }
@@ -223,14 +227,16 @@ public sealed class StatusWriteCoalescer : IAsyncDisposable, IDisposable
     }
 
     /// <summary>
-    /// Refuses new writes and sends (or, past their deadline, drops) the queued ones: returns within about one timeout
-    /// of the last write queued, waiting for the last call at most one timeout more. Every caller is answered by then.
+    /// Refuses new writes, sends (or, past their deadline, drops) the queued ones and waits for the last call while
+    /// anyone waits for its answer: returns within about one timeout of the last write queued, every caller answered.
     /// </summary>
     public async ValueTask DisposeAsync()
     {
         _queue.Writer.TryComplete();
         await _loop;
-        if (await _inFlight.WaitAsync(_timeout))
+        var now = Stopwatch.GetTimestamp();
+        var awaited = now >= _inFlightAwaitedUntil ? TimeSpan.Zero : Stopwatch.GetElapsedTime(now, _inFlightAwaitedUntil);
+        if (await _inFlight.WaitAsync(awaited))
         {
             _inFlight.Release();
         }
