@@ -8,6 +8,7 @@ namespace EventPipeline.Bench.Tests;
 /// The tool's own correctness on a real system (started by the tool through the AppHost): every event is accounted for
 /// and the report files are really written. Timings are reported by the tool, never asserted here.
 /// </summary>
+[Collection(ChaosCollections.SingleNodeAndQuickSuite)]
 public sealed class QuickSuiteTests : IDisposable
 {
     private readonly string _out = Directory.CreateTempSubdirectory("ep-bench-test-").FullName;

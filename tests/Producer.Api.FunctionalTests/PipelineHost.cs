@@ -45,7 +45,8 @@ public sealed class PipelineHost : IAsyncDisposable
     public static async Task<PipelineHost> StartAsync(IDictionary<string, string?>? apiSettings = null)
     {
         var redisTask = RedisServer.StartAsync();
-        var rabbitTask = RabbitMqServer.StartAsync();
+        // Fresh brokers for every host, as before; the RabbitMQ node was booted while the previous class ran.
+        var rabbitTask = RabbitMqServer.StartOrTakeSpareAsync();
         var host = new PipelineHost(await redisTask, await rabbitTask, apiSettings ?? new Dictionary<string, string?>());
         await host.StartApiAsync();
         return host;
@@ -165,14 +166,11 @@ public sealed class PipelineHost : IAsyncDisposable
         Anonymous?.Dispose();
         Submit?.Dispose();
         Admin?.Dispose();
-        foreach (var service in Enumerable.Reverse(_services))
-        {
-            await service.DisposeAsync();
-        }
-
+        // The services stop (SIGTERM) side by side, then both brokers: nothing is asserted about a fixture's teardown,
+        // and one after the other it cost several seconds per class.
+        await Task.WhenAll(_services.Select(service => service.DisposeAsync().AsTask()));
         _redisClient?.Dispose();
-        await Rabbit.DisposeAsync();
-        await Redis.DisposeAsync();
+        await Task.WhenAll(Rabbit.DisposeAsync().AsTask(), Redis.DisposeAsync().AsTask());
     }
 }
 

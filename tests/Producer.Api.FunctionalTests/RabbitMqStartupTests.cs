@@ -17,7 +17,7 @@ public sealed class RabbitMqStartupTests : IAsyncLifetime
     public async Task InitializeAsync()
     {
         var redis = RedisServer.StartAsync();
-        var rabbit = RabbitMqServer.StartAsync();
+        var rabbit = RabbitMqServer.StartOrTakeSpareAsync();
         (_redis, _rabbit) = (await redis, await rabbit);
         await _rabbit.StopAsync();
     }

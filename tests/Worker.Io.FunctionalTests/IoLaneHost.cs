@@ -62,7 +62,8 @@ public sealed class IoLaneHost : IAsyncDisposable
 
     public static async Task<IoLaneHost> StartBrokersAsync()
     {
-        var rabbitTask = RabbitMqServer.StartAsync();
+        // A fresh node for every host, as before; it was booted while the previous class ran.
+        var rabbitTask = RabbitMqServer.StartOrTakeSpareAsync();
         var redisTask = RedisServer.StartAsync();
         await Task.WhenAll(rabbitTask, redisTask);
         var redis = await redisTask;
@@ -322,19 +323,12 @@ public sealed class IoLaneHost : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        foreach (var process in new[] { CpuWorker, Worker, Api, Receiver })
-        {
-            if (process is not null)
-            {
-                await process.DisposeAsync();
-            }
-        }
-
+        // Side by side: nothing is asserted about a host's teardown, and one SIGTERM after the other cost seconds each.
+        await Task.WhenAll(new[] { CpuWorker, Worker, Api, Receiver }.OfType<ChildProcess>().Select(p => p.DisposeAsync().AsTask()));
         ApiClient?.Dispose();
         ReceiverClient?.Dispose();
         StatusConnection.Dispose();
-        await Redis.DisposeAsync();
-        await Rabbit.DisposeAsync();
+        await Task.WhenAll(Redis.DisposeAsync().AsTask(), Rabbit.DisposeAsync().AsTask());
     }
 }
 
