@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
@@ -126,7 +127,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             return false;
         }
 
-        await scan.Channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
+        await scan.AckAsync(message, cancellationToken);
         return true;
     });
 
@@ -140,7 +141,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         var deleted = 0;
         while (await scan.NextAsync(bound) is { } message)
         {
-            await scan.Channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
+            await scan.AckAsync(message, cancellationToken);
             deleted++;
         }
 
@@ -156,7 +157,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         if (seen.State == EventStates.Succeeded)
         {
             logger.LogInformation("Dropped the dead letter of {EventId} instead of replaying it: the event already succeeded", dead.Id);
-            await scan.Channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
+            await scan.AckAsync(message, cancellationToken);
             return ReplayOutcome.AlreadySucceeded;
         }
 
@@ -184,7 +185,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             await scan.Channel.BasicPublishAsync("", IoLaneTopology.QueueName, mandatory: true, properties, message.Body, publishTimeout.Token);
         }
 
-        await scan.Channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
+        await scan.AckAsync(message, cancellationToken);
         try
         {
             if (!await statuses.MarkReplayedIfUnchangedAsync(dead.Id, dead.Type, Lane, dead.AcceptedAt ?? DateTimeOffset.UtcNow, seen.State, seen.FinishedAt))
@@ -302,10 +303,10 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         catch (OperationInterruptedException ex) when (ex.ShutdownReason?.ReplyCode == 404)
         {
             await channel.DisposeAsync();
-            return new QueueScan(null, 0, default, cancellationToken);
+            return new QueueScan(null, null, 0, default, cancellationToken);
         }
 
-        return new QueueScan(channel, length, DateTimeOffset.UtcNow - statuses.DeadLetterRetention, cancellationToken);
+        return new QueueScan(connection, channel, length, DateTimeOffset.UtcNow - statuses.DeadLetterRetention, cancellationToken);
     }
 
     private async Task<T> Guard<T>(CancellationToken requestAborted, Func<Task<T>> operation)
@@ -328,16 +329,27 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
     }
 
     /// <summary>
-    /// Reads the error queue on one channel without acknowledging; disposing closes the channel, which returns every
-    /// message not acknowledged to the queue. A dead letter older than the retention (dead before
+    /// Reads the error queue on one channel without acknowledging; disposing hands every message not acknowledged back
+    /// to the queue (in the order read) and closes the channel. A dead letter older than the retention (dead before
     /// <paramref name="expiredBefore"/>) is acknowledged, i.e. dropped, when met: its status expires with it.
     /// </summary>
-    private sealed class QueueScan(IChannel? channel, long queueLength, DateTimeOffset expiredBefore, CancellationToken cancellationToken)
+    private sealed class QueueScan(IConnection? connection, IChannel? channel, long queueLength, DateTimeOffset expiredBefore, CancellationToken cancellationToken)
         : IAsyncDisposable
     {
         public IChannel Channel => channel ?? throw new InvalidOperationException("no error queue");
 
         public long QueueLength => queueLength;
+
+        private readonly SortedSet<ulong> _unacknowledged = [];
+        private long _acknowledged;
+
+        /// <summary>Takes a message off the queue for good.</summary>
+        public async Task AckAsync(BasicGetResult message, CancellationToken token)
+        {
+            await Channel.BasicAckAsync(message.DeliveryTag, multiple: false, token);
+            _unacknowledged.Remove(message.DeliveryTag);
+            _acknowledged++;
+        }
 
         /// <summary>Messages taken from the queue so far, dropped ones included.</summary>
         public long Read { get; private set; }
@@ -348,9 +360,10 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
                    && await channel.BasicGetAsync(IoLaneTopology.ErrorQueueName, autoAck: false, cancellationToken) is { } message)
             {
                 Read++;
+                _unacknowledged.Add(message.DeliveryTag);
                 if (Parse(message).DeadAt is { } deadAt && deadAt < expiredBefore)
                 {
-                    await channel.BasicAckAsync(message.DeliveryTag, multiple: false, cancellationToken);
+                    await AckAsync(message, cancellationToken);
                     continue;
                 }
 
@@ -373,6 +386,25 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             return null;
         }
 
+        /// <summary>
+        /// Waits (up to 2 s) until the queue holds again what it held when the scan began, less what the scan took for
+        /// good. A quorum queue takes a closed channel's unacknowledged messages back only once it notices the channel
+        /// is gone, after the close is answered, so the next operation saw fewer dead letters, or the ones it read later.
+        /// Handing them back with a nack instead is no cure: RabbitMQ 3.10's quorum queue puts a nacked message at the
+        /// back, which breaks "oldest first". (Concurrent scans can hold messages too; then the wait just times out.)
+        /// </summary>
+        private async Task AwaitReturnedAsync(IConnection open)
+        {
+            var expected = queueLength - _acknowledged;
+            await using var probe = await open.CreateChannelAsync(cancellationToken: CancellationToken.None);
+            var deadline = Stopwatch.StartNew();
+            while ((await probe.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, CancellationToken.None)).MessageCount < expected
+                   && deadline.Elapsed < TimeSpan.FromSeconds(2))
+            {
+                await Task.Delay(5, CancellationToken.None);
+            }
+        }
+
         public async ValueTask DisposeAsync()
         {
             if (channel is not null)
@@ -380,6 +412,10 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
                 if (channel.IsOpen)
                 {
                     await channel.CloseAsync();
+                    if (_unacknowledged.Count > 0 && connection is not null)
+                    {
+                        await AwaitReturnedAsync(connection);
+                    }
                 }
 
                 await channel.DisposeAsync();

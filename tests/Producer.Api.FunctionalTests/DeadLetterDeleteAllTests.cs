@@ -71,6 +71,38 @@ public sealed class DeadLetterDeleteAllTests(FullPipelineFixture fixture) : ICla
         Assert.Equal(0, (await empty.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deleted").GetInt32());
     }
 
+    [Fact]
+    public async Task Each_io_dead_letter_operation_sees_every_dead_letter_the_one_before_it_read_and_left()
+    {
+        var ids = new List<string>();
+        for (var i = 0; i < 3; i++)
+        {
+            var id = await SubmitAsync(JsonSerializer.Serialize(new { type = "test.fail", payload = new { lane = "io" } }));
+            await Host.WaitForStateAsync(id, "dead");
+            ids.Add(id);
+        }
+
+        await WaitForDeadLetterCountAsync("io", 3);
+
+        // A lookup reads the error queue without acknowledging and leaves every message there; the list right after it
+        // must see all of them, in order. The quorum queue takes a closed channel's unacknowledged messages back only
+        // when it notices the channel is gone, so without handing them back first the list saw fewer.
+        for (var round = 0; round < 20; round++)
+        {
+            using (var found = await Host.Admin.GetAsync($"/dead-letters/io/{ids[2]}"))
+            {
+                Assert.Equal(HttpStatusCode.OK, found.StatusCode);
+            }
+
+            var page = await Host.Admin.GetFromJsonAsync<JsonElement>("/dead-letters/io?limit=10");
+            var listed = page.GetProperty("items").EnumerateArray().Select(i => i.GetProperty("id").GetString()!).ToList();
+            Assert.True(ids.SequenceEqual(listed), $"round {round}: listed [{string.Join(", ", listed)}] right after a lookup, expected [{string.Join(", ", ids)}]");
+        }
+
+        using var cleanup = await Host.Admin.DeleteAsync("/dead-letters/io");
+        Assert.Equal(3, (await cleanup.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deleted").GetInt32());
+    }
+
     [Theory]
     [InlineData("0")]
     [InlineData("-1")]
