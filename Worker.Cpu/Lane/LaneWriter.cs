@@ -141,7 +141,17 @@ public sealed class LaneWriter(
                 }
             }
 
-            await WriteAsync(successes, starts);
+            try
+            {
+                await WriteAsync(successes, starts);
+            }
+            catch (Exception ex)
+            {
+                // Never ends the loop: later writes and the callers still waiting would wait forever, and the heartbeat
+                // would keep their entries from every other consumer.
+                logger.LogError(ex, "A lane write of {Successes} successes and {Starts} starts failed unexpectedly; their entries stay pending", successes.Count, starts.Count);
+                Fail(successes, starts, ex);
+            }
         }
     }
 
@@ -207,27 +217,48 @@ public sealed class LaneWriter(
             values[v++] = start.Entry.Attempt;
         }
 
-        RedisResult[] reply;
+        RedisResult reply;
         try
         {
-            reply = (RedisResult[])(await redis.GetDatabase().ScriptEvaluateAsync(Script, keys, values))!;
+            reply = await redis.GetDatabase().ScriptEvaluateAsync(Script, keys, values);
         }
         catch (Exception ex)
         {
             // Nothing of the batch is known to have been written: each entry stays pending and its handler reports it.
-            foreach (var success in successes)
-            {
-                success.Done.TrySetException(ex);
-            }
-
-            foreach (var start in starts)
-            {
-                start.Done.TrySetException(ex);
-            }
-
+            Fail(successes, starts, ex);
             return;
         }
 
+        try
+        {
+            Answer(successes, starts, reply);
+        }
+        catch (Exception ex) when (ex is InvalidCastException or IndexOutOfRangeException or ArgumentException or NullReferenceException or FormatException or OverflowException)
+        {
+            // A reply of another shape than the script's: what landed is unknown, so the callers not yet answered are
+            // failed like a Redis error (their entries stay pending and run again; a success already recorded is
+            // found recorded then).
+            Fail(successes, starts, new RedisException($"Unexpected reply to the lane write: {reply}", ex));
+        }
+    }
+
+    private static void Fail(List<Success> successes, List<Start> starts, Exception ex)
+    {
+        // TrySet: callers already answered from the reply keep their answer.
+        foreach (var success in successes)
+        {
+            success.Done.TrySetException(ex);
+        }
+
+        foreach (var start in starts)
+        {
+            start.Done.TrySetException(ex);
+        }
+    }
+
+    private void Answer(List<Success> successes, List<Start> starts, RedisResult result)
+    {
+        var reply = (RedisResult[])result!;
         var recorded = (RedisResult[])reply[0]!;
         var acked = (RedisResult[])reply[1]!;
         var errors = (RedisResult[])reply[2]!;
