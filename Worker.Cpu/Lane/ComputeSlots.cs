@@ -12,6 +12,11 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// </summary>
 public sealed class ComputeSlots(EntryOwnership ownership, LaneWriter writer, IOptions<CpuLaneOptions> options, ILogger<ComputeSlots> logger)
 {
+    // The host gives the consumer 5 s after the drain timeout (Extensions.cs: ShutdownTimeout); this leaves a second of
+    // it for the take-back itself. A write in flight answered later than this (the Redis client allows BlockTimeout +
+    // 5 s) may still charge entries no one takes back.
+    private static readonly TimeSpan ChargeAnswerLimit = TimeSpan.FromSeconds(4);
+
     private readonly SemaphoreSlim _cores = new(options.Value.EffectiveHandlers, options.Value.EffectiveHandlers);
     private readonly CancellationTokenSource _drainExpired = new();
     private readonly TaskCompletionSource _noChargeInFlight = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -19,11 +24,6 @@ public sealed class ComputeSlots(EntryOwnership ownership, LaneWriter writer, IO
     // Guarded by itself: entries charged and not (yet) computing, charges in flight, and whether the drain expired.
     private readonly Dictionary<RedisValue, LaneEntry> _charged = [];
     private int _chargesInFlight;
-
-    // The host gives the consumer 5 s after the drain timeout (Extensions.cs: ShutdownTimeout); this leaves a second of
-    // it for the take-back itself. A write in flight answered later than this (the Redis client allows BlockTimeout +
-    // 5 s) may still charge entries no one takes back.
-    private static readonly TimeSpan ChargeAnswerLimit = TimeSpan.FromSeconds(4);
     private bool _expired;
 
     /// <summary>Charges the entry a run unless the drain has timed out (then null: nothing charged, leave it pending).</summary>
