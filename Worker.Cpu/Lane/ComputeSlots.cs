@@ -12,6 +12,11 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// </summary>
 public sealed class ComputeSlots(EntryOwnership ownership, LaneWriter writer, IOptions<CpuLaneOptions> options, ILogger<ComputeSlots> logger)
 {
+    // The host gives the consumer 5 s after the drain timeout (Extensions.cs: ShutdownTimeout); this leaves a second of
+    // it for the take-back itself. A write in flight answered later than this (the Redis client allows BlockTimeout +
+    // 5 s) may still charge entries no one takes back.
+    private static readonly TimeSpan ChargeAnswerLimit = TimeSpan.FromSeconds(4);
+
     private readonly SemaphoreSlim _cores = new(options.Value.EffectiveHandlers, options.Value.EffectiveHandlers);
     private readonly CancellationTokenSource _drainExpired = new();
     private readonly TaskCompletionSource _noChargeInFlight = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -34,7 +39,7 @@ public sealed class ComputeSlots(EntryOwnership ownership, LaneWriter writer, IO
             _chargesInFlight++;
         }
 
-        var start = EntryOwnership.Start.ClaimedByAnother;
+        EntryOwnership.Start? start = null;
         try
         {
             start = await writer.StartAsync(entry);
@@ -76,7 +81,11 @@ public sealed class ComputeSlots(EntryOwnership ownership, LaneWriter writer, IO
         {
             if (!_expired)
             {
-                _charged.Remove(entry.EntryId);
+                if (_charged.Remove(entry.EntryId) && _charged.Count == 0)
+                {
+                    writer.NothingWaitsForCore();
+                }
+
                 return true;
             }
         }
@@ -122,9 +131,16 @@ public sealed class ComputeSlots(EntryOwnership ownership, LaneWriter writer, IO
             }
         }
 
+        // Starts still queued in the writer are answered without being written; only the write in flight can still
+        // charge entries, and it is answered within the Redis timeout. Waiting for it (not for a fixed time) is what
+        // makes the take-back below see every charge: one landing after it would leave its entry processing and
+        // charged, a false suspect for a whole ClaimTimeout.
+        writer.StopStarting();
         await _drainExpired.CancelAsync();
-        // A charge on its way lands within a round trip; a Redis that does not answer gets no longer than this.
-        await Task.WhenAny(_noChargeInFlight.Task, Task.Delay(TimeSpan.FromSeconds(2)));
+        if (await Task.WhenAny(_noChargeInFlight.Task, Task.Delay(ChargeAnswerLimit)) != _noChargeInFlight.Task)
+        {
+            logger.LogWarning("Charges still unanswered {Limit} after the drain timed out; entries they charge are taken back by no one and look like suspects to whoever claims them", ChargeAnswerLimit);
+        }
 
         RedisValue[] neverRan;
         lock (_charged)

@@ -89,15 +89,48 @@ public sealed class LaneWriter(
         FullMode = BoundedChannelFullMode.Wait,
     });
 
+    // Set once the drain timed out: starts not yet sent are answered null, never written.
+    private volatile bool _startsStopped;
+
+    // Guarded by itself: the wait of a lingering batch, cut short when nothing charged waits for a core any more.
+    private readonly Lock _lingerLock = new();
+    private CancellationTokenSource? _lingering;
+
     /// <summary>
     /// Charges <paramref name="entry"/> a run and marks its event <c>processing</c> (see <see cref="EntryOwnership"/>)
-    /// in the next batch; the task ends with what the script found. A Redis error is thrown (the entry stays pending).
+    /// in the next batch; the task ends with what the script found, or null when starts were stopped
+    /// (<see cref="StopStarting"/>) before it was sent: nothing was written, the entry stays pending. A Redis error is
+    /// thrown (the entry stays pending).
     /// </summary>
-    public async Task<EntryOwnership.Start> StartAsync(LaneEntry entry)
+    public async Task<EntryOwnership.Start?> StartAsync(LaneEntry entry)
     {
-        var start = new Start(entry, new TaskCompletionSource<EntryOwnership.Start>(TaskCreationOptions.RunContinuationsAsynchronously));
+        if (_startsStopped)
+        {
+            return null;
+        }
+
+        var start = new Start(entry, new TaskCompletionSource<EntryOwnership.Start?>(TaskCreationOptions.RunContinuationsAsynchronously));
         await _pending.Writer.WriteAsync(start);
         return await start.Done.Task;
+    }
+
+    /// <summary>
+    /// The drain timed out: no start is sent any more, those still queued are answered null. Once the write in flight
+    /// (if any) is answered, every start that will ever be written here has been answered, so a take-back after that
+    /// sees every charge (<see cref="ComputeSlots.TakeBackUnstartedAsync"/>).
+    /// </summary>
+    public void StopStarting() => _startsStopped = true;
+
+    /// <summary>
+    /// Nothing charged waits for a core any more: a batch lingering for company is written now, since a core that comes
+    /// free would otherwise idle until the linger ends (a failed job frees its core without a write that would wake it).
+    /// </summary>
+    public void NothingWaitsForCore()
+    {
+        lock (_lingerLock)
+        {
+            _lingering?.Cancel();
+        }
     }
 
     /// <summary>Queues a success; the task ends when it is recorded (true) or found already recorded (false).</summary>
@@ -132,7 +165,7 @@ public sealed class LaneWriter(
                 while (successes.Count < maxSuccesses && starts.Count < maxStarts && lingerWhile())
                 {
                     var left = Stopwatch.GetElapsedTime(Stopwatch.GetTimestamp(), deadline);
-                    if (left <= TimeSpan.Zero || !await MoreWithinAsync(left))
+                    if (left <= TimeSpan.Zero || !await MoreWithinAsync(left, lingerWhile))
                     {
                         break;
                     }
@@ -141,7 +174,17 @@ public sealed class LaneWriter(
                 }
             }
 
-            await WriteAsync(successes, starts);
+            try
+            {
+                await WriteAsync(successes, starts);
+            }
+            catch (Exception ex)
+            {
+                // Never ends the loop: later writes and the callers still waiting would wait forever, and the heartbeat
+                // would keep their entries from every other consumer.
+                logger.LogError(ex, "A lane write of {Successes} successes and {Starts} starts failed unexpectedly; their entries stay pending", successes.Count, starts.Count);
+                Fail(successes, starts, ex);
+            }
         }
     }
 
@@ -166,21 +209,49 @@ public sealed class LaneWriter(
         }
     }
 
-    private async Task<bool> MoreWithinAsync(TimeSpan left)
+    private async Task<bool> MoreWithinAsync(TimeSpan left, Func<bool> lingerWhile)
     {
         using var timeout = new CancellationTokenSource(left);
+        lock (_lingerLock)
+        {
+            _lingering = timeout;
+        }
+
         try
         {
-            return await _pending.Reader.WaitToReadAsync(timeout.Token);
+            // Checked again once NothingWaitsForCore can cut the wait short: a core taken just before is not missed.
+            return lingerWhile() && await _pending.Reader.WaitToReadAsync(timeout.Token);
         }
         catch (OperationCanceledException)
         {
             return false;
         }
+        finally
+        {
+            lock (_lingerLock)
+            {
+                _lingering = null;
+            }
+        }
     }
 
     private async Task WriteAsync(List<Success> successes, List<Start> starts)
     {
+        if (_startsStopped && starts.Count > 0)
+        {
+            // The drain timed out while these waited to be sent: none is charged, their entries stay pending.
+            foreach (var start in starts)
+            {
+                start.Done.TrySetResult(null);
+            }
+
+            starts.Clear();
+            if (successes.Count == 0)
+            {
+                return;
+            }
+        }
+
         var keys = new RedisKey[2 + successes.Count + starts.Count];
         var values = new RedisValue[5 + successes.Count * 3 + starts.Count * 2];
         keys[0] = CpuLaneStreams.Stream;
@@ -207,27 +278,48 @@ public sealed class LaneWriter(
             values[v++] = start.Entry.Attempt;
         }
 
-        RedisResult[] reply;
+        RedisResult reply;
         try
         {
-            reply = (RedisResult[])(await redis.GetDatabase().ScriptEvaluateAsync(Script, keys, values))!;
+            reply = await redis.GetDatabase().ScriptEvaluateAsync(Script, keys, values);
         }
         catch (Exception ex)
         {
             // Nothing of the batch is known to have been written: each entry stays pending and its handler reports it.
-            foreach (var success in successes)
-            {
-                success.Done.TrySetException(ex);
-            }
-
-            foreach (var start in starts)
-            {
-                start.Done.TrySetException(ex);
-            }
-
+            Fail(successes, starts, ex);
             return;
         }
 
+        try
+        {
+            Answer(successes, starts, reply);
+        }
+        catch (Exception ex) when (ex is InvalidCastException or IndexOutOfRangeException or ArgumentException or NullReferenceException or FormatException or OverflowException)
+        {
+            // A reply of another shape than the script's: what landed is unknown, so the callers not yet answered are
+            // failed like a Redis error (their entries stay pending and run again; a success already recorded is
+            // found recorded then).
+            Fail(successes, starts, new RedisException($"Unexpected reply to the lane write: {reply}", ex));
+        }
+    }
+
+    private static void Fail(List<Success> successes, List<Start> starts, Exception ex)
+    {
+        // TrySet: callers already answered from the reply keep their answer.
+        foreach (var success in successes)
+        {
+            success.Done.TrySetException(ex);
+        }
+
+        foreach (var start in starts)
+        {
+            start.Done.TrySetException(ex);
+        }
+    }
+
+    private void Answer(List<Success> successes, List<Start> starts, RedisResult result)
+    {
+        var reply = (RedisResult[])result!;
         var recorded = (RedisResult[])reply[0]!;
         var acked = (RedisResult[])reply[1]!;
         var errors = (RedisResult[])reply[2]!;
@@ -274,5 +366,5 @@ public sealed class LaneWriter(
 
     private sealed record Success(LaneEntry Entry, string Result, TaskCompletionSource<bool> Done) : Write(Entry);
 
-    private sealed record Start(LaneEntry Entry, TaskCompletionSource<EntryOwnership.Start> Done) : Write(Entry);
+    private sealed record Start(LaneEntry Entry, TaskCompletionSource<EntryOwnership.Start?> Done) : Write(Entry);
 }

@@ -56,4 +56,42 @@ public sealed class StartAccountingTests(ITestOutputHelper output)
         Assert.Equal([], outcomes.Where(o => o.Value.Result != Bursts.ExpectedPbkdf2(o.Key, iterations)).Select(o => o.Key));
         Assert.Empty(await lane.DeadLettersAsync());
     }
+
+    [Fact]
+    public async Task Drain_timeout_with_redis_stalled_leaves_no_run_charged_to_an_entry_that_never_computed()
+    {
+        const int handlers = 1;
+        const int iterations = 300_000; // a fraction of a second each: several finish (and free a start) during the drain
+        await using var lane = await CpuLaneHarness.StartAsync();
+        var first = await lane.StartWorkerAsync(new Dictionary<string, string?>
+        {
+            ["CpuLane__Handlers"] = handlers.ToString(),
+            ["CpuLane__MaxStarted"] = "4",
+            ["CpuLane__DrainTimeout"] = "00:00:01",
+        });
+        var ids = Enumerable.Range(0, 40).Select(i => $"stalled-{i}-{Guid.NewGuid():N}").ToArray();
+        await lane.EnqueueAsync([.. ids.Select(id => (id, "hash.pbkdf2", (object)new { data = Bursts.DataOf(id), iterations }))]);
+        await Eventually.TrueAsync(async () => await lane.CountInStateAsync(ids, "processing") >= 1, Patience, "the worker to be computing");
+
+        var exit = first.TerminateAsync(TimeSpan.FromSeconds(30));
+        await Eventually.TrueAsync(() => Task.FromResult(first.Output.Any(line => line.Contains(" draining ", StringComparison.Ordinal))), Patience,
+            "the drain to begin", TimeSpan.FromMilliseconds(10));
+        await using (var pause = ProcessPause.Of(lane.Redis.Pid))
+        {
+            // Redis slow through the deadline: jobs finishing in the drain queue their successes and the next entries'
+            // starts behind a write that is not answered.
+            await Eventually.TrueAsync(() => Task.FromResult(first.Output.Any(line => line.Contains("Drain timeout", StringComparison.Ordinal))), Patience,
+                "the drain to time out", TimeSpan.FromMilliseconds(10));
+            // Then slow for longer than the take-back used to wait for charges on their way (2 s): a simulated duration
+            // of the stall, not a wait for a condition.
+            await Task.WhenAny(exit, Task.Delay(TimeSpan.FromSeconds(2.5)));
+            pause.Resume();
+        }
+
+        output.WriteLine($"worker exited {await exit} after SIGTERM");
+        var charged = await lane.Db.HashGetAllAsync(CpuLaneStreams.Started);
+        Assert.True(charged.Length <= handlers,
+            $"{charged.Length} entries were left charged a run, but at most {handlers} was computing at the drain timeout: "
+            + string.Join(", ", charged.Select(c => $"{c.Name}={c.Value}")));
+    }
 }

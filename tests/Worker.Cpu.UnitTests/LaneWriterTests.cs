@@ -1,0 +1,241 @@
+using System.Collections.Concurrent;
+using System.Reflection;
+using EventPipeline.Shared;
+using EventPipeline.Worker.Cpu.Lane;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+using StackExchange.Redis;
+
+namespace EventPipeline.Worker.Cpu.UnitTests;
+
+/// <summary>
+/// The lane writer's own guarantees, against a Redis stand-in that answers its scripts the way the script would (or
+/// not at all, or malformed): a reply it cannot read fails that batch's callers and never stops the writer; a batch
+/// lingers only while charged entries wait for a core; and a drain timeout takes back every charge that never ran,
+/// even one whose start was still queued (Worker.Cpu/Lane/LaneWriter.cs, ComputeSlots.cs). The broker behaviour
+/// these rely on is covered by the functional tests; what is pinned here is the writer's timing and bookkeeping.
+/// </summary>
+public sealed class LaneWriterTests
+{
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
+
+    [Fact]
+    public async Task A_malformed_reply_fails_its_batch_and_later_writes_are_still_written()
+    {
+        var calls = 0;
+        var redis = new FakeLaneRedis((keys, values) => Interlocked.Increment(ref calls) == 1
+            ? Task.FromResult(RedisResult.Create(Array.Empty<RedisResult>())) // malformed: none of the five arrays
+            : Task.FromResult(FakeLaneRedis.StartedReply(keys, values)));
+        var writer = Writer(redis, Options(TimeSpan.Zero));
+        var running = Task.Run(() => writer.RunAsync(() => false));
+
+        var first = writer.StartAsync(Entry("first"));
+        var failure = await Record.ExceptionAsync(() => first.WaitAsync(Patience));
+        Assert.True(failure is RedisException, $"the caller of a batch with a malformed reply got {failure?.GetType().Name ?? "no exception"}, not a RedisException its handler reports");
+
+        var second = await writer.StartAsync(Entry("second")).WaitAsync(Patience);
+        Assert.Equal(EntryOwnership.Start.Started, second);
+
+        writer.Complete();
+        await running.WaitAsync(Patience);
+    }
+
+    [Fact]
+    public async Task A_batch_stops_lingering_when_the_last_charged_entry_takes_a_core()
+    {
+        var linger = TimeSpan.FromSeconds(10);
+        var options = Options(linger, handlers: 1);
+        var redis = new FakeLaneRedis((keys, values) => Task.FromResult(FakeLaneRedis.StartedReply(keys, values)));
+        var (writer, slots) = Lane(redis, options);
+        var running = Task.Run(() => writer.RunAsync(() => slots.WorkWaitingForCore));
+
+        // A computes; X is charged and waits for the only core; B's start then waits for company while X waits.
+        var a = Entry("a");
+        Assert.Equal(EntryOwnership.Start.Started, await slots.ChargeAsync(a).WaitAsync(Patience));
+        Assert.True(await slots.WaitForCoreAsync(a).WaitAsync(Patience));
+        var x = Entry("x");
+        Assert.Equal(EntryOwnership.Start.Started, await slots.ChargeAsync(x).WaitAsync(Patience));
+        var xCore = slots.WaitForCoreAsync(x);
+        var b = slots.ChargeAsync(Entry("b"));
+        await Until(() => redis.Queued(writer) == 0 && !b.IsCompleted, "B's start to be taken into a lingering batch");
+
+        // A fails (no success is written): X takes the core, nothing charged waits any more, so a core may idle.
+        slots.Release();
+        Assert.True(await xCore.WaitAsync(Patience));
+        var started = System.Diagnostics.Stopwatch.StartNew();
+        var written = await Record.ExceptionAsync(() => b.WaitAsync(TimeSpan.FromSeconds(3)));
+        Assert.True(written is null, $"B's start was still lingering {started.Elapsed.TotalSeconds:F1} s after the last charged entry took a core (linger {linger.TotalSeconds} s): a core could sit idle");
+
+        writer.Complete();
+        await running.WaitAsync(Patience);
+    }
+
+    [Fact]
+    public async Task A_drain_timeout_takes_back_every_charge_that_never_ran_even_behind_a_slow_write()
+    {
+        var options = Options(TimeSpan.Zero, handlers: 1);
+        var stall = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var stalling = false;
+        var redis = new FakeLaneRedis(async (keys, values) =>
+        {
+            if (Volatile.Read(ref stalling))
+            {
+                await stall.Task; // Redis slow at the deadline: the write in flight answers late, but answers
+            }
+
+            return FakeLaneRedis.StartedReply(keys, values);
+        });
+        var (writer, slots) = Lane(redis, options);
+        var running = Task.Run(() => writer.RunAsync(() => slots.WorkWaitingForCore));
+
+        var a = Entry("a");
+        Assert.Equal(EntryOwnership.Start.Started, await slots.ChargeAsync(a).WaitAsync(Patience));
+        Assert.True(await slots.WaitForCoreAsync(a).WaitAsync(Patience)); // A computes through the whole drain
+
+        Volatile.Write(ref stalling, true);
+        var waiting = new List<Task> { Charge(slots, Entry("x")) };
+        await Until(() => redis.InFlight > 0, "X's start to be in flight");
+        waiting.Add(Charge(slots, Entry("y")));
+        waiting.Add(Charge(slots, Entry("z")));
+        await Until(() => redis.Queued(writer) == 2, "the starts of Y and Z to be queued behind it");
+
+        var takeBack = slots.TakeBackUnstartedAsync();
+        // Redis stays slow past the old code's 2 s wait for charges on their way, then answers (a simulated duration, not a
+        // wait for a condition: the take-back must not finish before the write in flight is answered).
+        await Task.WhenAny(takeBack, Task.Delay(TimeSpan.FromSeconds(2.5)));
+        stall.TrySetResult();
+        await takeBack.WaitAsync(Patience);
+        await Task.WhenAll(waiting).WaitAsync(Patience);
+
+        writer.Complete();
+        await running.WaitAsync(Patience);
+        var leftCharged = redis.Charged.Except([a.EntryId.ToString()]).Order().ToArray();
+        Assert.True(leftCharged.Length == 0, $"charged and marked processing but never run nor taken back: {string.Join(", ", leftCharged)} (each would be a false suspect for a whole ClaimTimeout)");
+    }
+
+    private static async Task Until(Func<bool> condition, string what)
+    {
+        var deadline = DateTime.UtcNow + Patience;
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"timed out waiting for {what}");
+            await Task.Delay(10);
+        }
+    }
+
+    private static async Task Charge(ComputeSlots slots, LaneEntry entry)
+    {
+        if (await slots.ChargeAsync(entry) == EntryOwnership.Start.Started)
+        {
+            Assert.False(await slots.WaitForCoreAsync(entry)); // the only core is A's until after the deadline
+        }
+    }
+
+    private static IOptions<CpuLaneOptions> Options(TimeSpan linger, int handlers = 2) =>
+        Microsoft.Extensions.Options.Options.Create(new CpuLaneOptions { WriteLinger = linger, Handlers = handlers });
+
+    private static LaneWriter Writer(FakeLaneRedis redis, IOptions<CpuLaneOptions> options) =>
+        new(redis.Multiplexer, new EventStatusStore(redis.Multiplexer, Microsoft.Extensions.Options.Options.Create(new StatusOptions())),
+            new LaneBuffer(options), options, NullLogger<LaneWriter>.Instance);
+
+    private static (LaneWriter Writer, ComputeSlots Slots) Lane(FakeLaneRedis redis, IOptions<CpuLaneOptions> options)
+    {
+        var writer = Writer(redis, options);
+        return (writer, new ComputeSlots(new EntryOwnership(redis.Multiplexer, new LaneBuffer(options)), writer, options, NullLogger<ComputeSlots>.Instance));
+    }
+
+    private static int _ids;
+
+    private static LaneEntry Entry(string id) => new($"{Interlocked.Increment(ref _ids)}-0", id, "noop.cpu", "{}", DateTimeOffset.UtcNow, 1, [], "[]");
+}
+
+/// <summary>
+/// Stands in for Redis behind the lane's scripts: the lane write is answered by <c>answer</c>; a take-back (the only
+/// other script used here) uncharges its entries. Tracks which entries are charged, like the started-runs hash.
+/// </summary>
+public sealed class FakeLaneRedis
+{
+    private readonly Func<RedisKey[], RedisValue[], Task<RedisResult>> _answer;
+    private int _inFlight;
+
+    public FakeLaneRedis(Func<RedisKey[], RedisValue[], Task<RedisResult>> answer)
+    {
+        _answer = answer;
+        var db = DispatchProxy.Create<IDatabase, Proxy>();
+        ((Proxy)(object)db).Handler = (method, args) => method.Name == nameof(IDatabase.ScriptEvaluateAsync) && args[0] is string script
+            ? EvaluateAsync(script, (RedisKey[])args[1]!, (RedisValue[])args[2]!)
+            : throw new NotSupportedException(method.Name);
+        Multiplexer = DispatchProxy.Create<IConnectionMultiplexer, Proxy>();
+        ((Proxy)(object)Multiplexer).Handler = (method, _) => method.Name == nameof(IConnectionMultiplexer.GetDatabase)
+            ? db
+            : throw new NotSupportedException(method.Name);
+    }
+
+    public IConnectionMultiplexer Multiplexer { get; }
+
+    /// <summary>Entry ids charged a run and not taken back.</summary>
+    public ConcurrentDictionary<string, int> ChargedRuns { get; } = new();
+
+    public IEnumerable<string> Charged => ChargedRuns.Where(c => c.Value > 0).Select(c => c.Key);
+
+    public int InFlight => Volatile.Read(ref _inFlight);
+
+    /// <summary>Writes queued in the writer and not yet taken into a batch.</summary>
+    public int Queued(LaneWriter writer)
+    {
+        var channel = typeof(LaneWriter).GetField("_pending", BindingFlags.NonPublic | BindingFlags.Instance)!.GetValue(writer)!;
+        var reader = channel.GetType().GetProperty("Reader")!.GetValue(channel)!;
+        return (int)reader.GetType().GetProperty("Count")!.GetValue(reader)!;
+    }
+
+    /// <summary>The lane script's reply when every start in the batch started and every success was recorded.</summary>
+    public static RedisResult StartedReply(RedisKey[] keys, RedisValue[] values)
+    {
+        var successes = (int)values[4];
+        var starts = keys.Length - 2 - successes;
+        RedisResult Many(int n, RedisValue value) => RedisResult.Create([.. Enumerable.Repeat(RedisResult.Create(value), n)]);
+        return RedisResult.Create([Many(successes, 1), Many(successes, 1), Many(successes, ""), Many(starts, (int)EntryOwnership.Start.Started), Many(starts, "")]);
+    }
+
+    private async Task<RedisResult> EvaluateAsync(string script, RedisKey[] keys, RedisValue[] values)
+    {
+        if (!script.Contains("start_one", StringComparison.Ordinal))
+        {
+            // The take-back: one run less for each entry named.
+            foreach (var id in values)
+            {
+                ChargedRuns.AddOrUpdate(id.ToString(), 0, (_, n) => n - 1);
+            }
+
+            return RedisResult.Create((RedisValue)values.Length);
+        }
+
+        Interlocked.Increment(ref _inFlight);
+        try
+        {
+            var reply = await _answer(keys, values);
+            var successes = (int)values[4];
+            var codes = ((RedisResult[])reply!).Length == 5 ? (RedisResult[])((RedisResult[])reply!)[3]! : [];
+            for (var n = 0; n < codes.Length; n++)
+            {
+                if ((int)codes[n] == (int)EntryOwnership.Start.Started)
+                {
+                    ChargedRuns.AddOrUpdate(values[5 + successes * 3 + n * 2].ToString(), 1, (_, c) => c + 1);
+                }
+            }
+
+            return reply;
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _inFlight);
+        }
+    }
+
+    public class Proxy : DispatchProxy
+    {
+        public Func<MethodInfo, object?[], object?> Handler { get; set; } = null!;
+
+        protected override object? Invoke(MethodInfo? method, object?[]? args) => Handler(method!, args ?? []);
+    }
+}
