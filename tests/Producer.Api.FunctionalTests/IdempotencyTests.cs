@@ -145,7 +145,7 @@ public sealed class IdempotencyTests(ApiOnlyFixture fixture)
         // times (a key's binding, the ids' reservation, the publish were each a round trip).
         var clientId = "trip-" + Guid.NewGuid().ToString("N");
         using var redis = await Host.Redis.ConnectAsync();
-        await using var log = await RedisCommandLog.StartAsync(Host.Redis);
+        await using var log = await EventPipeline.Testing.RedisMonitor.StartAsync(Host.Redis);
 
         using var byId = await Host.Submit.SendAsync(Post("/events", $$$"""{"id":"{{{clientId}}}","type":"noop.cpu","payload":{}}"""));
         using var byKey = await Host.Submit.SendAsync(Post("/events", """{"type":"noop.cpu","payload":{"trip":1}}""", "trip-" + Guid.NewGuid().ToString("N")));

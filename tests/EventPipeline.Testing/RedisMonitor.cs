@@ -1,14 +1,14 @@
 using System.Collections.Concurrent;
 using System.Net.Sockets;
 using System.Text;
-using EventPipeline.Testing;
+using StackExchange.Redis;
 
-namespace EventPipeline.Worker.Cpu.FunctionalTests.Infrastructure;
+namespace EventPipeline.Testing;
 
 /// <summary>
 /// Every command the test's redis-server runs, as MONITOR reports it (commands run by scripts included, as
-/// <c>[0 lua]</c>). Lets a test count what the workers really did (e.g. how often an entry's work was started)
-/// without any hook in the code under test. StackExchange.Redis has no MONITOR, so this speaks RESP on a socket.
+/// <c>[0 lua]</c>; a client's as <c>[0 address]</c>). Lets a test count what the services really did (how often an
+/// entry's work was started, how many round trips a request cost) without any hook in the code under test. StackExchange.Redis has no MONITOR, so this speaks RESP on a socket.
 /// </summary>
 public sealed class RedisMonitor : IAsyncDisposable
 {
@@ -53,6 +53,19 @@ public sealed class RedisMonitor : IAsyncDisposable
     {
         var quoted = string.Join(' ', commandAndArguments.Select(a => $"\"{a}\""));
         return _lines.Count(line => line.Contains("] " + quoted, StringComparison.OrdinalIgnoreCase));
+    }
+
+    /// <summary>
+    /// Commands clients sent (not those scripts ran) that name <paramref name="text"/>, once everything Redis ran
+    /// before this call is in the log: a marker sent now is seen after all of it (one server thread, one ordered feed).
+    /// </summary>
+    public async Task<IReadOnlyList<string>> SentNamingAsync(string text, IDatabase db)
+    {
+        var marker = "monitor-marker-" + Guid.NewGuid().ToString("N");
+        await db.StringGetAsync(marker);
+        await Eventually.TrueAsync(() => Task.FromResult(_lines.Any(l => l.Contains(marker, StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(30), "the MONITOR feed to reach the marker", TimeSpan.FromMilliseconds(20));
+        return [.. _lines.Where(l => !l.Contains(" lua] ", StringComparison.Ordinal) && l.Contains(text, StringComparison.Ordinal))];
     }
 
     private async Task ReadAsync()
