@@ -329,8 +329,8 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
     }
 
     /// <summary>
-    /// Reads the error queue on one channel without acknowledging; disposing hands every message not acknowledged back
-    /// to the queue (in the order read) and closes the channel. A dead letter older than the retention (dead before
+    /// Reads the error queue on one channel without acknowledging; disposing closes the channel, which returns every
+    /// message not acknowledged to the queue, and waits (best effort, up to 2 s) until the queue holds them again. A dead letter older than the retention (dead before
     /// <paramref name="expiredBefore"/>) is acknowledged, i.e. dropped, when met: its status expires with it.
     /// </summary>
     private sealed class QueueScan(IConnection? connection, IChannel? channel, long queueLength, DateTimeOffset expiredBefore, CancellationToken cancellationToken)
@@ -395,13 +395,22 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         /// </summary>
         private async Task AwaitReturnedAsync(IConnection open)
         {
+            // Best effort: the operation's work is done (acks sent); a broker that goes away now must not turn it into
+            // a 503. Bounded by its own 2 s deadline, declares included (a paused broker never answers them).
+            using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(2));
             var expected = queueLength - _acknowledged;
-            await using var probe = await open.CreateChannelAsync(cancellationToken: CancellationToken.None);
-            var deadline = Stopwatch.StartNew();
-            while ((await probe.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, CancellationToken.None)).MessageCount < expected
-                   && deadline.Elapsed < TimeSpan.FromSeconds(2))
+            try
             {
-                await Task.Delay(5, CancellationToken.None);
+                await using var probe = await open.CreateChannelAsync(cancellationToken: deadline.Token);
+                while ((await probe.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, deadline.Token)).MessageCount < expected)
+                {
+                    await Task.Delay(5, deadline.Token);
+                }
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or RabbitMQClientException or OperationInterruptedException
+                                           or IOException or System.Net.Sockets.SocketException or TimeoutException)
+            {
+                // Waited long enough, or the queue/broker is gone: answer with what was done.
             }
         }
 
