@@ -141,6 +141,23 @@ public sealed class CpuLaneSubmissionTests : IAsyncLifetime
         Assert.Equal(1, await EntriesAsync(bound));
     }
 
+    [Fact]
+    public async Task A_repeat_under_a_key_is_checked_and_answered_in_one_round_trip()
+    {
+        var key = $"key-{Guid.NewGuid():N}";
+        const string body = """{"r":1}""";
+        var id = Assert.Single((await SubmitAsync([Generated()], key, body)).Fresh).Id;
+        await using var monitor = await RedisMonitor.StartAsync(_redis);
+
+        var repeat = await SubmitAsync([Generated()], key, body);
+
+        Assert.Equal(id, Assert.Single(repeat.Repeats).Id);
+        Assert.Empty(repeat.Fresh);
+        var scripts = (await monitor.SentNamingAsync("EVAL", _connection.GetDatabase())).ToList();
+        Assert.True(scripts.Count == 1, $"a repeat under a key ran {scripts.Count} scripts:\n{string.Join("\n", scripts)}");
+        Assert.Equal(1, await EntriesAsync(id));
+    }
+
     /// <summary>An event whose id the API generated (a new one on every try, as the validator does).</summary>
     private static ValidatedEvent Generated() => Event(Guid.CreateVersion7().ToString("N")) with { ClientGivenId = false };
 }
