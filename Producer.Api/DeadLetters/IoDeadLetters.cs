@@ -498,7 +498,10 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
                     {
                         using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(2));
                         var expected = _unacknowledged.Count > 0 && connection is not null ? await ExpectedAfterReturnAsync(deadline.Token) : null;
-                        await channel.CloseAsync();
+                        if (channel.IsOpen) // a failed declare (the queue deleted meanwhile) closes the channel itself
+                        {
+                            await channel.CloseAsync();
+                        }
                         if (expected is { } count)
                         {
                             await AwaitReturnedAsync(connection!, count, deadline.Token);
