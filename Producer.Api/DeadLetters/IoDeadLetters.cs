@@ -23,6 +23,14 @@ namespace EventPipeline.Producer.DeadLetters;
 /// replayed and still listed, never lost. Fault headers of earlier deaths travel with the message as
 /// <c>EP-Error-History</c>, so the history survives replays. Dead letters older than
 /// <see cref="StatusOptions.DeadLetterRetention"/> are dropped by every scan that meets them.
+/// <para>
+/// A message a scan holds (read, not yet handed back) is invisible to every other reader of the queue, so two scans
+/// side by side hid dead letters from each other: a delete or replay answered 404 for a dead letter that was there before
+/// it, a delete-all or replay-all left some, a list missed some. So this process runs one scan at a time, lists, lookups
+/// and counts included (<see cref="_scans"/>: later ones wait their turn, up to 15 s, then 409 busy). Scans of other API replicas
+/// are not ordered with these: only the operations that change the lane exclude each other across replicas
+/// (<see cref="DeadLetterLock"/>), so a list on one replica can still hide a dead letter from a delete on another.
+/// </para>
 /// </summary>
 public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStore statuses, DeadLetterLock locks, IOptions<DeadLetterOptions> options,
     ILogger<IoDeadLetters> logger) : IDeadLetterLane
@@ -33,6 +41,15 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
     private static readonly TimeSpan PublishTimeout = TimeSpan.FromSeconds(10);
     private static readonly JsonSerializerOptions Envelope = new(JsonSerializerDefaults.Web);
 
+    /// <summary>
+    /// How long an operation waits for the scans before it (a long replay-all, or a broker that does not answer, which holds
+    /// a scan ~10 s); then it is answered 409 <c>dead-letter-busy</c> with <c>Retry-After</c>, like a change refused by the lock.
+    /// </summary>
+    private static readonly TimeSpan ScanQueueTimeout = TimeSpan.FromSeconds(15);
+
+    /// <summary>One scan of the error queue at a time in this process, from its first read until the queue holds back what it read.</summary>
+    private readonly SemaphoreSlim _scans = new(1, 1);
+
     public string Lane => Lanes.Io;
 
     /// <summary>A cursor is a position in the queue, as <see cref="ListAsync"/> hands it out.</summary>
@@ -40,15 +57,28 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
 
     public Task<long> CountAsync(CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
     {
-        var connection = await rabbit.GetAsync(cancellationToken);
-        await using var channel = await connection.CreateChannelAsync(cancellationToken: cancellationToken);
+        // The queue counts only the messages no scan holds: counted between scans. A count that waited too long counts
+        // anyway (it may then be low): it often answers an operation that is already done, which must not become a 409.
+        var entered = await _scans.WaitAsync(ScanQueueTimeout, cancellationToken);
         try
         {
-            return (long)(await channel.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, cancellationToken)).MessageCount;
+            var connection = await rabbit.GetAsync(cancellationToken);
+            await using var channel = await connection.CreateChannelAsync(cancellationToken: cancellationToken);
+            try
+            {
+                return (long)(await channel.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, cancellationToken)).MessageCount;
+            }
+            catch (OperationInterruptedException ex) when (ex.ShutdownReason?.ReplyCode == 404)
+            {
+                return 0L; // nothing ever failed: MassTransit declares the error queue on the first fault
+            }
         }
-        catch (OperationInterruptedException ex) when (ex.ShutdownReason?.ReplyCode == 404)
+        finally
         {
-            return 0L; // nothing ever failed: MassTransit declares the error queue on the first fault
+            if (entered)
+            {
+                _scans.Release();
+            }
         }
     });
 
@@ -290,23 +320,47 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             _ => Convert.ToString(value, CultureInfo.InvariantCulture),
         } : null;
 
+    /// <summary>Starts a scan once no other scan of this process runs; disposing the scan lets the next one start.</summary>
     private async Task<QueueScan> ScanAsync(CancellationToken cancellationToken)
     {
-        var connection = await rabbit.GetAsync(cancellationToken);
-        var channel = await connection.CreateChannelAsync(
-            new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true), cancellationToken);
-        long length = 0;
+        await EnterScanAsync(cancellationToken);
+        IChannel? channel = null;
         try
         {
-            length = (await channel.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, cancellationToken)).MessageCount;
-        }
-        catch (OperationInterruptedException ex) when (ex.ShutdownReason?.ReplyCode == 404)
-        {
-            await channel.DisposeAsync();
-            return new QueueScan(null, null, 0, default, cancellationToken);
-        }
+            var connection = await rabbit.GetAsync(cancellationToken);
+            channel = await connection.CreateChannelAsync(
+                new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true), cancellationToken);
+            long length = 0;
+            try
+            {
+                length = (await channel.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, cancellationToken)).MessageCount;
+            }
+            catch (OperationInterruptedException ex) when (ex.ShutdownReason?.ReplyCode == 404)
+            {
+                await channel.DisposeAsync();
+                return new QueueScan(null, null, 0, default, _scans, cancellationToken);
+            }
 
-        return new QueueScan(connection, channel, length, DateTimeOffset.UtcNow - statuses.DeadLetterRetention, cancellationToken);
+            return new QueueScan(connection, channel, length, DateTimeOffset.UtcNow - statuses.DeadLetterRetention, _scans, cancellationToken);
+        }
+        catch
+        {
+            if (channel is not null)
+            {
+                await channel.DisposeAsync();
+            }
+
+            _scans.Release();
+            throw;
+        }
+    }
+
+    private async Task EnterScanAsync(CancellationToken cancellationToken)
+    {
+        if (!await _scans.WaitAsync(ScanQueueTimeout, cancellationToken))
+        {
+            throw new DeadLetterBusyException(Lane);
+        }
     }
 
     private async Task<T> Guard<T>(CancellationToken requestAborted, Func<Task<T>> operation)
@@ -330,10 +384,12 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
 
     /// <summary>
     /// Reads the error queue on one channel without acknowledging; disposing closes the channel, which returns every
-    /// message not acknowledged to the queue, and waits (best effort, up to 2 s) until the queue holds them again. A dead letter older than the retention (dead before
+    /// message not acknowledged to the queue, waits (best effort, up to 2 s) until the queue holds them again, and then
+    /// lets this process's next scan start (<paramref name="scans"/>). A dead letter older than the retention (dead before
     /// <paramref name="expiredBefore"/>) is acknowledged, i.e. dropped, when met: its status expires with it.
     /// </summary>
-    private sealed class QueueScan(IConnection? connection, IChannel? channel, long queueLength, DateTimeOffset expiredBefore, CancellationToken cancellationToken)
+    private sealed class QueueScan(IConnection? connection, IChannel? channel, long queueLength, DateTimeOffset expiredBefore, SemaphoreSlim scans,
+        CancellationToken cancellationToken)
         : IAsyncDisposable
     {
         public IChannel Channel => channel ?? throw new InvalidOperationException("no error queue");
@@ -341,14 +397,12 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         public long QueueLength => queueLength;
 
         private readonly SortedSet<ulong> _unacknowledged = [];
-        private long _acknowledged;
 
         /// <summary>Takes a message off the queue for good.</summary>
         public async Task AckAsync(BasicGetResult message, CancellationToken token)
         {
             await Channel.BasicAckAsync(message.DeliveryTag, multiple: false, token);
             _unacknowledged.Remove(message.DeliveryTag);
-            _acknowledged++;
         }
 
         /// <summary>Messages taken from the queue so far, dropped ones included.</summary>
@@ -387,47 +441,79 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         }
 
         /// <summary>
-        /// Waits (up to 2 s) until the queue holds again what it held when the scan began, less what the scan took for
-        /// good. A quorum queue takes a closed channel's unacknowledged messages back only once it notices the channel
-        /// is gone, after the close is answered, so the next operation saw fewer dead letters, or the ones it read later.
-        /// Handing them back with a nack instead is no cure: RabbitMQ 3.10's quorum queue puts a nacked message at the
-        /// back, which breaks "oldest first". (Concurrent scans can hold messages too; then the wait just times out.)
+        /// The queue's ready count with this scan's held messages handed back: what it counts now (the held ones not
+        /// included) plus the ones held. Measured right before the close rather than taken from the scan's start, so dead
+        /// letters that came or went meanwhile do not end the wait early or hold it for its full 2 s; only one that comes
+        /// in the moment of the close still can. Null when the broker did not answer (the wait is skipped).
         /// </summary>
-        private async Task AwaitReturnedAsync(IConnection open)
+        private async Task<long?> ExpectedAfterReturnAsync(CancellationToken deadline)
         {
-            // Best effort: the operation's work is done (acks sent); a broker that goes away now must not turn it into
-            // a 503. Bounded by its own 2 s deadline, declares included (a paused broker never answers them).
-            using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(2));
-            var expected = queueLength - _acknowledged;
             try
             {
-                await using var probe = await open.CreateChannelAsync(cancellationToken: deadline.Token);
-                while ((await probe.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, deadline.Token)).MessageCount < expected)
+                return (await Channel.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, deadline)).MessageCount + _unacknowledged.Count;
+            }
+            catch (Exception ex) when (IsBrokerGone(ex))
+            {
+                return null;
+            }
+        }
+
+        /// <summary>
+        /// Waits (best effort, within <paramref name="deadline"/>) until the queue holds <paramref name="expected"/>
+        /// messages again. A quorum queue takes a closed channel's unacknowledged messages back only once it notices the
+        /// channel is gone, after the close is answered, so the next operation saw fewer dead letters, or the ones it read
+        /// later. Handing them back with a nack instead is no cure: RabbitMQ 3.10's quorum queue puts a nacked message at
+        /// the back, which breaks "oldest first". No other scan of this process runs meanwhile (a scan of another API
+        /// replica that holds messages makes the count lower: then the wait runs out its 2 s).
+        /// </summary>
+        private static async Task AwaitReturnedAsync(IConnection open, long expected, CancellationToken deadline)
+        {
+            // Best effort: the operation's work is done (acks sent); a broker that goes away now must not turn it into
+            // a 503. Bounded by the one 2 s deadline, declares included (a paused broker never answers them).
+            try
+            {
+                await using var probe = await open.CreateChannelAsync(cancellationToken: deadline);
+                while ((await probe.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, deadline)).MessageCount < expected)
                 {
-                    await Task.Delay(5, deadline.Token);
+                    await Task.Delay(5, deadline);
                 }
             }
-            catch (Exception ex) when (ex is OperationCanceledException or RabbitMQClientException or OperationInterruptedException
-                                           or IOException or System.Net.Sockets.SocketException or TimeoutException)
+            catch (Exception ex) when (IsBrokerGone(ex))
             {
                 // Waited long enough, or the queue/broker is gone: answer with what was done.
             }
         }
 
+        private static bool IsBrokerGone(Exception ex) =>
+            ex is OperationCanceledException or RabbitMQClientException or OperationInterruptedException
+                or IOException or System.Net.Sockets.SocketException or TimeoutException;
+
         public async ValueTask DisposeAsync()
         {
-            if (channel is not null)
+            try
             {
-                if (channel.IsOpen)
+                if (channel is not null)
                 {
-                    await channel.CloseAsync();
-                    if (_unacknowledged.Count > 0 && connection is not null)
+                    if (channel.IsOpen)
                     {
-                        await AwaitReturnedAsync(connection);
+                        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+                        var expected = _unacknowledged.Count > 0 && connection is not null ? await ExpectedAfterReturnAsync(deadline.Token) : null;
+                        if (channel.IsOpen) // a failed declare (the queue deleted meanwhile) closes the channel itself
+                        {
+                            await channel.CloseAsync();
+                        }
+                        if (expected is { } count)
+                        {
+                            await AwaitReturnedAsync(connection!, count, deadline.Token);
+                        }
                     }
-                }
 
-                await channel.DisposeAsync();
+                    await channel.DisposeAsync();
+                }
+            }
+            finally
+            {
+                scans.Release();
             }
         }
     }

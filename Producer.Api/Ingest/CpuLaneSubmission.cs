@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json;
 using EventPipeline.Contracts;
 using EventPipeline.Producer.Validation;
@@ -15,9 +17,14 @@ namespace EventPipeline.Producer.Ingest;
 /// in-flight reservations, and writes each new event's <c>accepted</c> status with its stream entry. It holds
 /// <see cref="IdempotencyGuard"/>'s rules and <see cref="CpuLanePublisher"/>'s in one atomic step:
 /// <list type="bullet">
+/// <item>under a key, an event the client gave no id gets one derived from the key, its scope and the body
+/// (<see cref="DerivedId"/>), not a fresh one: every try of the same request stands for the same ids before Redis
+/// answers, so a try whose reply never comes names in its 503 exactly the ids the key stands for (a fresh id per try
+/// named ids that were never written, and not the ones held);</item>
 /// <item>the key's binding (body hash, ids) is set with <c>SET</c> for the retention window the first time the key is
-/// seen and never replaced; a key already bound answers with the binding and writes nothing — a different body is 422,
-/// the same body runs the script again with the bound ids (two round trips for a repeat under a key);</item>
+/// seen and never replaced. A repeat of the same request finds its own binding and is checked in the same script (one
+/// round trip); a key bound to anything else answers with the binding and writes nothing — a different body is 422, a
+/// binding with other ids for the same body (made before ids were derived) runs the script again with those ids;</item>
 /// <item>an id with a status is a repeat, answered from that status; one an I/O-lane request holds (<c>held:io</c>) is a
 /// repeat; one another request is publishing (<c>pending:</c>) makes the whole request a 409, with nothing written but
 /// the key's binding;</item>
@@ -43,9 +50,11 @@ public sealed class CpuLaneSubmission(
         end
         local n = tonumber(ARGV[6])
         local binding = ARGV[4]
+        local existing = false
         if binding ~= '' then
-          local existing = redis.call('GET', KEYS[2 + 2 * n])
-          if existing then return { 'bound', existing } end
+          existing = redis.call('GET', KEYS[2 + 2 * n])
+          -- Bound to this very binding: a repeat of the same request (same body, so the same derived ids), checked here.
+          if existing and existing ~= binding then return { 'bound', existing } end
         end
         local seen = {}
         local blocked = false
@@ -70,7 +79,7 @@ public sealed class CpuLaneSubmission(
             end
           end
         end
-        if binding ~= '' then redis.call('SET', KEYS[2 + 2 * n], binding, 'PX', ARGV[5]) end
+        if binding ~= '' and not existing then redis.call('SET', KEYS[2 + 2 * n], binding, 'PX', ARGV[5]) end
         if blocked then return { 'in-flight' } end
         local first = 8 + 2 * tonumber(ARGV[7])
         local entry = { 'id', '', 'type', '', 'payload', '', 'acceptedAt', ARGV[2], 'attempt', '1' }
@@ -119,11 +128,17 @@ public sealed class CpuLaneSubmission(
             }
             else
             {
-                // Under a key every event is guarded, generated ids included, so a repeat finds them.
-                requested = [.. events.Select(e => e with { ClientGivenId = true })];
+                // Under a key every event is guarded, generated ids included, so a repeat finds them; a generated id is
+                // derived from the key and the body, so this try names the same ids as every other try of the request.
+                var keyOf = IdempotencyGuard.KeyOf(scope, idempotencyKey);
                 var bodyHash = IdempotencyGuard.Hash(body.Span);
+                requested = [.. events.Select((e, i) => e with
+                {
+                    Id = e.ClientGivenId ? e.Id : DerivedId(keyOf, bodyHash, i),
+                    ClientGivenId = true,
+                })];
                 var binding = JsonSerializer.Serialize(new IdempotencyGuard.KeyBinding(bodyHash, [.. requested.Select(e => e.Id)]));
-                reply = await RunAsync(requested, acceptedAt, traceContext, IdempotencyGuard.KeyOf(scope, idempotencyKey), binding, cancellationToken);
+                reply = await RunAsync(requested, acceptedAt, traceContext, keyOf, binding, cancellationToken);
                 if ((string?)reply[0] == "bound")
                 {
                     var earlier = JsonSerializer.Deserialize<IdempotencyGuard.KeyBinding>((string)reply[1]!)!;
@@ -132,7 +147,8 @@ public sealed class CpuLaneSubmission(
                         return IdempotencyClaim.Conflict(ClaimOutcome.KeyReused);
                     }
 
-                    // The key stands for the ids of its first request, whatever became of them.
+                    // The key stands for the ids of its first request, whatever became of them (a binding made before
+                    // ids were derived holds other ids for the same body).
                     requested = [.. requested.Zip(earlier.Ids, (e, id) => e with { Id = id })];
                     reply = await RunAsync(requested, acceptedAt, traceContext, null, "", cancellationToken);
                 }
@@ -152,6 +168,15 @@ public sealed class CpuLaneSubmission(
             throw new BrokerUnavailableException(Lanes.Cpu, ex, [], requested);
         }
     }
+
+    /// <summary>
+    /// The id of the <paramref name="index"/>-th event of a request under a key when the client gave it none: 32 hex
+    /// characters of SHA-256 over the hashed scoped key, the body's hash and the index. The same request (key, scope,
+    /// body) always gets the same ids, a different body other ones, so a key reused after its retention window for a new
+    /// body never meets the old events' statuses.
+    /// </summary>
+    internal static string DerivedId(RedisKey keyOf, string bodyHash, int index) =>
+        Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes($"{keyOf}\n{bodyHash}\n{index}")).AsSpan(0, 16));
 
     private async Task<RedisResult[]> RunAsync(IReadOnlyList<ValidatedEvent> events, DateTimeOffset acceptedAt,
         NameValueEntry[] traceContext, RedisKey? bindingKey, string binding, CancellationToken cancellationToken)

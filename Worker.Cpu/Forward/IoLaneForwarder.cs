@@ -14,7 +14,8 @@ public interface INextStageForwarder
 
 /// <summary>
 /// Publishes the next stage to the I/O lane (<see cref="IoEventPublisher"/>: publisher confirms, <c>mandatory</c> so a
-/// publish that reaches no queue fails, a channel that failed replaced), then marks its status <c>accepted</c>. Only after both does the caller acknowledge the
+/// publish that reaches no queue fails, a channel that failed replaced and the lane declared again, so the retry of a
+/// forward that found no queue finds one), then marks its status <c>accepted</c>. Only after both does the caller acknowledge the
 /// CPU entry, so a failed or unroutable hand-off is retried like any failed attempt; a crash in between runs the CPU event
 /// again, and the derived id (<c>{id}.then</c>) makes the repeated hand-off the same I/O event (same status hash,
 /// same downstream <c>Idempotency-Key</c>). Publishing inside the handler's activity carries the trace on.

@@ -103,6 +103,62 @@ public sealed class DeadLetterDeleteAllTests(FullPipelineFixture fixture) : ICla
         Assert.Equal(3, (await cleanup.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deleted").GetInt32());
     }
 
+    [Fact]
+    public async Task Io_dead_letters_there_before_a_delete_are_deleted_while_lists_run_beside_it()
+    {
+        var ids = new List<string>();
+        for (var i = 0; i < 3; i++)
+        {
+            ids.Add(await SubmitAsync(JsonSerializer.Serialize(new { type = "test.fail", payload = new { lane = "io" } })));
+        }
+
+        foreach (var id in ids)
+        {
+            await Host.WaitForStateAsync(id, "dead");
+        }
+
+        await WaitForDeadLetterCountAsync("io", 3);
+
+        // A list reads the error queue without acknowledging: while it holds a message, no other reader of the queue
+        // can get it. Lists (a dashboard, another operator) run beside the deletes here, as they may in production.
+        using var stop = new CancellationTokenSource();
+        var listed = 0;
+        var readers = Enumerable.Range(0, 6).Select(_ => Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                using var page = await Host.Admin.GetAsync("/dead-letters/io?limit=10", CancellationToken.None);
+                Interlocked.Increment(ref listed);
+            }
+        })).ToArray();
+        try
+        {
+            await Eventually.TrueAsync(() => Task.FromResult(Volatile.Read(ref listed) >= 6), TimeSpan.FromSeconds(30), "the lists to run",
+                TimeSpan.FromMilliseconds(10));
+            using (var one = await Host.Admin.DeleteAsync($"/dead-letters/io/{ids[0]}"))
+            {
+                Assert.True(one.StatusCode == HttpStatusCode.NoContent,
+                    $"deleting a dead letter that was there before the request, while lists ran, answered {(int)one.StatusCode}: {await one.Content.ReadAsStringAsync()}");
+            }
+
+            using var all = await Host.Admin.DeleteAsync("/dead-letters/io");
+            var body = await all.Content.ReadFromJsonAsync<JsonElement>();
+            Assert.True(all.StatusCode == HttpStatusCode.OK && body.GetProperty("deleted").GetInt32() == 2,
+                $"delete-all while lists ran answered {(int)all.StatusCode} {body}; the 2 dead letters left before it were not all deleted");
+        }
+        finally
+        {
+            stop.Cancel();
+            await Task.WhenAll(readers);
+            // Whatever the deletes left must not reach the next test.
+            await Eventually.TrueAsync(async () =>
+            {
+                using var rest = await Host.Admin.DeleteAsync("/dead-letters/io");
+                return rest.StatusCode == HttpStatusCode.OK && (await rest.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("remaining").GetInt64() == 0;
+            }, TimeSpan.FromSeconds(30), "the io dead letters to be gone", TimeSpan.FromMilliseconds(250));
+        }
+    }
+
     [Theory]
     [InlineData("0")]
     [InlineData("-1")]

@@ -114,4 +114,50 @@ public sealed class CpuLaneSubmissionTests : IAsyncLifetime
         Assert.True(await _connection.GetDatabase().KeyTimeToLiveAsync(binding) > TimeSpan.FromHours(1),
             "the key's binding must last for the retention window");
     }
+
+    [Fact]
+    public async Task A_keyed_request_whose_only_try_gets_no_answer_from_redis_names_the_ids_its_key_stands_for()
+    {
+        var key = $"key-{Guid.NewGuid():N}";
+        const string body = """{"b":1}""";
+        var bound = Assert.Single((await SubmitAsync([Generated()], key, body)).Requested).Id;
+
+        // The retry's only try: Redis takes the script but answers after the API gave up, so the API cannot read the
+        // binding; what may be held is what the key stands for.
+        BrokerUnavailableException failure;
+        using (var giveUp = new CancellationTokenSource(TimeSpan.FromMilliseconds(500)))
+        await using (ProcessPause.Of(_redis.Pid))
+        {
+            failure = await Assert.ThrowsAsync<BrokerUnavailableException>(() => Submission().SubmitAsync(
+                key, "scope", Encoding.UTF8.GetBytes(body), [Generated()], DateTimeOffset.UtcNow, giveUp.Token));
+        }
+
+        var named = failure.Uncertain.Select(e => e.Id).ToArray();
+        Assert.Empty(failure.Confirmed);
+        Assert.True(named.SequenceEqual([bound]),
+            $"the 503 named [{string.Join(", ", named)}] as maybe held, but the key stands for [{bound}]");
+        var retry = await SubmitAsync([Generated()], key, body);
+        Assert.Equal(named, retry.Requested.Select(e => e.Id));
+        Assert.Equal(1, await EntriesAsync(bound));
+    }
+
+    [Fact]
+    public async Task A_repeat_under_a_key_is_checked_and_answered_in_one_round_trip()
+    {
+        var key = $"key-{Guid.NewGuid():N}";
+        const string body = """{"r":1}""";
+        var id = Assert.Single((await SubmitAsync([Generated()], key, body)).Fresh).Id;
+        await using var monitor = await RedisMonitor.StartAsync(_redis);
+
+        var repeat = await SubmitAsync([Generated()], key, body);
+
+        Assert.Equal(id, Assert.Single(repeat.Repeats).Id);
+        Assert.Empty(repeat.Fresh);
+        var scripts = (await monitor.SentNamingAsync("EVAL", _connection.GetDatabase())).ToList();
+        Assert.True(scripts.Count == 1, $"a repeat under a key ran {scripts.Count} scripts:\n{string.Join("\n", scripts)}");
+        Assert.Equal(1, await EntriesAsync(id));
+    }
+
+    /// <summary>An event whose id the API generated (a new one on every try, as the validator does).</summary>
+    private static ValidatedEvent Generated() => Event(Guid.CreateVersion7().ToString("N")) with { ClientGivenId = false };
 }

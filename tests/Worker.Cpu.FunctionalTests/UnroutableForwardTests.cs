@@ -18,9 +18,6 @@ public sealed class UnroutableForwardTests(SharedRabbitMq rabbit, ITestOutputHel
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(90);
 
-    /// <summary>MassTransit's exchange for the message type (namespace:name); the publisher binds the lane's queue to it.</summary>
-    private const string MessageExchange = "EventPipeline.Contracts:IoEventSubmitted";
-
     [Fact]
     public async Task Forward_the_broker_cannot_route_is_retried_not_acknowledged()
     {
@@ -40,18 +37,21 @@ public sealed class UnroutableForwardTests(SharedRabbitMq rabbit, ITestOutputHel
             // The queue goes away under the live connection; the publisher still believes it declared it.
             await channel.QueueDeleteAsync(IoLaneTopology.QueueName);
 
+            // The first try publishes on the pooled channel, gets the broker's return (312 NO_ROUTE) and fails; the retry
+            // takes a fresh channel, which declares the lane again, and hands the result on. Only the final state is
+            // asserted: "retrying" lasts one retry delay (100-200 ms here), which a poll under load can miss (it did once:
+            // "… is succeeded although its next stage reached no queue", with attempts = 2 in the worker's log).
             var second = "unroutable-" + Guid.NewGuid().ToString("N");
             await lane.EnqueueAsync((second, "hash.pbkdf2", Chained(second)));
             var status = await Eventually.ReturnsAsync(() => lane.StatusAsync(second),
-                s => s.GetValueOrDefault("state") is "retrying" or "dead" or "succeeded", Deadline, $"{second} to be tried");
-            Assert.True(status["state"] == "retrying",
-                $"{second} is {status["state"]} although its next stage reached no queue (error: {status.GetValueOrDefault("error")})");
-            Assert.Null((await lane.StatusAsync(second + ".then")).GetValueOrDefault("state"));
+                s => s.GetValueOrDefault("state") is "dead" or "succeeded", Deadline, $"{second} to finish");
+            Assert.Equal("succeeded", status["state"]);
+            // An unroutable forward counted as done would finish at attempt 1 (and its message would be lost).
+            Assert.True(int.Parse(status["attempts"]) >= 2,
+                $"{second} succeeded at attempt {status["attempts"]} although its first forward reached no queue");
 
-            // The queue comes back (as a restarted API or Worker.Io would declare it): the retry hands the result on.
-            await DeclareLaneQueueAsync(channel);
-            await lane.WaitForStateAsync(second, "succeeded", Deadline);
-            Assert.True(await Eventually.ReturnsAsync(() => FindForwardedAsync(channel, second + ".then"), found => found, Deadline, "the retried forward in events-io"));
+            // Exactly the retry's copy is in events-io: the first try's went nowhere.
+            Assert.Equal(1, await CountForwardedAsync(channel, second + ".then"));
             Assert.Equal("accepted", (await lane.StatusAsync(second + ".then"))["state"]);
         }
         catch
@@ -61,7 +61,7 @@ public sealed class UnroutableForwardTests(SharedRabbitMq rabbit, ITestOutputHel
         }
         finally
         {
-            // Leave no hand-made queue behind: the next process declares its own.
+            // Leave no queue behind with this test's leftovers in it: the next process declares its own.
             await channel.QueueDeleteAsync(IoLaneTopology.QueueName);
         }
     }
@@ -88,17 +88,19 @@ public sealed class UnroutableForwardTests(SharedRabbitMq rabbit, ITestOutputHel
         return false;
     }
 
-    /// <summary>The lane's queue with the arguments <see cref="IoLaneTopology.ConfigureQueue"/> gives it, bound as the publishers bind it.</summary>
-    private static async Task DeclareLaneQueueAsync(IChannel channel)
+    /// <summary>Takes every message off events-io (all acked: test leftovers) and counts those with this event id.</summary>
+    private static async Task<int> CountForwardedAsync(IChannel channel, string eventId)
     {
-        await channel.QueueDeclareAsync(IoLaneTopology.QueueName, durable: true, exclusive: false, autoDelete: false, arguments: new Dictionary<string, object?>
+        var count = 0;
+        while (await channel.BasicGetAsync(IoLaneTopology.QueueName, autoAck: true) is { } message)
         {
-            ["x-queue-type"] = "quorum",
-            ["x-delivery-limit"] = IoLaneTopology.DeliveryLimit,
-            ["x-dead-letter-exchange"] = IoLaneTopology.ErrorQueueName,
-            ["x-dead-letter-strategy"] = "at-least-once",
-            ["x-overflow"] = "reject-publish",
-        });
-        await channel.QueueBindAsync(IoLaneTopology.QueueName, MessageExchange, "");
+            var body = JsonDocument.Parse(Encoding.UTF8.GetString(message.Body.Span)).RootElement;
+            if (body.GetProperty("message").GetProperty("eventId").GetString() == eventId)
+            {
+                count++;
+            }
+        }
+
+        return count;
     }
 }
