@@ -81,7 +81,7 @@ public static class IoLaneExtensions
                         retry.Ignore<PermanentDownstreamException>();
                     });
                     // One consumer instance for every message, not a DI scope and a resolve per message: it holds
-                    // nothing of a delivery (every dependency is a singleton), and the scope was ~7 % of the
+                    // nothing of a delivery (every dependency is a singleton), and the scope was 5–7 % of the
                     // worker's CPU per noop event (docs/benchmarks.md, "Session 6: I/O lane").
                     var consumer = context.GetRequiredService<IoEventConsumer>();
                     endpoint.Consumer(() => consumer);
