@@ -25,6 +25,7 @@ public static class IoLaneExtensions
         builder.Services.AddOptions<StatusOptions>().BindConfiguration("Status");
         builder.Services.AddSingleton<EventStatusStore>();
         builder.Services.AddSingleton<StatusWriteCoalescer>();
+        builder.Services.AddSingleton<IoEventConsumer>();
 
         // Everything below reads the validated IoLaneOptions from the container (never a raw Get<> of the section, which
         // skips the [Range] checks): a bad setting fails the start with its name instead of configuring the bus with it.
@@ -56,7 +57,6 @@ public static class IoLaneExtensions
 
         builder.Services.AddMassTransit(bus =>
         {
-            bus.AddConsumer<IoEventConsumer>();
             bus.AddConsumer<BrokerDeadLetterStatusConsumer>();
             bus.UsingRabbitMq((context, cfg) =>
             {
@@ -80,7 +80,11 @@ public static class IoLaneExtensions
                         retry.Exponential(lane.MaxAttempts - 1, lane.RetryMinInterval, lane.RetryMaxInterval, lane.RetryIntervalDelta);
                         retry.Ignore<PermanentDownstreamException>();
                     });
-                    endpoint.ConfigureConsumer<IoEventConsumer>(context);
+                    // One consumer instance for every message, not a DI scope and a resolve per message: it holds
+                    // nothing of a delivery (every dependency is a singleton), and the scope was 5–7 % of the
+                    // worker's CPU per noop event (docs/benchmarks.md, "Session 6: I/O lane").
+                    var consumer = context.GetRequiredService<IoEventConsumer>();
+                    endpoint.Consumer(() => consumer);
                 });
 
                 // Sees a copy of every message entering the error exchange; only the broker's own dead-letters matter.
