@@ -121,6 +121,12 @@ public sealed class DeadLetterOptions
 
     /// <summary>How long one operation may hold the lane's dead-letter lock (never renewed; nothing unsafe happens when it expires).</summary>
     public TimeSpan LockTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>
+    /// How long an I/O dead-letter operation waits for this process's scans before it (a long replay-all, or a scan stalled
+    /// by a broker that does not answer); then it is answered 409 <c>dead-letter-busy</c> with <c>Retry-After</c>.
+    /// </summary>
+    public TimeSpan ScanQueueTimeout { get; set; } = TimeSpan.FromSeconds(15);
 }
 
 internal static class PayloadJson

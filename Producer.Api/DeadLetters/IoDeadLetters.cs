@@ -27,7 +27,7 @@ namespace EventPipeline.Producer.DeadLetters;
 /// A message a scan holds (read, not yet handed back) is invisible to every other reader of the queue, so two scans
 /// side by side hid dead letters from each other: a delete or replay answered 404 for a dead letter that was there before
 /// it, a delete-all or replay-all left some, a list missed some. So this process runs one scan at a time, lists, lookups
-/// and counts included (<see cref="_scans"/>: later ones wait their turn, up to 15 s, then 409 busy). Scans of other API replicas
+/// and counts included (<see cref="_scans"/>: later ones wait their turn, up to DeadLetters:ScanQueueTimeout, 15 s, then 409 busy). Scans of other API replicas
 /// are not ordered with these: only the operations that change the lane exclude each other across replicas
 /// (<see cref="DeadLetterLock"/>), so a list on one replica can still hide a dead letter from a delete on another.
 /// </para>
@@ -41,12 +41,6 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
     private static readonly TimeSpan PublishTimeout = TimeSpan.FromSeconds(10);
     private static readonly JsonSerializerOptions Envelope = new(JsonSerializerDefaults.Web);
 
-    /// <summary>
-    /// How long an operation waits for the scans before it (a long replay-all, or a broker that does not answer, which holds
-    /// a scan ~10 s); then it is answered 409 <c>dead-letter-busy</c> with <c>Retry-After</c>, like a change refused by the lock.
-    /// </summary>
-    private static readonly TimeSpan ScanQueueTimeout = TimeSpan.FromSeconds(15);
-
     /// <summary>One scan of the error queue at a time in this process, from its first read until the queue holds back what it read.</summary>
     private readonly SemaphoreSlim _scans = new(1, 1);
 
@@ -59,7 +53,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
     {
         // The queue counts only the messages no scan holds: counted between scans. A count that waited too long counts
         // anyway (it may then be low): it often answers an operation that is already done, which must not become a 409.
-        var entered = await _scans.WaitAsync(ScanQueueTimeout, cancellationToken);
+        var entered = await _scans.WaitAsync(options.Value.ScanQueueTimeout, cancellationToken);
         try
         {
             var connection = await rabbit.GetAsync(cancellationToken);
@@ -357,7 +351,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
 
     private async Task EnterScanAsync(CancellationToken cancellationToken)
     {
-        if (!await _scans.WaitAsync(ScanQueueTimeout, cancellationToken))
+        if (!await _scans.WaitAsync(options.Value.ScanQueueTimeout, cancellationToken))
         {
             throw new DeadLetterBusyException(Lane);
         }
