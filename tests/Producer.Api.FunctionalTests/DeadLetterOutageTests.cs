@@ -34,5 +34,16 @@ public sealed class DeadLetterOutageTests : IAsyncLifetime
                 $"answered {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync()}\n{string.Join("\n", _host.Api.Output.TakeLast(20))}");
             Assert.True(response.Headers.Contains("Retry-After"));
         }
+
+        // The scan that failed let the next one start: once the broker answers again a list succeeds, and is never told
+        // that another operation is running (nothing else runs here).
+        var after = await Eventually.ReturnsAsync(async () =>
+        {
+            using var next = await _host.Admin.GetAsync("/dead-letters/io");
+            Assert.True(next.StatusCode != HttpStatusCode.Conflict,
+                $"a list after the failed one answered 409: {await next.Content.ReadAsStringAsync()}");
+            return next.StatusCode;
+        }, status => status == HttpStatusCode.OK, TimeSpan.FromSeconds(60), "a list to succeed after the broker resumed", TimeSpan.FromMilliseconds(200));
+        Assert.Equal(HttpStatusCode.OK, after);
     }
 }
