@@ -27,7 +27,8 @@ namespace EventPipeline.Producer.DeadLetters;
 /// A message a scan holds (read, not yet handed back) is invisible to every other reader of the queue, so two scans
 /// side by side hid dead letters from each other: a delete or replay answered 404 for a dead letter that was there before
 /// it, a delete-all or replay-all left some, a list missed some. So this process runs one scan at a time, lists, lookups
-/// and counts included (<see cref="_scans"/>: later ones wait their turn, up to DeadLetters:ScanQueueTimeout, 15 s, then 409 busy). Scans of other API replicas
+/// and counts included (<see cref="_scans"/>: later ones wait their turn, up to <see cref="DeadLetterOptions.ScanQueueTimeout"/>,
+/// 15 s, then 409 busy). A replay-all or delete-all counts what remains inside its own scan, before the next one starts. Scans of other API replicas
 /// are not ordered with these: only the operations that change the lane exclude each other across replicas
 /// (<see cref="DeadLetterLock"/>), so a list on one replica can still hide a dead letter from a delete on another.
 /// </para>
@@ -41,6 +42,12 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
     private static readonly TimeSpan PublishTimeout = TimeSpan.FromSeconds(10);
     private static readonly JsonSerializerOptions Envelope = new(JsonSerializerDefaults.Web);
 
+    /// <summary>
+    /// How long a scan's hand-back may take (count, close, wait until the queue holds its messages again): a broker that
+    /// does not answer holds a scan for its stalled call (the client's continuation timeout, 5 s) plus this and a 0.5 s close, ~8 s.
+    /// </summary>
+    private static readonly TimeSpan HandBackTimeout = TimeSpan.FromSeconds(2);
+
     /// <summary>One scan of the error queue at a time in this process, from its first read until the queue holds back what it read.</summary>
     private readonly SemaphoreSlim _scans = new(1, 1);
 
@@ -51,9 +58,9 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
 
     public Task<long> CountAsync(CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
     {
-        // The queue counts only the messages no scan holds: counted between scans. A count that waited too long counts
-        // anyway (it may then be low): it often answers an operation that is already done, which must not become a 409.
-        var entered = await _scans.WaitAsync(options.Value.ScanQueueTimeout, cancellationToken);
+        // The queue counts only the messages no scan holds: counted between scans, or not at all (409 busy), never low.
+        // A finished replay-all or delete-all does not come here: it counts inside its own scan.
+        await EnterScanAsync(cancellationToken);
         try
         {
             var connection = await rabbit.GetAsync(cancellationToken);
@@ -69,10 +76,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         }
         finally
         {
-            if (entered)
-            {
-                _scans.Release();
-            }
+            _scans.Release();
         }
     });
 
@@ -139,7 +143,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             }
         }
 
-        return new ReplayAllResult(replayed, dropped);
+        return new ReplayAllResult(replayed, dropped, await scan.RemainingAsync());
     });
 
     public Task<bool> DeleteAsync(string id, CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
@@ -155,7 +159,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         return true;
     });
 
-    public Task<int> DeleteAllAsync(int max, CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
+    public Task<DeleteAllResult> DeleteAllAsync(int max, CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
     {
         await using var held = await locks.AcquireAsync(Lane);
         await using var scan = await ScanAsync(cancellationToken);
@@ -169,7 +173,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             deleted++;
         }
 
-        return deleted;
+        return new DeleteAllResult(deleted, await scan.RemainingAsync());
     });
 
     private async Task<ReplayOutcome> ReplayAsync(QueueScan scan, BasicGetResult message, CancellationToken cancellationToken)
@@ -435,6 +439,23 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         }
 
         /// <summary>
+        /// The dead letters left in the queue, counted while this scan still excludes this process's other scans (a
+        /// count taken after it missed what the next scan held): the ready count plus the messages this scan holds.
+        /// Null when the broker did not answer within <see cref="HandBackTimeout"/>: the operation is done, so it is
+        /// not turned into a 503.
+        /// </summary>
+        public async Task<long?> RemainingAsync()
+        {
+            if (channel is null)
+            {
+                return 0; // no error queue: nothing ever failed
+            }
+
+            using var deadline = new CancellationTokenSource(HandBackTimeout);
+            return await ExpectedAfterReturnAsync(deadline.Token);
+        }
+
+        /// <summary>
         /// The queue's ready count with this scan's held messages handed back: what it counts now (the held ones not
         /// included) plus the ones held. Measured right before the close rather than taken from the scan's start, so dead
         /// letters that came or went meanwhile do not end the wait early or hold it for its full 2 s; only one that comes
@@ -478,6 +499,26 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             }
         }
 
+        /// <summary>
+        /// Sends channel.close and waits for its answer at most <see cref="CloseTimeout"/> (of its own, so that a close
+        /// after a spent deadline is still sent): a paused broker answers only when it resumes, and then hands back what
+        /// the channel held. Without a bound the close waited for the client's continuation timeout while holding the scan.
+        /// </summary>
+        private static async Task CloseAsync(IChannel open)
+        {
+            using var closeTimeout = new CancellationTokenSource(CloseTimeout);
+            try
+            {
+                await open.CloseAsync(Constants.ReplySuccess, "scan done", abort: true, closeTimeout.Token);
+            }
+            catch (Exception ex) when (IsBrokerGone(ex))
+            {
+                // Not answered in time: the frame is sent; the broker takes the messages back when it processes it.
+            }
+        }
+
+        private static readonly TimeSpan CloseTimeout = TimeSpan.FromMilliseconds(500);
+
         private static bool IsBrokerGone(Exception ex) =>
             ex is OperationCanceledException or RabbitMQClientException or OperationInterruptedException
                 or IOException or System.Net.Sockets.SocketException or TimeoutException;
@@ -490,11 +531,11 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
                 {
                     if (channel.IsOpen)
                     {
-                        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+                        using var deadline = new CancellationTokenSource(HandBackTimeout);
                         var expected = _unacknowledged.Count > 0 && connection is not null ? await ExpectedAfterReturnAsync(deadline.Token) : null;
                         if (channel.IsOpen) // a failed declare (the queue deleted meanwhile) closes the channel itself
                         {
-                            await channel.CloseAsync();
+                            await CloseAsync(channel);
                         }
                         if (expected is { } count)
                         {

@@ -169,16 +169,13 @@ public sealed class DeadLetterEdgeTests(DeadLetterEdgeFixture fixture) : IClassF
         var wrong = new List<string>();
         try
         {
-            var deleted = 0;
-            for (var round = 0; round < 3; round++)
+            // Queued behind deep lists (retried while 409 busy, as a client does); the next list is queued before its end.
+            var body = await UntilNotBusyAsync(() => Host.Admin.DeleteAsync("/dead-letters/io?max=1"));
+            var deleted = body.GetProperty("deleted").GetInt32();
+            var remaining = body.GetProperty("remaining");
+            if (remaining.ValueKind != JsonValueKind.Number || remaining.GetInt64() != total - deleted)
             {
-                var body = await UntilNotBusyAsync(() => Host.Admin.DeleteAsync("/dead-letters/io?max=1"));
-                deleted += body.GetProperty("deleted").GetInt32();
-                var remaining = body.GetProperty("remaining");
-                if (remaining.ValueKind != JsonValueKind.Null && remaining.GetInt64() != total - deleted)
-                {
-                    wrong.Add($"remaining: {remaining.GetInt64()} while {total - deleted} dead letters remained");
-                }
+                wrong.Add($"remaining: {remaining} while {total - deleted} dead letters remained");
             }
         }
         finally
