@@ -44,7 +44,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
 
     /// <summary>
     /// How long a scan's hand-back may take (count, close, wait until the queue holds its messages again): a broker that
-    /// does not answer holds a scan for its stalled call (the client's continuation timeout, 5 s) plus this and a 0.5 s close, ~8 s.
+    /// does not answer holds a scan for its stalled call (the client's continuation timeout, 5 s) plus this and a 0.5 s wait for the close, ~7.5 s.
     /// </summary>
     private static readonly TimeSpan HandBackTimeout = TimeSpan.FromSeconds(2);
 
@@ -345,7 +345,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         {
             if (channel is not null)
             {
-                await channel.DisposeAsync();
+                await QueueScan.CloseAndDisposeAsync(channel);
             }
 
             _scans.Release();
@@ -465,7 +465,8 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         {
             try
             {
-                return (await Channel.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, deadline)).MessageCount + _unacknowledged.Count;
+                return (await WithinAsync(Channel.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, deadline), deadline)).MessageCount
+                       + _unacknowledged.Count;
             }
             catch (Exception ex) when (IsBrokerGone(ex))
             {
@@ -500,20 +501,57 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         }
 
         /// <summary>
-        /// Sends channel.close and waits for its answer at most <see cref="CloseTimeout"/> (of its own, so that a close
-        /// after a spent deadline is still sent): a paused broker answers only when it resumes, and then hands back what
-        /// the channel held. Without a bound the close waited for the client's continuation timeout while holding the scan.
+        /// Stops waiting for <paramref name="call"/> at <paramref name="deadline"/> even where RabbitMQ.Client does not: a
+        /// call on a channel whose earlier call timed out on a paused broker waited out the client's continuation timeout
+        /// (5 s) in spite of its token. The call left behind observes its own failure.
         /// </summary>
-        private static async Task CloseAsync(IChannel open)
+        private static async Task<T> WithinAsync<T>(Task<T> call, CancellationToken deadline)
         {
-            using var closeTimeout = new CancellationTokenSource(CloseTimeout);
             try
             {
-                await open.CloseAsync(Constants.ReplySuccess, "scan done", abort: true, closeTimeout.Token);
+                return await call.WaitAsync(deadline);
             }
-            catch (Exception ex) when (IsBrokerGone(ex))
+            catch (OperationCanceledException) when (!call.IsCompleted)
             {
-                // Not answered in time: the frame is sent; the broker takes the messages back when it processes it.
+                _ = call.ContinueWith(t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+                throw;
+            }
+        }
+
+        /// <summary>
+        /// Closes the channel (which hands back what it held) and disposes it, waiting for that at most
+        /// <see cref="CloseTimeout"/>; past it the close and the dispose go on without this scan. RabbitMQ.Client waits
+        /// for close-ok up to its continuation timeout whatever token it is given ("try hard to close"), so a paused
+        /// broker held the scan, and every io dead-letter operation queued behind it, that much longer. The close frame
+        /// is sent either way: the broker hands the messages back when it processes it.
+        /// </summary>
+        public static async Task CloseAndDisposeAsync(IChannel open)
+        {
+            var closing = CloseAndDisposeQuietlyAsync(open);
+            try
+            {
+                await closing.WaitAsync(CloseTimeout);
+            }
+            catch (TimeoutException)
+            {
+                // Left running: it observes its own failures.
+            }
+        }
+
+        private static async Task CloseAndDisposeQuietlyAsync(IChannel open)
+        {
+            try
+            {
+                if (open.IsOpen) // a failed declare (the queue deleted meanwhile) closes the channel itself
+                {
+                    await open.CloseAsync(Constants.ReplySuccess, "scan done", abort: true, CancellationToken.None);
+                }
+
+                await open.DisposeAsync();
+            }
+            catch (Exception ex) when (IsBrokerGone(ex) || ex is ObjectDisposedException)
+            {
+                // The broker or the connection is gone: nothing is held any more.
             }
         }
 
@@ -529,21 +567,15 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             {
                 if (channel is not null)
                 {
-                    if (channel.IsOpen)
+                    using var deadline = new CancellationTokenSource(HandBackTimeout);
+                    var expected = channel.IsOpen && _unacknowledged.Count > 0 && connection is not null
+                        ? await ExpectedAfterReturnAsync(deadline.Token)
+                        : null;
+                    await CloseAndDisposeAsync(channel);
+                    if (expected is { } count)
                     {
-                        using var deadline = new CancellationTokenSource(HandBackTimeout);
-                        var expected = _unacknowledged.Count > 0 && connection is not null ? await ExpectedAfterReturnAsync(deadline.Token) : null;
-                        if (channel.IsOpen) // a failed declare (the queue deleted meanwhile) closes the channel itself
-                        {
-                            await CloseAsync(channel);
-                        }
-                        if (expected is { } count)
-                        {
-                            await AwaitReturnedAsync(connection!, count, deadline.Token);
-                        }
+                        await AwaitReturnedAsync(connection!, count, deadline.Token);
                     }
-
-                    await channel.DisposeAsync();
                 }
             }
             finally
