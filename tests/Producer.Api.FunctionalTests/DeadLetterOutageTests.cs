@@ -64,7 +64,7 @@ public sealed class DeadLetterOutageTests : IAsyncLifetime
     [Fact]
     public async Task A_scan_stalled_by_a_paused_broker_hands_over_to_the_next_operation_within_its_wait()
     {
-        const int total = 3000;
+        const int total = 2000;
         await using var connection = await _host.Rabbit.ConnectAsync();
         await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(true, true));
         var before = (long)(await channel.QueueDeclarePassiveAsync("events-io_error")).MessageCount;
