@@ -21,14 +21,18 @@ public static class DeadLettersApi
         group.MapGet("/", ListAsync)
             .WithName("ListDeadLetters")
             .WithSummary("List a lane's dead letters (paged)")
-            .WithDescription("Oldest first. `limit` (default 50, at most 500) and `after` (the `next` of the previous page; anything else is a 400).")
+            .WithDescription("Oldest first. `limit` (default 50, at most 500) and `after` (the `next` of the previous page; anything else is a 400). "
+                + "409 `dead-letter-busy` with `Retry-After` when the lane's other dead-letter reads kept it waiting past DeadLetters:ScanQueueTimeout (io).")
             .Produces<DeadLetterPage>()
+            .ProducesProblem(StatusCodes.Status409Conflict)
             .ProducesValidationProblem();
 
         group.MapGet("/{id}", GetAsync)
             .WithName("GetDeadLetter")
             .WithSummary("Inspect one dead letter: the event, its last error with stack trace, and its error history")
-            .Produces<DeadLetter>();
+            .WithDescription("409 `dead-letter-busy` with `Retry-After` when the lane's other dead-letter reads kept it waiting past DeadLetters:ScanQueueTimeout (io).")
+            .Produces<DeadLetter>()
+            .ProducesProblem(StatusCodes.Status409Conflict);
 
         group.MapPost("/{id}/replay", ReplayAsync)
             .WithName("ReplayDeadLetter")
@@ -43,7 +47,7 @@ public static class DeadLettersApi
             .WithName("ReplayAllDeadLetters")
             .WithSummary("Send a lane's dead letters back to it, oldest first, up to a bound")
             .WithDescription("`max` (default and upper bound: DeadLetters:ReplayAllLimit, 1000). Only dead letters present when the call began are replayed; "
-                + "one that dies again meanwhile waits for the next call. Reports how many were replayed, how many were dropped because their event had already succeeded, and how many remain.")
+                + "one that dies again meanwhile waits for the next call. Reports how many were replayed, how many were dropped because their event had already succeeded, and how many remain (counted by the call before another operation starts; null when the broker gave no count).")
             .Produces<DeadLettersReplayed>()
             .ProducesProblem(StatusCodes.Status409Conflict)
             .ProducesValidationProblem();
@@ -52,7 +56,8 @@ public static class DeadLettersApi
             .WithName("DeleteAllDeadLetters")
             .WithSummary("Delete a lane's dead letters for good, oldest first, up to a bound")
             .WithDescription("`max` (default and upper bound: DeadLetters:ReplayAllLimit, 1000). Only dead letters present when the call began are deleted; "
-                + "one that dies meanwhile is kept for a look. Reports how many were deleted and how many remain.")
+                + "one that dies meanwhile is kept for a look. Reports how many were deleted and how many remain "
+                + "(counted by the call before another operation starts, so looping until 0 is safe; null when the broker gave no count).")
             .Produces<DeadLettersDeleted>()
             .ProducesProblem(StatusCodes.Status409Conflict)
             .ProducesValidationProblem();
@@ -106,7 +111,8 @@ public static class DeadLettersApi
             }
 
             var result = await store.ReplayAllAsync(bound, ct);
-            return TypedResults.Ok(new DeadLettersReplayed(store.Lane, result.Replayed, await store.CountAsync(ct), result.AlreadySucceeded));
+            // Counted by the operation before it let the next one start: a count taken after could miss what a later scan holds.
+            return TypedResults.Ok(new DeadLettersReplayed(store.Lane, result.Replayed, result.Remaining, result.AlreadySucceeded));
         });
 
     private static Task<IResult> DeleteAllAsync(string lane, string? max, DeadLetterLanes lanes, IOptions<DeadLetterOptions> options, CancellationToken ct) =>
@@ -117,8 +123,8 @@ public static class DeadLettersApi
                 return Invalid("max", $"must be a whole number from 1 to {options.Value.ReplayAllLimit}");
             }
 
-            var deleted = await store.DeleteAllAsync(bound, ct);
-            return TypedResults.Ok(new DeadLettersDeleted(store.Lane, deleted, await store.CountAsync(ct)));
+            var result = await store.DeleteAllAsync(bound, ct);
+            return TypedResults.Ok(new DeadLettersDeleted(store.Lane, result.Deleted, result.Remaining));
         });
 
     /// <summary>The bound of a bulk operation: <paramref name="limit"/> when absent, null when not a whole number from 1 to it.</summary>

@@ -89,7 +89,7 @@ public sealed class CpuDeadLetters(IConnectionMultiplexer redis, EventStatusStor
         var newest = await Db.StreamRangeAsync(CpuLaneStreams.DeadLetters, "-", "+", 1, Order.Descending);
         if (newest.Length == 0)
         {
-            return new ReplayAllResult(0, 0);
+            return new ReplayAllResult(0, 0, 0);
         }
 
         var last = newest[0].Id;
@@ -111,7 +111,7 @@ public sealed class CpuDeadLetters(IConnectionMultiplexer redis, EventStatusStor
             from = "(" + chunk[^1].Id;
         }
 
-        return new ReplayAllResult(replayed, dropped);
+        return new ReplayAllResult(replayed, dropped, await Db.StreamLengthAsync(CpuLaneStreams.DeadLetters));
     });
 
     public Task<bool> DeleteAsync(string id, CancellationToken cancellationToken) => Guard(async () =>
@@ -122,7 +122,7 @@ public sealed class CpuDeadLetters(IConnectionMultiplexer redis, EventStatusStor
         return await FindAsync(id) is { } entry && await Db.StreamDeleteAsync(CpuLaneStreams.DeadLetters, [entry.Id]) == 1;
     });
 
-    public Task<int> DeleteAllAsync(int max, CancellationToken cancellationToken) => Guard(async () =>
+    public Task<DeleteAllResult> DeleteAllAsync(int max, CancellationToken cancellationToken) => Guard(async () =>
     {
         await using var held = await locks.AcquireAsync(Lane);
         await TrimAsync();
@@ -130,7 +130,7 @@ public sealed class CpuDeadLetters(IConnectionMultiplexer redis, EventStatusStor
         var newest = await Db.StreamRangeAsync(CpuLaneStreams.DeadLetters, "-", "+", 1, Order.Descending);
         if (newest.Length == 0)
         {
-            return 0;
+            return new DeleteAllResult(0, 0);
         }
 
         var last = newest[0].Id;
@@ -149,7 +149,7 @@ public sealed class CpuDeadLetters(IConnectionMultiplexer redis, EventStatusStor
             from = "(" + chunk[^1].Id;
         }
 
-        return deleted;
+        return new DeleteAllResult(deleted, await Db.StreamLengthAsync(CpuLaneStreams.DeadLetters));
     });
 
     private async Task<ReplayOutcome> ReplayEntryAsync(StreamEntry entry)

@@ -38,13 +38,14 @@ public sealed record DeadLetterPage(string Lane, long Total, IReadOnlyList<DeadL
 public sealed record DeadLetterReplayed(string Id, string Lane, string State);
 
 /// <param name="Replayed">how many dead letters went back to the lane in this call.</param>
-/// <param name="Remaining">dead letters still in the lane (over the bound, or dead-lettered meanwhile).</param>
+/// <param name="Remaining">dead letters still in the lane (over the bound, or dead-lettered meanwhile), counted by the
+/// operation itself before it let the next one start; null when the broker gave no count then (the work is done; list to see).</param>
 /// <param name="AlreadySucceeded">dead letters dropped, not replayed, because their event had already succeeded.</param>
-public sealed record DeadLettersReplayed(string Lane, int Replayed, long Remaining, int AlreadySucceeded);
+public sealed record DeadLettersReplayed(string Lane, int Replayed, long? Remaining, int AlreadySucceeded);
 
 /// <param name="Deleted">how many dead letters this call removed for good.</param>
-/// <param name="Remaining">dead letters still in the lane (over the bound, or dead-lettered meanwhile).</param>
-public sealed record DeadLettersDeleted(string Lane, int Deleted, long Remaining);
+/// <param name="Remaining">as in <see cref="DeadLettersReplayed"/>: counted by the operation itself; null when the broker gave no count.</param>
+public sealed record DeadLettersDeleted(string Lane, int Deleted, long? Remaining);
 
 /// <summary>What a replay of one dead letter did.</summary>
 public enum ReplayOutcome
@@ -61,7 +62,12 @@ public enum ReplayOutcome
 
 /// <param name="Replayed">dead letters sent back to the lane.</param>
 /// <param name="AlreadySucceeded">dead letters dropped because their event had already succeeded.</param>
-public sealed record ReplayAllResult(int Replayed, int AlreadySucceeded);
+/// <param name="Remaining">dead letters left in the lane, counted before the operation let another one start (null: no count).</param>
+public sealed record ReplayAllResult(int Replayed, int AlreadySucceeded, long? Remaining);
+
+/// <param name="Deleted">dead letters this call removed itself.</param>
+/// <param name="Remaining">as in <see cref="ReplayAllResult"/>.</param>
+public sealed record DeleteAllResult(int Deleted, long? Remaining);
 
 /// <summary>Another dead-letter operation on the lane holds its lock: the caller gets 409 and may retry.</summary>
 public sealed class DeadLetterBusyException(string lane) : Exception($"Another dead-letter operation on the {lane} lane is running");
@@ -101,8 +107,8 @@ public interface IDeadLetterLane
     /// Deletes, oldest first, at most <paramref name="max"/> of the dead letters there were when the call began; each
     /// one only if this call removed it itself (one replayed or deleted meanwhile is skipped, never counted twice).
     /// </summary>
-    /// <returns>how many this call removed.</returns>
-    Task<int> DeleteAllAsync(int max, CancellationToken cancellationToken);
+    /// <returns>how many this call removed, and how many remain.</returns>
+    Task<DeleteAllResult> DeleteAllAsync(int max, CancellationToken cancellationToken);
 
     Task<long> CountAsync(CancellationToken cancellationToken);
 }
@@ -121,6 +127,12 @@ public sealed class DeadLetterOptions
 
     /// <summary>How long one operation may hold the lane's dead-letter lock (never renewed; nothing unsafe happens when it expires).</summary>
     public TimeSpan LockTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>
+    /// How long an I/O dead-letter operation waits for this process's scans before it (a long replay-all, or a scan stalled
+    /// by a broker that does not answer); then it is answered 409 <c>dead-letter-busy</c> with <c>Retry-After</c>.
+    /// </summary>
+    public TimeSpan ScanQueueTimeout { get; set; } = TimeSpan.FromSeconds(15);
 }
 
 internal static class PayloadJson

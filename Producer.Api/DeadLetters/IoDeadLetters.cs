@@ -27,7 +27,8 @@ namespace EventPipeline.Producer.DeadLetters;
 /// A message a scan holds (read, not yet handed back) is invisible to every other reader of the queue, so two scans
 /// side by side hid dead letters from each other: a delete or replay answered 404 for a dead letter that was there before
 /// it, a delete-all or replay-all left some, a list missed some. So this process runs one scan at a time, lists, lookups
-/// and counts included (<see cref="_scans"/>: later ones wait their turn, up to 15 s, then 409 busy). Scans of other API replicas
+/// and counts included (<see cref="_scans"/>: later ones wait their turn, up to <see cref="DeadLetterOptions.ScanQueueTimeout"/>,
+/// 15 s, then 409 busy). A replay-all or delete-all counts what remains inside its own scan, before the next one starts. Scans of other API replicas
 /// are not ordered with these: only the operations that change the lane exclude each other across replicas
 /// (<see cref="DeadLetterLock"/>), so a list on one replica can still hide a dead letter from a delete on another.
 /// </para>
@@ -42,10 +43,10 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
     private static readonly JsonSerializerOptions Envelope = new(JsonSerializerDefaults.Web);
 
     /// <summary>
-    /// How long an operation waits for the scans before it (a long replay-all, or a broker that does not answer, which holds
-    /// a scan ~10 s); then it is answered 409 <c>dead-letter-busy</c> with <c>Retry-After</c>, like a change refused by the lock.
+    /// How long a scan's hand-back may take (count, close, wait until the queue holds its messages again): a broker that
+    /// does not answer holds a scan for its stalled call (the client's continuation timeout, 5 s) plus this and a 0.5 s wait for the close, ~7.5 s.
     /// </summary>
-    private static readonly TimeSpan ScanQueueTimeout = TimeSpan.FromSeconds(15);
+    private static readonly TimeSpan HandBackTimeout = TimeSpan.FromSeconds(2);
 
     /// <summary>One scan of the error queue at a time in this process, from its first read until the queue holds back what it read.</summary>
     private readonly SemaphoreSlim _scans = new(1, 1);
@@ -57,9 +58,9 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
 
     public Task<long> CountAsync(CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
     {
-        // The queue counts only the messages no scan holds: counted between scans. A count that waited too long counts
-        // anyway (it may then be low): it often answers an operation that is already done, which must not become a 409.
-        var entered = await _scans.WaitAsync(ScanQueueTimeout, cancellationToken);
+        // The queue counts only the messages no scan holds: counted between scans, or not at all (409 busy), never low.
+        // A finished replay-all or delete-all does not come here: it counts inside its own scan.
+        await EnterScanAsync(cancellationToken);
         try
         {
             var connection = await rabbit.GetAsync(cancellationToken);
@@ -75,10 +76,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         }
         finally
         {
-            if (entered)
-            {
-                _scans.Release();
-            }
+            _scans.Release();
         }
     });
 
@@ -145,7 +143,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             }
         }
 
-        return new ReplayAllResult(replayed, dropped);
+        return new ReplayAllResult(replayed, dropped, await scan.RemainingAsync());
     });
 
     public Task<bool> DeleteAsync(string id, CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
@@ -161,7 +159,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         return true;
     });
 
-    public Task<int> DeleteAllAsync(int max, CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
+    public Task<DeleteAllResult> DeleteAllAsync(int max, CancellationToken cancellationToken) => Guard(cancellationToken, async () =>
     {
         await using var held = await locks.AcquireAsync(Lane);
         await using var scan = await ScanAsync(cancellationToken);
@@ -175,7 +173,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             deleted++;
         }
 
-        return deleted;
+        return new DeleteAllResult(deleted, await scan.RemainingAsync());
     });
 
     private async Task<ReplayOutcome> ReplayAsync(QueueScan scan, BasicGetResult message, CancellationToken cancellationToken)
@@ -347,7 +345,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         {
             if (channel is not null)
             {
-                await channel.DisposeAsync();
+                await QueueScan.CloseAndDisposeAsync(channel);
             }
 
             _scans.Release();
@@ -357,7 +355,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
 
     private async Task EnterScanAsync(CancellationToken cancellationToken)
     {
-        if (!await _scans.WaitAsync(ScanQueueTimeout, cancellationToken))
+        if (!await _scans.WaitAsync(options.Value.ScanQueueTimeout, cancellationToken))
         {
             throw new DeadLetterBusyException(Lane);
         }
@@ -441,6 +439,23 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         }
 
         /// <summary>
+        /// The dead letters left in the queue, counted while this scan still excludes this process's other scans (a
+        /// count taken after it missed what the next scan held): the ready count plus the messages this scan holds.
+        /// Null when the broker did not answer within <see cref="HandBackTimeout"/>: the operation is done, so it is
+        /// not turned into a 503.
+        /// </summary>
+        public async Task<long?> RemainingAsync()
+        {
+            if (channel is null)
+            {
+                return 0; // no error queue: nothing ever failed
+            }
+
+            using var deadline = new CancellationTokenSource(HandBackTimeout);
+            return await ExpectedAfterReturnAsync(deadline.Token);
+        }
+
+        /// <summary>
         /// The queue's ready count with this scan's held messages handed back: what it counts now (the held ones not
         /// included) plus the ones held. Measured right before the close rather than taken from the scan's start, so dead
         /// letters that came or went meanwhile do not end the wait early or hold it for its full 2 s; only one that comes
@@ -450,7 +465,8 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         {
             try
             {
-                return (await Channel.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, deadline)).MessageCount + _unacknowledged.Count;
+                return (await WithinAsync(Channel.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, deadline), deadline)).MessageCount
+                       + _unacknowledged.Count;
             }
             catch (Exception ex) when (IsBrokerGone(ex))
             {
@@ -484,6 +500,63 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             }
         }
 
+        /// <summary>
+        /// Stops waiting for <paramref name="call"/> at <paramref name="deadline"/> even where RabbitMQ.Client does not: a
+        /// call on a channel whose earlier call timed out on a paused broker waited out the client's continuation timeout
+        /// (5 s) in spite of its token. The call left behind observes its own failure.
+        /// </summary>
+        private static async Task<T> WithinAsync<T>(Task<T> call, CancellationToken deadline)
+        {
+            try
+            {
+                return await call.WaitAsync(deadline);
+            }
+            catch (OperationCanceledException) when (!call.IsCompleted)
+            {
+                _ = call.ContinueWith(t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+                throw;
+            }
+        }
+
+        /// <summary>
+        /// Closes the channel (which hands back what it held) and disposes it, waiting for that at most
+        /// <see cref="CloseTimeout"/>; past it the close and the dispose go on without this scan. RabbitMQ.Client waits
+        /// for close-ok up to its continuation timeout whatever token it is given ("try hard to close"), so a paused
+        /// broker held the scan, and every io dead-letter operation queued behind it, that much longer. The close frame
+        /// is sent either way: the broker hands the messages back when it processes it.
+        /// </summary>
+        public static async Task CloseAndDisposeAsync(IChannel open)
+        {
+            var closing = CloseAndDisposeQuietlyAsync(open);
+            try
+            {
+                await closing.WaitAsync(CloseTimeout);
+            }
+            catch (TimeoutException)
+            {
+                // Left running: it observes its own failures.
+            }
+        }
+
+        private static async Task CloseAndDisposeQuietlyAsync(IChannel open)
+        {
+            try
+            {
+                if (open.IsOpen) // a failed declare (the queue deleted meanwhile) closes the channel itself
+                {
+                    await open.CloseAsync(Constants.ReplySuccess, "scan done", abort: true, CancellationToken.None);
+                }
+
+                await open.DisposeAsync();
+            }
+            catch (Exception ex) when (IsBrokerGone(ex) || ex is ObjectDisposedException)
+            {
+                // The broker or the connection is gone: nothing is held any more.
+            }
+        }
+
+        private static readonly TimeSpan CloseTimeout = TimeSpan.FromMilliseconds(500);
+
         private static bool IsBrokerGone(Exception ex) =>
             ex is OperationCanceledException or RabbitMQClientException or OperationInterruptedException
                 or IOException or System.Net.Sockets.SocketException or TimeoutException;
@@ -494,21 +567,15 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             {
                 if (channel is not null)
                 {
-                    if (channel.IsOpen)
+                    using var deadline = new CancellationTokenSource(HandBackTimeout);
+                    var expected = channel.IsOpen && _unacknowledged.Count > 0 && connection is not null
+                        ? await ExpectedAfterReturnAsync(deadline.Token)
+                        : null;
+                    await CloseAndDisposeAsync(channel);
+                    if (expected is { } count)
                     {
-                        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(2));
-                        var expected = _unacknowledged.Count > 0 && connection is not null ? await ExpectedAfterReturnAsync(deadline.Token) : null;
-                        if (channel.IsOpen) // a failed declare (the queue deleted meanwhile) closes the channel itself
-                        {
-                            await channel.CloseAsync();
-                        }
-                        if (expected is { } count)
-                        {
-                            await AwaitReturnedAsync(connection!, count, deadline.Token);
-                        }
+                        await AwaitReturnedAsync(connection!, count, deadline.Token);
                     }
-
-                    await channel.DisposeAsync();
                 }
             }
             finally

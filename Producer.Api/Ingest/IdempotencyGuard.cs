@@ -143,11 +143,14 @@ public sealed class IdempotencyGuard(IConnectionMultiplexer redis, IOptions<Inge
 
     /// <summary>
     /// Rule 1: the ids bound to the key — this request's own if it is the first, else the first request's. Null when the
-    /// key is bound to a different body.
+    /// key is bound to a different body. A generated id is derived from the key and the body
+    /// (<see cref="CpuLaneSubmission.DerivedId"/>), as the CPU lane's script does: a key bound here (a timed or I/O-lane
+    /// try) stands for the same ids as a later try of the same request on the CPU lane's path, whose 503 names them
+    /// without reading the binding. Only bindings made before ids were derived hold other ids.
     /// </summary>
     private async Task<string[]?> FixIdsAsync(RedisKey key, string bodyHash, IReadOnlyList<ValidatedEvent> events)
     {
-        var binding = new KeyBinding(bodyHash, [.. events.Select(e => e.Id)]);
+        var binding = new KeyBinding(bodyHash, [.. events.Select((e, i) => e.ClientGivenId ? e.Id : CpuLaneSubmission.DerivedId(key, bodyHash, i))]);
         var stored = await Db.ScriptEvaluateAsync(BindKeyScript, [key],
             [JsonSerializer.Serialize(binding), (long)status.Value.Retention.TotalMilliseconds]);
         if (stored.IsNull)

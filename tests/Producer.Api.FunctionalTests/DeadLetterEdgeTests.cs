@@ -17,6 +17,8 @@ public sealed class DeadLetterEdgeFixture : IAsyncLifetime
 {
     public const int ReplayAllLimit = 20_000;
 
+    public static readonly TimeSpan ScanQueueTimeout = TimeSpan.FromSeconds(1);
+
     public PipelineHost Host { get; private set; } = null!;
 
     public ConnectionMultiplexer Redis { get; private set; } = null!;
@@ -27,6 +29,8 @@ public sealed class DeadLetterEdgeFixture : IAsyncLifetime
         {
             ["DeadLetters__ReplayAllLimit"] = ReplayAllLimit.ToString(CultureInfo.InvariantCulture),
             ["DeadLetters__MaxScan"] = ReplayAllLimit.ToString(CultureInfo.InvariantCulture),
+            // Short, so that an I/O operation queued behind deep scans runs out its wait within a test.
+            ["DeadLetters__ScanQueueTimeout"] = ScanQueueTimeout.ToString(),
         });
         var options = ConfigurationOptions.Parse(Host.Redis.ConnectionString);
         options.AllowAdmin = true;
@@ -150,6 +154,120 @@ public sealed class DeadLetterEdgeTests(DeadLetterEdgeFixture fixture) : IClassF
             $"the dead letter was {race} while the replay ran; the replay answered {(int)response.StatusCode} and the lane now holds {inLane} entries of the event (expected {expected})");
         Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
         await Db.KeyDeleteAsync([CpuStream, CpuDead]);
+    }
+
+    /// <summary>
+    /// <c>remaining</c> of a delete-all is what the lane still holds, also while deep lists run beside it: a list that takes
+    /// this process's scan right after the delete-all hides what it holds from any count taken then. And an operation
+    /// queued behind the lists past <c>DeadLetters:ScanQueueTimeout</c> is a 409 <c>dead-letter-busy</c> with
+    /// <c>Retry-After</c>, not a 5xx.
+    /// </summary>
+    [Fact]
+    public async Task Remaining_after_an_io_delete_all_counts_the_dead_letters_a_list_beside_it_holds()
+    {
+        var total = await InjectIoDeadLettersAsync(1500);
+        const int max = 300;
+        await using var connection = await Host.Rabbit.ConnectAsync();
+        await using var channel = await connection.CreateChannelAsync();
+        using var stop = new CancellationTokenSource();
+        var lists = new List<Task>();
+        var wrong = new List<string>();
+        try
+        {
+            // The delete-all takes the scan first; deep lists queue behind it, so the next scan starts the moment it ends.
+            var call = Host.Admin.DeleteAsync($"/dead-letters/io?max={max}");
+            await Eventually.TrueAsync(async () => call.IsCompleted || (await channel.QueueDeclarePassiveAsync(IoError)).MessageCount < total,
+                TimeSpan.FromSeconds(60), "the delete-all to start reading", TimeSpan.FromMilliseconds(1));
+            lists.AddRange(Enumerable.Range(0, 2).Select(_ => DeepListsAsync(total, stop.Token)));
+            using var response = await call;
+            var answer = await response.Content.ReadAsStringAsync();
+            Assert.True(response.StatusCode == HttpStatusCode.OK, $"the delete-all answered {(int)response.StatusCode}: {answer}");
+            var body = JsonDocument.Parse(answer).RootElement;
+            var deleted = body.GetProperty("deleted").GetInt32();
+            var remaining = body.GetProperty("remaining");
+            if (remaining.ValueKind != JsonValueKind.Number || remaining.GetInt64() != total - deleted)
+            {
+                wrong.Add($"remaining: {remaining} while {total - deleted} dead letters remained");
+            }
+
+            // An operation that waited DeadLetters:ScanQueueTimeout for the scans before it is a 409 busy, not a 5xx.
+            await Eventually.TrueAsync(async () =>
+            {
+                using var lookup = await Host.Admin.GetAsync($"/dead-letters/io/no-such-{Guid.NewGuid():N}");
+                var problem = await lookup.Content.ReadAsStringAsync();
+                Assert.True(lookup.StatusCode is HttpStatusCode.NotFound or HttpStatusCode.Conflict,
+                    $"a lookup beside deep lists answered {(int)lookup.StatusCode}: {problem}");
+                return lookup.StatusCode == HttpStatusCode.Conflict
+                       && problem.Contains("dead-letter-busy", StringComparison.Ordinal)
+                       && lookup.Headers.Contains("Retry-After");
+            }, TimeSpan.FromSeconds(60), "a lookup queued behind deep lists to be answered 409 dead-letter-busy", TimeSpan.FromMilliseconds(10));
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            await Task.WhenAll(lists);
+            await UntilNotBusyAsync(() => Host.Admin.DeleteAsync($"/dead-letters/io?max={DeadLetterEdgeFixture.ReplayAllLimit}"));
+        }
+
+        Assert.True(wrong.Count == 0, $"delete-all (max={max}) with deep lists queued behind it answered {string.Join("; ", wrong)}");
+    }
+
+    /// <summary>Lists that read every message of the error queue (the page after the last but one), one after the other.</summary>
+    private async Task DeepListsAsync(long total, CancellationToken stop)
+    {
+        while (!stop.IsCancellationRequested)
+        {
+            using var response = await Host.Admin.GetAsync($"/dead-letters/io?limit=1&after={total - 2}", CancellationToken.None);
+            Assert.True(response.StatusCode is HttpStatusCode.OK or HttpStatusCode.Conflict,
+                $"a deep list answered {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync()}");
+        }
+    }
+
+    /// <summary>Retries a dead-letter call while it is 409 busy (what a client does); the first other answer must be 200.</summary>
+    private static async Task<JsonElement> UntilNotBusyAsync(Func<Task<HttpResponseMessage>> call)
+    {
+        var deadline = DateTimeOffset.UtcNow.AddSeconds(60);
+        while (true)
+        {
+            using var response = await call();
+            var body = await response.Content.ReadAsStringAsync();
+            if (response.StatusCode != HttpStatusCode.Conflict || DateTimeOffset.UtcNow > deadline)
+            {
+                Assert.True(response.StatusCode == HttpStatusCode.OK, $"answered {(int)response.StatusCode}: {body}");
+                return JsonDocument.Parse(body).RootElement.Clone();
+            }
+        }
+    }
+
+    /// <summary>Many I/O dead letters at once (no statuses: lists and deletes need none), oldest first.</summary>
+    /// <returns>how many the lane holds now.</returns>
+    private async Task<long> InjectIoDeadLettersAsync(int count)
+    {
+        var before = (await UntilNotBusyAsync(() => Host.Admin.GetAsync("/dead-letters/io?limit=1"))).GetProperty("total").GetInt64();
+        await using (var connection = await Host.Rabbit.ConnectAsync())
+        await using (var channel = await connection.CreateChannelAsync(new CreateChannelOptions(true, true)))
+        {
+            for (var i = 0; i < count; i++)
+            {
+                var id = $"bulk-{i}-{Guid.NewGuid():N}";
+                var envelope = JsonSerializer.SerializeToUtf8Bytes(new
+                {
+                    messageId = Guid.NewGuid(),
+                    message = new { eventId = id, type = "webhook.post", payload = "{}", acceptedAt = DateTimeOffset.UtcNow },
+                });
+                await channel.BasicPublishAsync(IoError, "", true,
+                    new BasicProperties { Persistent = true, MessageId = id, Headers = new Dictionary<string, object?> { ["MT-Fault-ExceptionType"] = "Test" } },
+                    envelope);
+            }
+        }
+
+        await Eventually.TrueAsync(async () =>
+        {
+            using var response = await Host.Admin.GetAsync("/dead-letters/io?limit=1");
+            return response.StatusCode == HttpStatusCode.OK
+                   && (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("total").GetInt64() == before + count;
+        }, TimeSpan.FromSeconds(60), $"{before + count} I/O dead letters", TimeSpan.FromMilliseconds(50));
+        return before + count;
     }
 
     [Theory]

@@ -1,4 +1,5 @@
 using System.Text;
+using System.Text.Json;
 using EventPipeline.Producer.Ingest;
 using EventPipeline.Producer.Validation;
 using EventPipeline.Shared;
@@ -156,6 +157,62 @@ public sealed class CpuLaneSubmissionTests : IAsyncLifetime
         var scripts = (await monitor.SentNamingAsync("EVAL", _connection.GetDatabase())).ToList();
         Assert.True(scripts.Count == 1, $"a repeat under a key ran {scripts.Count} scripts:\n{string.Join("\n", scripts)}");
         Assert.Equal(1, await EntriesAsync(id));
+    }
+
+    [Fact]
+    public async Task A_keyed_request_first_tried_on_the_general_path_names_in_its_503_the_ids_its_key_stands_for()
+    {
+        // Try 1 was timed (notBefore ahead), so the general path bound the key; the retry came after notBefore, so it is
+        // untimed and goes the CPU lane's one-script way, and Redis does not answer it.
+        var key = $"key-{Guid.NewGuid():N}";
+        const string body = """{"t":1}""";
+        var guard = new IdempotencyGuard(_connection, Options.Create(new IngestOptions()), Options.Create(new StatusOptions()));
+        var first = await guard.ClaimAsync(key, "scope", Encoding.UTF8.GetBytes(body),
+            [Generated() with { NotBefore = DateTimeOffset.UtcNow.AddSeconds(2) }]);
+        var bound = Assert.Single(first.Requested).Id;
+
+        BrokerUnavailableException failure;
+        using (var giveUp = new CancellationTokenSource(TimeSpan.FromMilliseconds(500)))
+        await using (ProcessPause.Of(_redis.Pid))
+        {
+            failure = await Assert.ThrowsAsync<BrokerUnavailableException>(() => Submission().SubmitAsync(
+                key, "scope", Encoding.UTF8.GetBytes(body), [Generated()], DateTimeOffset.UtcNow, giveUp.Token));
+        }
+
+        var named = failure.Uncertain.Select(e => e.Id).ToArray();
+        Assert.True(named.SequenceEqual([bound]),
+            $"the 503 named [{string.Join(", ", named)}] as maybe held, but the key (bound on the general path) stands for [{bound}]");
+    }
+
+    [Fact]
+    public async Task A_key_bound_to_other_ids_for_the_same_body_keeps_them_in_answers_entries_and_503s()
+    {
+        // A binding with ids that are not the derived ones, as bindings were written before ids were derived.
+        var key = $"key-{Guid.NewGuid():N}";
+        const string body = """{"o":1}""";
+        var old = Guid.CreateVersion7().ToString("N");
+        var db = _connection.GetDatabase();
+        await db.StringSetAsync(IdempotencyGuard.KeyOf("scope", key),
+            JsonSerializer.Serialize(new IdempotencyGuard.KeyBinding(IdempotencyGuard.Hash(Encoding.UTF8.GetBytes(body)), [old])),
+            TimeSpan.FromHours(1));
+
+        // A status key of the wrong type fails the run with the bound ids: the 503 names them, not the derived ones.
+        await db.StringSetAsync(EventStatusStore.Key(old), "not a status hash");
+        var failure = await Assert.ThrowsAsync<BrokerUnavailableException>(() => SubmitAsync([Generated()], key, body));
+        Assert.Equal([old], failure.Uncertain.Select(e => e.Id));
+        await db.KeyDeleteAsync(EventStatusStore.Key(old));
+
+        var first = await SubmitAsync([Generated()], key, body);
+        var again = await SubmitAsync([Generated()], key, body);
+
+        Assert.Equal(ClaimOutcome.Claimed, first.Outcome);
+        Assert.Equal(old, Assert.Single(first.Fresh).Id);
+        Assert.Equal([old], first.Requested.Select(e => e.Id));
+        Assert.Empty(again.Fresh);
+        Assert.Equal(old, Assert.Single(again.Repeats).Id);
+        Assert.Equal(1, await EntriesAsync(old));
+        var derived = CpuLaneSubmission.DerivedId(IdempotencyGuard.KeyOf("scope", key), IdempotencyGuard.Hash(Encoding.UTF8.GetBytes(body)), 0);
+        Assert.Equal(0, await EntriesAsync(derived));
     }
 
     /// <summary>An event whose id the API generated (a new one on every try, as the validator does).</summary>
