@@ -26,6 +26,14 @@ public sealed record ValidatedEvent(string Id, string Type, string Lane, string 
     /// </summary>
     public string Payload { get => field ?? PayloadInBody.GetRawText(); init; } = Payload;
 
+    /// <summary>
+    /// The payload's JSON as UTF-8, the bytes a broker stores: for an event of a submission, copied straight from the
+    /// request's body (half the size of <see cref="Payload"/>'s UTF-16 text, and no transcoding on the way out).
+    /// </summary>
+    public byte[] PayloadUtf8 => PayloadInBody.ValueKind != JsonValueKind.Undefined
+        ? System.Runtime.InteropServices.JsonMarshal.GetRawUtf8Value(PayloadInBody).ToArray()
+        : System.Text.Encoding.UTF8.GetBytes(Payload);
+
     /// <summary>An event whose payload text is read from <paramref name="payloadInBody"/> when used: valid only while the
     /// document holding it is not disposed.</summary>
     internal static ValidatedEvent InBody(string id, string type, string lane, JsonElement payloadInBody, bool clientGivenId, string? target,

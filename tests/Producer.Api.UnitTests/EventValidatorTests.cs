@@ -43,6 +43,8 @@ public sealed class EventValidatorTests
         Assert.NotNull(alone);
         Assert.NotNull(inBody);
         Assert.Equal(alone.Payload, inBody.Payload);
+        Assert.Equal(System.Text.Encoding.UTF8.GetBytes(alone.Payload), inBody.PayloadUtf8);
+        Assert.Equal(System.Text.Encoding.UTF8.GetBytes(alone.Payload), alone.PayloadUtf8);
         Assert.Equal((alone.Type, alone.Lane, alone.ClientGivenId, alone.IsTimed), (inBody.Type, inBody.Lane, inBody.ClientGivenId, inBody.IsTimed));
     }
 
