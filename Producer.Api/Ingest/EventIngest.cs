@@ -94,7 +94,7 @@ public sealed class EventIngest(
         {
             var errors = new Dictionary<string, string[]>();
             var key = ReadIdempotencyKey(request, errors);
-            var validated = validator.Validate(document!.RootElement, "", errors);
+            var validated = validator.ValidateInBody(document!.RootElement, "", errors);
             if (validated is null || errors.Count > 0)
             {
                 return ValidationProblem(errors);
@@ -142,7 +142,7 @@ public sealed class EventIngest(
             var index = 0;
             foreach (var item in items.EnumerateArray())
             {
-                if (validator.Validate(item, $"events[{index++}]", errors) is { } ok)
+                if (validator.ValidateInBody(item, $"events[{index++}]", errors) is { } ok)
                 {
                     validated.Add(ok);
                 }

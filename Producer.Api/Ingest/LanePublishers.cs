@@ -100,7 +100,8 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
             keys[i + 1] = EventStatusStore.Key(e.Id);
             values[v++] = e.Id;
             values[v++] = e.Type;
-            values[v++] = e.Payload;
+            // UTF-8 from the body: the same bytes Redis got from the text, without a UTF-16 copy of every payload at once.
+            values[v++] = e.PayloadUtf8;
         }
 
         try

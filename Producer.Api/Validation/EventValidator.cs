@@ -15,6 +15,31 @@ namespace EventPipeline.Producer.Validation;
 public sealed record ValidatedEvent(string Id, string Type, string Lane, string Payload, bool ClientGivenId = false, string? Target = null,
     DateTimeOffset? NotBefore = null, DateTimeOffset? ExpiresAt = null)
 {
+    /// <summary>The payload in the request's parsed body, when its text is made only where it is written out.</summary>
+    private JsonElement PayloadInBody { get; init; }
+
+    /// <summary>
+    /// The payload's JSON text. An event of a submission (<see cref="EventValidator.ValidateInBody"/>) makes it anew on
+    /// each read from the request's body: the I/O lane writes a 1,000-event batch 100 messages at a time, so only the
+    /// texts of one chunk are alive at once instead of every event's for the whole request (they were most of a batch's
+    /// memory while it waited for the broker).
+    /// </summary>
+    public string Payload { get => field ?? PayloadInBody.GetRawText(); init; } = Payload;
+
+    /// <summary>
+    /// The payload's JSON as UTF-8, the bytes a broker stores: for an event of a submission, copied straight from the
+    /// request's body (half the size of <see cref="Payload"/>'s UTF-16 text, and no transcoding on the way out).
+    /// </summary>
+    public byte[] PayloadUtf8 => PayloadInBody.ValueKind != JsonValueKind.Undefined
+        ? System.Runtime.InteropServices.JsonMarshal.GetRawUtf8Value(PayloadInBody).ToArray()
+        : System.Text.Encoding.UTF8.GetBytes(Payload);
+
+    /// <summary>An event whose payload text is read from <paramref name="payloadInBody"/> when used: valid only while the
+    /// document holding it is not disposed.</summary>
+    internal static ValidatedEvent InBody(string id, string type, string lane, JsonElement payloadInBody, bool clientGivenId, string? target,
+        DateTimeOffset? notBefore, DateTimeOffset? expiresAt) =>
+        new(id, type, lane, null!, clientGivenId, target, notBefore, expiresAt) { PayloadInBody = payloadInBody };
+
     /// <summary>Held by the delayed-event store (scheduled) instead of going straight into its lane.</summary>
     public bool IsTimed => NotBefore is not null || ExpiresAt is not null;
 }
@@ -39,11 +64,22 @@ public sealed partial class EventValidator(EventRouter router, DownstreamTargets
     [GeneratedRegex(@"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")]
     private static partial Regex Rfc3339Pattern();
 
-    public ValidatedEvent? Validate(JsonElement element, string path, Dictionary<string, string[]> errors)
+    public ValidatedEvent? Validate(JsonElement element, string path, Dictionary<string, string[]> errors) =>
+        Validate(element, path, errors, payloadInBody: false);
+
+    /// <summary>
+    /// <see cref="Validate(JsonElement, string, Dictionary{string, string[]})"/> for a request's body: the event's
+    /// payload text is made from <paramref name="element"/> each time it is read, so the caller keeps the element's
+    /// document alive until the event is published.
+    /// </summary>
+    public ValidatedEvent? ValidateInBody(JsonElement element, string path, Dictionary<string, string[]> errors) =>
+        Validate(element, path, errors, payloadInBody: true);
+
+    private ValidatedEvent? Validate(JsonElement element, string path, Dictionary<string, string[]> errors, bool payloadInBody)
     {
         try
         {
-            return ValidateEvent(element, path, errors);
+            return ValidateEvent(element, path, errors, payloadInBody);
         }
         catch (InvalidOperationException)
         {
@@ -54,7 +90,7 @@ public sealed partial class EventValidator(EventRouter router, DownstreamTargets
         }
     }
 
-    private ValidatedEvent? ValidateEvent(JsonElement element, string path, Dictionary<string, string[]> errors)
+    private ValidatedEvent? ValidateEvent(JsonElement element, string path, Dictionary<string, string[]> errors, bool payloadInBody)
     {
         var before = errors.Count;
         if (element.ValueKind != JsonValueKind.Object)
@@ -119,7 +155,11 @@ public sealed partial class EventValidator(EventRouter router, DownstreamTargets
             return null;
         }
 
-        return new ValidatedEvent(id ?? Guid.CreateVersion7().ToString("N"), type, lane, payload.GetRawText(), id is not null, target, notBefore, expiresAt);
+        var clientGivenId = id is not null;
+        id ??= Guid.CreateVersion7().ToString("N");
+        return payloadInBody
+            ? ValidatedEvent.InBody(id, type, lane, payload, clientGivenId, target, notBefore, expiresAt)
+            : new ValidatedEvent(id, type, lane, payload.GetRawText(), clientGivenId, target, notBefore, expiresAt);
     }
 
     /// <summary>

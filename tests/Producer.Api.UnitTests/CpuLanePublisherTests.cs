@@ -31,6 +31,26 @@ public sealed class CpuLanePublisherTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task An_entry_holds_the_payload_exactly_as_the_client_sent_it()
+    {
+        var statuses = new EventStatusStore(_connection, Options.Create(new StatusOptions()));
+        var replicas = new RedisReplicaAcknowledgement(_connection, new ConfigurationBuilder().Build(),
+            Options.Create(new IngestOptions()), NullLogger<RedisReplicaAcknowledgement>.Instance);
+        var publisher = new CpuLanePublisher(_connection, statuses, replicas);
+        var id = $"utf8-{Guid.NewGuid():N}";
+        const string payload = """{ "data" : "café \u00e9 \ud83d\ude00 😀", "iterations":1 }""";
+        using var body = System.Text.Json.JsonDocument.Parse($$"""{"id":"{{id}}","type":"hash.pbkdf2","payload":{{payload}}}""");
+        var validator = new EventValidator(EventRouterTests.Router(), new DownstreamTargets(Options.Create(new DownstreamTargetOptions())));
+        var validated = validator.ValidateInBody(body.RootElement, "", []);
+        Assert.NotNull(validated);
+
+        await publisher.PublishAsync([validated], DateTimeOffset.UtcNow, CancellationToken.None);
+
+        var entry = (await _connection.GetDatabase().StreamRangeAsync(CpuLaneStreams.Stream)).Single(e => e["id"] == id);
+        Assert.Equal(payload, (string?)entry["payload"]);
+    }
+
+    [Fact]
     public async Task Cpu_entry_is_never_added_without_its_accepted_status()
     {
         var statuses = new EventStatusStore(_connection, Options.Create(new StatusOptions()));

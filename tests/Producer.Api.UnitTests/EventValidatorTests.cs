@@ -27,6 +27,27 @@ public sealed class EventValidatorTests
         Assert.Equal("""{"data":"abc","iterations":10000}""", e.Payload);
     }
 
+    [Theory]
+    [InlineData("""{"type":"hash.pbkdf2","payload":{"data":"abc","iterations":10000}}""")]
+    [InlineData("""{"id":"x-1","type":"webhook.post","payload":{ "n" : 1, "s":"caf\u00e9 \"q\" \ud83d\ude00", "a":[1,2.50,{"b":null}] }}""")]
+    [InlineData("""{"type":"noop.io","payload":{},"delay":5}""")]
+    public void An_event_validated_in_its_body_has_the_payload_text_of_one_validated_alone(string json)
+    {
+        using var document = JsonDocument.Parse(json);
+        var targets = new DownstreamTargets(Options.Create(new DownstreamTargetOptions()));
+        var validator = new EventValidator(EventRouterTests.Router(), targets);
+
+        var alone = validator.Validate(document.RootElement, "", []);
+        var inBody = validator.ValidateInBody(document.RootElement, "", []);
+
+        Assert.NotNull(alone);
+        Assert.NotNull(inBody);
+        Assert.Equal(alone.Payload, inBody.Payload);
+        Assert.Equal(System.Text.Encoding.UTF8.GetBytes(alone.Payload), inBody.PayloadUtf8);
+        Assert.Equal(System.Text.Encoding.UTF8.GetBytes(alone.Payload), alone.PayloadUtf8);
+        Assert.Equal((alone.Type, alone.Lane, alone.ClientGivenId, alone.IsTimed), (inBody.Type, inBody.Lane, inBody.ClientGivenId, inBody.IsTimed));
+    }
+
     [Fact]
     public void Client_given_id_is_kept()
     {
