@@ -37,13 +37,13 @@ public static class OperatorCommands
                 HttpMethod.Post, $"/dead-letters/{lane}/replay", $"max={BulkBound}", body: null,
                 confirmation: $"Send up to {BulkBound:N0} dead letters of the {title} lane back to it, oldest first? Each event runs again with fresh attempts.",
                 icon: "ArrowRepeatAll",
-                describe: json => $"Replayed {json["replayed"]} {title} dead letter(s); {json["alreadySucceeded"]} dropped as already succeeded; {json["remaining"]} remain.");
+                describe: json => $"Replayed {json["replayed"]} {title} dead letter(s); {json["alreadySucceeded"]} dropped as already succeeded; {Remaining(json)}.");
 
             api.WithApiCommand(api, adminKey, DeleteCommand(lane), $"Delete {title} dead letters",
                 HttpMethod.Delete, $"/dead-letters/{lane}", $"max={BulkBound}", body: null,
                 confirmation: $"Delete up to {BulkBound:N0} dead letters of the {title} lane for good, oldest first? Their events stay dead and cannot be replayed any more.",
                 icon: "Delete",
-                describe: json => $"Deleted {json["deleted"]} {title} dead letter(s); {json["remaining"]} remain.");
+                describe: json => $"Deleted {json["deleted"]} {title} dead letter(s); {Remaining(json)}.");
 
             api.WithApiCommand(api, adminKey, BurstCommand(lane), $"Send {BurstSize:N0} {title} events",
                 HttpMethod.Post, "/events/batch", query: null, body: () => SampleBurst(lane),
@@ -77,6 +77,10 @@ public static class OperatorCommands
             describe: json => $"Submitted crash-looping event {json["id"]} to the {title} lane.");
         return worker;
     }
+
+    // The API answers remaining: null when the broker gave no count before its scan closed (docs/api.md).
+    private static string Remaining(JsonNode json) =>
+        json["remaining"] is { } remaining ? $"{remaining} remain" : "the number that remain is unknown (the broker gave no count)";
 
     private static JsonObject SampleBurst(string lane)
     {

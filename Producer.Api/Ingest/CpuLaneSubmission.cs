@@ -205,7 +205,7 @@ public sealed class CpuLaneSubmission(
             keys[2 + i * 2] = IdempotencyGuard.ReservationKey(e.Id);
             values[v++] = e.Id;
             values[v++] = e.Type;
-            values[v++] = e.Payload;
+            values[v++] = e.PayloadUtf8;
         }
 
         if (bindingKey is { } key)

@@ -107,14 +107,14 @@ public sealed class LaneMonitor(
     private async Task<LaneState> ReadIoAsync(CancellationToken cancellationToken)
     {
         var connection = await rabbit.GetAsync(cancellationToken);
-        var counts = queueMetrics.ReadAsync(IoLaneTopology.QueueName, cancellationToken);
         // A dead-letter scan holds the messages it reads (unacknowledged) until it closes: the passive declare's ready-only
         // count dips while a list runs, the plugin's ready + unacknowledged does not (it lags its collect interval instead).
-        var errorCounts = queueMetrics.ReadAsync(IoLaneTopology.ErrorQueueName, cancellationToken);
+        var scrape = queueMetrics.ReadAsync([IoLaneTopology.QueueName, IoLaneTopology.ErrorQueueName], cancellationToken);
         await using var channel = await connection.CreateChannelAsync(cancellationToken: cancellationToken);
         var queue = await PassiveDeclareAsync(channel, IoLaneTopology.QueueName, cancellationToken);
         var errors = await PassiveDeclareAsync(channel, IoLaneTopology.ErrorQueueName, cancellationToken);
-        var unacked = (await counts)?.Unacknowledged;
+        var counts = await scrape;
+        var unacked = counts?[0]?.Unacknowledged;
         var ready = (long)(queue?.MessageCount ?? 0);
         return new LaneState(
             Lanes.Io,
@@ -123,7 +123,7 @@ public sealed class LaneMonitor(
             Lag: ready,
             Pending: unacked,
             OldestPendingAgeMs: null, // RabbitMQ keeps no delivery time of unacknowledged messages
-            DeadLetters: await errorCounts is { } dead ? dead.Ready + dead.Unacknowledged : errors?.MessageCount ?? 0,
+            DeadLetters: counts?[1] is { } dead ? dead.Ready + dead.Unacknowledged : errors?.MessageCount ?? 0,
             Consumers: queue?.ConsumerCount ?? 0);
     }
 

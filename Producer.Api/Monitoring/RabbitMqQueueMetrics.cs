@@ -15,8 +15,10 @@ public sealed class RabbitMqQueueMetrics(HttpClient http, IOptions<LaneMonitorOp
 {
     public bool IsConfigured => options.Value.RabbitMqPrometheusUrl is not null;
 
-    /// <returns>the counts, or null when the plugin is not configured, unreachable or does not list the queue.</returns>
-    public async Task<QueueCounts?> ReadAsync(string queue, CancellationToken cancellationToken)
+    /// <returns>each queue's counts (null for a queue the plugin does not list), or null when the plugin is not
+    /// configured or unreachable. One scrape serves every queue asked for: the lane reading asks for the lane and its
+    /// error queue together, and the scrape is the costly part (it runs every sample interval).</returns>
+    public async Task<QueueCounts?[]?> ReadAsync(IReadOnlyList<string> queues, CancellationToken cancellationToken)
     {
         if (options.Value.RabbitMqPrometheusUrl is not { } baseUrl)
         {
@@ -27,7 +29,7 @@ public sealed class RabbitMqQueueMetrics(HttpClient http, IOptions<LaneMonitorOp
         {
             var url = new Uri(baseUrl, "/metrics/detailed?family=queue_coarse_metrics");
             var text = await http.GetStringAsync(url, cancellationToken);
-            return Parse(text, queue);
+            return [.. queues.Select(queue => Parse(text, queue))];
         }
         catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException && !cancellationToken.IsCancellationRequested)
         {
