@@ -2,7 +2,7 @@
 # Where the bench client's own CPU goes while one measured burst runs: perf samples of the bench process only (with
 # its perf map, so JIT-compiled frames have names) plus the CPU of every thread of the client and the services
 # (threadcpu.py). The progress line first appears ~5 s into the burst: size the burst so that <seconds> fits after it;
-# run it under the measurement lock (flock /work/wt/bench.lock …).
+# run it under the measurement lock (flock -o /work/wt/bench.lock …: -o keeps the lock out of the children).
 #   bench/profile/client-profile.sh <out dir> <label> <seconds> <bench dll> <bench burst args...>
 # <bench dll>: bench/EventPipeline.Bench/bin/Release/net10.0/EventPipeline.Bench.dll, or a copy of an older build
 # e.g. bench/profile/client-profile.sh /tmp/cprof single 4 bench/EventPipeline.Bench/bin/Release/net10.0/EventPipeline.Bench.dll \
