@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""CPU time of the .NET services' threads by kind (JIT, GC, thread pool, the rest) while a bench scenario runs.
+"""CPU time of the .NET services' and the bench client's threads by kind (JIT, GC, thread pool, the rest) while a
+bench scenario runs.
 
     python3 bench/profile/threadcpu.py <bench log> > result.txt
 
@@ -24,6 +25,10 @@ def kind(comm):
         return "GC"
     if comm.startswith(".NET TP") or comm.startswith(".NET ThreadPool"):
         return "thread pool"
+    if comm.startswith(".NET SynchManag") or comm.startswith(".NET Sockets"):
+        return "socket/wait events"
+    if comm.startswith(".NET Timer") or comm.startswith(".NET Long Runn"):
+        return "timers/long-running"
     return "other threads"
 
 
@@ -36,7 +41,14 @@ def services():
             cmd = open(d + "/cmdline", "rb").read().decode(errors="replace")
         except OSError:
             continue
-        if root not in cmd or "/bin/Release/" not in cmd or cmd.startswith("dotnet\0run") or "\0run\0" in cmd:
+        if cmd.startswith("dotnet\0run") or "\0run\0" in cmd:
+            continue
+        # The bench client itself (this checkout's build or a copy of an older build for a paired run; the
+        # measurement lock keeps other checkouts' bench runs out of the window).
+        if "/EventPipeline.Bench.dll" in cmd or "/EventPipeline.Bench\0" in cmd:
+            found[int(d[6:])] = "bench-client"
+            continue
+        if root not in cmd or "/bin/Release/" not in cmd:
             continue
         for dll, name in SERVICES.items():
             if f"/{dll}.dll" in cmd or f"/{dll}\0" in cmd:
@@ -60,7 +72,7 @@ def main():
     log = sys.argv[1]
     while "[burst-" not in open(log).read() and "[steady-" not in open(log).read():
         time.sleep(0.1)
-    first, last, owner = {}, {}, {}
+    first, last, owner, comms = {}, {}, {}, {}
     procs = services()
     initial = {(pid, tid) for pid in procs for tid, _, _ in tasks(pid)}
     while True:
@@ -73,15 +85,20 @@ def main():
                 first.setdefault(key, cpu if key in initial else 0.0)
                 last[key] = cpu
                 owner[key] = (name, kind(comm))
+                comms[key] = comm
         if done:
             break
         time.sleep(0.1)
     totals = collections.defaultdict(collections.Counter)
+    names = collections.defaultdict(collections.Counter)
     for key, (name, k) in owner.items():
         totals[name][k] += last[key] - first[key]
+        names[name][comms[key]] += last[key] - first[key]
     for name in sorted(totals):
         all_ = sum(totals[name].values())
         print(name, f"{all_:.2f} s:", ", ".join(f"{k} {v:.2f} s" for k, v in totals[name].most_common()))
+        # By thread name too: which of the runtime's threads (epoll, timers, GC, tiering) or a named one of the app.
+        print("  threads:", ", ".join(f"{c} {v:.2f} s" for c, v in names[name].most_common(8) if v >= 0.005))
 
 
 if __name__ == "__main__":

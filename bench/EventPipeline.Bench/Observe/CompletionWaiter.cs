@@ -34,11 +34,11 @@ public sealed class CompletionWaiter(IStatusReader statuses)
                 var chunk = unfinished.GetRange(offset, Math.Min(size, unfinished.Count - offset));
                 size = Math.Min(size * 2, Chunk);
                 offset += chunk.Count;
-                var records = await statuses.ReadAsync(chunk, cancellationToken);
+                var states = await statuses.ReadStatesAsync(chunk, cancellationToken);
                 var open = 0;
                 for (var i = 0; i < chunk.Count; i++)
                 {
-                    if (records[i]?.State is "succeeded" or "dead")
+                    if (states[i] is "succeeded" or "dead")
                     {
                         Interlocked.Increment(ref _finished);
                     }
