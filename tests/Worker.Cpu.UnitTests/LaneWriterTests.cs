@@ -116,6 +116,43 @@ public sealed class LaneWriterTests
     }
 
     [Fact]
+    public async Task A_start_waits_for_no_more_than_the_write_in_flight()
+    {
+        // Pickup latency: a start queued behind a slow write goes out in the very next script, alone with whatever else
+        // queued meanwhile, as soon as that write is answered (no linger while nothing charged waits for a core).
+        var options = Options(TimeSpan.FromSeconds(10));
+        var stall = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var scripts = new ConcurrentQueue<int>();
+        var redis = new FakeLaneRedis(async (keys, values) =>
+        {
+            scripts.Enqueue(keys.Length - 2 - (int)values[4]);
+            if (scripts.Count == 1)
+            {
+                await stall.Task;
+            }
+
+            return FakeLaneRedis.StartedReply(keys, values);
+        });
+        var (writer, slots) = Lane(redis, options);
+        var running = Task.Run(() => writer.RunAsync(() => slots.WorkWaitingForCore));
+
+        var first = writer.StartAsync(Entry("first"));
+        await Until(() => redis.InFlight == 1, "the first start to be in flight");
+        var behind = writer.StartAsync(Entry("behind"));
+        await Until(() => redis.Queued(writer) == 1, "the second start to queue behind it");
+
+        stall.TrySetResult();
+        Assert.Equal(EntryOwnership.Start.Started, await first.WaitAsync(Patience));
+        var answered = System.Diagnostics.Stopwatch.StartNew();
+        Assert.Equal(EntryOwnership.Start.Started, await behind.WaitAsync(Patience));
+        Assert.True(answered.Elapsed < TimeSpan.FromSeconds(5), $"the start queued behind the write in flight was answered {answered.Elapsed.TotalSeconds:F1} s after it (linger 10 s): it waited for more than that write");
+        Assert.Equal([1, 1], scripts.ToArray());
+
+        writer.Complete();
+        await running.WaitAsync(Patience);
+    }
+
+    [Fact]
     public async Task A_drain_timeout_waits_for_the_write_in_flight_as_long_as_the_redis_client_does()
     {
         // The Redis client gives a script 6 s (+ a 1 s heartbeat); the write in flight answers after 5 s, past the 4 s
