@@ -19,13 +19,17 @@ public sealed class ComputeSlots(
 {
     /// <summary>
     /// What the host allows after the drain timeout (<c>HostOptions.ShutdownTimeout</c> = DrainTimeout + this, set in
-    /// Extensions.cs; the Kubernetes grace period covers it). It has to hold the wait for the write in flight, the
-    /// take-back script after it (each bounded by the Redis client's timeout plus one heartbeat) and the last writes.
+    /// Extensions.cs; the Kubernetes grace period covers it): the wait for the write in flight (up to the Redis
+    /// client's timeout plus one heartbeat) and <see cref="TakeBackBudget"/> after it.
     /// </summary>
-    public static readonly TimeSpan ShutdownMargin = TimeSpan.FromSeconds(15);
+    public static readonly TimeSpan ShutdownMargin = TimeSpan.FromSeconds(10);
 
-    // What the take-back leaves of the margin for the writer's last successes and the telemetry flush.
-    private static readonly TimeSpan LastWrites = TimeSpan.FromSeconds(1);
+    /// <summary>
+    /// Left of the margin for the take-back script, the writer's last successes and the telemetry flush. Redis has just
+    /// answered the write before them, so they need a fraction of its timeout; one that stalls again past this makes
+    /// suspects, as any Redis failure in the lane does.
+    /// </summary>
+    public static readonly TimeSpan TakeBackBudget = TimeSpan.FromSeconds(3);
 
     private readonly TimeSpan _chargeAnswerLimit = ChargeAnswerLimit(redis, logger);
 
@@ -181,13 +185,13 @@ public sealed class ComputeSlots(
     /// How long the write in flight can take to be answered: the Redis client fails it after its async timeout, noticed
     /// at its next heartbeat. A write Redis answers later than that is a Redis failure like any other timeout in the
     /// lane (its entries stay pending; a charge that lands after the client gave up makes a suspect). Bounded so that
-    /// this wait and the take-back's own script both fit in <see cref="ShutdownMargin"/>.
+    /// this wait and <see cref="TakeBackBudget"/> fit in <see cref="ShutdownMargin"/>.
     /// </summary>
     internal static TimeSpan ChargeAnswerLimit(IConnectionMultiplexer redis, ILogger logger)
     {
         var client = ConfigurationOptions.Parse(redis.Configuration);
         var answered = TimeSpan.FromMilliseconds(client.AsyncTimeout) + client.HeartbeatInterval;
-        var fits = (ShutdownMargin - LastWrites) / 2;
+        var fits = ShutdownMargin - TakeBackBudget;
         if (answered <= fits)
         {
             return answered;
