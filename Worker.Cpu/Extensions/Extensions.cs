@@ -24,9 +24,10 @@ public static class CpuLaneExtensions
         builder.Services.AddOptions<TestEventsOptions>().BindConfiguration("TestEvents");
         builder.Services.AddOptions<StatusOptions>().BindConfiguration("Status");
 
-        // The host waits for the drain, plus a margin for the last acknowledgements and telemetry flush.
+        // The host waits for the drain, plus ComputeSlots.ShutdownMargin: a drain timeout's take-back waits for the lane
+        // write in flight as long as the Redis client does, then writes (a literal here: tests/Infra.Tests reads it).
         var drain = builder.Configuration.GetValue("CpuLane:DrainTimeout", TimeSpan.FromSeconds(25));
-        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = drain + TimeSpan.FromSeconds(5));
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = drain + TimeSpan.FromSeconds(10));
 
         // Registered before the lane's hosted services so the bus stops after the drain (hosted services stop in reverse).
         builder.AddNextStageForwarding();

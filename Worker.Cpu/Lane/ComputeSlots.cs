@@ -10,12 +10,28 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// so only the entries that were computing count as runs that died with this consumer. After the deadline nothing is
 /// charged any more.
 /// </summary>
-public sealed class ComputeSlots(EntryOwnership ownership, LaneWriter writer, IOptions<CpuLaneOptions> options, ILogger<ComputeSlots> logger)
+public sealed class ComputeSlots(
+    EntryOwnership ownership,
+    LaneWriter writer,
+    IConnectionMultiplexer redis,
+    IOptions<CpuLaneOptions> options,
+    ILogger<ComputeSlots> logger)
 {
-    // The host gives the consumer 5 s after the drain timeout (Extensions.cs: ShutdownTimeout); this leaves a second of
-    // it for the take-back itself. A write in flight answered later than this (the Redis client allows BlockTimeout +
-    // 5 s) may still charge entries no one takes back.
-    private static readonly TimeSpan ChargeAnswerLimit = TimeSpan.FromSeconds(4);
+    /// <summary>
+    /// What the host allows after the drain timeout (<c>HostOptions.ShutdownTimeout</c> = DrainTimeout + this, set in
+    /// Extensions.cs; the Kubernetes grace period covers it): the wait for the write in flight (up to the Redis
+    /// client's timeout plus one heartbeat) and <see cref="TakeBackBudget"/> after it.
+    /// </summary>
+    public static readonly TimeSpan ShutdownMargin = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// Left of the margin for the take-back script, the writer's last successes and the telemetry flush. Redis has just
+    /// answered the write before them, so they need a fraction of its timeout; one that stalls again past this makes
+    /// suspects, as any Redis failure in the lane does.
+    /// </summary>
+    public static readonly TimeSpan TakeBackBudget = TimeSpan.FromSeconds(3);
+
+    private readonly TimeSpan _chargeAnswerLimit = ChargeAnswerLimit(redis, logger);
 
     private readonly SemaphoreSlim _cores = new(options.Value.EffectiveHandlers, options.Value.EffectiveHandlers);
     private readonly CancellationTokenSource _drainExpired = new();
@@ -137,9 +153,9 @@ public sealed class ComputeSlots(EntryOwnership ownership, LaneWriter writer, IO
         // charged, a false suspect for a whole ClaimTimeout.
         writer.StopStarting();
         await _drainExpired.CancelAsync();
-        if (await Task.WhenAny(_noChargeInFlight.Task, Task.Delay(ChargeAnswerLimit)) != _noChargeInFlight.Task)
+        if (await Task.WhenAny(_noChargeInFlight.Task, Task.Delay(_chargeAnswerLimit)) != _noChargeInFlight.Task)
         {
-            logger.LogWarning("Charges still unanswered {Limit} after the drain timed out; entries they charge are taken back by no one and look like suspects to whoever claims them", ChargeAnswerLimit);
+            logger.LogWarning("Charges still unanswered {Limit} after the drain timed out; entries they charge are taken back by no one and look like suspects to whoever claims them", _chargeAnswerLimit);
         }
 
         RedisValue[] neverRan;
@@ -163,5 +179,26 @@ public sealed class ComputeSlots(EntryOwnership ownership, LaneWriter writer, IO
         {
             logger.LogWarning(ex, "Could not take back the runs of {Count} entries that never got a core; whoever claims them treats them as suspects", neverRan.Length);
         }
+    }
+
+    /// <summary>
+    /// How long the write in flight can take to be answered: the Redis client fails it after its async timeout, noticed
+    /// at its next heartbeat. A write Redis answers later than that is a Redis failure like any other timeout in the
+    /// lane (its entries stay pending; a charge that lands after the client gave up makes a suspect). Bounded so that
+    /// this wait and <see cref="TakeBackBudget"/> fit in <see cref="ShutdownMargin"/>.
+    /// </summary>
+    internal static TimeSpan ChargeAnswerLimit(IConnectionMultiplexer redis, ILogger logger)
+    {
+        var client = ConfigurationOptions.Parse(redis.Configuration);
+        var answered = TimeSpan.FromMilliseconds(client.AsyncTimeout) + client.HeartbeatInterval;
+        var fits = ShutdownMargin - TakeBackBudget;
+        if (answered <= fits)
+        {
+            return answered;
+        }
+
+        logger.LogWarning("The Redis client's timeout ({Timeout} ms) is longer than a drain timeout's take-back can wait within the host's {Margin} margin; a start answered later than {Fits} after the drain timed out may stay charged",
+            client.AsyncTimeout, ShutdownMargin, fits);
+        return fits;
     }
 }

@@ -2,6 +2,8 @@ using System.Collections.Concurrent;
 using System.Reflection;
 using EventPipeline.Shared;
 using EventPipeline.Worker.Cpu.Lane;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using StackExchange.Redis;
@@ -113,6 +115,101 @@ public sealed class LaneWriterTests
         Assert.True(leftCharged.Length == 0, $"charged and marked processing but never run nor taken back: {string.Join(", ", leftCharged)} (each would be a false suspect for a whole ClaimTimeout)");
     }
 
+    [Fact]
+    public async Task A_start_waits_for_no_more_than_the_write_in_flight()
+    {
+        // Pickup latency: a start queued behind a slow write goes out in the very next script, alone with whatever else
+        // queued meanwhile, as soon as that write is answered (no linger while nothing charged waits for a core).
+        var options = Options(TimeSpan.FromSeconds(10));
+        var stall = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var scripts = new ConcurrentQueue<int>();
+        var redis = new FakeLaneRedis(async (keys, values) =>
+        {
+            scripts.Enqueue(keys.Length - 2 - (int)values[4]);
+            if (scripts.Count == 1)
+            {
+                await stall.Task;
+            }
+
+            return FakeLaneRedis.StartedReply(keys, values);
+        });
+        var (writer, slots) = Lane(redis, options);
+        var running = Task.Run(() => writer.RunAsync(() => slots.WorkWaitingForCore));
+
+        var first = writer.StartAsync(Entry("first"));
+        await Until(() => redis.InFlight == 1, "the first start to be in flight");
+        var behind = writer.StartAsync(Entry("behind"));
+        await Until(() => redis.Queued(writer) == 1, "the second start to queue behind it");
+
+        stall.TrySetResult();
+        Assert.Equal(EntryOwnership.Start.Started, await first.WaitAsync(Patience));
+        var answered = System.Diagnostics.Stopwatch.StartNew();
+        Assert.Equal(EntryOwnership.Start.Started, await behind.WaitAsync(Patience));
+        Assert.True(answered.Elapsed < TimeSpan.FromSeconds(5), $"the start queued behind the write in flight was answered {answered.Elapsed.TotalSeconds:F1} s after it (linger 10 s): it waited for more than that write");
+        Assert.Equal([1, 1], scripts.ToArray());
+
+        writer.Complete();
+        await running.WaitAsync(Patience);
+    }
+
+    [Fact]
+    public async Task A_drain_timeout_waits_for_the_write_in_flight_as_long_as_the_redis_client_does()
+    {
+        // The Redis client gives a script 6 s (+ a 1 s heartbeat); the write in flight answers after 5 s, past the 4 s
+        // the take-back used to wait, but within what the client allows: the entry it charged must be taken back.
+        var options = Options(TimeSpan.Zero, handlers: 1);
+        var stall = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var stalling = false;
+        var redis = new FakeLaneRedis(async (keys, values) =>
+        {
+            if (Volatile.Read(ref stalling))
+            {
+                await stall.Task;
+            }
+
+            return FakeLaneRedis.StartedReply(keys, values);
+        }, configuration: "127.0.0.1:6379,asyncTimeout=6000");
+        var (writer, slots) = Lane(redis, options);
+        var running = Task.Run(() => writer.RunAsync(() => slots.WorkWaitingForCore));
+
+        var a = Entry("a");
+        Assert.Equal(EntryOwnership.Start.Started, await slots.ChargeAsync(a).WaitAsync(Patience));
+        Assert.True(await slots.WaitForCoreAsync(a).WaitAsync(Patience));
+
+        Volatile.Write(ref stalling, true);
+        var x = Charge(slots, Entry("x"));
+        await Until(() => redis.InFlight > 0, "X's start to be in flight");
+
+        var takeBack = slots.TakeBackUnstartedAsync();
+        // A simulated stall (not a wait for a condition): Redis answers 5 s after the deadline.
+        await Task.WhenAny(takeBack, Task.Delay(TimeSpan.FromSeconds(5)));
+        stall.TrySetResult();
+        await takeBack.WaitAsync(Patience);
+        await x.WaitAsync(Patience);
+
+        writer.Complete();
+        await running.WaitAsync(Patience);
+        var leftCharged = redis.Charged.Except([a.EntryId.ToString()]).ToArray();
+        Assert.True(leftCharged.Length == 0, $"a start answered 5 s after the drain timed out (the Redis client allows 7 s) left {string.Join(", ", leftCharged)} charged and never run: a false suspect");
+    }
+
+    [Fact]
+    public void The_host_waits_after_the_drain_for_the_take_back_and_the_write_before_it()
+    {
+        var builder = Host.CreateApplicationBuilder();
+        builder.Configuration["CpuLane:DrainTimeout"] = "00:00:25";
+        builder.Configuration["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false";
+        builder.AddCpuLane();
+        using var host = builder.Build();
+
+        // The write in flight is answered (or failed) within the client's timeout and one heartbeat; then the take-back
+        // script, the last successes and the telemetry flush.
+        var client = ConfigurationOptions.Parse(builder.Configuration["ConnectionStrings:redis"]!);
+        var needed = TimeSpan.FromSeconds(25) + TimeSpan.FromMilliseconds(client.AsyncTimeout) + client.HeartbeatInterval + ComputeSlots.TakeBackBudget;
+        var shutdown = host.Services.GetRequiredService<IOptions<Microsoft.Extensions.Hosting.HostOptions>>().Value.ShutdownTimeout;
+        Assert.True(shutdown >= needed, $"the host stops waiting {shutdown.TotalSeconds} s after SIGTERM, but a drain timeout at 25 s may need {needed.TotalSeconds} s to take back every charge");
+    }
+
     private static async Task Until(Func<bool> condition, string what)
     {
         var deadline = DateTime.UtcNow + Patience;
@@ -141,7 +238,7 @@ public sealed class LaneWriterTests
     private static (LaneWriter Writer, ComputeSlots Slots) Lane(FakeLaneRedis redis, IOptions<CpuLaneOptions> options)
     {
         var writer = Writer(redis, options);
-        return (writer, new ComputeSlots(new EntryOwnership(redis.Multiplexer, new LaneBuffer(options)), writer, options, NullLogger<ComputeSlots>.Instance));
+        return (writer, new ComputeSlots(new EntryOwnership(redis.Multiplexer, new LaneBuffer(options)), writer, redis.Multiplexer, options, NullLogger<ComputeSlots>.Instance));
     }
 
     private static int _ids;
@@ -158,7 +255,7 @@ public sealed class FakeLaneRedis
     private readonly Func<RedisKey[], RedisValue[], Task<RedisResult>> _answer;
     private int _inFlight;
 
-    public FakeLaneRedis(Func<RedisKey[], RedisValue[], Task<RedisResult>> answer)
+    public FakeLaneRedis(Func<RedisKey[], RedisValue[], Task<RedisResult>> answer, string configuration = "127.0.0.1:6379")
     {
         _answer = answer;
         var db = DispatchProxy.Create<IDatabase, Proxy>();
@@ -166,9 +263,12 @@ public sealed class FakeLaneRedis
             ? EvaluateAsync(script, (RedisKey[])args[1]!, (RedisValue[])args[2]!)
             : throw new NotSupportedException(method.Name);
         Multiplexer = DispatchProxy.Create<IConnectionMultiplexer, Proxy>();
-        ((Proxy)(object)Multiplexer).Handler = (method, _) => method.Name == nameof(IConnectionMultiplexer.GetDatabase)
-            ? db
-            : throw new NotSupportedException(method.Name);
+        ((Proxy)(object)Multiplexer).Handler = (method, _) => method.Name switch
+        {
+            nameof(IConnectionMultiplexer.GetDatabase) => db,
+            "get_" + nameof(IConnectionMultiplexer.Configuration) => configuration,
+            _ => throw new NotSupportedException(method.Name),
+        };
     }
 
     public IConnectionMultiplexer Multiplexer { get; }
