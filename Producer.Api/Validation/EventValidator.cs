@@ -83,9 +83,10 @@ public sealed partial class EventValidator(EventRouter router, DownstreamTargets
         }
         catch (InvalidOperationException)
         {
-            // Valid JSON can still hold a string that is not valid UTF-16 (an escaped lone surrogate, "\ud800"):
-            // reading it as text throws. Such an event is the client's mistake, not a server error.
-            Add(errors, Join(path, ""), "contains a string with an invalid escape (a lone UTF-16 surrogate)");
+            // Valid JSON can still hold a string that cannot be read as text: bytes that are not UTF-8, or an escaped lone
+            // surrogate ("\ud800") where a string is unescaped. Reading it throws; such an event is the client's mistake,
+            // not a server error.
+            Add(errors, Join(path, ""), "contains a string that is not valid text (bytes that are not UTF-8, or an escaped lone UTF-16 surrogate)");
             return null;
         }
     }
@@ -152,6 +153,16 @@ public sealed partial class EventValidator(EventRouter router, DownstreamTargets
 
         if (errors.Count != before || type is null || lane is null)
         {
+            return null;
+        }
+
+        // JsonDocument.Parse does not check the UTF-8 inside string values. Validated alone, GetRawText below transcodes the
+        // payload and throws on such bytes (a 400 through the catch above); an event kept in its body is never transcoded
+        // here, and its bytes would go to the lane as they are (or throw later, as a 500, where the I/O lane makes its
+        // text). So the body's payload bytes are checked here, without a copy.
+        if (payloadInBody && !System.Text.Unicode.Utf8.IsValid(System.Runtime.InteropServices.JsonMarshal.GetRawUtf8Value(payload)))
+        {
+            Add(errors, Join(path, "payload"), "contains bytes that are not valid UTF-8");
             return null;
         }
 

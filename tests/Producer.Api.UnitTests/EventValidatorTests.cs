@@ -48,6 +48,31 @@ public sealed class EventValidatorTests
         Assert.Equal((alone.Type, alone.Lane, alone.ClientGivenId, alone.IsTimed), (inBody.Type, inBody.Lane, inBody.ClientGivenId, inBody.IsTimed));
     }
 
+    [Theory]
+    [InlineData("noop.cpu")]
+    [InlineData("noop.io")]
+    public void A_payload_holding_bytes_that_are_not_utf8_is_a_client_error_in_a_body_as_alone(string type)
+    {
+        // JsonDocument.Parse does not check the UTF-8 inside string values; a payload field no check reads ("x") may hold
+        // any bytes. Such an event must be a 400, in a submission's body too, never written to a lane or a 500.
+        var json = System.Text.Encoding.UTF8.GetBytes("{\"type\":\"" + type + "\",\"payload\":{\"x\":\"ab\"}}");
+        var at = Array.IndexOf(json, (byte)'b');
+        json[at - 1] = 0xC3;
+        json[at] = 0x28; // C3 28: a two-byte sequence whose second byte is not a continuation byte
+        using var document = JsonDocument.Parse(json);
+        var targets = new DownstreamTargets(Options.Create(new DownstreamTargetOptions()));
+        var validator = new EventValidator(EventRouterTests.Router(), targets);
+
+        var aloneErrors = new Dictionary<string, string[]>();
+        var inBodyErrors = new Dictionary<string, string[]>();
+        var alone = validator.Validate(document.RootElement, "events[0]", aloneErrors);
+        var inBody = validator.ValidateInBody(document.RootElement, "events[0]", inBodyErrors);
+
+        Assert.True(alone is null && aloneErrors.Count > 0, $"validated alone: {(alone is null ? "no event" : "an event")} and {aloneErrors.Count} errors");
+        Assert.True(inBody is null && inBodyErrors.Count > 0,
+            $"validated in its body, a payload that is not UTF-8 was accepted ({inBodyErrors.Count} errors): its bytes would be written to the lane as they are");
+    }
+
     [Fact]
     public void Client_given_id_is_kept()
     {
