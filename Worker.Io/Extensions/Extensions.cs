@@ -82,9 +82,10 @@ public static class IoLaneExtensions
                     });
                     // One consumer instance for every message, not a DI scope and a resolve per message: it holds
                     // nothing of a delivery (every dependency is a singleton), and the scope was 5–7 % of the
-                    // worker's CPU per noop event (docs/benchmarks.md, "Session 6: I/O lane").
-                    var consumer = context.GetRequiredService<IoEventConsumer>();
-                    endpoint.Consumer(() => consumer);
+                    // worker's CPU per noop event (docs/benchmarks.md, "Session 6: I/O lane"). Resolved at the first
+                    // message, not while the bus is built: its Redis connection must not stall the host's start. It must
+                    // never be IDisposable: MassTransit's delegate factory disposes what it returns after each message.
+                    endpoint.Consumer(() => context.GetRequiredService<IoEventConsumer>());
                 });
 
                 // Sees a copy of every message entering the error exchange; only the broker's own dead-letters matter.
