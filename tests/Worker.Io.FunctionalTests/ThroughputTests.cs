@@ -45,13 +45,16 @@ public sealed class ThroughputTests(SharedIoLane lane, ITestOutputHelper output)
         var arrivals = (await Host.ArrivalTimesAsync(since)).Order().ToArray();
         var peak = PeakInWindow(arrivals, 1000);
         var span = arrivals[^1] - arrivals[0];
-        output.WriteLine($"{arrivals.Length} requests over {span} ms; busiest one-second window: {peak} requests");
+        output.WriteLine($"{arrivals.Length} requests over {span} ms; busiest one-second window: {peak} requests; longest silence {arrivals.Zip(arrivals.Skip(1), (a, b) => b - a).Max()} ms");
         output.WriteLine("arrivals per 100 ms: " + string.Join(' ', arrivals.GroupBy(t => (t - arrivals[0]) / 100).Select(g => $"{g.Key}:{g.Count()}")));
         // The token bucket hands out at most 100 + 5 permits in any sliding second (refills every 50 ms, burst of one
         // refill). The receiver stamps arrivals, so a scheduling stall on a loaded machine (load average 20+ on 2 cores
-        // seen here) bunches up to ~200 ms of permits into one window: allow 20 over the limiter's own bound, and
-        // require that the limit held on average too (500 requests take ~5 s, not well under a second).
-        Assert.InRange(peak, 50, 125);
+        // seen here) holds back the requests whose permits were granted during it and lands them together after it: a
+        // stall of g ms bunches up to g/10 permits (100/s) into one window. Allow 20 over the limiter's own bound plus
+        // what the longest silence held back (a CI run beside a bench saw a 400 ms stall, then 40 arrivals in 100 ms:
+        // peak 135), and require that the limit held on average too (500 requests take ~5 s, not well under a second).
+        var longestSilence = arrivals.Zip(arrivals.Skip(1), (a, b) => b - a).Max();
+        Assert.InRange(peak, 50, 125 + (int)(longestSilence / 10));
         Assert.True(span >= 4_500, $"500 requests at 100/s took only {span} ms: the limit did not hold");
     }
 
