@@ -18,6 +18,13 @@ public static class ProducerExtensions
             // While Redis is unreachable, fail at once (503) instead of queueing writes that might land after we answered.
             options.BacklogPolicy = StackExchange.Redis.BacklogPolicy.FailFast;
             options.AbortOnConnectFail = false;
+            // Replies are completed on the thread pool instead of the client's dedicated reader threads, which handed
+            // every reply to a pool thread anyway: one thread wake-up less per round trip. Single POSTs cost less API
+            // CPU in 9 of 10 paired runs, batches of 100 no more (docs/benchmarks.md, "Session 6: API").
+            if (builder.Configuration.GetValue("Performance:RedisOnThreadPool", true))
+            {
+                options.SocketManager = StackExchange.Redis.SocketManager.ThreadPool;
+            }
         });
 
         builder.Services.AddOptions<RoutingOptions>().BindConfiguration("Routing");
@@ -124,6 +131,14 @@ public static class ProducerExtensions
             kestrel.Limits.MaxRequestHeadersTotalSize = 32 * 1024;
             kestrel.AddServerHeader = false;
         });
+        // Off by default: running request code on Kestrel's socket threads cost more CPU per single POST, not less, in
+        // paired runs (docs/benchmarks.md, "Session 6: API"). Safe to turn on only while nothing on a request path blocks a
+        // thread (no .Result/.Wait()/synchronous I/O; the one synchronous connect, RabbitMQ's, runs under Task.Run).
+        if (builder.Configuration.GetValue("Performance:KestrelInlineScheduling", false))
+        {
+            builder.Services.Configure<Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets.SocketTransportOptions>(
+                sockets => sockets.UnsafePreferInlineScheduling = true);
+        }
     }
 
     private static void AddIoLanePublishing(this IHostApplicationBuilder builder)
