@@ -11,21 +11,24 @@ namespace Microsoft.Extensions.Hosting;
 
 public static class ProducerExtensions
 {
+    /// <summary>The API's settings for every Redis connection it opens (the shared one and the replica-ack one).</summary>
+    internal static void ConfigureRedis(StackExchange.Redis.ConfigurationOptions options, IConfiguration configuration)
+    {
+        // While Redis is unreachable, fail at once (503) instead of queueing writes that might land after we answered.
+        options.BacklogPolicy = StackExchange.Redis.BacklogPolicy.FailFast;
+        options.AbortOnConnectFail = false;
+        // Replies are completed on the thread pool instead of the client's dedicated reader threads, which handed
+        // every reply to a pool thread anyway: one thread wake-up less per round trip. Single POSTs cost less API
+        // CPU in 9 of 10 paired runs, batches of 100 no more (docs/benchmarks.md, "Session 6: API").
+        if (configuration.GetValue("Performance:RedisOnThreadPool", true))
+        {
+            options.SocketManager = StackExchange.Redis.SocketManager.ThreadPool;
+        }
+    }
+
     public static IHostApplicationBuilder AddApplicationServices(this IHostApplicationBuilder builder)
     {
-        builder.AddRedisClient("redis", configureOptions: options =>
-        {
-            // While Redis is unreachable, fail at once (503) instead of queueing writes that might land after we answered.
-            options.BacklogPolicy = StackExchange.Redis.BacklogPolicy.FailFast;
-            options.AbortOnConnectFail = false;
-            // Replies are completed on the thread pool instead of the client's dedicated reader threads, which handed
-            // every reply to a pool thread anyway: one thread wake-up less per round trip. Single POSTs cost less API
-            // CPU in 9 of 10 paired runs, batches of 100 no more (docs/benchmarks.md, "Session 6: API").
-            if (builder.Configuration.GetValue("Performance:RedisOnThreadPool", true))
-            {
-                options.SocketManager = StackExchange.Redis.SocketManager.ThreadPool;
-            }
-        });
+        builder.AddRedisClient("redis", configureOptions: options => ConfigureRedis(options, builder.Configuration));
 
         builder.Services.AddOptions<RoutingOptions>().BindConfiguration("Routing");
         builder.Services.AddOptions<TestEventsOptions>().BindConfiguration("TestEvents");

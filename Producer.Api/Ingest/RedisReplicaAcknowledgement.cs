@@ -140,7 +140,7 @@ public sealed class RedisReplicaAcknowledgement(
                 var settings = ConfigurationOptions.Parse(configuration.GetConnectionString("redis")
                     ?? throw new InvalidOperationException("ConnectionStrings:redis is not set"));
                 settings.ClientName = "producer-api-replica-acks";
-                settings.AbortOnConnectFail = false;
+                Microsoft.Extensions.Hosting.ProducerExtensions.ConfigureRedis(settings, configuration);
                 _connecting = ConnectionMultiplexer.ConnectAsync(settings);
             }
 
