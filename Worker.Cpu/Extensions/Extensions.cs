@@ -26,10 +26,12 @@ public static class CpuLaneExtensions
 
         // The host waits for the drain, plus ComputeSlots.ShutdownMargin: a drain timeout's take-back waits for the lane
         // write in flight as long as the Redis client does, then writes (a literal here: tests/Infra.Tests reads it).
-        // The drain's clock starts when the read loop returns, up to one blocking read after SIGTERM: that read is part
-        // of the wait too, or the host gave up before the take-back (s6 review).
+        // The drain's clock starts when the read loop returns, after its last blocking read: that read cannot be
+        // cancelled, and while Redis stalls it ends only at the reader connection's timeout (BlockTimeout +
+        // TimeoutBeyondBlock) and a heartbeat. It is part of the wait too, or the host gave up before the take-back.
         var drain = builder.Configuration.GetValue("CpuLane:DrainTimeout", TimeSpan.FromSeconds(25))
-                    + builder.Configuration.GetValue("CpuLane:BlockTimeout", new CpuLaneOptions().BlockTimeout);
+                    + builder.Configuration.GetValue("CpuLane:BlockTimeout", new CpuLaneOptions().BlockTimeout)
+                    + StreamEntryReader.TimeoutBeyondBlock + TimeSpan.FromSeconds(1);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = drain + TimeSpan.FromSeconds(10));
 
         // Registered before the lane's hosted services so the bus stops after the drain (hosted services stop in reverse).

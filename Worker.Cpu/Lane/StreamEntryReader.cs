@@ -11,6 +11,10 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// </summary>
 public sealed class StreamEntryReader(IConfiguration configuration, IOptions<CpuLaneOptions> options, ILogger<StreamEntryReader> logger) : IAsyncDisposable
 {
+    /// <summary>How long past its BLOCK time the reader's connection waits for a read (then Redis is gone); the host's
+    /// shutdown timeout counts it, since the last read cannot be cancelled.</summary>
+    public static readonly TimeSpan TimeoutBeyondBlock = TimeSpan.FromSeconds(5);
+
     private ConnectionMultiplexer? _blocking;
 
     public async Task<IReadOnlyList<LaneEntry>> ReadAsync(string consumer, int count, CancellationToken cancellationToken)
@@ -90,7 +94,7 @@ public sealed class StreamEntryReader(IConfiguration configuration, IOptions<Cpu
         config.AbortOnConnectFail = false;
         config.ClientName = "worker-cpu-reader";
         // The blocking read must outlast its BLOCK time; anything longer than that means Redis is gone.
-        config.AsyncTimeout = (int)options.Value.BlockTimeout.TotalMilliseconds + 5000;
+        config.AsyncTimeout = (int)(options.Value.BlockTimeout + TimeoutBeyondBlock).TotalMilliseconds;
         config.SyncTimeout = config.AsyncTimeout;
         _blocking = await ConnectionMultiplexer.ConnectAsync(config);
         logger.LogInformation("Blocking reader connected to Redis");
