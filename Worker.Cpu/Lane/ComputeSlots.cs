@@ -18,7 +18,8 @@ public sealed class ComputeSlots(
     ILogger<ComputeSlots> logger)
 {
     /// <summary>
-    /// What the host allows after the drain timeout (<c>HostOptions.ShutdownTimeout</c> = DrainTimeout + this, set in
+    /// What the host allows after the drain timeout (<c>HostOptions.ShutdownTimeout</c> = DrainTimeout + the read loop's last
+    /// read + this, set in
     /// Extensions.cs; the Kubernetes grace period covers it): the wait for the write in flight (up to the Redis
     /// client's timeout plus one heartbeat) and <see cref="TakeBackBudget"/> after it.
     /// </summary>
