@@ -54,7 +54,9 @@ public sealed class ThroughputTests(SharedIoLane lane, ITestOutputHelper output)
         // what the longest silence held back (a CI run beside a bench saw a 400 ms stall, then 40 arrivals in 100 ms:
         // peak 135), and require that the limit held on average too (500 requests take ~5 s, not well under a second).
         var longestSilence = arrivals.Zip(arrivals.Skip(1), (a, b) => b - a).Max();
-        Assert.InRange(peak, 50, 125 + (int)(longestSilence / 10));
+        // The allowance is capped at half a second of permits: a bucket that saved up a full second (the defect this
+        // test is for) still shows at the start, 100 + 100 in the first second, above 175.
+        Assert.InRange(peak, 50, 125 + (int)Math.Min(longestSilence / 10, 50));
         Assert.True(span >= 4_500, $"500 requests at 100/s took only {span} ms: the limit did not hold");
     }
 
