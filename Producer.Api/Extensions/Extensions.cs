@@ -136,7 +136,9 @@ public static class ProducerExtensions
         });
         // Off by default: running request code on Kestrel's socket threads cost more CPU per single POST, not less, in
         // paired runs (docs/benchmarks.md, "Session 6: API"). Safe to turn on only while nothing on a request path blocks a
-        // thread (no .Result/.Wait()/synchronous I/O; the one synchronous connect, RabbitMQ's, runs under Task.Run).
+        // thread (no .Result/.Wait()/synchronous I/O; the one synchronous connect, RabbitMQ's, runs under Task.Run), and
+        // then a large batch is still parsed and validated on a socket thread, holding every other socket behind it:
+        // never together with DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 (docs/operations.md).
         if (builder.Configuration.GetValue("Performance:KestrelInlineScheduling", false))
         {
             builder.Services.Configure<Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets.SocketTransportOptions>(
