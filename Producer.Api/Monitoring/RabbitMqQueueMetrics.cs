@@ -29,7 +29,8 @@ public sealed class RabbitMqQueueMetrics(HttpClient http, IOptions<LaneMonitorOp
         {
             var url = new Uri(baseUrl, "/metrics/detailed?family=queue_coarse_metrics");
             var text = await http.GetStringAsync(url, cancellationToken);
-            return [.. queues.Select(queue => Parse(text, queue))];
+            var lines = text.Split('\n');
+            return [.. queues.Select(queue => Parse(lines, queue))];
         }
         catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException && !cancellationToken.IsCancellationRequested)
         {
@@ -38,11 +39,13 @@ public sealed class RabbitMqQueueMetrics(HttpClient http, IOptions<LaneMonitorOp
         }
     }
 
-    internal static QueueCounts? Parse(string text, string queue)
+    internal static QueueCounts? Parse(string text, string queue) => Parse(text.Split('\n'), queue);
+
+    private static QueueCounts? Parse(string[] lines, string queue)
     {
         long? ready = null, unacked = null;
         var label = $"queue=\"{queue}\"";
-        foreach (var line in text.Split('\n'))
+        foreach (var line in lines)
         {
             if (line.StartsWith('#') || !line.Contains(label, StringComparison.Ordinal))
             {
