@@ -35,6 +35,9 @@ public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions
     private readonly ConcurrentDictionary<string, TokenBucketRateLimiter> _limiters = new(StringComparer.OrdinalIgnoreCase);
     private readonly DownstreamOrigins _allowed = options.Value.TryGetOrigins(out var origins, out _) ? origins : DownstreamOrigins.None;
 
+    // Built once: combining the base address and the path parses both again for every call.
+    private readonly Uri _configuredTarget = new(options.Value.BaseAddress, options.Value.Path);
+
     /// <param name="requestedTarget">the event's own delivery URL (validated by the API); null for the configured one.</param>
     public async Task DeliverAsync(string eventId, string body, string? requestedTarget, CancellationToken cancellationToken)
     {
@@ -56,7 +59,9 @@ public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions
         HttpResponseMessage response;
         try
         {
-            response = await http.SendAsync(request, cancellationToken);
+            // Only the status line and headers matter: the body is never read, so it is not buffered either (disposing the
+            // response drains what is left of it, and the connection goes back to the pool).
+            response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken);
         }
         catch (HttpRequestException ex)
         {
@@ -110,7 +115,7 @@ public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions
     {
         if (string.IsNullOrEmpty(requestedTarget))
         {
-            return new Uri(options.Value.BaseAddress, options.Value.Path);
+            return _configuredTarget;
         }
 
         if (!Uri.TryCreate(requestedTarget, UriKind.Absolute, out var uri) || uri.UserInfo.Length > 0 || !_allowed.Allows(uri))

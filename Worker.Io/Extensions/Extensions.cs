@@ -46,7 +46,13 @@ public static class IoLaneExtensions
             })
             // No IHttpClientFactory logging handlers: they open a log scope for every call and log only at Information,
             // which this client's category never shows; DownstreamClient logs every failure itself.
-            .RemoveAllLoggers();
+            .RemoveAllLoggers()
+            // No handlers from ConfigureHttpClientDefaults either (ServiceDefaults adds service discovery to every
+            // client): the origin DownstreamClient checked against the allow-list is the one called, never one a
+            // resolver swapped in for a "services:<host>" entry; no URI is rebuilt for every call (docs/benchmarks.md,
+            // "Session 7: I/O lane"); and a retrying handler added there later could not repeat deliveries behind the
+            // lane's own retry policy.
+            .ConfigureAdditionalHttpMessageHandlers((handlers, _) => handlers.Clear());
         builder.Services.AddSingleton(sp => new DownstreamClient(
             sp.GetRequiredService<IHttpClientFactory>().CreateClient(DownstreamClient.HttpClientName),
             sp.GetRequiredService<IOptions<DownstreamOptions>>(),

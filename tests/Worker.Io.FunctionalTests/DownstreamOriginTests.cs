@@ -8,7 +8,8 @@ namespace EventPipeline.Worker.Io.FunctionalTests;
 
 /// <summary>
 /// Loopback endpoints the origin tests point events at, alive for the whole class: a redirector (allowed, answers 307
-/// to the sink), a sink nobody allowed, an open port that fails every request and a closed port.
+/// to the sink), a sink nobody allowed, an open port that fails every request, a closed port, and an allowed endpoint
+/// addressed as <c>localhost</c> whose name the worker's configuration also maps to the sink for service discovery.
 /// </summary>
 public sealed class OriginTargets : IAsyncLifetime
 {
@@ -18,6 +19,7 @@ public sealed class OriginTargets : IAsyncLifetime
         Redirector = RecordingHttpListener.Start(307, new Dictionary<string, string> { ["Location"] = $"{Sink.Origin}/stolen" });
         Failing = new ClosingTcpListener();
         ClosedPort = LocalPorts.Free();
+        Named = RecordingHttpListener.Start(asLocalhost: true);
     }
 
     public RecordingHttpListener Sink { get; }
@@ -28,12 +30,20 @@ public sealed class OriginTargets : IAsyncLifetime
 
     public int ClosedPort { get; }
 
+    public RecordingHttpListener Named { get; }
+
+    public string NamedOrigin => $"http://localhost:{Named.Port}";
+
     /// <summary>What the worker is allowed to call besides its configured receiver: never the sink.</summary>
     public Dictionary<string, string?> WorkerSettings => new()
     {
         ["Downstream__AllowedOrigins__0"] = Redirector.Origin,
         ["Downstream__AllowedOrigins__1"] = Failing.Origin,
         ["Downstream__AllowedOrigins__2"] = $"http://127.0.0.1:{ClosedPort}",
+        ["Downstream__AllowedOrigins__3"] = NamedOrigin,
+        // What Aspire's WithReference writes for a service called "localhost": a resolver honouring it would send calls
+        // for http://localhost:<port> to the sink, past the allow-list check.
+        ["services__localhost__http__0"] = Sink.Origin,
     };
 
     public Task InitializeAsync() => Task.CompletedTask;
@@ -43,6 +53,7 @@ public sealed class OriginTargets : IAsyncLifetime
         await Sink.DisposeAsync();
         await Redirector.DisposeAsync();
         await Failing.DisposeAsync();
+        await Named.DisposeAsync();
     }
 }
 
@@ -100,6 +111,19 @@ public sealed class DownstreamOriginTests(SharedIoLane lane, OriginTargets targe
         Assert.Equal("dead", final.State);
         Assert.Equal(1, final.Attempts);
         Assert.DoesNotContain(targets.Sink.Port.ToString(), final.Error);
+    }
+
+    [Fact]
+    public async Task Worker_calls_the_origin_it_checked_even_when_service_discovery_maps_its_host_elsewhere()
+    {
+        await Host.EnsureWorkerAsync(targets.WorkerSettings);
+        var id = IoLaneHost.NewId("named");
+        await Host.PublishDirectAsync(id, "webhook.post", new JsonObject { ["n"] = 1 }, $"{targets.NamedOrigin}/hook");
+
+        var final = await Eventually.ReturnsAsync(() => Host.StatusAsync(id), s => s.State is "succeeded" or "dead", Deadline, $"{id} to finish");
+        Assert.DoesNotContain(targets.Sink.Requests, r => r.Headers.GetValueOrDefault("Idempotency-Key") == id);
+        Assert.Single(targets.Named.Requests, r => r.Headers.GetValueOrDefault("Idempotency-Key") == id);
+        Assert.Equal("succeeded", final.State);
     }
 
     [Fact]

@@ -20,12 +20,17 @@ public sealed class RecordingHttpListener : IAsyncDisposable
     private readonly int _status;
     private readonly IReadOnlyDictionary<string, string> _responseHeaders;
 
-    private RecordingHttpListener(int port, int status, IReadOnlyDictionary<string, string> responseHeaders)
+    private RecordingHttpListener(int port, int status, IReadOnlyDictionary<string, string> responseHeaders, bool asLocalhost)
     {
         Port = port;
         _status = status;
         _responseHeaders = responseHeaders;
         _listener.Prefixes.Add($"http://127.0.0.1:{port}/");
+        if (asLocalhost)
+        {
+            _listener.Prefixes.Add($"http://localhost:{port}/");
+        }
+
         _listener.Start();
         _loop = Task.Run(ServeAsync);
     }
@@ -36,9 +41,13 @@ public sealed class RecordingHttpListener : IAsyncDisposable
 
     public IReadOnlyList<Request> Requests => _requests.ToArray();
 
-    /// <summary>Starts on a free loopback port; answers every request with <paramref name="status"/>.</summary>
-    public static RecordingHttpListener Start(int status = 200, IReadOnlyDictionary<string, string>? responseHeaders = null) =>
-        new(LocalPorts.Free(), status, responseHeaders ?? new Dictionary<string, string>());
+    /// <summary>
+    /// Starts on a free loopback port; answers every request with <paramref name="status"/>. With
+    /// <paramref name="asLocalhost"/> it also answers requests addressed to <c>localhost</c> (HttpListener refuses a
+    /// Host it has no prefix for).
+    /// </summary>
+    public static RecordingHttpListener Start(int status = 200, IReadOnlyDictionary<string, string>? responseHeaders = null, bool asLocalhost = false) =>
+        new(LocalPorts.Free(), status, responseHeaders ?? new Dictionary<string, string>(), asLocalhost);
 
     private async Task ServeAsync()
     {
