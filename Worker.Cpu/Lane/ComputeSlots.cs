@@ -13,7 +13,7 @@ namespace EventPipeline.Worker.Cpu.Lane;
 public sealed class ComputeSlots(
     EntryOwnership ownership,
     LaneWriter writer,
-    IConnectionMultiplexer redis,
+    IOptions<ConfigurationOptions> redisOptions,
     IOptions<CpuLaneOptions> options,
     ILogger<ComputeSlots> logger)
 {
@@ -32,7 +32,7 @@ public sealed class ComputeSlots(
     /// </summary>
     public static readonly TimeSpan TakeBackBudget = TimeSpan.FromSeconds(3);
 
-    private readonly TimeSpan _chargeAnswerLimit = ChargeAnswerLimit(redis, logger);
+    private readonly TimeSpan _chargeAnswerLimit = ChargeAnswerLimit(redisOptions.Value, logger);
 
     private readonly SemaphoreSlim _cores = new(options.Value.EffectiveHandlers, options.Value.EffectiveHandlers);
     private readonly CancellationTokenSource _drainExpired = new();
@@ -187,10 +187,12 @@ public sealed class ComputeSlots(
     /// at its next heartbeat. A write Redis answers later than that is a Redis failure like any other timeout in the
     /// lane (its entries stay pending; a charge that lands after the client gave up makes a suspect). Bounded so that
     /// this wait and <see cref="TakeBackBudget"/> fit in <see cref="ShutdownMargin"/>.
+    /// Read from the options the multiplexer was built from (Aspire's <c>AddRedisClient</c> connects with
+    /// <c>IOptions&lt;ConfigurationOptions&gt;</c>), not from its <c>Configuration</c> string: that string has no key for
+    /// the heartbeat, so one set in code would be read as the 1 s default.
     /// </summary>
-    internal static TimeSpan ChargeAnswerLimit(IConnectionMultiplexer redis, ILogger logger)
+    internal static TimeSpan ChargeAnswerLimit(ConfigurationOptions client, ILogger logger)
     {
-        var client = ConfigurationOptions.Parse(redis.Configuration);
         var answered = TimeSpan.FromMilliseconds(client.AsyncTimeout) + client.HeartbeatInterval;
         var fits = ShutdownMargin - TakeBackBudget;
         if (answered <= fits)
