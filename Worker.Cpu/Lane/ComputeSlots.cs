@@ -1,3 +1,4 @@
+using EventPipeline.Shared;
 using Microsoft.Extensions.Options;
 using StackExchange.Redis;
 
@@ -176,7 +177,7 @@ public sealed class ComputeSlots(
             await ownership.TakeBackStartsAsync(neverRan);
             logger.LogInformation("{Count} entries were still waiting for a core when the drain timed out; they stay pending, not counted as runs", neverRan.Length);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
         {
             logger.LogWarning(ex, "Could not take back the runs of {Count} entries that never got a core; whoever claims them treats them as suspects", neverRan.Length);
         }
