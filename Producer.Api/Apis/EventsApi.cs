@@ -83,7 +83,7 @@ public static class EventsApi
 
             return TypedResults.Ok(await statuses.GetAsync(id));
         }
-        catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
         {
             logger.LogWarning(ex, "The status store did not answer cancelling event {EventId}", id);
             return Problems.Unavailable(null, "The status store (Redis) is unavailable",
@@ -109,7 +109,7 @@ public static class EventsApi
         {
             status = await statuses.GetAsync(id);
         }
-        catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
         {
             // RedisTimeoutException is a TimeoutException, not a RedisException: a paused or slow Redis lands here too.
             logger.LogWarning(ex, "The status store did not answer for event {EventId}", id);

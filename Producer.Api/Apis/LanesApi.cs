@@ -31,7 +31,7 @@ public static class LanesApi
             {
                 scheduled = await delayed.CountAsync();
             }
-            catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
+            catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
             {
                 // left out (null) rather than shown as 0: an unreadable count must not look like an empty one
             }

@@ -2,7 +2,7 @@ using System.Text.Json;
 using EventPipeline.Producer.Scheduling;
 using EventPipeline.Producer.Security;
 using EventPipeline.Producer.Validation;
-using StackExchange.Redis;
+using EventPipeline.Shared;
 
 namespace EventPipeline.Producer.Apis;
 
@@ -149,9 +149,12 @@ public static class SchedulesApi
                 var stored = await store.GetAsync(name);
                 return created ? TypedResults.Created($"/schedules/{name}", stored) : TypedResults.Ok(stored);
             }
-            catch (Exception ex) when (ex is RedisException or TimeoutException)
+            catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
             {
-                return Unavailable();
+                // The write may have landed before Redis failed (or failed only its read-back): PUT by name is idempotent.
+                return Problems.Unavailable(null, "The schedule store (Redis) is unavailable",
+                    $"The schedule may or may not have been saved. Retry the same PUT after the indicated delay (it is idempotent), or read it back with GET /schedules/{name}.",
+                    RetryAfterSeconds);
             }
         }
     }
@@ -164,9 +167,6 @@ public static class SchedulesApi
 
     private static IResult NotFound(string name) =>
         Problems.Problem(StatusCodes.Status404NotFound, Problems.ScheduleNotFound, "No such schedule", $"No schedule '{name}' exists.");
-
-    private static IResult Unavailable() =>
-        Problems.Unavailable(null, "The schedule store (Redis) is unavailable", "Nothing was changed; retry after the indicated delay.", RetryAfterSeconds);
 }
 
 public sealed record SchedulesResponse(IReadOnlyList<Schedule> Schedules);

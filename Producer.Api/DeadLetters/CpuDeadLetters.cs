@@ -253,7 +253,7 @@ public sealed class CpuDeadLetters(IConnectionMultiplexer redis, EventStatusStor
         {
             return await operation();
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
         {
             throw new DeadLetterStoreUnavailableException(Lane, ex);
         }

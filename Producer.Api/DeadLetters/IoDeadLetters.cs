@@ -221,7 +221,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
                 logger.LogInformation("Replayed {EventId}; its worker wrote its status first", dead.Id);
             }
         }
-        catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
         {
             logger.LogWarning(ex, "Replayed {EventId}, but its status could not be set to accepted; the worker's writes will show its progress", dead.Id);
         }
@@ -373,8 +373,8 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             throw new DeadLetterStoreUnavailableException(Lane, ex);
         }
         catch (Exception ex) when (ex is RabbitMQClientException or OperationInterruptedException or PublishException
-                                       or System.Net.Sockets.SocketException or IOException or TimeoutException
-                                       or StackExchange.Redis.RedisException)
+                                       or System.Net.Sockets.SocketException or IOException
+                                   || RedisFailures.IsRedisFailure(ex))
         {
             throw new DeadLetterStoreUnavailableException(Lane, ex);
         }

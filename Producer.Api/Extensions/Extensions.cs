@@ -114,6 +114,7 @@ public static class ProducerExtensions
         builder.Services.AddSingleton<DeadLetterLanes>();
 
         builder.Services.AddProblemDetails(options => options.CustomizeProblemDetails = Problems.AssignStableType);
+        builder.Services.AddExceptionHandler<RedisOutageProblem>();
         builder.AddRequestLimits();
         builder.Services.AddApiDocument();
 

@@ -26,7 +26,7 @@ public sealed class DelayedEventHolder(DelayedEventStore store, RedisReplicaAckn
             await store.HoldAsync(delayed, acceptedAt, cancellationToken);
             await replicas.WaitAsync(primary, cancellationToken);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException or OperationCanceledException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex) || ex is OperationCanceledException)
         {
             // A transaction whose answer did not come in time may still commit: every event of it is in doubt.
             throw new BrokerUnavailableException(events[0].Lane, ex, [], events);

@@ -118,7 +118,12 @@ public sealed class IdempotencyGuard(IConnectionMultiplexer redis, IOptions<Inge
         idempotencyKey is not null || events.Any(e => e.ClientGivenId);
 
     /// <summary>Fixes the request's ids, then reserves them. <paramref name="scope"/> keeps one client's keys apart from another's.</summary>
-    public async Task<IdempotencyClaim> ClaimAsync(string? idempotencyKey, string scope, ReadOnlyMemory<byte> body, IReadOnlyList<ValidatedEvent> events)
+    /// <remarks>Like every method here, fails with a <see cref="RedisException"/> or a timeout when Redis does (the
+    /// connection-loss race included, <see cref="RedisCallFailure"/>): the callers' 503s name what may be held.</remarks>
+    public Task<IdempotencyClaim> ClaimAsync(string? idempotencyKey, string scope, ReadOnlyMemory<byte> body, IReadOnlyList<ValidatedEvent> events) =>
+        ClaimOnceAsync(idempotencyKey, scope, body, events).AsRedisFailure();
+
+    private async Task<IdempotencyClaim> ClaimOnceAsync(string? idempotencyKey, string scope, ReadOnlyMemory<byte> body, IReadOnlyList<ValidatedEvent> events)
     {
         var requested = events;
         if (idempotencyKey is not null)
@@ -203,7 +208,9 @@ public sealed class IdempotencyGuard(IConnectionMultiplexer redis, IOptions<Inge
     }
 
     /// <summary>The broker confirmed these events: a repeat within the retention window is answered without publishing.</summary>
-    public async Task ConfirmAsync(IReadOnlyList<ValidatedEvent> confirmed)
+    public Task ConfirmAsync(IReadOnlyList<ValidatedEvent> confirmed) => ConfirmOnceAsync(confirmed).AsRedisFailure();
+
+    private async Task ConfirmOnceAsync(IReadOnlyList<ValidatedEvent> confirmed)
     {
         var retention = status.Value.Retention;
         var batch = Db.CreateBatch();
@@ -218,7 +225,9 @@ public sealed class IdempotencyGuard(IConnectionMultiplexer redis, IOptions<Inge
     /// The broker did not confirm these events (refused, unreachable, or no answer in time — then it may hold them):
     /// free their reservations so the client's retry publishes the same ids again.
     /// </summary>
-    public async Task ReleaseAsync(IdempotencyClaim claim, IReadOnlyList<ValidatedEvent> unconfirmed)
+    public Task ReleaseAsync(IdempotencyClaim claim, IReadOnlyList<ValidatedEvent> unconfirmed) => ReleaseOnceAsync(claim, unconfirmed).AsRedisFailure();
+
+    private async Task ReleaseOnceAsync(IdempotencyClaim claim, IReadOnlyList<ValidatedEvent> unconfirmed)
     {
         var keys = unconfirmed.Where(e => e.ClientGivenId).Select(e => ReservationKey(e.Id)).ToArray();
         if (keys.Length > 0)

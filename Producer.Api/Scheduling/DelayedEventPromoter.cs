@@ -53,7 +53,7 @@ public sealed class DelayedEventPromoter(
                         await CountAsync();
                     }
                 }
-                catch (Exception ex) when (ex is RedisException or TimeoutException)
+                catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
                 {
                     logger.LogWarning(ex, "Promoting due delayed events of the {Lane} lane failed; trying again in {Wait}", lane, wait);
                 }

@@ -47,7 +47,7 @@ public sealed class ScheduleRunner(
                     wait = untilDue < Shortest ? Shortest : untilDue < wait ? untilDue : wait;
                 }
             }
-            catch (Exception ex) when (ex is RedisException or TimeoutException)
+            catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
             {
                 logger.LogWarning(ex, "Firing due schedules failed; trying again in {Wait}", wait);
             }

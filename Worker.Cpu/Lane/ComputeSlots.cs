@@ -1,3 +1,4 @@
+using EventPipeline.Shared;
 using Microsoft.Extensions.Options;
 using StackExchange.Redis;
 
@@ -13,7 +14,7 @@ namespace EventPipeline.Worker.Cpu.Lane;
 public sealed class ComputeSlots(
     EntryOwnership ownership,
     LaneWriter writer,
-    IConnectionMultiplexer redis,
+    IOptions<ConfigurationOptions> redisOptions,
     IOptions<CpuLaneOptions> options,
     ILogger<ComputeSlots> logger)
 {
@@ -32,7 +33,7 @@ public sealed class ComputeSlots(
     /// </summary>
     public static readonly TimeSpan TakeBackBudget = TimeSpan.FromSeconds(3);
 
-    private readonly TimeSpan _chargeAnswerLimit = ChargeAnswerLimit(redis, logger);
+    private readonly TimeSpan _chargeAnswerLimit = ChargeAnswerLimit(redisOptions.Value, logger);
 
     private readonly SemaphoreSlim _cores = new(options.Value.EffectiveHandlers, options.Value.EffectiveHandlers);
     private readonly CancellationTokenSource _drainExpired = new();
@@ -176,7 +177,7 @@ public sealed class ComputeSlots(
             await ownership.TakeBackStartsAsync(neverRan);
             logger.LogInformation("{Count} entries were still waiting for a core when the drain timed out; they stay pending, not counted as runs", neverRan.Length);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
         {
             logger.LogWarning(ex, "Could not take back the runs of {Count} entries that never got a core; whoever claims them treats them as suspects", neverRan.Length);
         }
@@ -187,10 +188,12 @@ public sealed class ComputeSlots(
     /// at its next heartbeat. A write Redis answers later than that is a Redis failure like any other timeout in the
     /// lane (its entries stay pending; a charge that lands after the client gave up makes a suspect). Bounded so that
     /// this wait and <see cref="TakeBackBudget"/> fit in <see cref="ShutdownMargin"/>.
+    /// Read from the options the multiplexer was built from (Aspire's <c>AddRedisClient</c> connects with
+    /// <c>IOptions&lt;ConfigurationOptions&gt;</c>), not from its <c>Configuration</c> string: that string has no key for
+    /// the heartbeat, so one set in code would be read as the 1 s default.
     /// </summary>
-    internal static TimeSpan ChargeAnswerLimit(IConnectionMultiplexer redis, ILogger logger)
+    internal static TimeSpan ChargeAnswerLimit(ConfigurationOptions client, ILogger logger)
     {
-        var client = ConfigurationOptions.Parse(redis.Configuration);
         var answered = TimeSpan.FromMilliseconds(client.AsyncTimeout) + client.HeartbeatInterval;
         var fits = ShutdownMargin - TakeBackBudget;
         if (answered <= fits)

@@ -194,6 +194,51 @@ public sealed class LaneWriterTests
     }
 
     [Fact]
+    public async Task A_drain_timeout_waits_for_the_write_in_flight_as_long_as_a_heartbeat_set_in_code_lets_the_client_wait()
+    {
+        // The client fails a command only at the heartbeat after its async timeout. A heartbeat set in code (it has no
+        // connection-string key, so the multiplexer's Configuration string never carries it) of 4 s with a 1 s timeout
+        // lets the write in flight be answered up to 5 s after the deadline; Redis answers it after 3 s. The entry it
+        // charged must still be taken back.
+        var options = Options(TimeSpan.Zero, handlers: 1);
+        var client = ConfigurationOptions.Parse("127.0.0.1:6379,asyncTimeout=1000");
+        client.HeartbeatInterval = TimeSpan.FromSeconds(4);
+        var stall = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var stalling = false;
+        var redis = new FakeLaneRedis(async (keys, values) =>
+        {
+            if (Volatile.Read(ref stalling))
+            {
+                await stall.Task;
+            }
+
+            return FakeLaneRedis.StartedReply(keys, values);
+        }, configuration: client.ToString());
+        var (writer, slots) = Lane(redis, options, client);
+        var running = Task.Run(() => writer.RunAsync(() => slots.WorkWaitingForCore));
+
+        var a = Entry("a");
+        Assert.Equal(EntryOwnership.Start.Started, await slots.ChargeAsync(a).WaitAsync(Patience));
+        Assert.True(await slots.WaitForCoreAsync(a).WaitAsync(Patience));
+
+        Volatile.Write(ref stalling, true);
+        var x = Charge(slots, Entry("x"));
+        await Until(() => redis.InFlight > 0, "X's start to be in flight");
+
+        var takeBack = slots.TakeBackUnstartedAsync();
+        // A simulated stall (not a wait for a condition): Redis answers 3 s after the deadline.
+        await Task.WhenAny(takeBack, Task.Delay(TimeSpan.FromSeconds(3)));
+        stall.TrySetResult();
+        await takeBack.WaitAsync(Patience);
+        await x.WaitAsync(Patience);
+
+        writer.Complete();
+        await running.WaitAsync(Patience);
+        var leftCharged = redis.Charged.Except([a.EntryId.ToString()]).ToArray();
+        Assert.True(leftCharged.Length == 0, $"a start answered 3 s after the drain timed out (the Redis client allows 1 s + a 4 s heartbeat set in code) left {string.Join(", ", leftCharged)} charged and never run: a false suspect");
+    }
+
+    [Fact]
     public void The_host_waits_after_the_drain_for_the_take_back_and_the_write_before_it()
     {
         var builder = Host.CreateApplicationBuilder();
@@ -239,10 +284,11 @@ public sealed class LaneWriterTests
         new(redis.Multiplexer, new EventStatusStore(redis.Multiplexer, Microsoft.Extensions.Options.Options.Create(new StatusOptions())),
             new LaneBuffer(options), options, NullLogger<LaneWriter>.Instance);
 
-    private static (LaneWriter Writer, ComputeSlots Slots) Lane(FakeLaneRedis redis, IOptions<CpuLaneOptions> options)
+    private static (LaneWriter Writer, ComputeSlots Slots) Lane(FakeLaneRedis redis, IOptions<CpuLaneOptions> options, ConfigurationOptions? client = null)
     {
         var writer = Writer(redis, options);
-        return (writer, new ComputeSlots(new EntryOwnership(redis.Multiplexer, new LaneBuffer(options)), writer, redis.Multiplexer, options, NullLogger<ComputeSlots>.Instance));
+        client ??= ConfigurationOptions.Parse(redis.Multiplexer.Configuration);
+        return (writer, new ComputeSlots(new EntryOwnership(redis.Multiplexer, new LaneBuffer(options)), writer, Microsoft.Extensions.Options.Options.Create(client), options, NullLogger<ComputeSlots>.Instance));
     }
 
     private static int _ids;

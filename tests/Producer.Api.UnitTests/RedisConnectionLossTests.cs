@@ -1,0 +1,259 @@
+using System.IO.Pipelines;
+using System.Net;
+using System.Reflection;
+using System.Text;
+using System.Text.Json;
+using EventPipeline.Producer.Apis;
+using EventPipeline.Producer.Ingest;
+using EventPipeline.Shared;
+using EventPipeline.Testing;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using StackExchange.Redis;
+
+namespace EventPipeline.Producer.UnitTests;
+
+/// <summary>
+/// A Redis connection that dies while a command is written is a broker outage on every endpoint: 503 with Retry-After,
+/// never a 500 (StackExchange.Redis#2692: the 2.x client throws System.IO.Pipelines' InvalidOperationException, not a
+/// RedisConnectionException). The race itself could not be provoked on demand (64 writers against CLIENT KILL and
+/// SIGKILLed servers: millions of RedisConnectionExceptions, no race), so the exception is injected at the endpoints'
+/// Redis seam: the API runs in process against a real redis-server, and for a request marked with a header its
+/// IDatabase calls fail with that exception — thrown by System.IO.Pipelines inside StackExchange.Redis's frames, as in the
+/// CI failure. Other InvalidOperationExceptions stay 500s.
+/// </summary>
+public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) : IClassFixture<RedisConnectionLossTests.Api>
+{
+    public static TheoryData<string, string, string?> RedisEndpoints => new()
+    {
+        { "GET", "/events/some-event", null },
+        { "POST", "/events/some-event/cancel", null },
+        { "POST", "/events", """{"type":"noop.cpu","payload":{},"delay":60}""" },
+        { "PUT", "/schedules/nightly", """{"cron":"0 0 * * *","event":{"type":"noop.cpu","payload":{}}}""" },
+        { "GET", "/schedules", null },
+        { "DELETE", "/schedules/nightly", null },
+        { "GET", "/dead-letters/cpu", null },
+    };
+
+    [Theory]
+    [MemberData(nameof(RedisEndpoints))]
+    public async Task A_redis_connection_lost_mid_write_is_a_503_with_retry_after_never_a_500(string method, string path, string? body)
+    {
+        using var response = await api.SendAsync(method, path, body, breakRedis: true);
+        var text = await response.Content.ReadAsStringAsync();
+
+        Assert.True(response.StatusCode == HttpStatusCode.ServiceUnavailable,
+            $"{method} {path} with the Redis connection lost mid-write answered {(int)response.StatusCode}: {text}");
+        Assert.True(response.Headers.RetryAfter?.Delta > TimeSpan.Zero, $"{method} {path}: 503 without Retry-After");
+        Assert.Equal(Problems.BrokerUnavailable, JsonDocument.Parse(text).RootElement.GetProperty("type").GetString());
+        Assert.True(api.RaceInjected > 0, "the injected failure never reached a Redis call");
+    }
+
+    [Fact]
+    public async Task The_same_requests_answer_normally_when_redis_does()
+    {
+        // The seam itself changes nothing: without the header the endpoints reach the real Redis.
+        using var response = await api.SendAsync("GET", "/events/some-event", null, breakRedis: false);
+
+        Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
+    }
+
+    [Fact]
+    public async Task Any_other_invalid_operation_stays_an_internal_error()
+    {
+        using var response = await api.SendAsync("GET", Api.DefectPath, null, breakRedis: false);
+
+        Assert.Equal(HttpStatusCode.InternalServerError, response.StatusCode);
+    }
+
+    [Fact]
+    public void Only_the_redis_clients_writer_completed_race_is_taken_for_a_connection_loss()
+    {
+        Assert.True(RedisFailures.IsConnectionLostMidWrite(WriterCompletedInsideRedisClient()));
+
+        // Thrown by System.IO.Pipelines, but not inside the Redis client (Kestrel's pipes, our own code): a defect.
+        var pipe = new Pipe();
+        pipe.Writer.Complete();
+        var outside = Assert.Throws<InvalidOperationException>(() => pipe.Writer.GetSpan());
+        Assert.False(RedisFailures.IsConnectionLostMidWrite(outside));
+
+        // Inside the Redis client, but not System.IO.Pipelines' (or not exactly an InvalidOperationException): a defect.
+        var ours = Assert.Throws<InvalidOperationException>(() => ConnectionMultiplexer.Connect("127.0.0.1:1", _ => throw new InvalidOperationException("ours")));
+        Assert.False(RedisFailures.IsConnectionLostMidWrite(ours));
+        var disposed = Assert.Throws<ObjectDisposedException>(() => ConnectionMultiplexer.Connect("127.0.0.1:1", _ => throw new ObjectDisposedException("ours")));
+        Assert.False(RedisFailures.IsConnectionLostMidWrite(disposed));
+    }
+
+    /// <summary>
+    /// System.IO.Pipelines' "Writing is not allowed after writer was completed", thrown inside StackExchange.Redis's
+    /// frames (its Connect runs the configure callback before it connects), as the client's write path throws it.
+    /// </summary>
+    internal static InvalidOperationException WriterCompletedInsideRedisClient()
+    {
+        var pipe = new Pipe();
+        pipe.Writer.Complete();
+        var race = Assert.Throws<InvalidOperationException>(() => ConnectionMultiplexer.Connect("127.0.0.1:1", _ => pipe.Writer.GetSpan()));
+        Assert.Equal("Writing is not allowed after writer was completed.", race.Message);
+        return race;
+    }
+
+    /// <summary>The API's services and error handling in process, on a loopback port, against a real redis-server.</summary>
+    public sealed class Api : IAsyncLifetime
+    {
+        public const string DefectPath = "/test/defect";
+        private const string BreakHeader = "X-Test-Break-Redis";
+        private const string AdminKey = "admin-key-0123456789";
+        private const string SubmitKey = "submit-key-0123456789";
+        private static readonly AsyncLocal<bool> Breaking = new();
+        private static int _raceInjected;
+
+        private RedisServer? _redis;
+        private WebApplication? _app;
+        private HttpClient? _http;
+
+        public int RaceInjected => Volatile.Read(ref _raceInjected);
+
+        public async Task InitializeAsync()
+        {
+            _redis = await RedisServer.StartAsync();
+            try
+            {
+                await StartApiAsync(_redis);
+            }
+            catch
+            {
+                // xunit does not dispose a fixture whose start threw: without this the redis-server outlives the run.
+                await DisposeAsync();
+                throw;
+            }
+        }
+
+        private async Task StartApiAsync(RedisServer redis)
+        {
+            var builder = WebApplication.CreateBuilder();
+            builder.WebHost.UseUrls("http://127.0.0.1:0");
+            builder.Logging.ClearProviders();
+            builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+            {
+                ["ConnectionStrings:redis"] = redis.ConnectionString,
+                ["ConnectionStrings:rabbitmq"] = "amqp://guest:guest@127.0.0.1:1",
+                ["Auth:ApiKeys:Submit"] = SubmitKey,
+                ["Auth:ApiKeys:Admin"] = AdminKey,
+                ["Routing:Rules:noop.cpu"] = "cpu",
+            });
+            // As Program.cs composes the API.
+            builder.AddServiceDefaults();
+            builder.AddApplicationServices();
+            builder.AddInFlightIngestBudget();
+
+            // The seam: the multiplexer Aspire registered, whose databases fail a marked request's calls with the race.
+            var registered = builder.Services.Single(d => d.ServiceType == typeof(IConnectionMultiplexer) && !d.IsKeyedService);
+            builder.Services.Remove(registered);
+            builder.Services.AddSingleton(sp => FailingRedis.Wrap((IConnectionMultiplexer)registered.ImplementationFactory!(sp)));
+
+            _app = builder.Build();
+            _app.UseExceptionHandler();
+            _app.UseStatusCodePages();
+            _app.Use(async (context, next) =>
+            {
+                Breaking.Value = context.Request.Headers.ContainsKey(BreakHeader);
+                await next(context);
+            });
+            _app.MapEventsApi();
+            _app.MapSchedulesApi();
+            _app.MapDeadLettersApi();
+            _app.MapGet(DefectPath, string () => throw new InvalidOperationException("a defect, not an outage"));
+            await _app.StartAsync();
+
+            var address = _app.Services.GetRequiredService<Microsoft.AspNetCore.Hosting.Server.IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Single();
+            _http = new HttpClient { BaseAddress = new Uri(address), Timeout = TimeSpan.FromSeconds(60) };
+        }
+
+        public async Task<HttpResponseMessage> SendAsync(string method, string path, string? body, bool breakRedis)
+        {
+            var request = new HttpRequestMessage(new HttpMethod(method), path);
+            var admin = path.StartsWith("/schedules", StringComparison.Ordinal) || path.StartsWith("/dead-letters", StringComparison.Ordinal);
+            request.Headers.Add("X-Api-Key", admin ? AdminKey : SubmitKey);
+            request.Headers.Add("Idempotency-Key", Guid.NewGuid().ToString("N"));
+            if (breakRedis)
+            {
+                request.Headers.Add(BreakHeader, "1");
+            }
+
+            if (body is not null)
+            {
+                request.Content = new StringContent(body, Encoding.UTF8, "application/json");
+            }
+
+            return await _http!.SendAsync(request);
+        }
+
+        public async Task DisposeAsync()
+        {
+            _http?.Dispose();
+            if (_app is not null)
+            {
+                await _app.StopAsync();
+                await _app.DisposeAsync();
+            }
+
+            if (_redis is not null)
+            {
+                await _redis.DisposeAsync();
+            }
+        }
+
+        /// <summary>Forwards to the real client; its databases, batches and transactions fail every awaitable call of a marked request with the race.</summary>
+        public class FailingRedis : DispatchProxy
+        {
+            private object _target = null!;
+
+            public static IConnectionMultiplexer Wrap(IConnectionMultiplexer real) => Create<IConnectionMultiplexer>(real);
+
+            private static T Create<T>(T target) where T : class
+            {
+                var proxy = DispatchProxy.Create<T, FailingRedis>();
+                ((FailingRedis)(object)proxy)._target = target;
+                return proxy;
+            }
+
+            protected override object? Invoke(MethodInfo? method, object?[]? args)
+            {
+                if (_target is IDatabaseAsync && Breaking.Value && typeof(Task).IsAssignableFrom(method!.ReturnType))
+                {
+                    Interlocked.Increment(ref _raceInjected);
+                    var race = WriterCompletedInsideRedisClient();
+                    return method.ReturnType.IsGenericType
+                        ? typeof(Task).GetMethod(nameof(Task.FromException), 1, [typeof(Exception)])!.MakeGenericMethod(method.ReturnType.GetGenericArguments()[0]).Invoke(null, [race])
+                        : Task.FromException(race);
+                }
+
+                object? result;
+                try
+                {
+                    result = method!.Invoke(_target, args);
+                }
+                catch (TargetInvocationException ex) when (ex.InnerException is not null)
+                {
+                    throw ex.InnerException;
+                }
+
+                // Databases, and the batches and transactions they create, fail; everything else is the real client's.
+                return result switch
+                {
+                    // A transaction is a database too: the most specific interface first.
+                    ITransaction transaction => Create(transaction),
+                    IBatch batch => Create(batch),
+                    IDatabase db => Create(db),
+                    _ => result,
+                };
+            }
+        }
+    }
+}
