@@ -60,7 +60,7 @@ public sealed class LaneMonitor(
                 ? await ReadCpuAsync().WaitAsync(timeout.Token)
                 : await ReadIoAsync(timeout.Token).WaitAsync(timeout.Token);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException or RabbitMQ.Client.Exceptions.RabbitMQClientException
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex) || ex is RabbitMQ.Client.Exceptions.RabbitMQClientException
                                        or System.Net.Sockets.SocketException or IOException
                                    || (ex is OperationCanceledException && !cancellationToken.IsCancellationRequested))
         {

@@ -106,7 +106,7 @@ public sealed class CpuLaneConsumer(
                 StreamEntryReader.ForgetGroup();
                 backoff = TimeSpan.FromMilliseconds(100);
             }
-            catch (Exception ex) when (ex is RedisException or TimeoutException)
+            catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
             {
                 backoff = backoff == TimeSpan.Zero ? TimeSpan.FromMilliseconds(200) : TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, TimeSpan.FromSeconds(5).Ticks));
                 logger.LogWarning(ex, "Reading the CPU lane failed; retrying in {Backoff}", backoff);
@@ -307,7 +307,7 @@ public sealed class CpuLaneConsumer(
                         }
                     }
                 }
-                catch (Exception ex) when (ex is RedisException or TimeoutException)
+                catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
                 {
                     logger.LogWarning(ex, "Could not refresh {Count} held entries", held.Count);
                 }

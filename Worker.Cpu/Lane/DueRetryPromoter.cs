@@ -1,3 +1,4 @@
+using EventPipeline.Shared;
 using Microsoft.Extensions.Options;
 using StackExchange.Redis;
 
@@ -34,7 +35,7 @@ public sealed class DueRetryPromoter(RetryScheduler retries, IOptions<CpuLaneOpt
                         wait = untilDue < Shortest ? Shortest : untilDue < wait ? untilDue : wait;
                     }
                 }
-                catch (Exception ex) when (ex is RedisException or TimeoutException)
+                catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
                 {
                     logger.LogWarning(ex, "Promoting due retries failed; trying again in {Wait}", wait);
                 }

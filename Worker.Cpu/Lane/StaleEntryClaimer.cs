@@ -32,7 +32,7 @@ public sealed class StaleEntryClaimer(
                     await ClaimStaleAsync(stoppingToken);
                     await ForgetGoneConsumersAsync();
                 }
-                catch (Exception ex) when (ex is RedisException or TimeoutException)
+                catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
                 {
                     logger.LogWarning(ex, "Claiming stale entries failed; trying again in {Interval}", options.Value.ClaimInterval);
                 }

@@ -1,3 +1,4 @@
+using EventPipeline.Shared;
 namespace EventPipeline.Worker.Io.Delivery;
 
 /// <summary>
@@ -18,7 +19,7 @@ public static class FinalStatusWrite
                 await write();
                 return;
             }
-            catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
+            catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
             {
                 var delay = RetryDelay(attempt);
                 logger.LogWarning("Status {State} of event {EventId} not written (attempt {Attempt}): the status store is unavailable ({Error}); trying again in {Delay}",

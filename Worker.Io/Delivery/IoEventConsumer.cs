@@ -97,7 +97,7 @@ public sealed class IoEventConsumer(
         {
             return await write();
         }
-        catch (Exception ex) when (ex is StackExchange.Redis.RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
         {
             logger.LogWarning(ex, "Status of event {EventId} not written: the status store is unavailable", eventId);
             return fallback;
