@@ -14,6 +14,8 @@ namespace Microsoft.Extensions.Hosting;
 /// <summary>
 /// What every EventPipeline service shares: OpenTelemetry (OTLP + Prometheus), health endpoints, service discovery
 /// and HttpClient defaults. Each service calls <see cref="AddServiceDefaults{TBuilder}"/> and <see cref="MapDefaultEndpoints"/>.
+/// Per event it records only what a dashboard, an alert or a trace hop uses: MassTransit's meter and RabbitMQ.Client's
+/// per-message publish spans are opt-in (docs/observability.md).
 /// </summary>
 public static class Extensions
 {
