@@ -1,6 +1,7 @@
 using EventPipeline.ServiceDefaults;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Logging;
@@ -13,12 +14,19 @@ namespace Microsoft.Extensions.Hosting;
 /// <summary>
 /// What every EventPipeline service shares: OpenTelemetry (OTLP + Prometheus), health endpoints, service discovery
 /// and HttpClient defaults. Each service calls <see cref="AddServiceDefaults{TBuilder}"/> and <see cref="MapDefaultEndpoints"/>.
+/// Per event it records only what a dashboard, an alert or a trace hop uses: MassTransit's meter and RabbitMQ.Client's
+/// per-message publish spans are opt-in (docs/observability.md).
 /// </summary>
 public static class Extensions
 {
     private const string HealthEndpointPath = "/health/ready";
     private const string AlivenessEndpointPath = "/health/live";
     private const string LiveTag = "live";
+    private const string MassTransitMeterName = "MassTransit";
+    private const string RabbitMqClientDisableTracingKey = "Aspire:RabbitMQ:Client:DisableTracing";
+
+    /// <summary>Configuration key (bool, default false) that exports MassTransit's own meter.</summary>
+    public const string MassTransitMetricsKey = "Telemetry:MassTransitMetrics";
 
     public static TBuilder AddServiceDefaults<TBuilder>(this TBuilder builder) where TBuilder : IHostApplicationBuilder
     {
@@ -31,6 +39,16 @@ public static class Extensions
 
     public static TBuilder ConfigureOpenTelemetry<TBuilder>(this TBuilder builder) where TBuilder : IHostApplicationBuilder
     {
+        // RabbitMQ.Client (traced through Aspire's client, AddRabbitMQClient) starts a publish span for every message on
+        // every connection of the process and writes its trace context into each message's headers; the I/O lane's
+        // publisher already has one span per published chunk, whose id the consumer takes its parent from
+        // (IoLaneEnvelope's MT-Activity-Id), so those spans only repeat it, once per event. Off unless configured;
+        // Aspire:RabbitMQ:Client:DisableTracing=false brings them back (docs/observability.md).
+        if (builder.Configuration[RabbitMqClientDisableTracingKey] is null)
+        {
+            builder.Configuration[RabbitMqClientDisableTracingKey] = "true";
+        }
+
         builder.Logging.AddOpenTelemetry(logging =>
         {
             logging.IncludeFormattedMessage = true;
@@ -38,13 +56,24 @@ public static class Extensions
         });
 
         builder.Services.AddSingleton<PipelineMetrics>();
+        // MassTransit's meter records about ten measurements per message (receive/consume counters, durations, in-flight
+        // gauges) that no dashboard panel or alert reads, and costs Worker.Io CPU per message: opt in with
+        // Telemetry:MassTransitMetrics=true (docs/observability.md).
+        var massTransitMetrics = builder.Configuration.GetValue(MassTransitMetricsKey, false);
         builder.Services.AddOpenTelemetry()
-            .WithMetrics(metrics => metrics
-                .AddAspNetCoreInstrumentation()
-                .AddHttpClientInstrumentation()
-                .AddRuntimeInstrumentation()
-                .AddMeter(PipelineTelemetry.MeterName, "MassTransit")
-                .AddPrometheusExporter())
+            .WithMetrics(metrics =>
+            {
+                metrics
+                    .AddAspNetCoreInstrumentation()
+                    .AddHttpClientInstrumentation()
+                    .AddRuntimeInstrumentation()
+                    .AddMeter(PipelineTelemetry.MeterName)
+                    .AddPrometheusExporter();
+                if (massTransitMetrics)
+                {
+                    metrics.AddMeter(MassTransitMeterName);
+                }
+            })
             .WithTracing(tracing => tracing
                 .AddSource(builder.Environment.ApplicationName, PipelineTelemetry.ActivitySourceName, "MassTransit")
                 .AddAspNetCoreInstrumentation(options =>

@@ -62,6 +62,25 @@ public sealed partial class MetricsExportTests(ObservedAppHostFixture fixture)
         }
     }
 
+    /// <summary>
+    /// MassTransit's own meter (about ten measurements per consumed message) is not exported unless
+    /// <c>Telemetry:MassTransitMetrics</c> asks for it: no dashboard panel or alert reads it, and Worker.Io pays for every
+    /// measurement it records. The pipeline's own counters stay.
+    /// </summary>
+    [Fact]
+    public async Task Worker_io_does_not_export_masstransits_meter_by_default()
+    {
+        var id = await fixture.SubmitAsync("noop.io", new { });
+        await fixture.WaitForStateAsync(id, "succeeded");
+
+        using var http = fixture.CreateClient("worker-io");
+        // The exporter serves a scrape from a short-lived cache: wait for one that has counted a consumed message.
+        var text = await Eventually.ReturnsAsync(() => http.GetStringAsync("/metrics"),
+            t => Regex.IsMatch(t, "eventpipeline_events_processed_total\\{[^}]*outcome=\"succeeded\""), TimeSpan.FromSeconds(30),
+            "worker-io's processed counter");
+        Assert.DoesNotContain("messaging_masstransit_", text);
+    }
+
     [Fact]
     public async Task Prometheus_scrapes_every_service_rabbitmq_and_the_redis_exporter()
     {

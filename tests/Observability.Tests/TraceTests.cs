@@ -92,6 +92,28 @@ public sealed class TraceTests(ObservedAppHostFixture fixture)
         Assert.Equal(call.SpanId, received.ParentSpanId);
     }
 
+    /// <summary>
+    /// The API traces the I/O lane's publish once per published chunk (its own <c>EventPipeline</c> span, which the
+    /// consumer's receive descends from), not once more per message: RabbitMQ.Client's own publish spans (Aspire's client
+    /// traces them unless <c>Aspire:RabbitMQ:Client:DisableTracing</c> is false) cost the API a span and a trace header
+    /// per event and added nothing the chunk span does not show.
+    /// </summary>
+    [Fact]
+    public async Task Api_traces_an_io_publish_once_per_chunk_without_a_rabbitmq_client_span_per_message()
+    {
+        var id = await fixture.SubmitAsync("webhook.post", new { order = "chunk-" + Guid.NewGuid().ToString("N") });
+        await fixture.WaitForStateAsync(id, "succeeded");
+
+        var consume = await SpanOfEventAsync("worker-io", id);
+        // A span ends before its parent and one batch processor exports them in order: once the chunk span is here,
+        // any RabbitMQ.Client span under it would be too.
+        var trace = await TraceAsync(consume.TraceId, spans => spans.Any(IsApiRabbitMqSendSpan) && spans.Any(IsRabbitMqReceiveSpan));
+
+        var send = Assert.Single(trace, IsApiRabbitMqSendSpan);
+        Assert.True(IsDescendant(trace.Single(IsRabbitMqReceiveSpan), send, trace), "the receive should descend from the chunk span:\n" + Dump(trace));
+        Assert.DoesNotContain(trace, s => s.Scope.StartsWith("RabbitMQ.Client", StringComparison.Ordinal));
+    }
+
     /// <summary>A CPU event whose result is handed on to the I/O lane (<c>"then"</c>) is one trace through all four services.</summary>
     [Fact]
     public async Task Chained_event_is_one_trace_from_the_api_through_both_lanes_to_downstream()
