@@ -21,7 +21,10 @@ internal static class RedisCallFailure
         }
         catch (InvalidOperationException ex)
         {
-            throw new RedisConnectionException(ConnectionFailureType.SocketClosed, "the Redis connection closed while the command was written", ex);
+            throw ClosedWhileWriting(ex);
         }
     }
+
+    public static RedisConnectionException ClosedWhileWriting(InvalidOperationException ex) =>
+        new(ConnectionFailureType.SocketClosed, "the Redis connection closed while the command was written", ex);
 }
