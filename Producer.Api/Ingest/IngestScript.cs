@@ -11,7 +11,6 @@ namespace EventPipeline.Producer.Ingest;
 /// A server that does not know the script (restarted, failed over, <c>SCRIPT FLUSH</c>) answers <c>NOSCRIPT</c>
 /// without running anything, so that one call is sent again with the text, which StackExchange.Redis loads: the
 /// request's writes still happen once, and only its first call after the cache was lost costs a second round trip.
-/// A connection that closes while the command is written is the client's connection failure (<see cref="RedisCallFailure"/>).
 /// </summary>
 internal sealed class IngestScript(string text)
 {
@@ -21,18 +20,11 @@ internal sealed class IngestScript(string text)
     {
         try
         {
-            try
-            {
-                return await db.ScriptEvaluateAsync(_sha1, keys, values);
-            }
-            catch (RedisServerException ex) when (ex.Message.StartsWith("NOSCRIPT", StringComparison.Ordinal))
-            {
-                return await db.ScriptEvaluateAsync(text, keys, values);
-            }
+            return await db.ScriptEvaluateAsync(_sha1, keys, values);
         }
-        catch (InvalidOperationException ex)
+        catch (RedisServerException ex) when (ex.Message.StartsWith("NOSCRIPT", StringComparison.Ordinal))
         {
-            throw RedisCallFailure.ClosedWhileWriting(ex);
+            return await db.ScriptEvaluateAsync(text, keys, values);
         }
     }
 }

@@ -108,7 +108,7 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
         {
             // Identified before the write: the replicas' acknowledgement must come from the server the script ran on.
             var primary = await replicas.PrimaryAsync();
-            await PublishScript.EvaluateAsync(redis.GetDatabase(), keys, values).WaitAsync(cancellationToken);
+            await PublishScript.EvaluateAsync(redis.GetDatabase(), keys, values).AsRedisFailure().WaitAsync(cancellationToken);
             await replicas.WaitAsync(primary, cancellationToken);
         }
         catch (Exception ex) when (ex is RedisException or TimeoutException or OperationCanceledException)

@@ -21,10 +21,7 @@ internal static class RedisCallFailure
         }
         catch (InvalidOperationException ex)
         {
-            throw ClosedWhileWriting(ex);
+            throw new RedisConnectionException(ConnectionFailureType.SocketClosed, "the Redis connection closed while the command was written", ex);
         }
     }
-
-    public static RedisConnectionException ClosedWhileWriting(InvalidOperationException ex) =>
-        new(ConnectionFailureType.SocketClosed, "the Redis connection closed while the command was written", ex);
 }
