@@ -43,7 +43,7 @@ public sealed class CpuLaneSubmission(
     // id, type, payload of each event (entry fields and order as CpuLaneStreams.NewEntry).
     // Returns { 'bound', binding } | { 'in-flight' } | { 'claimed', then kind, lane, state per event }, kind being
     // 'fresh' (written now), 'known' (has a status: its lane and state) or 'held' (an I/O-lane reservation: its lane).
-    private const string Script = EventStatusStore.RecordAcceptedLua + """
+    private static readonly IngestScript Script = new(EventStatusStore.RecordAcceptedLua + """
         local streamType = redis.call('TYPE', KEYS[1]).ok
         if streamType ~= 'stream' and streamType ~= 'none' then
           return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' is not a stream')
@@ -96,7 +96,7 @@ public sealed class CpuLaneSubmission(
           reply[#reply + 1] = seen[i][3]
         end
         return reply
-        """;
+        """);
 
     /// <summary>The requests this step takes: guarded (else nothing needs checking), CPU lane only, none held for later.</summary>
     public static bool Takes(string? idempotencyKey, IReadOnlyList<ValidatedEvent> events) =>
@@ -213,7 +213,7 @@ public sealed class CpuLaneSubmission(
             keys[^1] = key;
         }
 
-        return (RedisResult[])(await redis.GetDatabase().ScriptEvaluateAsync(Script, keys, values).AsRedisFailure().WaitAsync(cancellationToken))!;
+        return (RedisResult[])(await Script.EvaluateAsync(redis.GetDatabase(), keys, values).AsRedisFailure().WaitAsync(cancellationToken))!;
     }
 
     private static IdempotencyClaim Claim(IReadOnlyList<ValidatedEvent> requested, RedisResult[] reply)

@@ -45,7 +45,7 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
     // KEYS[1] stream, KEYS[1 + i] status hash of event i. ARGV[1] lane, ARGV[2] acceptedAt (unix ms), ARGV[3] status
     // ttl (s), ARGV[4] n trace-context fields, then n name/value pairs, then id, type, payload of each event. The
     // entry's fields and their order are CpuLaneStreams.NewEntry's. Returns the entry ids.
-    private const string PublishScript = EventStatusStore.RecordAcceptedLua + """
+    private static readonly IngestScript PublishScript = new(EventStatusStore.RecordAcceptedLua + """
         -- Checked before anything is written (a script is not rolled back): a status without its entry would answer
         -- a retry as a repeat of an event that never runs.
         local streamType = redis.call('TYPE', KEYS[1]).ok
@@ -67,7 +67,7 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
           end
         end
         return added
-        """;
+        """);
 
     public string Lane => Lanes.Cpu;
 
@@ -108,7 +108,7 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
         {
             // Identified before the write: the replicas' acknowledgement must come from the server the script ran on.
             var primary = await replicas.PrimaryAsync();
-            await redis.GetDatabase().ScriptEvaluateAsync(PublishScript, keys, values).AsRedisFailure().WaitAsync(cancellationToken);
+            await PublishScript.EvaluateAsync(redis.GetDatabase(), keys, values).AsRedisFailure().WaitAsync(cancellationToken);
             await replicas.WaitAsync(primary, cancellationToken);
         }
         catch (Exception ex) when (ex is RedisException or TimeoutException or OperationCanceledException)

@@ -147,6 +147,29 @@ public sealed class CpuLaneSubmissionTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_submission_after_redis_lost_its_scripts_is_written_once_and_the_next_one_takes_one_round_trip()
+    {
+        // A restarted or failed-over server knows no script: the first submission still writes its event once.
+        var first = $"flushed-{Guid.NewGuid():N}";
+        Assert.Single((await SubmitAsync([Event($"warm-{Guid.NewGuid():N}")])).Fresh);
+        await using (var admin = await ConnectionMultiplexer.ConnectAsync(_redis.ConnectionString + ",allowAdmin=true"))
+        {
+            await admin.GetServers().Single().ScriptFlushAsync();
+        }
+
+        Assert.Single((await SubmitAsync([Event(first)])).Fresh);
+        Assert.Equal(1, await EntriesAsync(first));
+        Assert.True(await _connection.GetDatabase().KeyExistsAsync(EventStatusStore.Key(first)), "the event has no status");
+
+        await using var monitor = await RedisMonitor.StartAsync(_redis);
+        var next = $"next-{Guid.NewGuid():N}";
+        Assert.Single((await SubmitAsync([Event(next)])).Fresh);
+        var scripts = (await monitor.SentNamingAsync("EVAL", _connection.GetDatabase())).ToList();
+        Assert.True(scripts.Count == 1, $"a submission after the reload ran {scripts.Count} scripts:\n{string.Join("\n", scripts)}");
+        Assert.Equal(1, await EntriesAsync(next));
+    }
+
+    [Fact]
     public async Task A_repeat_under_a_key_is_checked_and_answered_in_one_round_trip()
     {
         var key = $"key-{Guid.NewGuid():N}";
