@@ -62,13 +62,15 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     /// </summary>
     public const string TryStartLua = """
         local function try_start(key, attempt, now, ttl, copy)
-          local fields = redis.call('HMGET', key, 'state', 'expiresAt')
-          local state = fields[1]
+          -- startedAt is read with the state and written with it: every event starts once per attempt, so each command
+          -- here is paid per event in both lanes (docs/cpu-lane.md, "Redis commands per event").
+          local fields = redis.call('HMGET', key, 'state', 'expiresAt', 'startedAt')
+          local state, started = fields[1], fields[3]
           if state == 'succeeded' then return 0 end
           if state == 'cancelled' then return 2 end
           if state == 'expired' then return 3 end
           local expiresAt = tonumber(fields[2])
-          if expiresAt and expiresAt <= tonumber(now) and redis.call('HEXISTS', key, 'startedAt') == 0 then
+          if expiresAt and expiresAt <= tonumber(now) and not started then
             redis.call('HSET', key, 'state', 'expired', 'expiredAt', now, 'finishedAt', now)
             redis.call('EXPIRE', key, ttl)
             return 3
@@ -78,8 +80,12 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
             if state == 'processing' and running and running ~= copy then return 4 end
             redis.call('HSET', key, 'copy', copy)
           end
-          redis.call('HSET', key, 'state', 'processing', 'attempts', attempt)
-          redis.call('HSETNX', key, 'startedAt', now)
+          -- The first start's time stays: a redelivery does not move it.
+          if started then
+            redis.call('HSET', key, 'state', 'processing', 'attempts', attempt)
+          else
+            redis.call('HSET', key, 'state', 'processing', 'attempts', attempt, 'startedAt', now)
+          end
           redis.call('EXPIRE', key, ttl)
           return 1
         end
@@ -103,10 +109,12 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     /// </summary>
     public const string RecordSucceededLua = """
         local function record_succeeded(key, attempt, now, result, ttl)
-          if redis.call('HGET', key, 'state') == 'succeeded' then return 0 end
-          redis.call('HSET', key, 'state', 'succeeded', 'attempts', attempt, 'finishedAt', now, 'result', result)
-          redis.call('HDEL', key, 'error')
-          redis.call('HINCRBY', key, 'completions', 1)
+          -- One read and one write (then EXPIRE; HDEL only after a failed attempt left an error): paid per event.
+          local fields = redis.call('HMGET', key, 'state', 'error', 'completions')
+          if fields[1] == 'succeeded' then return 0 end
+          redis.call('HSET', key, 'state', 'succeeded', 'attempts', attempt, 'finishedAt', now, 'result', result,
+            'completions', (tonumber(fields[3]) or 0) + 1)
+          if fields[2] then redis.call('HDEL', key, 'error') end
           redis.call('EXPIRE', key, ttl)
           return 1
         end

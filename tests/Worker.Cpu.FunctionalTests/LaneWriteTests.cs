@@ -16,7 +16,7 @@ public sealed class LaneWriteTests(ITestOutputHelper output)
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(90);
 
     [Fact]
-    public async Task Starts_and_successes_of_a_backlog_share_scripts_instead_of_a_round_trip_each()
+    public async Task Starts_and_successes_of_a_backlog_share_scripts_and_each_status_change_is_one_read_and_one_write()
     {
         const int events = 200;
         const int iterations = 2_000; // short jobs that still finish one at a time on one core
@@ -47,6 +47,12 @@ public sealed class LaneWriteTests(ITestOutputHelper output)
         output.WriteLine($"{laneScripts} start/success scripts for {events} events");
         // One start and one success script per event would be 2 × events; shared, they are a fraction of one per event.
         Assert.True(laneScripts <= events / 2, $"{laneScripts} start/success scripts for {events} events: the writes were not shared");
+
+        // Inside Redis, each status change (the start's move to processing, the success) is paid per event: one read and
+        // one write of the status hash plus its EXPIRE, not a command per field (Pipeline.Shared/EventStatusStore.cs).
+        var statusCommands = monitor.LinesAfter(skip).Count(line => line.Contains(" lua] ", StringComparison.Ordinal) && line.Contains("\"event:shared-", StringComparison.Ordinal));
+        output.WriteLine($"{statusCommands} commands on the events' status hashes for {events} events = {statusCommands / (double)events:F2} per event");
+        Assert.True(statusCommands <= events * 6, $"the lane's scripts ran {statusCommands / (double)events:F2} commands per event on its status hash (at most 6 expected: HMGET, HSET and EXPIRE for the start and again for the success)");
     }
 
     [Fact]
