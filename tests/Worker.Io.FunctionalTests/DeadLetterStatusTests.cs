@@ -58,6 +58,10 @@ public sealed class DeadLetterStatusTests(SharedIoLane lane, ITestOutputHelper o
         var fine = IoLaneHost.NewId("fine");
         await Host.SubmitAcceptedAsync(new JsonObject { ["id"] = failing, ["type"] = "test.fail", ["payload"] = new JsonObject { ["lane"] = "io" } });
         await Host.WaitForStateAsync(failing, "dead", Deadline);
+        // The lane writes "dead" before MassTransit moves the message to the error queue (its first fault in a fresh
+        // worker builds the error transport then): wait for the dead letter itself before the retention clock starts.
+        await Eventually.TrueAsync(async () => await Host.FindInQueueAsync(IoLaneHost.ErrorQueueName, failing) is not null,
+            Deadline, $"the dead letter of {failing} to reach {IoLaneHost.ErrorQueueName}");
         await Host.SubmitAcceptedAsync(new JsonObject { ["id"] = fine, ["type"] = "noop.io", ["payload"] = new JsonObject() });
         await Host.WaitForStateAsync(fine, "succeeded", Deadline);
 
