@@ -15,6 +15,8 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
 using StackExchange.Redis;
 
 namespace EventPipeline.Producer.UnitTests;
@@ -90,6 +92,17 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
         Assert.False(RedisFailures.IsConnectionLostMidWrite(disposed));
     }
 
+    [Fact]
+    public async Task An_io_event_rabbitmq_confirmed_stays_accepted_when_its_status_write_loses_the_connection_mid_write()
+    {
+        // RabbitMQ holds the events: a lost status write only delays their status. Throwing here skipped the 202 that
+        // names their ids, and a keyless client's retry published them a second time under new ids.
+        var thrown = await Record.ExceptionAsync(() =>
+            IoLanePublisher.AwaitStatusWritesAsync([Task.FromException(WriterCompletedInsideRedisClient())], NullLogger.Instance));
+
+        Assert.True(thrown is null, $"the status write's race left the I/O publish: {thrown?.GetType().Name}: {thrown?.Message}");
+    }
+
     /// <summary>
     /// System.IO.Pipelines' "Writing is not allowed after writer was completed", thrown inside StackExchange.Redis's
     /// frames (its Connect runs the configure callback before it connects), as the client's write path throws it.
@@ -103,14 +116,55 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
         return race;
     }
 
+    /// <summary>A task of <paramref name="returnType"/> (Task or Task&lt;T&gt;) that failed with <paramref name="exception"/>.</summary>
+    private static object Faulted(Type returnType, Exception exception) => returnType.IsGenericType
+        ? typeof(Task).GetMethod(nameof(Task.FromException), 1, [typeof(Exception)])!.MakeGenericMethod(returnType.GetGenericArguments()[0]).Invoke(null, [exception])!
+        : Task.FromException(exception);
+
+    /// <summary>Forwards to a real client; the named calls of its databases always fail with the race.</summary>
+    public class RaceOn : DispatchProxy
+    {
+        private object _target = null!;
+        private string[] _failing = [];
+
+        public static IConnectionMultiplexer Wrap(IConnectionMultiplexer real, params string[] failing) => Create(real, failing);
+
+        private static T Create<T>(T target, string[] failing) where T : class
+        {
+            var proxy = DispatchProxy.Create<T, RaceOn>();
+            ((RaceOn)(object)proxy)._target = target;
+            ((RaceOn)(object)proxy)._failing = failing;
+            return proxy;
+        }
+
+        protected override object? Invoke(MethodInfo? method, object?[]? args)
+        {
+            if (_target is IDatabaseAsync && _failing.Contains(method!.Name))
+            {
+                return Faulted(method.ReturnType, WriterCompletedInsideRedisClient());
+            }
+
+            try
+            {
+                var result = method!.Invoke(_target, args);
+                return result is IDatabase db ? Create(db, _failing) : result;
+            }
+            catch (TargetInvocationException ex) when (ex.InnerException is not null)
+            {
+                throw ex.InnerException;
+            }
+        }
+    }
+
     /// <summary>The API's services and error handling in process, on a loopback port, against a real redis-server.</summary>
     public sealed class Api : IAsyncLifetime
     {
         public const string DefectPath = "/test/defect";
         private const string BreakHeader = "X-Test-Break-Redis";
+        private const string ServerErrorHeader = "X-Test-Redis-Error";
         private const string AdminKey = "admin-key-0123456789";
         private const string SubmitKey = "submit-key-0123456789";
-        private static readonly AsyncLocal<bool> Breaking = new();
+        private static readonly AsyncLocal<Breaker?> Breaking = new();
         private static int _raceInjected;
 
         private RedisServer? _redis;
@@ -118,6 +172,10 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
         private HttpClient? _http;
 
         public int RaceInjected => Volatile.Read(ref _raceInjected);
+
+        public string RedisConnectionString => _redis!.ConnectionString;
+
+        public IConfiguration Configuration => _app!.Configuration;
 
         public async Task InitializeAsync()
         {
@@ -162,7 +220,9 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
             _app.UseStatusCodePages();
             _app.Use(async (context, next) =>
             {
-                Breaking.Value = context.Request.Headers.ContainsKey(BreakHeader);
+                Breaking.Value = context.Request.Headers.TryGetValue(BreakHeader, out var from)
+                    ? new Breaker(int.Parse(from!, System.Globalization.CultureInfo.InvariantCulture), context.Request.Headers[ServerErrorHeader].FirstOrDefault())
+                    : null;
                 await next(context);
             });
             _app.MapEventsApi();
@@ -175,7 +235,9 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
             _http = new HttpClient { BaseAddress = new Uri(address), Timeout = TimeSpan.FromSeconds(60) };
         }
 
-        public async Task<HttpResponseMessage> SendAsync(string method, string path, string? body, bool breakRedis)
+        /// <param name="breakFromCall">the request's first Redis call that fails (1: all of them).</param>
+        /// <param name="serverError">instead of the race, the calls fail with this error reply from Redis.</param>
+        public async Task<HttpResponseMessage> SendAsync(string method, string path, string? body, bool breakRedis, int breakFromCall = 1, string? serverError = null)
         {
             var request = new HttpRequestMessage(new HttpMethod(method), path);
             var admin = path.StartsWith("/schedules", StringComparison.Ordinal) || path.StartsWith("/dead-letters", StringComparison.Ordinal);
@@ -183,7 +245,11 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
             request.Headers.Add("Idempotency-Key", Guid.NewGuid().ToString("N"));
             if (breakRedis)
             {
-                request.Headers.Add(BreakHeader, "1");
+                request.Headers.Add(BreakHeader, breakFromCall.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                if (serverError is not null)
+                {
+                    request.Headers.Add(ServerErrorHeader, serverError);
+                }
             }
 
             if (body is not null)
@@ -209,6 +275,17 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
             }
         }
 
+        /// <summary>
+        /// One marked request's Redis calls: those from the <paramref name="FailFrom"/>-th on fail, with the race or with
+        /// <paramref name="ServerError"/> as Redis's error reply.
+        /// </summary>
+        private sealed record Breaker(int FailFrom, string? ServerError)
+        {
+            private int _calls;
+
+            public bool Fails() => Interlocked.Increment(ref _calls) >= FailFrom;
+        }
+
         /// <summary>Forwards to the real client; its databases, batches and transactions fail every awaitable call of a marked request with the race.</summary>
         public class FailingRedis : DispatchProxy
         {
@@ -225,13 +302,10 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
 
             protected override object? Invoke(MethodInfo? method, object?[]? args)
             {
-                if (_target is IDatabaseAsync && Breaking.Value && typeof(Task).IsAssignableFrom(method!.ReturnType))
+                if (_target is IDatabaseAsync && Breaking.Value is { } breaker && typeof(Task).IsAssignableFrom(method!.ReturnType) && breaker.Fails())
                 {
                     Interlocked.Increment(ref _raceInjected);
-                    var race = WriterCompletedInsideRedisClient();
-                    return method.ReturnType.IsGenericType
-                        ? typeof(Task).GetMethod(nameof(Task.FromException), 1, [typeof(Exception)])!.MakeGenericMethod(method.ReturnType.GetGenericArguments()[0]).Invoke(null, [race])
-                        : Task.FromException(race);
+                    return Faulted(method.ReturnType, breaker.ServerError is { } reply ? new RedisServerException(reply) : WriterCompletedInsideRedisClient());
                 }
 
                 object? result;
