@@ -103,6 +103,36 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
         Assert.True(thrown is null, $"the status write's race left the I/O publish: {thrown?.GetType().Name}: {thrown?.Message}");
     }
 
+    [Fact]
+    public async Task A_replica_ack_round_that_loses_the_connection_mid_write_fails_as_a_redis_connection_failure()
+    {
+        // The callers (CPU-lane publish, keyed CPU submission, ingest) answer a RedisException with a 503 naming the
+        // request's uncertainIds; the raw race skipped that and got a 503 without ids.
+        await using var shared = await ConnectionMultiplexer.ConnectAsync(api.RedisConnectionString);
+        await using var acks = new RedisReplicaAcknowledgement(shared, api.Configuration,
+            Options.Create(new IngestOptions { RedisReplicaAcks = 1 }), NullLogger<RedisReplicaAcknowledgement>.Instance)
+        {
+            Connect = async settings => RaceOn.Wrap(await ConnectionMultiplexer.ConnectAsync(settings), nameof(IDatabaseAsync.StringSetAsync)),
+        };
+        var primary = await acks.PrimaryAsync();
+
+        var thrown = await Record.ExceptionAsync(() => acks.WaitAsync(primary, CancellationToken.None));
+
+        Assert.True(thrown is RedisConnectionException, $"the replica-ack round's race surfaced as {thrown?.GetType().Name}: {thrown?.Message}");
+    }
+
+    [Fact]
+    public async Task Identifying_the_primary_for_replica_acks_fails_as_a_redis_connection_failure_when_the_connection_is_lost_mid_write()
+    {
+        await using var real = await ConnectionMultiplexer.ConnectAsync(api.RedisConnectionString);
+        await using var acks = new RedisReplicaAcknowledgement(RaceOn.Wrap(real, nameof(IDatabaseAsync.IdentifyEndpointAsync)), api.Configuration,
+            Options.Create(new IngestOptions { RedisReplicaAcks = 1 }), NullLogger<RedisReplicaAcknowledgement>.Instance);
+
+        var thrown = await Record.ExceptionAsync(acks.PrimaryAsync);
+
+        Assert.True(thrown is RedisConnectionException, $"identifying the primary's race surfaced as {thrown?.GetType().Name}: {thrown?.Message}");
+    }
+
     /// <summary>
     /// System.IO.Pipelines' "Writing is not allowed after writer was completed", thrown inside StackExchange.Redis's
     /// frames (its Connect runs the configure callback before it connects), as the client's write path throws it.
