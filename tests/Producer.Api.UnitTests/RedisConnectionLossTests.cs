@@ -133,6 +133,31 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
         Assert.True(thrown is RedisConnectionException, $"identifying the primary's race surfaced as {thrown?.GetType().Name}: {thrown?.Message}");
     }
 
+    [Fact]
+    public async Task A_cancel_whose_answer_is_lost_says_it_may_have_been_applied_and_a_repeated_cancel_is_safe()
+    {
+        using var submitted = await api.SendAsync("POST", "/events", """{"type":"noop.cpu","payload":{},"delay":3600}""", breakRedis: false);
+        var body = await submitted.Content.ReadAsStringAsync();
+        Assert.True(submitted.StatusCode == HttpStatusCode.Accepted, body);
+        var id = JsonDocument.Parse(body).RootElement.GetProperty("id").GetString()!;
+
+        // The cancel script runs and commits (the request's first Redis call); reading the status back (the second) fails.
+        using var lost = await api.SendAsync("POST", $"/events/{id}/cancel", null, breakRedis: true, breakFromCall: 2);
+        var problem = JsonDocument.Parse(await lost.Content.ReadAsStringAsync()).RootElement;
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, lost.StatusCode);
+        var detail = problem.GetProperty("detail").GetString()!;
+        Assert.DoesNotContain("nothing changed", detail, StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("may or may not have been cancelled", detail, StringComparison.Ordinal);
+
+        // It was cancelled, and the retry the answer recommends is safe: 200 with the same cancelled status.
+        using var read = await api.SendAsync("GET", $"/events/{id}", null, breakRedis: false);
+        Assert.Equal("cancelled", JsonDocument.Parse(await read.Content.ReadAsStringAsync()).RootElement.GetProperty("state").GetString());
+        using var repeated = await api.SendAsync("POST", $"/events/{id}/cancel", null, breakRedis: false);
+        var repeatedBody = await repeated.Content.ReadAsStringAsync();
+        Assert.True(repeated.StatusCode == HttpStatusCode.OK, repeatedBody);
+        Assert.Equal("cancelled", JsonDocument.Parse(repeatedBody).RootElement.GetProperty("state").GetString());
+    }
+
     /// <summary>
     /// System.IO.Pipelines' "Writing is not allowed after writer was completed", thrown inside StackExchange.Redis's
     /// frames (its Connect runs the configure callback before it connects), as the client's write path throws it.
