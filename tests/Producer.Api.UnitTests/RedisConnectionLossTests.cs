@@ -57,6 +57,36 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
         Assert.True(api.RaceInjected > 0, "the injected failure never reached a Redis call");
     }
 
+    public static TheoryData<string, string> EndpointsWithoutTheirOwnCatch => new()
+    {
+        { "DELETE", "/schedules/nightly" },
+        { "POST", "/schedules/nightly/pause" },
+        { "GET", "/schedules" },
+        { "GET", "/schedules/nightly" },
+    };
+
+    [Theory]
+    [MemberData(nameof(EndpointsWithoutTheirOwnCatch))]
+    public async Task A_failover_reply_from_redis_is_a_503_with_retry_after_never_a_500(string method, string path)
+    {
+        // What a Sentinel failover answers the client that still writes to the old primary.
+        using var response = await api.SendAsync(method, path, null, breakRedis: true, serverError: "READONLY You can't write against a read only replica.");
+        var text = await response.Content.ReadAsStringAsync();
+
+        Assert.True(response.StatusCode == HttpStatusCode.ServiceUnavailable,
+            $"{method} {path} with Redis answering READONLY answered {(int)response.StatusCode}: {text}");
+        Assert.True(response.Headers.RetryAfter?.Delta > TimeSpan.Zero, $"{method} {path}: 503 without Retry-After");
+    }
+
+    [Fact]
+    public async Task Any_other_error_reply_from_redis_stays_an_internal_error()
+    {
+        // A script bug is a defect: a 503 would have the client retry it forever.
+        using var response = await api.SendAsync("DELETE", "/schedules/nightly", null, breakRedis: true, serverError: "ERR Error running script (call to f_0123): @user_script:1: oops");
+
+        Assert.Equal(HttpStatusCode.InternalServerError, response.StatusCode);
+    }
+
     [Fact]
     public async Task The_same_requests_answer_normally_when_redis_does()
     {
