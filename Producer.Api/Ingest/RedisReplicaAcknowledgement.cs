@@ -1,5 +1,5 @@
-using EventPipeline.Shared;
 using System.Net;
+using EventPipeline.Shared;
 using Microsoft.Extensions.Options;
 using StackExchange.Redis;
 
