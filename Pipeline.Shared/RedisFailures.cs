@@ -21,6 +21,29 @@ public static class RedisFailures
         exception is RedisException or TimeoutException || IsConnectionLostMidWrite(exception);
 
     /// <summary>
+    /// Whether <paramref name="exception"/> means Redis is down, slow or failing over, as opposed to a defect: the client's
+    /// connection failure or timeout, its writer-completed race, or one of Redis's error replies that only an outage gives
+    /// (a replica not yet promoted, a primary down or still loading its data, a script running too long, a cluster
+    /// resharding). Every other error reply (a script bug, a wrong type) is not: retrying it would fail forever.
+    /// </summary>
+    public static bool IsOutage(Exception exception) => exception switch
+    {
+        RedisConnectionException or RedisTimeoutException => true,
+        RedisServerException server => IsOutageReply(server.Message),
+        _ => IsConnectionLostMidWrite(exception),
+    };
+
+    /// <summary>The error codes (an error reply's first word) Redis answers while it is unavailable or failing over.</summary>
+    private static readonly string[] OutageReplies = ["READONLY", "MASTERDOWN", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"];
+
+    private static bool IsOutageReply(string message)
+    {
+        var space = message.IndexOf(' ', StringComparison.Ordinal);
+        var code = space < 0 ? message : message[..space];
+        return OutageReplies.Contains(code, StringComparer.Ordinal);
+    }
+
+    /// <summary>
     /// Whether <paramref name="exception"/> is the writer-completed race of the Redis client: the connection closed
     /// while a command was written, so the command may or may not have reached Redis.
     /// </summary>

@@ -86,8 +86,10 @@ public static class EventsApi
         catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
         {
             logger.LogWarning(ex, "The status store did not answer cancelling event {EventId}", id);
+            // The cancel script may have committed before the failure (its reply, or the read-back after it, was lost).
             return Problems.Unavailable(null, "The status store (Redis) is unavailable",
-                "The event could not be cancelled: nothing changed. Retry after the indicated delay.", StatusRetryAfterSeconds);
+                "The event may or may not have been cancelled: Redis failed while the cancel ran. Retrying the cancel is safe " +
+                "(a repeated cancel answers 200 with state cancelled); or read the event with GET /events/{id}.", StatusRetryAfterSeconds);
         }
     }
 

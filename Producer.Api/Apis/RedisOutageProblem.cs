@@ -1,17 +1,17 @@
 using EventPipeline.Shared;
 using Microsoft.AspNetCore.Diagnostics;
-using StackExchange.Redis;
 
 namespace EventPipeline.Producer.Apis;
 
 /// <summary>
 /// Owns "a Redis outage is never a 5xx other than 503", for every endpoint at once: a Redis failure no endpoint handled
-/// itself — the client's connection failure or timeout, or its writer-completed race
-/// (<see cref="RedisFailures.IsConnectionLostMidWrite"/>, StackExchange.Redis#2692) — is answered 503
+/// itself — the client's connection failure or timeout, its writer-completed race (StackExchange.Redis#2692), or an
+/// error reply Redis gives only while unavailable or failing over (READONLY, MASTERDOWN, LOADING, BUSY…;
+/// <see cref="RedisFailures.IsOutage"/>) — is answered 503
 /// <see cref="Problems.BrokerUnavailable"/> with Retry-After instead of a 500. A write request is told that what it
 /// changed before the failure may already be held. Endpoints that know more (which events a broker confirmed) still
 /// answer their own 503 first; this is what the rest answer. Anything else, including every other
-/// InvalidOperationException and Redis's own error replies (a script bug), stays a 500.
+/// InvalidOperationException and Redis's other error replies (a script bug), stays a 500.
 /// </summary>
 public sealed class RedisOutageProblem(ILogger<RedisOutageProblem> logger) : IExceptionHandler
 {
@@ -19,7 +19,7 @@ public sealed class RedisOutageProblem(ILogger<RedisOutageProblem> logger) : IEx
 
     public async ValueTask<bool> TryHandleAsync(HttpContext httpContext, Exception exception, CancellationToken cancellationToken)
     {
-        if (!IsOutage(exception) || httpContext.Response.HasStarted)
+        if (!RedisFailures.IsOutage(exception) || httpContext.Response.HasStarted)
         {
             return false;
         }
@@ -37,7 +37,4 @@ public sealed class RedisOutageProblem(ILogger<RedisOutageProblem> logger) : IEx
         return true;
     }
 
-    /// <summary>Redis down or slow, as opposed to a defect (Redis's error replies and our bugs stay 500s).</summary>
-    internal static bool IsOutage(Exception exception) =>
-        exception is RedisConnectionException or RedisTimeoutException || RedisFailures.IsConnectionLostMidWrite(exception);
 }

@@ -162,7 +162,7 @@ public sealed class CpuLaneSubmission(
             await replicas.WaitAsync(primary, cancellationToken);
             return Claim(requested, reply);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException or OperationCanceledException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex) || ex is OperationCanceledException)
         {
             activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
             throw new BrokerUnavailableException(Lanes.Cpu, ex, [], requested);

@@ -5,6 +5,7 @@ using System.Text.Json.Serialization;
 using EventPipeline.Contracts;
 using EventPipeline.Producer.Apis;
 using EventPipeline.Producer.Security;
+using EventPipeline.Shared;
 using Microsoft.AspNetCore.Mvc;
 using StackExchange.Redis;
 using EventPipeline.Producer.Validation;
@@ -239,7 +240,7 @@ public sealed class EventIngest(
                 ? await idempotency.ClaimAsync(key, scope, body, events).WaitAsync(options.Value.BrokerTimeout, cancellationToken)
                 : IdempotencyClaim.Unguarded(events);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
         {
             logger.LogWarning(ex, "The idempotency store did not answer");
             return (null, Problems.Unavailable(null, "The idempotency store (Redis) is unavailable",
@@ -346,7 +347,7 @@ public sealed class EventIngest(
             await replicas.WaitAsync(primary, cancellationToken).WaitAsync(options.Value.BrokerTimeout, cancellationToken);
             return null;
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
         {
             logger.LogWarning(ex, "Redis replicas did not acknowledge the idempotency binding or the repeated events of a request");
             // Events in RabbitMQ's quorum queue are held whatever Redis does; the others' writes are in doubt.
@@ -385,7 +386,7 @@ public sealed class EventIngest(
                 await idempotency.ReleaseAsync(claim, [.. claim.Fresh.Where(e => !confirmed.Contains(e.Id))]);
             }
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
         {
             logger.LogWarning(ex, "Could not update idempotency reservations after publishing");
         }

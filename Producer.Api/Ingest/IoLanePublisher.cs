@@ -2,7 +2,6 @@ using EventPipeline.Contracts;
 using EventPipeline.Producer.Validation;
 using EventPipeline.Shared;
 using Microsoft.Extensions.Options;
-using StackExchange.Redis;
 
 namespace EventPipeline.Producer.Ingest;
 
@@ -40,25 +39,42 @@ public sealed class IoLanePublisher(IoEventPublisher publisher, EventStatusStore
 
                 confirmed.AddRange(chunk);
                 // Not awaited per chunk: a slow status store must not hold back the next chunk's publish.
-                statusWrites.AddRange(chunk.Select(e => statuses.MarkAcceptedAsync(e.Id, e.Type, Lane, acceptedAt)));
+                statusWrites.AddRange(chunk.Select(e => MarkAccepted(e, acceptedAt)));
             }
         }
         finally
         {
-            await AwaitStatusWritesAsync(statusWrites);
+            await AwaitStatusWritesAsync(statusWrites, logger);
         }
     }
 
-    private async Task AwaitStatusWritesAsync(List<Task> writes)
+    /// <summary>
+    /// The client can also throw a failure synchronously from the call (StackExchange.Redis#2692's race among them):
+    /// kept in the task, so that it is handled with the other status writes instead of leaving the publish.
+    /// </summary>
+    private Task MarkAccepted(ValidatedEvent e, DateTimeOffset acceptedAt)
+    {
+        try
+        {
+            return statuses.MarkAcceptedAsync(e.Id, e.Type, Lane, acceptedAt);
+        }
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
+        {
+            return Task.FromException(ex);
+        }
+    }
+
+    internal static async Task AwaitStatusWritesAsync(IReadOnlyCollection<Task> writes, ILogger logger)
     {
         try
         {
             await Task.WhenAll(writes);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
         {
-            // RabbitMQ holds the events, so they will run; only their status shows up late (RedisTimeoutException is a
-            // TimeoutException, not a RedisException: a slow Redis must not turn a held event into a 500).
+            // RabbitMQ holds the events, so they will run; only their status shows up late. Whatever way Redis failed (a
+            // timeout, or the client's writer-completed race), the answer stays the 202 naming their ids: a 503 without
+            // them made a keyless client publish them again under new ids.
             logger.LogWarning(ex, "Status store unavailable after {Count} I/O events were published; statuses appear when workers run them", writes.Count);
         }
     }

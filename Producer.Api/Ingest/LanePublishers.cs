@@ -111,7 +111,7 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
             await PublishScript.EvaluateAsync(redis.GetDatabase(), keys, values).AsRedisFailure().WaitAsync(cancellationToken);
             await replicas.WaitAsync(primary, cancellationToken);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException or OperationCanceledException)
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex) || ex is OperationCanceledException)
         {
             // A script whose answer did not come in time may still have run: every event of it is in doubt.
             activity?.SetStatus(ActivityStatusCode.Error, ex.Message);

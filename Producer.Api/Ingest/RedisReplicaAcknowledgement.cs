@@ -1,4 +1,5 @@
 using System.Net;
+using EventPipeline.Shared;
 using Microsoft.Extensions.Options;
 using StackExchange.Redis;
 
@@ -31,13 +32,17 @@ public sealed class RedisReplicaAcknowledgement(
     private readonly Lock _gate = new();
     private TaskCompletionSource<EndPoint>? _next;
     private bool _running;
-    private Task<ConnectionMultiplexer>? _connecting;
+    private Task<IConnectionMultiplexer>? _connecting;
+
+    /// <summary>Opens the rounds' own connection (tests wrap it to inject the client's failures).</summary>
+    internal Func<ConfigurationOptions, Task<IConnectionMultiplexer>> Connect { get; init; } =
+        async settings => await ConnectionMultiplexer.ConnectAsync(settings);
 
     public bool Enabled => options.Value.RedisReplicaAcks > 0;
 
     /// <summary>The primary a write made now goes to; identified before the write, compared after the round.</summary>
     public async Task<EndPoint?> PrimaryAsync() =>
-        Enabled ? await shared.GetDatabase().IdentifyEndpointAsync(ProbeKey, CommandFlags.DemandMaster) : null;
+        Enabled ? await shared.GetDatabase().IdentifyEndpointAsync(ProbeKey, CommandFlags.DemandMaster).AsRedisFailure() : null;
 
     /// <summary>
     /// Returns once the replicas hold every write the caller made (and saw answered) on <paramref name="primary"/> before
@@ -96,7 +101,9 @@ public sealed class RedisReplicaAcknowledgement(
             catch (Exception ex)
             {
                 logger.LogWarning(ex, "Redis replicas did not acknowledge the writes of a round");
-                round.SetException(ex);
+                // The client's writer-completed race (StackExchange.Redis#2692) as its connection failure: the callers
+                // answer a RedisException with the 503 naming the request's uncertain ids, the raw race with none.
+                round.SetException(RedisFailures.IsConnectionLostMidWrite(ex) ? RedisFailures.AsConnectionFailure(ex) : ex);
             }
         }
     }
@@ -131,7 +138,7 @@ public sealed class RedisReplicaAcknowledgement(
         return primary;
     }
 
-    private Task<ConnectionMultiplexer> ConnectionAsync()
+    private Task<IConnectionMultiplexer> ConnectionAsync()
     {
         lock (_gate)
         {
@@ -141,7 +148,7 @@ public sealed class RedisReplicaAcknowledgement(
                     ?? throw new InvalidOperationException("ConnectionStrings:redis is not set"));
                 settings.ClientName = "producer-api-replica-acks";
                 Microsoft.Extensions.Hosting.ProducerExtensions.ConfigureRedis(settings, configuration);
-                _connecting = ConnectionMultiplexer.ConnectAsync(settings);
+                _connecting = Connect(settings);
             }
 
             return _connecting;
@@ -150,7 +157,7 @@ public sealed class RedisReplicaAcknowledgement(
 
     public async ValueTask DisposeAsync()
     {
-        Task<ConnectionMultiplexer>? connecting;
+        Task<IConnectionMultiplexer>? connecting;
         lock (_gate)
         {
             connecting = _connecting;

@@ -15,6 +15,8 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
 using StackExchange.Redis;
 
 namespace EventPipeline.Producer.UnitTests;
@@ -30,29 +32,65 @@ namespace EventPipeline.Producer.UnitTests;
 /// </summary>
 public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) : IClassFixture<RedisConnectionLossTests.Api>
 {
-    public static TheoryData<string, string, string?> RedisEndpoints => new()
+    /// <summary>Each endpoint, and what its 503 must tell the client: a read that nothing changed, a write what may be held.</summary>
+    public static TheoryData<string, string, string?, string> RedisEndpoints => new()
     {
-        { "GET", "/events/some-event", null },
-        { "POST", "/events/some-event/cancel", null },
-        { "POST", "/events", """{"type":"noop.cpu","payload":{},"delay":60}""" },
-        { "PUT", "/schedules/nightly", """{"cron":"0 0 * * *","event":{"type":"noop.cpu","payload":{}}}""" },
-        { "GET", "/schedules", null },
-        { "DELETE", "/schedules/nightly", null },
-        { "GET", "/dead-letters/cpu", null },
+        { "GET", "/events/some-event", null, "Nothing about the event changed" },
+        { "POST", "/events/some-event/cancel", null, "may or may not have been cancelled" },
+        { "POST", "/events", """{"type":"noop.cpu","payload":{},"delay":60}""", "Nothing new was enqueued by this request" },
+        { "PUT", "/schedules/nightly", """{"cron":"0 0 * * *","event":{"type":"noop.cpu","payload":{}}}""", "may or may not have been saved" },
+        // Answered by RedisOutageProblem: its wording for a read, then for a write.
+        { "GET", "/schedules", null, "nothing was changed" },
+        { "DELETE", "/schedules/nightly", null, "may already be held" },
+        { "GET", "/dead-letters/cpu", null, "nothing was changed unless the broker confirmed it" },
     };
 
     [Theory]
     [MemberData(nameof(RedisEndpoints))]
-    public async Task A_redis_connection_lost_mid_write_is_a_503_with_retry_after_never_a_500(string method, string path, string? body)
+    public async Task A_redis_connection_lost_mid_write_is_a_503_with_retry_after_never_a_500(string method, string path, string? body, string tells)
     {
+        var injectedBefore = api.RaceInjected;
         using var response = await api.SendAsync(method, path, body, breakRedis: true);
         var text = await response.Content.ReadAsStringAsync();
 
         Assert.True(response.StatusCode == HttpStatusCode.ServiceUnavailable,
             $"{method} {path} with the Redis connection lost mid-write answered {(int)response.StatusCode}: {text}");
         Assert.True(response.Headers.RetryAfter?.Delta > TimeSpan.Zero, $"{method} {path}: 503 without Retry-After");
-        Assert.Equal(Problems.BrokerUnavailable, JsonDocument.Parse(text).RootElement.GetProperty("type").GetString());
-        Assert.True(api.RaceInjected > 0, "the injected failure never reached a Redis call");
+        var problem = JsonDocument.Parse(text).RootElement;
+        Assert.Equal(Problems.BrokerUnavailable, problem.GetProperty("type").GetString());
+        Assert.Contains(tells, problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        // Counted per request: a 503 from anything but the injected race (the fixture's unreachable RabbitMQ) fails here.
+        Assert.True(api.RaceInjected > injectedBefore, $"{method} {path}: the injected failure never reached a Redis call of this request");
+    }
+
+    public static TheoryData<string, string> EndpointsWithoutTheirOwnCatch => new()
+    {
+        { "DELETE", "/schedules/nightly" },
+        { "POST", "/schedules/nightly/pause" },
+        { "GET", "/schedules" },
+        { "GET", "/schedules/nightly" },
+    };
+
+    [Theory]
+    [MemberData(nameof(EndpointsWithoutTheirOwnCatch))]
+    public async Task A_failover_reply_from_redis_is_a_503_with_retry_after_never_a_500(string method, string path)
+    {
+        // What a Sentinel failover answers the client that still writes to the old primary.
+        using var response = await api.SendAsync(method, path, null, breakRedis: true, serverError: "READONLY You can't write against a read only replica.");
+        var text = await response.Content.ReadAsStringAsync();
+
+        Assert.True(response.StatusCode == HttpStatusCode.ServiceUnavailable,
+            $"{method} {path} with Redis answering READONLY answered {(int)response.StatusCode}: {text}");
+        Assert.True(response.Headers.RetryAfter?.Delta > TimeSpan.Zero, $"{method} {path}: 503 without Retry-After");
+    }
+
+    [Fact]
+    public async Task Any_other_error_reply_from_redis_stays_an_internal_error()
+    {
+        // A script bug is a defect: a 503 would have the client retry it forever.
+        using var response = await api.SendAsync("DELETE", "/schedules/nightly", null, breakRedis: true, serverError: "ERR Error running script (call to f_0123): @user_script:1: oops");
+
+        Assert.Equal(HttpStatusCode.InternalServerError, response.StatusCode);
     }
 
     [Fact]
@@ -90,6 +128,72 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
         Assert.False(RedisFailures.IsConnectionLostMidWrite(disposed));
     }
 
+    [Fact]
+    public async Task An_io_event_rabbitmq_confirmed_stays_accepted_when_its_status_write_loses_the_connection_mid_write()
+    {
+        // RabbitMQ holds the events: a lost status write only delays their status. Throwing here skipped the 202 that
+        // names their ids, and a keyless client's retry published them a second time under new ids.
+        var thrown = await Record.ExceptionAsync(() =>
+            IoLanePublisher.AwaitStatusWritesAsync([Task.FromException(WriterCompletedInsideRedisClient())], NullLogger.Instance));
+
+        Assert.True(thrown is null, $"the status write's race left the I/O publish: {thrown?.GetType().Name}: {thrown?.Message}");
+    }
+
+    [Fact]
+    public async Task A_replica_ack_round_that_loses_the_connection_mid_write_fails_as_a_redis_connection_failure()
+    {
+        // The callers (CPU-lane publish, keyed CPU submission, ingest) answer a RedisException with a 503 naming the
+        // request's uncertainIds; the raw race skipped that and got a 503 without ids.
+        await using var shared = await ConnectionMultiplexer.ConnectAsync(api.RedisConnectionString);
+        await using var acks = new RedisReplicaAcknowledgement(shared, api.Configuration,
+            Options.Create(new IngestOptions { RedisReplicaAcks = 1 }), NullLogger<RedisReplicaAcknowledgement>.Instance)
+        {
+            Connect = async settings => RaceOn.Wrap(await ConnectionMultiplexer.ConnectAsync(settings), nameof(IDatabaseAsync.StringSetAsync)),
+        };
+        var primary = await acks.PrimaryAsync();
+
+        var thrown = await Record.ExceptionAsync(() => acks.WaitAsync(primary, CancellationToken.None));
+
+        Assert.True(thrown is RedisConnectionException, $"the replica-ack round's race surfaced as {thrown?.GetType().Name}: {thrown?.Message}");
+    }
+
+    [Fact]
+    public async Task Identifying_the_primary_for_replica_acks_fails_as_a_redis_connection_failure_when_the_connection_is_lost_mid_write()
+    {
+        await using var real = await ConnectionMultiplexer.ConnectAsync(api.RedisConnectionString);
+        await using var acks = new RedisReplicaAcknowledgement(RaceOn.Wrap(real, nameof(IDatabaseAsync.IdentifyEndpointAsync)), api.Configuration,
+            Options.Create(new IngestOptions { RedisReplicaAcks = 1 }), NullLogger<RedisReplicaAcknowledgement>.Instance);
+
+        var thrown = await Record.ExceptionAsync(acks.PrimaryAsync);
+
+        Assert.True(thrown is RedisConnectionException, $"identifying the primary's race surfaced as {thrown?.GetType().Name}: {thrown?.Message}");
+    }
+
+    [Fact]
+    public async Task A_cancel_whose_answer_is_lost_says_it_may_have_been_applied_and_a_repeated_cancel_is_safe()
+    {
+        using var submitted = await api.SendAsync("POST", "/events", """{"type":"noop.cpu","payload":{},"delay":3600}""", breakRedis: false);
+        var body = await submitted.Content.ReadAsStringAsync();
+        Assert.True(submitted.StatusCode == HttpStatusCode.Accepted, body);
+        var id = JsonDocument.Parse(body).RootElement.GetProperty("id").GetString()!;
+
+        // The cancel script runs and commits (the request's first Redis call); reading the status back (the second) fails.
+        using var lost = await api.SendAsync("POST", $"/events/{id}/cancel", null, breakRedis: true, breakFromCall: 2);
+        var problem = JsonDocument.Parse(await lost.Content.ReadAsStringAsync()).RootElement;
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, lost.StatusCode);
+        var detail = problem.GetProperty("detail").GetString()!;
+        Assert.DoesNotContain("nothing changed", detail, StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("may or may not have been cancelled", detail, StringComparison.Ordinal);
+
+        // It was cancelled, and the retry the answer recommends is safe: 200 with the same cancelled status.
+        using var read = await api.SendAsync("GET", $"/events/{id}", null, breakRedis: false);
+        Assert.Equal("cancelled", JsonDocument.Parse(await read.Content.ReadAsStringAsync()).RootElement.GetProperty("state").GetString());
+        using var repeated = await api.SendAsync("POST", $"/events/{id}/cancel", null, breakRedis: false);
+        var repeatedBody = await repeated.Content.ReadAsStringAsync();
+        Assert.True(repeated.StatusCode == HttpStatusCode.OK, repeatedBody);
+        Assert.Equal("cancelled", JsonDocument.Parse(repeatedBody).RootElement.GetProperty("state").GetString());
+    }
+
     /// <summary>
     /// System.IO.Pipelines' "Writing is not allowed after writer was completed", thrown inside StackExchange.Redis's
     /// frames (its Connect runs the configure callback before it connects), as the client's write path throws it.
@@ -103,14 +207,55 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
         return race;
     }
 
+    /// <summary>A task of <paramref name="returnType"/> (Task or Task&lt;T&gt;) that failed with <paramref name="exception"/>.</summary>
+    private static object Faulted(Type returnType, Exception exception) => returnType.IsGenericType
+        ? typeof(Task).GetMethod(nameof(Task.FromException), 1, [typeof(Exception)])!.MakeGenericMethod(returnType.GetGenericArguments()[0]).Invoke(null, [exception])!
+        : Task.FromException(exception);
+
+    /// <summary>Forwards to a real client; the named calls of its databases always fail with the race.</summary>
+    public class RaceOn : DispatchProxy
+    {
+        private object _target = null!;
+        private string[] _failing = [];
+
+        public static IConnectionMultiplexer Wrap(IConnectionMultiplexer real, params string[] failing) => Create(real, failing);
+
+        private static T Create<T>(T target, string[] failing) where T : class
+        {
+            var proxy = DispatchProxy.Create<T, RaceOn>();
+            ((RaceOn)(object)proxy)._target = target;
+            ((RaceOn)(object)proxy)._failing = failing;
+            return proxy;
+        }
+
+        protected override object? Invoke(MethodInfo? method, object?[]? args)
+        {
+            if (_target is IDatabaseAsync && _failing.Contains(method!.Name))
+            {
+                return Faulted(method.ReturnType, WriterCompletedInsideRedisClient());
+            }
+
+            try
+            {
+                var result = method!.Invoke(_target, args);
+                return result is IDatabase db ? Create(db, _failing) : result;
+            }
+            catch (TargetInvocationException ex) when (ex.InnerException is not null)
+            {
+                throw ex.InnerException;
+            }
+        }
+    }
+
     /// <summary>The API's services and error handling in process, on a loopback port, against a real redis-server.</summary>
     public sealed class Api : IAsyncLifetime
     {
         public const string DefectPath = "/test/defect";
         private const string BreakHeader = "X-Test-Break-Redis";
+        private const string ServerErrorHeader = "X-Test-Redis-Error";
         private const string AdminKey = "admin-key-0123456789";
         private const string SubmitKey = "submit-key-0123456789";
-        private static readonly AsyncLocal<bool> Breaking = new();
+        private static readonly AsyncLocal<Breaker?> Breaking = new();
         private static int _raceInjected;
 
         private RedisServer? _redis;
@@ -118,6 +263,10 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
         private HttpClient? _http;
 
         public int RaceInjected => Volatile.Read(ref _raceInjected);
+
+        public string RedisConnectionString => _redis!.ConnectionString;
+
+        public IConfiguration Configuration => _app!.Configuration;
 
         public async Task InitializeAsync()
         {
@@ -162,7 +311,9 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
             _app.UseStatusCodePages();
             _app.Use(async (context, next) =>
             {
-                Breaking.Value = context.Request.Headers.ContainsKey(BreakHeader);
+                Breaking.Value = context.Request.Headers.TryGetValue(BreakHeader, out var from)
+                    ? new Breaker(int.Parse(from!, System.Globalization.CultureInfo.InvariantCulture), context.Request.Headers[ServerErrorHeader].FirstOrDefault())
+                    : null;
                 await next(context);
             });
             _app.MapEventsApi();
@@ -175,7 +326,9 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
             _http = new HttpClient { BaseAddress = new Uri(address), Timeout = TimeSpan.FromSeconds(60) };
         }
 
-        public async Task<HttpResponseMessage> SendAsync(string method, string path, string? body, bool breakRedis)
+        /// <param name="breakFromCall">the request's first Redis call that fails (1: all of them).</param>
+        /// <param name="serverError">instead of the race, the calls fail with this error reply from Redis.</param>
+        public async Task<HttpResponseMessage> SendAsync(string method, string path, string? body, bool breakRedis, int breakFromCall = 1, string? serverError = null)
         {
             var request = new HttpRequestMessage(new HttpMethod(method), path);
             var admin = path.StartsWith("/schedules", StringComparison.Ordinal) || path.StartsWith("/dead-letters", StringComparison.Ordinal);
@@ -183,7 +336,11 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
             request.Headers.Add("Idempotency-Key", Guid.NewGuid().ToString("N"));
             if (breakRedis)
             {
-                request.Headers.Add(BreakHeader, "1");
+                request.Headers.Add(BreakHeader, breakFromCall.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                if (serverError is not null)
+                {
+                    request.Headers.Add(ServerErrorHeader, serverError);
+                }
             }
 
             if (body is not null)
@@ -209,6 +366,17 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
             }
         }
 
+        /// <summary>
+        /// One marked request's Redis calls: those from the <paramref name="FailFrom"/>-th on fail, with the race or with
+        /// <paramref name="ServerError"/> as Redis's error reply.
+        /// </summary>
+        private sealed record Breaker(int FailFrom, string? ServerError)
+        {
+            private int _calls;
+
+            public bool Fails() => Interlocked.Increment(ref _calls) >= FailFrom;
+        }
+
         /// <summary>Forwards to the real client; its databases, batches and transactions fail every awaitable call of a marked request with the race.</summary>
         public class FailingRedis : DispatchProxy
         {
@@ -225,13 +393,10 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
 
             protected override object? Invoke(MethodInfo? method, object?[]? args)
             {
-                if (_target is IDatabaseAsync && Breaking.Value && typeof(Task).IsAssignableFrom(method!.ReturnType))
+                if (_target is IDatabaseAsync && Breaking.Value is { } breaker && typeof(Task).IsAssignableFrom(method!.ReturnType) && breaker.Fails())
                 {
                     Interlocked.Increment(ref _raceInjected);
-                    var race = WriterCompletedInsideRedisClient();
-                    return method.ReturnType.IsGenericType
-                        ? typeof(Task).GetMethod(nameof(Task.FromException), 1, [typeof(Exception)])!.MakeGenericMethod(method.ReturnType.GetGenericArguments()[0]).Invoke(null, [race])
-                        : Task.FromException(race);
+                    return Faulted(method.ReturnType, breaker.ServerError is { } reply ? new RedisServerException(reply) : WriterCompletedInsideRedisClient());
                 }
 
                 object? result;
