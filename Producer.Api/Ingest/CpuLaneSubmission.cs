@@ -213,7 +213,7 @@ public sealed class CpuLaneSubmission(
             keys[^1] = key;
         }
 
-        return (RedisResult[])(await Script.EvaluateAsync(redis.GetDatabase(), keys, values).AsRedisFailure().WaitAsync(cancellationToken))!;
+        return (RedisResult[])(await Script.EvaluateAsync(redis.GetDatabase(), keys, values, cancellationToken).AsRedisFailure().WaitAsync(cancellationToken))!;
     }
 
     private static IdempotencyClaim Claim(IReadOnlyList<ValidatedEvent> requested, RedisResult[] reply)

@@ -11,12 +11,14 @@ namespace EventPipeline.Producer.Ingest;
 /// A server that does not know the script (restarted, failed over, <c>SCRIPT FLUSH</c>) answers <c>NOSCRIPT</c>
 /// without running anything, so that one call is sent again with the text, which StackExchange.Redis loads: the
 /// request's writes still happen once, and only its first call after the cache was lost costs a second round trip.
+/// The text is not sent once the request has given up (its cancellation token): its answer, a 503, named
+/// its events as possibly held, and a write sent after it would land behind a client's retry under new ids.
 /// </summary>
 internal sealed class IngestScript(string text)
 {
     private readonly byte[] _sha1 = SHA1.HashData(Encoding.UTF8.GetBytes(text));
 
-    public async Task<RedisResult> EvaluateAsync(IDatabase db, RedisKey[] keys, RedisValue[] values)
+    public async Task<RedisResult> EvaluateAsync(IDatabase db, RedisKey[] keys, RedisValue[] values, CancellationToken cancellationToken)
     {
         try
         {
@@ -24,6 +26,7 @@ internal sealed class IngestScript(string text)
         }
         catch (RedisServerException ex) when (ex.Message.StartsWith("NOSCRIPT", StringComparison.Ordinal))
         {
+            cancellationToken.ThrowIfCancellationRequested();
             return await db.ScriptEvaluateAsync(text, keys, values);
         }
     }

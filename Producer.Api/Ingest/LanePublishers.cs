@@ -37,8 +37,8 @@ public interface ILanePublisher
 /// when it fails part-way (nor is a MULTI/EXEC), so an error answers 503 with every event of the request in doubt.
 /// Redis runs with AOF; the script's reply is the confirmation, and with <see cref="IngestOptions.RedisReplicaAcks"/>
 /// &gt; 0 also <c>WAIT</c>'s count of replicas holding it (fewer → 503 with every event uncertain), so a primary's death
-/// after the 202 cannot take the events with it. One round trip per request, sent as EVALSHA (the client loads the
-/// script once per server and loads it again after a <c>NOSCRIPT</c>).
+/// after the 202 cannot take the events with it. One round trip per request, sent as EVALSHA (<see cref="IngestScript"/>);
+/// two on the first request after the server lost its scripts (a <c>NOSCRIPT</c> reply, then the text).
 /// </summary>
 public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusStore statuses, RedisReplicaAcknowledgement replicas) : ILanePublisher
 {
@@ -108,7 +108,7 @@ public sealed class CpuLanePublisher(IConnectionMultiplexer redis, EventStatusSt
         {
             // Identified before the write: the replicas' acknowledgement must come from the server the script ran on.
             var primary = await replicas.PrimaryAsync();
-            await PublishScript.EvaluateAsync(redis.GetDatabase(), keys, values).AsRedisFailure().WaitAsync(cancellationToken);
+            await PublishScript.EvaluateAsync(redis.GetDatabase(), keys, values, cancellationToken).AsRedisFailure().WaitAsync(cancellationToken);
             await replicas.WaitAsync(primary, cancellationToken);
         }
         catch (Exception ex) when (RedisFailures.IsRedisFailure(ex) || ex is OperationCanceledException)

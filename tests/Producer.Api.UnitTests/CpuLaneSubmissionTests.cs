@@ -170,6 +170,26 @@ public sealed class CpuLaneSubmissionTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_script_redis_does_not_know_is_not_sent_again_as_text_once_the_request_has_given_up()
+    {
+        // NOSCRIPT proves nothing ran; the text is the second try. A request that gave up meanwhile (its broker timeout,
+        // the client gone) has answered 503 naming its events as possibly held: nothing of it may be written after that.
+        var key = $"late-{Guid.NewGuid():N}";
+        var script = new IngestScript($"-- {key}\nreturn redis.call('INCR', KEYS[1])");
+        using var gaveUp = new CancellationTokenSource();
+        gaveUp.Cancel();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() =>
+            script.EvaluateAsync(_connection.GetDatabase(), [key], [], gaveUp.Token));
+
+        var db = _connection.GetDatabase();
+        var loaded = (bool[])(await db.ExecuteAsync("SCRIPT", "EXISTS", Convert.ToHexStringLower(
+            System.Security.Cryptography.SHA1.HashData(System.Text.Encoding.UTF8.GetBytes($"-- {key}\nreturn redis.call('INCR', KEYS[1])")))))!;
+        Assert.False(loaded[0], "the script's text was sent after the request had given up (Redis loaded it)");
+        Assert.False(await db.KeyExistsAsync(key), "the script ran after the request had given up");
+    }
+
+    [Fact]
     public async Task A_repeat_under_a_key_is_checked_and_answered_in_one_round_trip()
     {
         var key = $"key-{Guid.NewGuid():N}";
