@@ -10,6 +10,8 @@ public static class IoLaneExtensions
     public static IHostApplicationBuilder AddIoLane(this IHostApplicationBuilder builder)
     {
         builder.AddRedisClient("redis", configureOptions: options => options.AbortOnConnectFail = false);
+        // Before AddMassTransit: hosted services start in order, so Redis is connected before the bus takes messages.
+        builder.Services.AddHostedService<RedisConnectionAtStart>();
 
         builder.Services.AddOptions<IoLaneOptions>().BindConfiguration("IoLane").ValidateDataAnnotations()
             .Validate(o => o.ConsumerStopTimeout <= o.StopTimeout, "IoLane:ConsumerStopTimeout must not exceed IoLane:StopTimeout")
