@@ -157,39 +157,8 @@ public sealed class LaneWriterTests
     {
         // The Redis client gives a script 6 s (+ a 1 s heartbeat); the write in flight answers after 5 s, past the 4 s
         // the take-back used to wait, but within what the client allows: the entry it charged must be taken back.
-        var options = Options(TimeSpan.Zero, handlers: 1);
-        var stall = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var stalling = false;
-        var redis = new FakeLaneRedis(async (keys, values) =>
-        {
-            if (Volatile.Read(ref stalling))
-            {
-                await stall.Task;
-            }
-
-            return FakeLaneRedis.StartedReply(keys, values);
-        }, configuration: "127.0.0.1:6379,asyncTimeout=6000");
-        var (writer, slots) = Lane(redis, options);
-        var running = Task.Run(() => writer.RunAsync(() => slots.WorkWaitingForCore));
-
-        var a = Entry("a");
-        Assert.Equal(EntryOwnership.Start.Started, await slots.ChargeAsync(a).WaitAsync(Patience));
-        Assert.True(await slots.WaitForCoreAsync(a).WaitAsync(Patience));
-
-        Volatile.Write(ref stalling, true);
-        var x = Charge(slots, Entry("x"));
-        await Until(() => redis.InFlight > 0, "X's start to be in flight");
-
-        var takeBack = slots.TakeBackUnstartedAsync();
-        // A simulated stall (not a wait for a condition): Redis answers 5 s after the deadline.
-        await Task.WhenAny(takeBack, Task.Delay(TimeSpan.FromSeconds(5)));
-        stall.TrySetResult();
-        await takeBack.WaitAsync(Patience);
-        await x.WaitAsync(Patience);
-
-        writer.Complete();
-        await running.WaitAsync(Patience);
-        var leftCharged = redis.Charged.Except([a.EntryId.ToString()]).ToArray();
+        var leftCharged = await LeftChargedWhenTheWriteInFlightAnswersLateAsync(
+            ConfigurationOptions.Parse("127.0.0.1:6379,asyncTimeout=6000"), TimeSpan.FromSeconds(5));
         Assert.True(leftCharged.Length == 0, $"a start answered 5 s after the drain timed out (the Redis client allows 7 s) left {string.Join(", ", leftCharged)} charged and never run: a false suspect");
     }
 
@@ -200,9 +169,19 @@ public sealed class LaneWriterTests
         // connection-string key, so the multiplexer's Configuration string never carries it) of 4 s with a 1 s timeout
         // lets the write in flight be answered up to 5 s after the deadline; Redis answers it after 3 s. The entry it
         // charged must still be taken back.
-        var options = Options(TimeSpan.Zero, handlers: 1);
         var client = ConfigurationOptions.Parse("127.0.0.1:6379,asyncTimeout=1000");
         client.HeartbeatInterval = TimeSpan.FromSeconds(4);
+        var leftCharged = await LeftChargedWhenTheWriteInFlightAnswersLateAsync(client, TimeSpan.FromSeconds(3));
+        Assert.True(leftCharged.Length == 0, $"a start answered 3 s after the drain timed out (the Redis client allows 1 s + a 4 s heartbeat set in code) left {string.Join(", ", leftCharged)} charged and never run: a false suspect");
+    }
+
+    /// <summary>
+    /// One entry computing, a second one's start in flight when the drain times out (no drain wait), Redis answering that
+    /// start <paramref name="late"/> after the deadline: the entries left charged once everything settled.
+    /// </summary>
+    private static async Task<string[]> LeftChargedWhenTheWriteInFlightAnswersLateAsync(ConfigurationOptions client, TimeSpan late)
+    {
+        var options = Options(TimeSpan.Zero, handlers: 1);
         var stall = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var stalling = false;
         var redis = new FakeLaneRedis(async (keys, values) =>
@@ -226,16 +205,15 @@ public sealed class LaneWriterTests
         await Until(() => redis.InFlight > 0, "X's start to be in flight");
 
         var takeBack = slots.TakeBackUnstartedAsync();
-        // A simulated stall (not a wait for a condition): Redis answers 3 s after the deadline.
-        await Task.WhenAny(takeBack, Task.Delay(TimeSpan.FromSeconds(3)));
+        // A simulated stall (not a wait for a condition): Redis answers this long after the deadline.
+        await Task.WhenAny(takeBack, Task.Delay(late));
         stall.TrySetResult();
         await takeBack.WaitAsync(Patience);
         await x.WaitAsync(Patience);
 
         writer.Complete();
         await running.WaitAsync(Patience);
-        var leftCharged = redis.Charged.Except([a.EntryId.ToString()]).ToArray();
-        Assert.True(leftCharged.Length == 0, $"a start answered 3 s after the drain timed out (the Redis client allows 1 s + a 4 s heartbeat set in code) left {string.Join(", ", leftCharged)} charged and never run: a false suspect");
+        return redis.Charged.Except([a.EntryId.ToString()]).ToArray();
     }
 
     [Fact]
