@@ -75,8 +75,11 @@ var workerIo = builder.AddProject<Projects.Worker_Io>("worker-io")
     .WithEnvironment("Downstream__BaseAddress", downstream.GetEndpoint("http"))
     // The local receiver is ours to load: let the lane run at bench speed (defaults suit a real downstream).
     .WithEnvironment("Downstream__PermitsPerSecond", "20000")
-    .WithEnvironment("IoLane__ConcurrentMessageLimit", "256")
-    .WithEnvironment("IoLane__PrefetchCount", "512")
+    // 512 webhooks in flight (prefetch twice that): with a 50 ms sink each slot is busy ~78 ms on these 2 cores, so 256
+    // slots held the drain near 3,000/s; paired bursts at 512 drained 3,650-3,683/s against 2,681-2,937 (docs/benchmarks.md,
+    // "Session 7: I/O lane").
+    .WithEnvironment("IoLane__ConcurrentMessageLimit", "512")
+    .WithEnvironment("IoLane__PrefetchCount", "1024")
     .WithEnvironment("TestEvents__Enabled", testEvents)
     .WithHttpHealthCheck("/health/ready")
     .WithRestartOnCrash();
