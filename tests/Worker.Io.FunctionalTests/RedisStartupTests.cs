@@ -28,43 +28,63 @@ public sealed class RedisStartupTests(SharedIoLane lane, ITestOutputHelper outpu
         var ids = Enumerable.Range(0, 60).Select(i => IoLaneHost.NewId($"redis-start-{i}")).ToList();
         await Host.SubmitBatchesAsync(ids.Select(id => IoLaneHost.Webhook(id)).ToList());
 
+        // Its own worker process (not Host.Worker), for its HTTP port: readiness is part of the guarantee.
+        var settings = new Dictionary<string, string?>(IoLaneHost.TestWorkerDefaults)
+        {
+            // A short connect timeout and one try per attempt only so that attempts fail quickly; the failure is the same at
+            // the defaults.
+            ["ConnectionStrings__redis"] = sentinel.ConnectionString + ",connectTimeout=1000,connectRetry=1",
+            ["ConnectionStrings__rabbitmq"] = Host.Rabbit.ConnectionString,
+            ["Downstream__BaseAddress"] = Host.ReceiverClient.BaseAddress!.ToString(),
+        };
         await using (var pause = ProcessPause.Of(sentinel.Pid))
         {
-            // A short connect timeout only so that attempts fail quickly; the failure is the same at the default.
-            await Host.StartWorkerAsync(new Dictionary<string, string?>
-            {
-                ["ConnectionStrings__redis"] = sentinel.ConnectionString + ",connectTimeout=1000",
-            }, waitUntilReady: false);
+            await using var worker = ServiceProcess.Start("Worker.Io", settings, out var port);
+            using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(10) };
 
             // Either the worker consumes (the failure) or it has failed to connect twice and still waits (the guarantee).
-            await Eventually.TrueAsync(async () => (await LaneQueueConsumersAsync()) > 0 || FailedConnects() >= 2,
+            await Eventually.TrueAsync(async () => (await LaneQueueConsumersAsync()) > 0 || FailedConnects(worker) >= 2,
                 Deadline, "Worker.Io to consume from the lane queue or to report two failed connects to its status store");
             var consumers = await LaneQueueConsumersAsync();
-            output.WriteLine($"while the Sentinel was stopped: {consumers} consumers on {IoLaneHost.QueueName}, {FailedConnects()} failed connects logged");
+            var ready = await ReadyAsync(http);
+            output.WriteLine($"while the Sentinel was stopped: {consumers} consumers on {IoLaneHost.QueueName}, {FailedConnects(worker)} failed connects logged, /health/ready {ready}");
             Assert.True(consumers == 0,
                 $"Worker.Io consumed from {IoLaneHost.QueueName} ({consumers} consumers) while its status store could not be reached:\n" +
-                string.Join('\n', Host.Worker!.Output.TakeLast(20)));
+                string.Join('\n', worker.Output.TakeLast(20)));
+            Assert.True(ready is not null and not System.Net.HttpStatusCode.OK, $"/health/ready answered {ready} while the status store could not be reached");
             pause.Resume();
+
+            await Eventually.TrueAsync(async () => await ReadyAsync(http) == System.Net.HttpStatusCode.OK, Deadline,
+                "Worker.Io to be ready once the Sentinel answers", TimeSpan.FromMilliseconds(200));
+            var errorQueueIds = new HashSet<string>();
+            await Eventually.TrueAsync(async () =>
+            {
+                errorQueueIds = (await Host.PeekQueueAsync(IoLaneHost.ErrorQueueName)).Select(m => m.EventId).OfType<string>().Intersect(ids).ToHashSet();
+                return errorQueueIds.Count > 0 || (await Host.StatusesAsync(ids)).Values.All(s => s.State == "succeeded");
+            }, Deadline, "every event to succeed (or one to reach the error queue) once the Sentinel answers", TimeSpan.FromMilliseconds(500));
+
+            output.WriteLine(string.Join('\n', worker.Output.Where(l => l.Contains("Status store", StringComparison.Ordinal))));
+            Assert.True(errorQueueIds.Count == 0,
+                $"{errorQueueIds.Count} events went to {IoLaneHost.ErrorQueueName} instead of being delivered:\n" + string.Join('\n', worker.Output.TakeLast(20)));
+            var received = await Host.ReceivedAsync(ids);
+            Assert.All(ids, id => Assert.True(received[id].Count >= 1, $"{id} never reached the receiver"));
         }
-
-        var errorQueueIds = new HashSet<string>();
-        await Eventually.TrueAsync(async () =>
-        {
-            errorQueueIds = (await Host.PeekQueueAsync(IoLaneHost.ErrorQueueName)).Select(m => m.EventId).OfType<string>().Intersect(ids).ToHashSet();
-            return errorQueueIds.Count > 0 || (await Host.StatusesAsync(ids)).Values.All(s => s.State == "succeeded");
-        }, Deadline, "every event to succeed (or one to reach the error queue) once the Sentinel answers", TimeSpan.FromMilliseconds(500));
-
-        Assert.True(errorQueueIds.Count == 0,
-            $"{errorQueueIds.Count} events went to {IoLaneHost.ErrorQueueName} instead of being delivered:\n" + string.Join('\n', Host.Worker!.Output.TakeLast(20)));
-        var received = await Host.ReceivedAsync(ids);
-        Assert.All(ids, id => Assert.True(received[id].Count >= 1, $"{id} never reached the receiver"));
-
-        // The next test's EnsureWorkerAsync starts the default worker; this one must not outlive its Sentinel.
-        await Host.Worker!.TerminateAsync(TimeSpan.FromSeconds(60));
     }
 
-    private int FailedConnects() =>
-        Host.Worker!.Output.Count(l => l.Contains("Status store not reachable", StringComparison.Ordinal));
+    private static int FailedConnects(ChildProcess worker) =>
+        worker.Output.Count(l => l.Contains("Status store not reachable", StringComparison.Ordinal));
+
+    private static async Task<System.Net.HttpStatusCode?> ReadyAsync(HttpClient http)
+    {
+        try
+        {
+            return (await http.GetAsync("/health/ready")).StatusCode;
+        }
+        catch (HttpRequestException)
+        {
+            return null;
+        }
+    }
 
     private async Task<uint> LaneQueueConsumersAsync()
     {
