@@ -30,6 +30,11 @@ namespace EventPipeline.Worker.Io.Delivery;
 /// <c>ConnectionStrings:redis</c> and the <c>Aspire:StackExchange:Redis</c> section, so nothing else changes; Aspire's
 /// Redis tracing is off in this service (appsettings), so no instrumentation needs the connection.
 /// </para>
+/// <para>
+/// Left to the library: when the Sentinels answer but the primary they name cannot be connected, StackExchange.Redis's
+/// Sentinel connect throws without disposing its Sentinel multiplexer (SentinelPrimaryConnectAsync, 2.13 and 3.x), so
+/// each such attempt leaves one behind; the growing retry interval keeps that to a few per minute of outage.
+/// </para>
 /// </remarks>
 public sealed class RedisConnectionAtStart(
     IOptions<ConfigurationOptions> options, ILoggerFactory loggerFactory, ILogger<RedisConnectionAtStart> logger)
