@@ -1,7 +1,9 @@
 using EventPipeline.Shared;
 using EventPipeline.Worker.Io.Delivery;
 using MassTransit;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
+using StackExchange.Redis;
 
 namespace Microsoft.Extensions.Hosting;
 
@@ -9,9 +11,13 @@ public static class IoLaneExtensions
 {
     public static IHostApplicationBuilder AddIoLane(this IHostApplicationBuilder builder)
     {
+        // Aspire builds the Redis options (connection string, Aspire:StackExchange:Redis section) and the health check;
+        // the connection itself is RedisConnectionAtStart's, made in the background at start and never by a message
+        // (Aspire's own factory connects synchronously at the first resolve). The lane's receive endpoints depend on it.
         builder.AddRedisClient("redis", configureOptions: options => options.AbortOnConnectFail = false);
-        // Before AddMassTransit: hosted services start in order, so Redis is connected before the bus takes messages.
-        builder.Services.AddHostedService<RedisConnectionAtStart>();
+        builder.Services.AddSingleton<RedisConnectionAtStart>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<RedisConnectionAtStart>());
+        builder.Services.Replace(ServiceDescriptor.Singleton<IConnectionMultiplexer>(sp => sp.GetRequiredService<RedisConnectionAtStart>().Connection));
 
         builder.Services.AddOptions<IoLaneOptions>().BindConfiguration("IoLane").ValidateDataAnnotations()
             .Validate(o => o.ConsumerStopTimeout <= o.StopTimeout, "IoLane:ConsumerStopTimeout must not exceed IoLane:StopTimeout")
@@ -91,9 +97,12 @@ public static class IoLaneExtensions
                     // One consumer instance for every message, not a DI scope and a resolve per message: it holds
                     // nothing of a delivery (every dependency is a singleton), and the scope was 5–7 % of the
                     // worker's CPU per noop event (docs/benchmarks.md, "Session 6: I/O lane"). Resolved at the first
-                    // message, not while the bus is built: its Redis connection must not stall the host's start. It must
+                    // message, not while the bus is built: the Redis connection it needs may not be up yet. It must
                     // never be IDisposable: MassTransit's delegate factory disposes what it returns after each message.
                     endpoint.Consumer(() => context.GetRequiredService<IoEventConsumer>());
+                    // No basic.consume before the status store's connection is up (the queue is declared, the channel
+                    // open): a replica that cannot write statuses leaves the messages to one that can.
+                    endpoint.AddDependency(context.GetRequiredService<RedisConnectionAtStart>());
                 });
 
                 // Sees a copy of every message entering the error exchange; only the broker's own dead-letters matter.
@@ -107,6 +116,8 @@ public static class IoLaneExtensions
                     endpoint.PrefetchCount = 16;
                     endpoint.UseMessageRetry(retry => retry.Interval(5, TimeSpan.FromSeconds(1)));
                     endpoint.ConfigureConsumer<BrokerDeadLetterStatusConsumer>(context);
+                    // It writes "dead" statuses: it waits for the status store's connection too.
+                    endpoint.AddDependency(context.GetRequiredService<RedisConnectionAtStart>());
                 });
             });
         });
@@ -114,6 +125,7 @@ public static class IoLaneExtensions
         builder.Services.AddOptions<MassTransitHostOptions>().Configure<IOptions<IoLaneOptions>>((options, validated) =>
         {
             var lane = validated.Value;
+            // The host starts (health endpoints included) without waiting for the endpoints: they wait for Redis.
             options.WaitUntilStarted = false;
             // Without a StopTimeout the bus waits forever for in-flight messages on shutdown. ConsumerStopTimeout is the
             // grace period for in-flight deliveries; after it their CancellationToken fires, the HTTP call is abandoned
