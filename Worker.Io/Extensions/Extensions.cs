@@ -14,7 +14,12 @@ public static class IoLaneExtensions
         // Aspire builds the Redis options (connection string, Aspire:StackExchange:Redis section) and the health check;
         // the connection itself is RedisConnectionAtStart's, made in the background at start and never by a message
         // (Aspire's own factory connects synchronously at the first resolve). The lane's receive endpoints depend on it.
-        builder.AddRedisClient("redis", configureOptions: options => options.AbortOnConnectFail = false);
+        // Forced whatever the configuration says: auto-activation would resolve the connection while the host starts
+        // and, with Redis down, stop the host (a crash loop in exactly the case RedisConnectionAtStart handles); Aspire's
+        // tracing attaches only to the connection Aspire's own factory makes, which this process never uses.
+        builder.AddRedisClient("redis",
+            configureSettings: settings => { settings.DisableAutoActivation = true; settings.DisableTracing = true; },
+            configureOptions: options => options.AbortOnConnectFail = false);
         builder.Services.AddSingleton<RedisConnectionAtStart>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<RedisConnectionAtStart>());
         builder.Services.Replace(ServiceDescriptor.Singleton<IConnectionMultiplexer>(sp => sp.GetRequiredService<RedisConnectionAtStart>().Connection));

@@ -36,6 +36,9 @@ public sealed class RedisStartupTests(SharedIoLane lane, ITestOutputHelper outpu
             ["ConnectionStrings__redis"] = sentinel.ConnectionString + ",connectTimeout=1000,connectRetry=1",
             ["ConnectionStrings__rabbitmq"] = Host.Rabbit.ConnectionString,
             ["Downstream__BaseAddress"] = Host.ReceiverClient.BaseAddress!.ToString(),
+            // What an operator may set: Aspire would then resolve the connection while the host starts, and a resolve
+            // that throws (Redis unreachable) stops the host. The lane forces it off.
+            ["Aspire__StackExchange__Redis__DisableAutoActivation"] = "false",
         };
         await using (var pause = ProcessPause.Of(sentinel.Pid))
         {
