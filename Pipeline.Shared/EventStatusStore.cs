@@ -37,15 +37,20 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     /// </summary>
     public const string RecordAcceptedLua = """
         local function record_accepted(key, id, type, lane, acceptedAt, ttl, onlyNew)
-          local created = redis.call('HSETNX', key, 'state', 'accepted') == 1
+          -- One read and one write (and EXPIRE for a new state): every accepted event pays this, in the API's ingest.
+          local fields = redis.call('HMGET', key, 'state', 'acceptedAt')
+          local created = not fields[1]
           if created then
-            redis.call('HSET', key, 'attempts', 0)
+            redis.call('HSET', key, 'state', 'accepted', 'attempts', 0, 'id', id, 'type', type, 'lane', lane,
+              'acceptedAt', fields[2] or acceptedAt)
             redis.call('EXPIRE', key, ttl)
           elseif onlyNew then
             return false
+          elseif fields[2] then
+            redis.call('HSET', key, 'id', id, 'type', type, 'lane', lane)
+          else
+            redis.call('HSET', key, 'id', id, 'type', type, 'lane', lane, 'acceptedAt', acceptedAt)
           end
-          redis.call('HSET', key, 'id', id, 'type', type, 'lane', lane)
-          redis.call('HSETNX', key, 'acceptedAt', acceptedAt)
           return created
         end
 
@@ -62,10 +67,10 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     /// </summary>
     public const string TryStartLua = """
         local function try_start(key, attempt, now, ttl, copy)
-          -- startedAt is read with the state and written with it: every event starts once per attempt, so each command
-          -- here is paid per event in both lanes (docs/cpu-lane.md, "Redis commands per event").
-          local fields = redis.call('HMGET', key, 'state', 'expiresAt', 'startedAt')
-          local state, started = fields[1], fields[3]
+          -- startedAt and the running copy are read with the state and written with it: every event starts once per
+          -- attempt, so each command here is paid per event in both lanes (docs/cpu-lane.md, "Redis commands per event").
+          local fields = redis.call('HMGET', key, 'state', 'expiresAt', 'startedAt', 'copy')
+          local state, started, running = fields[1], fields[3], fields[4]
           if state == 'succeeded' then return 0 end
           if state == 'cancelled' then return 2 end
           if state == 'expired' then return 3 end
@@ -75,14 +80,17 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
             redis.call('EXPIRE', key, ttl)
             return 3
           end
-          if copy ~= '' then
-            local running = redis.call('HGET', key, 'copy')
-            if state == 'processing' and running and running ~= copy then return 4 end
-            redis.call('HSET', key, 'copy', copy)
-          end
-          -- The first start's time stays: a redelivery does not move it.
+          if copy ~= '' and state == 'processing' and running and running ~= copy then return 4 end
+          -- The first start's time stays: a redelivery does not move it. The copy is written only by the lane that has
+          -- copies (the I/O lane); the CPU lane passes ''.
           if started then
-            redis.call('HSET', key, 'state', 'processing', 'attempts', attempt)
+            if copy ~= '' then
+              redis.call('HSET', key, 'state', 'processing', 'attempts', attempt, 'copy', copy)
+            else
+              redis.call('HSET', key, 'state', 'processing', 'attempts', attempt)
+            end
+          elseif copy ~= '' then
+            redis.call('HSET', key, 'state', 'processing', 'attempts', attempt, 'startedAt', now, 'copy', copy)
           else
             redis.call('HSET', key, 'state', 'processing', 'attempts', attempt, 'startedAt', now)
           end
@@ -95,8 +103,13 @@ public sealed class EventStatusStore(IConnectionMultiplexer redis, IOptions<Stat
     private static readonly LuaScript ProcessingScript = LuaScript.Prepare(
         TryStartLua + "return try_start(@key, @attempt, @now, @ttl, @copy)");
 
+    // A failed attempt never reopens a final state. Only a copy that ran while something else decided the event's fate
+    // writes retrying over one (a worker paused past the broker's heartbeat while another delivery of its message failed
+    // and was cancelled, or was dead-lettered): cancelled, expired and dead stay, so that copy's next start is refused
+    // (cancelled, expired) or is at worst the start a replay would give (dead), and a cancel is never undone.
     private static readonly LuaScript RetryingScript = LuaScript.Prepare("""
-        if redis.call('HGET', @key, 'state') == 'succeeded' then return 0 end
+        local state = redis.call('HGET', @key, 'state')
+        if state == 'succeeded' or state == 'cancelled' or state == 'expired' or state == 'dead' then return 0 end
         redis.call('HSET', @key, 'state', 'retrying', 'attempts', @attempt, 'error', @error)
         redis.call('EXPIRE', @key, @ttl)
         return 1

@@ -19,7 +19,11 @@ public sealed class RedisOutageProblem(ILogger<RedisOutageProblem> logger) : IEx
 
     public async ValueTask<bool> TryHandleAsync(HttpContext httpContext, Exception exception, CancellationToken cancellationToken)
     {
-        if (!RedisFailures.IsOutage(exception) || httpContext.Response.HasStarted)
+        // A bare TimeoutException names no store: it counts as a Redis outage inside a Redis caller's own catch, not here.
+        // Another error reply (ERR from a script, WRONGTYPE) is a defect of this server or of what it stored: a 500, so
+        // that the client does not retry what will fail again and the defect shows in the error rate, not as an outage.
+        if (!RedisFailures.IsOutage(exception) || (exception.GetType() == typeof(TimeoutException) && exception.InnerException is null)
+            || httpContext.Response.HasStarted)
         {
             return false;
         }

@@ -128,6 +128,66 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
         Assert.False(RedisFailures.IsConnectionLostMidWrite(disposed));
     }
 
+    public static TheoryData<string, bool> ErrorReplies => new()
+    {
+        { "READONLY You can't write against a read only replica.", true },
+        { "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", true },
+        { "LOADING Redis is loading the dataset in memory", true },
+        { "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSCRIPT.", true },
+        { "TRYAGAIN Multiple keys request during rehashing of slot", true },
+        { "CLUSTERDOWN The cluster is down", true },
+        { "NOREPLICAS Not enough good replicas to write.", true },
+        { "OOM command not allowed when used memory > 'maxmemory'.", true },
+        { "NOSCRIPT No matching script. Please use EVAL.", true },
+        { "WRONGTYPE Operation against a key holding the wrong kind of value", false },
+        { "ERR Error running script (call to f_0123): @user_script:1: oops", false },
+        { "ERR unknown command 'HSETX'", false },
+        { "NOPERM this user has no permissions to run the 'eval' command", false },
+    };
+
+    [Theory]
+    [MemberData(nameof(ErrorReplies))]
+    public void Only_an_error_reply_an_outage_gives_is_an_outage_and_any_redis_error_is_a_redis_failure(string reply, bool outage)
+    {
+        var error = new RedisServerException(reply);
+
+        Assert.Equal(outage, RedisFailures.IsOutage(error));
+        // What the I/O lane's coalesced status writes throw: a wrapper per caller around the call's failure.
+        Assert.Equal(outage, RedisFailures.IsOutage(new RedisException("Status write of event:x failed with the call that carried it", error)));
+        // The background loops' predicate: any error of Redis, so that a defect does not end the loop either.
+        Assert.True(RedisFailures.IsRedisFailure(error));
+    }
+
+    [Fact]
+    public void A_connection_failure_a_timeout_or_the_writer_race_is_an_outage_and_a_client_side_defect_is_not()
+    {
+        Assert.True(RedisFailures.IsOutage(new RedisConnectionException(ConnectionFailureType.SocketClosed, "closed")));
+        Assert.True(RedisFailures.IsOutage(new RedisTimeoutException("Timeout awaiting response", CommandStatus.Sent)));
+        Assert.True(RedisFailures.IsOutage(new TimeoutException("status write not answered in time")));
+        Assert.True(RedisFailures.IsOutage(new TimeoutException("wrapped", new RedisConnectionException(ConnectionFailureType.SocketClosed, "closed"))));
+        Assert.True(RedisFailures.IsOutage(WriterCompletedInsideRedisClient()));
+        Assert.False(RedisFailures.IsOutage(new RedisException("a reply of another shape")));
+        Assert.False(RedisFailures.IsOutage(new RedisCommandException("Command cannot be issued to a replica: EVAL")));
+        Assert.False(RedisFailures.IsOutage(new InvalidOperationException("ours")));
+    }
+
+    [Theory]
+    [InlineData("/schedules/wrong-type", "schedule:wrong-type")]
+    public async Task A_key_of_the_wrong_type_in_redis_is_a_500_not_a_503_the_client_would_retry_forever(string path, string key)
+    {
+        // A real WRONGTYPE from a real redis-server: a defect (of what was stored), which a retry cannot cure.
+        await using (var redis = await ConnectionMultiplexer.ConnectAsync(api.RedisConnectionString))
+        {
+            await redis.GetDatabase().ListLeftPushAsync(key, "not a hash");
+        }
+
+        using var response = await api.SendAsync("GET", path, null, breakRedis: false);
+        var text = await response.Content.ReadAsStringAsync();
+
+        Assert.True(response.StatusCode == HttpStatusCode.InternalServerError,
+            $"GET {path} with {key} of the wrong type answered {(int)response.StatusCode} (Retry-After {response.Headers.RetryAfter?.Delta}): {text}");
+    }
+
     [Fact]
     public async Task An_io_event_rabbitmq_confirmed_stays_accepted_when_its_status_write_loses_the_connection_mid_write()
     {
