@@ -66,8 +66,8 @@ public sealed class OriginTargets : IAsyncLifetime
 
 /// <summary>
 /// Webhook targets are allowed by origin (scheme, host and port), at the API and again in the worker; redirects are
-/// never followed; the error a caller can read back never tells an open port from a closed one; and a 429's
-/// Retry-After is waited out without holding the connection it came on.
+/// never followed; the error a caller can read back never tells an open port from a closed one; a 429's Retry-After is
+/// waited out without holding the connection it came on; and a 2xx counts as delivered on its status line.
 /// </summary>
 [Collection(SharedIoLaneCollection.Name)]
 public sealed class DownstreamOriginTests(SharedIoLane lane, OriginTargets targets) : IClassFixture<OriginTargets>
@@ -197,12 +197,29 @@ public sealed class DownstreamOriginTests(SharedIoLane lane, OriginTargets targe
         Assert.True(arrivals[1].At - arrivals[0].At >= TimeSpan.FromSeconds(OriginTargets.ThrottledRetryAfterSeconds - 0.5),
             $"retried {(arrivals[1].At - arrivals[0].At).TotalSeconds:F1} s after a 429 with Retry-After: {OriginTargets.ThrottledRetryAfterSeconds}");
     }
+
+    [Fact]
+    public async Task A_2xx_counts_as_delivered_when_its_headers_arrive_even_if_its_body_stalls()
+    {
+        await Host.EnsureWorkerAsync(targets.WorkerSettings);
+        var stalled = IoLaneHost.NewId("stalled");
+        await Host.PublishDirectAsync(stalled, "webhook.post", new JsonObject { ["n"] = 1 }, $"{targets.Throttling.Origin}/hook");
+
+        // The target sends 200 and a few bytes of a longer body, then nothing until the class ends: far longer than this
+        // deadline. The status line is the downstream's answer; waiting for the body would hold the slot until the timeout.
+        var final = await Eventually.ReturnsAsync(() => Host.StatusAsync(stalled), s => s.State is "succeeded" or "dead",
+            TimeSpan.FromSeconds(30), $"{stalled} to finish while its 2xx body is still stalled");
+        Assert.Equal("succeeded", final.State);
+        Assert.Equal(1, final.Attempts);
+        Assert.Single(targets.Throttling.ArrivalsOf(stalled));
+    }
 }
 
 /// <summary>
 /// A loopback HTTP target that answers the first delivery of every key whose name starts with "throttled" 429 with a
-/// Retry-After and a small body (as real rate limiters do), and everything else 200; records which connection (client
-/// port) and when each delivery came.
+/// Retry-After and a small body (as real rate limiters do); a key starting with "stalled" 200 with the first bytes of a
+/// longer body and then nothing until disposal; everything else 200. Records which connection (client port) and when
+/// each delivery came.
 /// </summary>
 public sealed class ThrottlingHttpListener : IAsyncDisposable
 {
@@ -211,6 +228,7 @@ public sealed class ThrottlingHttpListener : IAsyncDisposable
     private readonly HttpListener _listener = new();
     private readonly System.Collections.Concurrent.ConcurrentQueue<Arrival> _arrivals = new();
     private readonly int _retryAfterSeconds;
+    private readonly CancellationTokenSource _stop = new();
     private readonly Task _loop;
 
     public ThrottlingHttpListener(int retryAfterSeconds)
@@ -250,6 +268,13 @@ public sealed class ThrottlingHttpListener : IAsyncDisposable
             var key = context.Request.Headers["Idempotency-Key"] ?? "";
             var firstOfThrottled = key.StartsWith("throttled", StringComparison.Ordinal) && !_arrivals.Any(a => a.Key == key);
             _arrivals.Enqueue(new Arrival(key, context.Request.RemoteEndPoint.Port, DateTimeOffset.UtcNow));
+            if (key.StartsWith("stalled", StringComparison.Ordinal))
+            {
+                // Answered on its own task: the stall must not hold up the requests behind it.
+                _ = StallAsync(context);
+                continue;
+            }
+
             if (firstOfThrottled)
             {
                 context.Response.StatusCode = 429;
@@ -268,10 +293,31 @@ public sealed class ThrottlingHttpListener : IAsyncDisposable
         }
     }
 
+    private async Task StallAsync(HttpListenerContext context)
+    {
+        try
+        {
+            context.Response.StatusCode = 200;
+            context.Response.ContentLength64 = 1_000;
+            await context.Response.OutputStream.WriteAsync("{\"accepted\":"u8.ToArray());
+            await context.Response.OutputStream.FlushAsync();
+            await Task.Delay(Timeout.Infinite, _stop.Token);
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or HttpListenerException or ObjectDisposedException or IOException)
+        {
+        }
+        finally
+        {
+            context.Response.Abort();
+        }
+    }
+
     public async ValueTask DisposeAsync()
     {
+        await _stop.CancelAsync();
         _listener.Stop();
         _listener.Close();
         await _loop;
+        _stop.Dispose();
     }
 }
