@@ -75,8 +75,11 @@ public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions
             throw new TransientDownstreamException(Unreachable, ex);
         }
 
+        TimeSpan retryAfter;
         using (response)
         {
+            // A 2xx status line is the downstream's answer: the delivery counts as done when the headers arrive, whatever
+            // its body does next (docs/io-lane.md, "What counts as delivered").
             if (response.IsSuccessStatusCode)
             {
                 return;
@@ -86,24 +89,27 @@ public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions
             logger.LogInformation("POST {Target} for event {EventId} answered {Status} {Reason}", target, eventId, status, response.ReasonPhrase);
             if (response.StatusCode == HttpStatusCode.TooManyRequests)
             {
-                // Honour Retry-After before handing the message back to the retry policy.
-                await Task.Delay(RetryAfter(response.Headers.RetryAfter), cancellationToken);
-                throw new TransientDownstreamException("downstream answered 429");
+                retryAfter = RetryAfter(response.Headers.RetryAfter);
             }
-
-            if (status >= 500 || response.StatusCode == HttpStatusCode.RequestTimeout)
+            else if (status >= 500 || response.StatusCode == HttpStatusCode.RequestTimeout)
             {
                 throw new TransientDownstreamException($"downstream answered {status}");
             }
-
-            if (status is >= 300 and < 400)
+            else if (status is >= 300 and < 400)
             {
                 // Not followed (AllowAutoRedirect is off): the Location could name any origin. Retrying gets the same answer.
                 throw new PermanentDownstreamException($"downstream answered {status}; redirects are not followed");
             }
-
-            throw new PermanentDownstreamException($"downstream answered {status}");
+            else
+            {
+                throw new PermanentDownstreamException($"downstream answered {status}");
+            }
         }
+
+        // Honour Retry-After before handing the message back to the retry policy — after the response is disposed, so
+        // that its connection goes back to the pool instead of sitting idle through the wait (up to 30 s per 429).
+        await Task.Delay(retryAfter, cancellationToken);
+        throw new TransientDownstreamException("downstream answered 429");
     }
 
     /// <summary>

@@ -20,7 +20,10 @@ public sealed class OriginTargets : IAsyncLifetime
         Failing = new ClosingTcpListener();
         ClosedPort = LocalPorts.Free();
         Named = RecordingHttpListener.Start(asLocalhost: true);
+        Throttling = new ThrottlingHttpListener(ThrottledRetryAfterSeconds);
     }
+
+    public const int ThrottledRetryAfterSeconds = 5;
 
     public RecordingHttpListener Sink { get; }
 
@@ -34,6 +37,8 @@ public sealed class OriginTargets : IAsyncLifetime
 
     public string NamedOrigin => $"http://localhost:{Named.Port}";
 
+    public ThrottlingHttpListener Throttling { get; }
+
     /// <summary>What the worker is allowed to call besides its configured receiver: never the sink.</summary>
     public Dictionary<string, string?> WorkerSettings => new()
     {
@@ -41,6 +46,7 @@ public sealed class OriginTargets : IAsyncLifetime
         ["Downstream__AllowedOrigins__1"] = Failing.Origin,
         ["Downstream__AllowedOrigins__2"] = $"http://127.0.0.1:{ClosedPort}",
         ["Downstream__AllowedOrigins__3"] = NamedOrigin,
+        ["Downstream__AllowedOrigins__4"] = Throttling.Origin,
         // What Aspire's WithReference writes for a service called "localhost": a resolver honouring it would send calls
         // for http://localhost:<port> to the sink, past the allow-list check.
         ["services__localhost__http__0"] = Sink.Origin,
@@ -54,12 +60,14 @@ public sealed class OriginTargets : IAsyncLifetime
         await Redirector.DisposeAsync();
         await Failing.DisposeAsync();
         await Named.DisposeAsync();
+        await Throttling.DisposeAsync();
     }
 }
 
 /// <summary>
 /// Webhook targets are allowed by origin (scheme, host and port), at the API and again in the worker; redirects are
-/// never followed; and the error a caller can read back never tells an open port from a closed one.
+/// never followed; the error a caller can read back never tells an open port from a closed one; a 429's Retry-After is
+/// waited out without holding the connection it came on; and a 2xx counts as delivered on its status line.
 /// </summary>
 [Collection(SharedIoLaneCollection.Name)]
 public sealed class DownstreamOriginTests(SharedIoLane lane, OriginTargets targets) : IClassFixture<OriginTargets>
@@ -159,5 +167,157 @@ public sealed class DownstreamOriginTests(SharedIoLane lane, OriginTargets targe
         Assert.Equal(closedFinal.Error, openFinal.Error);
         Assert.DoesNotContain(targets.ClosedPort.ToString(), closedFinal.Error);
         Assert.DoesNotContain(targets.Failing.Port.ToString(), openFinal.Error);
+    }
+
+    [Fact]
+    public async Task A_429_gives_its_connection_back_before_waiting_out_its_Retry_After()
+    {
+        await Host.EnsureWorkerAsync(targets.WorkerSettings);
+        var throttled = IoLaneHost.NewId("throttled");
+        await Host.PublishDirectAsync(throttled, "webhook.post", new JsonObject { ["n"] = 1 }, $"{targets.Throttling.Origin}/hook");
+        var first = await Eventually.ReturnsAsync(() => Task.FromResult(targets.Throttling.ArrivalsOf(throttled)), a => a.Length > 0,
+            Deadline, $"{throttled} to reach the throttling target");
+
+        // Sent while the worker waits out the 429's Retry-After: the connection the 429 came on is idle then, unless the
+        // wait holds it (and so a socket per throttled delivery, for up to 30 s each).
+        var other = IoLaneHost.NewId("other");
+        await Host.PublishDirectAsync(other, "webhook.post", new JsonObject { ["n"] = 2 }, $"{targets.Throttling.Origin}/hook");
+        var otherArrival = await Eventually.ReturnsAsync(() => Task.FromResult(targets.Throttling.ArrivalsOf(other)), a => a.Length > 0,
+            Deadline, $"{other} to reach the throttling target");
+        Assert.True(targets.Throttling.ArrivalsOf(throttled).Length == 1,
+            $"{other} arrived only after the Retry-After wait ended, so this run cannot tell whether the wait held the connection");
+        Assert.True(otherArrival[0].RemotePort == first[0].RemotePort,
+            $"{other} came on a new connection (port {otherArrival[0].RemotePort}) while the 429's connection (port {first[0].RemotePort}) was held through its Retry-After");
+
+        // The Retry-After is still honoured: the retry comes no sooner than it said.
+        var final = await Eventually.ReturnsAsync(() => Host.StatusAsync(throttled), s => s.State is "succeeded" or "dead", Deadline, $"{throttled} to finish");
+        Assert.Equal("succeeded", final.State);
+        var arrivals = targets.Throttling.ArrivalsOf(throttled);
+        Assert.Equal(2, arrivals.Length);
+        Assert.True(arrivals[1].At - arrivals[0].At >= TimeSpan.FromSeconds(OriginTargets.ThrottledRetryAfterSeconds - 0.5),
+            $"retried {(arrivals[1].At - arrivals[0].At).TotalSeconds:F1} s after a 429 with Retry-After: {OriginTargets.ThrottledRetryAfterSeconds}");
+    }
+
+    [Fact]
+    public async Task A_2xx_counts_as_delivered_when_its_headers_arrive_even_if_its_body_stalls()
+    {
+        await Host.EnsureWorkerAsync(targets.WorkerSettings);
+        var stalled = IoLaneHost.NewId("stalled");
+        await Host.PublishDirectAsync(stalled, "webhook.post", new JsonObject { ["n"] = 1 }, $"{targets.Throttling.Origin}/hook");
+
+        // The target sends 200 and a few bytes of a longer body, then nothing until the class ends: far longer than this
+        // deadline. The status line is the downstream's answer; waiting for the body would hold the slot until the timeout.
+        var final = await Eventually.ReturnsAsync(() => Host.StatusAsync(stalled), s => s.State is "succeeded" or "dead",
+            TimeSpan.FromSeconds(30), $"{stalled} to finish while its 2xx body is still stalled");
+        Assert.Equal("succeeded", final.State);
+        Assert.Equal(1, final.Attempts);
+        Assert.Single(targets.Throttling.ArrivalsOf(stalled));
+    }
+}
+
+/// <summary>
+/// A loopback HTTP target that answers the first delivery of every key whose name starts with "throttled" 429 with a
+/// Retry-After and a small body (as real rate limiters do); a key starting with "stalled" 200 with the first bytes of a
+/// longer body and then nothing until disposal; everything else 200. Records which connection (client port) and when
+/// each delivery came.
+/// </summary>
+public sealed class ThrottlingHttpListener : IAsyncDisposable
+{
+    public sealed record Arrival(string Key, int RemotePort, DateTimeOffset At);
+
+    private readonly HttpListener _listener = new();
+    private readonly System.Collections.Concurrent.ConcurrentQueue<Arrival> _arrivals = new();
+    private readonly int _retryAfterSeconds;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Task _loop;
+
+    public ThrottlingHttpListener(int retryAfterSeconds)
+    {
+        _retryAfterSeconds = retryAfterSeconds;
+        Port = LocalPorts.Free();
+        _listener.Prefixes.Add($"{Origin}/");
+        _listener.Start();
+        _loop = Task.Run(ServeAsync);
+    }
+
+    public int Port { get; }
+
+    public string Origin => $"http://127.0.0.1:{Port}";
+
+    public Arrival[] ArrivalsOf(string key) => _arrivals.Where(a => a.Key == key).ToArray();
+
+    private async Task ServeAsync()
+    {
+        while (_listener.IsListening)
+        {
+            HttpListenerContext context;
+            try
+            {
+                context = await _listener.GetContextAsync();
+            }
+            catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException or InvalidOperationException)
+            {
+                return;
+            }
+
+            using (var reader = new StreamReader(context.Request.InputStream))
+            {
+                await reader.ReadToEndAsync();
+            }
+
+            var key = context.Request.Headers["Idempotency-Key"] ?? "";
+            var firstOfThrottled = key.StartsWith("throttled", StringComparison.Ordinal) && !_arrivals.Any(a => a.Key == key);
+            _arrivals.Enqueue(new Arrival(key, context.Request.RemoteEndPoint.Port, DateTimeOffset.UtcNow));
+            if (key.StartsWith("stalled", StringComparison.Ordinal))
+            {
+                // Answered on its own task: the stall must not hold up the requests behind it.
+                _ = StallAsync(context);
+                continue;
+            }
+
+            if (firstOfThrottled)
+            {
+                context.Response.StatusCode = 429;
+                context.Response.Headers["Retry-After"] = _retryAfterSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+                var body = "{\"title\":\"Too Many Requests\"}"u8.ToArray();
+                context.Response.ContentType = "application/problem+json";
+                context.Response.ContentLength64 = body.Length;
+                await context.Response.OutputStream.WriteAsync(body);
+            }
+            else
+            {
+                context.Response.StatusCode = 200;
+            }
+
+            context.Response.Close();
+        }
+    }
+
+    private async Task StallAsync(HttpListenerContext context)
+    {
+        try
+        {
+            context.Response.StatusCode = 200;
+            context.Response.ContentLength64 = 1_000;
+            await context.Response.OutputStream.WriteAsync("{\"accepted\":"u8.ToArray());
+            await context.Response.OutputStream.FlushAsync();
+            await Task.Delay(Timeout.Infinite, _stop.Token);
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or HttpListenerException or ObjectDisposedException or IOException)
+        {
+        }
+        finally
+        {
+            context.Response.Abort();
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync();
+        _listener.Stop();
+        _listener.Close();
+        await _loop;
+        _stop.Dispose();
     }
 }
