@@ -162,7 +162,7 @@ public sealed class StatusWriteCoalescer : IAsyncDisposable, IDisposable
             {
                 if (answers[i].Error is { } error)
                 {
-                    batch[i].Reply.TrySetException(new RedisServerException($"status write of event key {batch[i].Request.Key} failed: {error}"));
+                    batch[i].Reply.TrySetException(new RedisServerException($"{error} (status write of event key {batch[i].Request.Key})"));
                 }
                 else
                 {

@@ -91,6 +91,60 @@ public sealed class StatusWriteCoalescerTests(ITestOutputHelper output) : IAsync
     }
 
     [Fact]
+    public async Task A_status_write_redis_refuses_for_good_is_given_up_while_a_failover_reply_is_retried()
+    {
+        await using var redis = await ConnectAsync();
+        await using var coalescer = new StatusWriteCoalescer(redis, Statuses(redis));
+        // A defect no retry cures: the event's status key holds a string. Retried "until written", the message held its
+        // delivery slot for good; it must be let go (logged as an error) instead.
+        await redis.GetDatabase().StringSetAsync(EventStatusStore.Key("wrong-type"), "not a hash");
+        var attempts = 0;
+        using (var giveUp = new CancellationTokenSource(TimeSpan.FromSeconds(20)))
+        {
+            var write = FinalStatusWrite.UntilWrittenAsync(() =>
+            {
+                attempts++;
+                return coalescer.MarkSucceededAsync("wrong-type", 1, "");
+            }, "wrong-type", EventStates.Succeeded, NullLogger.Instance, giveUp.Token);
+            var ended = await Record.ExceptionAsync(() => write);
+            Assert.True(ended is null, $"a status write Redis refuses with WRONGTYPE was still retried after {attempts} attempts in 20 s ({ended?.GetType().Name})");
+        }
+
+        Assert.Equal(1, attempts);
+
+        // An outage's reply (the server turned into a replica: READONLY) is retried: here until the test stops it.
+        using var stop = new CancellationTokenSource();
+        var readOnlyAttempts = 0;
+        var lastError = "";
+        await redis.GetServer(redis.GetEndPoints()[0]).ExecuteAsync("REPLICAOF", "127.0.0.1", "1");
+        var retried = FinalStatusWrite.UntilWrittenAsync(() =>
+        {
+            if (++readOnlyAttempts == 2)
+            {
+                stop.Cancel();
+            }
+
+            return coalescer.MarkSucceededAsync("on-a-replica", 1, "").ContinueWith(t =>
+            {
+                lastError = t.Exception?.InnerException?.Message ?? "";
+                return t;
+            }).Unwrap();
+        }, "on-a-replica", EventStates.Succeeded, NullLogger.Instance, stop.Token);
+        try
+        {
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => retried.WaitAsync(Deadline));
+        }
+        finally
+        {
+            await redis.GetServer(redis.GetEndPoints()[0]).ExecuteAsync("REPLICAOF", "NO", "ONE");
+        }
+
+        Assert.Equal(2, readOnlyAttempts);
+        output.WriteLine($"the replica's refusal: {lastError}");
+        Assert.StartsWith("READONLY", lastError);
+    }
+
+    [Fact]
     public async Task Each_caller_of_a_failed_call_gets_its_own_exception_wrapping_the_shared_cause()
     {
         // A client-side failure of every call: the multiplexer is gone.
