@@ -38,11 +38,13 @@ public sealed class ApiKeyFilter(ApiKeyScope required, IOptions<ApiKeyOptions> o
 
     public ValueTask<object?> InvokeAsync(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
     {
-        var presented = HashOf(context.HttpContext.Request.Headers[ApiKeyOptions.HeaderName].ToString());
         var (admin, submit) = _configured.Value;
+        // The presented key is hashed into a stack buffer: nothing is allocated per request for the check.
+        Span<byte> presented = stackalloc byte[SHA256.HashSizeInBytes];
+        var hashed = TryHash(context.HttpContext.Request.Headers[ApiKeyOptions.HeaderName].ToString(), presented);
         // Both comparisons always run, so the time taken does not tell which key (if any) matched.
-        var isAdmin = Matches(presented, admin);
-        var isSubmit = Matches(presented, submit) | isAdmin;
+        var isAdmin = Matches(hashed, presented, admin);
+        var isSubmit = Matches(hashed, presented, submit) | isAdmin;
 
         if (!isSubmit)
         {
@@ -63,8 +65,38 @@ public sealed class ApiKeyFilter(ApiKeyScope required, IOptions<ApiKeyOptions> o
     /// <summary>Null for an empty key: an empty key is never configured and never matches.</summary>
     private static byte[]? HashOf(string key) => key.Length > 0 ? SHA256.HashData(Encoding.UTF8.GetBytes(key)) : null;
 
-    private static bool Matches(byte[]? presented, byte[]? configured) =>
-        presented is not null && configured is not null && CryptographicOperations.FixedTimeEquals(presented, configured);
+    /// <returns>false for an empty key (never configured, never matches); else <paramref name="hash"/> holds its SHA-256.</returns>
+    private static bool TryHash(string key, Span<byte> hash)
+    {
+        if (key.Length == 0)
+        {
+            return false;
+        }
+
+        const int StackLimit = 512;
+        var length = Encoding.UTF8.GetMaxByteCount(key.Length);
+        var rented = length > StackLimit ? System.Buffers.ArrayPool<byte>.Shared.Rent(length) : null;
+        Span<byte> utf8 = rented is null ? stackalloc byte[StackLimit] : rented;
+        var written = 0;
+        try
+        {
+            written = Encoding.UTF8.GetBytes(key, utf8);
+            SHA256.HashData(utf8[..written], hash);
+            return true;
+        }
+        finally
+        {
+            // The key's bytes do not stay behind in the buffer (the pool's array is cleared on return).
+            utf8[..written].Clear();
+            if (rented is not null)
+            {
+                System.Buffers.ArrayPool<byte>.Shared.Return(rented, clearArray: true);
+            }
+        }
+    }
+
+    private static bool Matches(bool hashed, ReadOnlySpan<byte> presented, byte[]? configured) =>
+        hashed && configured is not null && CryptographicOperations.FixedTimeEquals(presented, configured);
 }
 
 public static class ApiKeyEndpointExtensions

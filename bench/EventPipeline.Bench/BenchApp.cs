@@ -260,6 +260,10 @@ public static class BenchApp
             PooledConnectionLifetime = Timeout.InfiniteTimeSpan,
             AutomaticDecompression = DecompressionMethods.None,
             UseProxy = false,
+            // Per request, a cookie container would be asked for a Cookie header and each answer checked for
+            // Set-Cookie, and trace headers injected: the API sets no cookies and the bench traces nothing.
+            UseCookies = false,
+            ActivityHeadersPropagator = null,
         };
         var client = new HttpClient(handler) { BaseAddress = baseAddress, Timeout = TimeSpan.FromSeconds(60) };
         if (apiKey is not null)

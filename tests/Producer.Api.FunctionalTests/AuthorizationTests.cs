@@ -80,6 +80,18 @@ public sealed class AuthorizationTests(ApiOnlyFixture fixture)
     }
 
     [Fact]
+    public async Task A_key_too_long_for_the_stack_buffer_is_refused_and_the_submit_key_still_accepted_after_it()
+    {
+        // The presented key is hashed from a stack buffer up to 512 bytes, from a pooled array beyond: a long key (here
+        // 4,000 bytes, the submit key as its prefix) must be compared like any other, and leave nothing behind that
+        // changes the next check.
+        using var longKey = fixture.Host.Client(PipelineHost.SubmitKey + new string('k', 4000 - PipelineHost.SubmitKey.Length));
+        using var refused = await longKey.PostAsync("/events", new StringContent(Event, Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.Unauthorized, refused.StatusCode);
+        Assert.Equal(HttpStatusCode.Accepted, (await fixture.Host.Submit.PostAsync("/events", new StringContent(Event, Encoding.UTF8, "application/json"))).StatusCode);
+    }
+
+    [Fact]
     public async Task Rejected_key_is_never_written_to_the_logs()
     {
         var secret = "leak-check-" + Guid.NewGuid().ToString("N");

@@ -40,6 +40,21 @@ public sealed class IngestEdgeTests(IngestEdgeFixture fixture) : IClassFixture<I
         problem.TryGetProperty(name, out var ids) ? [.. ids.EnumerateArray().Select(i => i.GetString()!)] : [];
 
     [Fact]
+    public async Task A_single_event_is_answered_202_with_its_location_and_a_json_body_naming_its_id_lane_and_state()
+    {
+        // The 202 of POST /events is written by the API's own result (one JSON type info for the process): its status,
+        // Location, content type and body are what TypedResults.Accepted wrote, which clients and the docs rely on.
+        var id = "accepted-shape-" + Guid.NewGuid().ToString("N");
+        using var response = await Host.Submit.SendAsync(Post("/events", $$$"""{"id":"{{{id}}}","type":"noop.cpu","payload":{}}"""));
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        Assert.Equal($"/events/{id}", response.Headers.Location?.OriginalString);
+        Assert.Equal("application/json; charset=utf-8", response.Content.Headers.ContentType?.ToString());
+        var body = await response.Content.ReadAsStringAsync();
+        Assert.Equal($$"""{"id":"{{id}}","lane":"cpu","state":"accepted"}""", body);
+    }
+
+    [Fact]
     public async Task Io_batch_refused_after_its_first_chunk_names_held_and_uncertain_ids_and_its_retry_republishes_the_same_ids()
     {
         // 250 events go out in chunks of 100; the queue is capped at 150 more (reject-publish), so a later chunk is

@@ -49,11 +49,12 @@ public sealed class ProcessSampler(IReadOnlyDictionary<string, int> rootPids, Ti
 
     private void Rescan()
     {
+        var found = ProcFs.ServiceProcesses(rootPids);
         lock (_processes)
         {
-            foreach (var (resource, root) in rootPids)
+            foreach (var (resource, pids) in found)
             {
-                _processes[resource] = ProcFs.ServiceProcesses(root);
+                _processes[resource] = pids;
             }
         }
     }
