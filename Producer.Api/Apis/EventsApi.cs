@@ -83,7 +83,7 @@ public static class EventsApi
 
             return TypedResults.Ok(await statuses.GetAsync(id));
         }
-        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
+        catch (Exception ex) when (RedisFailures.IsOutage(ex))
         {
             logger.LogWarning(ex, "The status store did not answer cancelling event {EventId}", id);
             // The cancel script may have committed before the failure (its reply, or the read-back after it, was lost).
@@ -111,7 +111,7 @@ public static class EventsApi
         {
             status = await statuses.GetAsync(id);
         }
-        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
+        catch (Exception ex) when (RedisFailures.IsOutage(ex))
         {
             // RedisTimeoutException is a TimeoutException, not a RedisException: a paused or slow Redis lands here too.
             logger.LogWarning(ex, "The status store did not answer for event {EventId}", id);

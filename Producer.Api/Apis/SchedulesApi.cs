@@ -149,7 +149,7 @@ public static class SchedulesApi
                 var stored = await store.GetAsync(name);
                 return created ? TypedResults.Created($"/schedules/{name}", stored) : TypedResults.Ok(stored);
             }
-            catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
+            catch (Exception ex) when (RedisFailures.IsOutage(ex))
             {
                 // The write may have landed before Redis failed (or failed only its read-back): PUT by name is idempotent.
                 return Problems.Unavailable(null, "The schedule store (Redis) is unavailable",

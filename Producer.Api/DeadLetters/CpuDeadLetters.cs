@@ -253,7 +253,7 @@ public sealed class CpuDeadLetters(IConnectionMultiplexer redis, EventStatusStor
         {
             return await operation();
         }
-        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
+        catch (Exception ex) when (RedisFailures.IsOutage(ex))
         {
             throw new DeadLetterStoreUnavailableException(Lane, ex);
         }

@@ -374,7 +374,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         }
         catch (Exception ex) when (ex is RabbitMQClientException or OperationInterruptedException or PublishException
                                        or System.Net.Sockets.SocketException or IOException
-                                   || RedisFailures.IsRedisFailure(ex))
+                                   || RedisFailures.IsOutage(ex))
         {
             throw new DeadLetterStoreUnavailableException(Lane, ex);
         }

@@ -173,6 +173,7 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
 
     [Theory]
     [InlineData("/schedules/wrong-type", "schedule:wrong-type")]
+    [InlineData("/events/wrong-type", "event:wrong-type")]
     public async Task A_key_of_the_wrong_type_in_redis_is_a_500_not_a_503_the_client_would_retry_forever(string path, string key)
     {
         // A real WRONGTYPE from a real redis-server: a defect (of what was stored), which a retry cannot cure.
