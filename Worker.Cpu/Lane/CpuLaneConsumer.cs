@@ -37,10 +37,8 @@ public sealed class CpuLaneConsumer(
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        // One per isolation slot: a handler hands its success to the writer and takes its next entry at once (the
-        // writer releases the entry when its success is answered), so no handler waits on a write and none waits for
-        // a slot another handler holds (a suspect still collects them all).
-        var handlerCount = options.Value.EffectiveMaxStarted;
+        // Twice MaxStarted: while half of them wait on their success being written, the other half start new entries.
+        var handlerCount = options.Value.EffectiveMaxStarted * 2;
         logger.LogInformation("CPU lane consumer {Consumer} starting {Tasks} handlers, at most {Started} taken up and {Parallel} running CPU work at once",
             buffer.ConsumerName, handlerCount, options.Value.EffectiveMaxStarted, options.Value.EffectiveHandlers);
 
@@ -56,7 +54,7 @@ public sealed class CpuLaneConsumer(
 
         buffer.Close();
         logger.LogInformation("CPU lane consumer {Consumer} draining {Buffered} buffered entries", buffer.ConsumerName, buffer.Reader.Count);
-        var drained = DrainAsync(handlers);
+        var drained = Task.WhenAll(handlers);
         if (await Task.WhenAny(drained, Task.Delay(options.Value.DrainTimeout, CancellationToken.None)) != drained)
         {
             logger.LogWarning("Drain timeout {Timeout} passed; unfinished entries stay pending for another consumer", options.Value.DrainTimeout);
@@ -72,32 +70,6 @@ public sealed class CpuLaneConsumer(
         await writing;
         await heartbeatStop.CancelAsync();
         await heartbeat;
-    }
-
-    // Successes handed to the writer and not yet answered; the drain waits for them as it waits for the handlers.
-    private int _successesUnanswered;
-    private int _handlersDone;
-    private readonly TaskCompletionSource _successesAnswered = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-    private async Task DrainAsync(Task[] handlers)
-    {
-        await Task.WhenAll(handlers);
-        Interlocked.Exchange(ref _handlersDone, 1);
-        if (Volatile.Read(ref _successesUnanswered) == 0)
-        {
-            _successesAnswered.TrySetResult();
-        }
-
-        await _successesAnswered.Task;
-    }
-
-    private void SuccessAnswered(LaneEntry entry)
-    {
-        buffer.Release(entry);
-        if (Interlocked.Decrement(ref _successesUnanswered) == 0 && Volatile.Read(ref _handlersDone) == 1)
-        {
-            _successesAnswered.TrySetResult();
-        }
     }
 
     private async Task ReadUntilStoppedAsync(CancellationToken stoppingToken)
@@ -144,21 +116,20 @@ public sealed class CpuLaneConsumer(
 
     private async Task RunHandlerAsync()
     {
-        while (await buffer.TakeAsync() is { } entry)
+        while (await buffer.Reader.WaitToReadAsync())
         {
-            var handedOver = false;
-            try
+            while (buffer.TryTake(out var entry))
             {
-                handedOver = await HandleAsync(entry);
-            }
-            catch (Exception ex)
-            {
-                // The outcome could not be written (Redis unreachable): the entry stays pending and is claimed again.
-                logger.LogError(ex, "Could not record the outcome of event {EventId} (entry {EntryId}); it stays pending", entry.Id, entry.EntryId);
-            }
-            finally
-            {
-                if (!handedOver)
+                try
+                {
+                    await HandleAsync(entry);
+                }
+                catch (Exception ex)
+                {
+                    // The outcome could not be written (Redis unreachable): the entry stays pending and is claimed again.
+                    logger.LogError(ex, "Could not record the outcome of event {EventId} (entry {EntryId}); it stays pending", entry.Id, entry.EntryId);
+                }
+                finally
                 {
                     buffer.Release(entry);
                 }
@@ -166,40 +137,9 @@ public sealed class CpuLaneConsumer(
         }
     }
 
-    /// <returns>true when its success went to the writer, which then answers for the entry (<see cref="WrittenSuccess"/>).</returns>
-    private async Task<bool> HandleAsync(LaneEntry entry)
+    private async Task HandleAsync(LaneEntry entry)
     {
-        var activity = StartProcessActivity(entry);
-        try
-        {
-            if (await RunAsync(entry, activity) is not { } success)
-            {
-                return false;
-            }
-
-            Interlocked.Increment(ref _successesUnanswered);
-            try
-            {
-                await writer.SucceededAsync(entry, success.Result, success);
-            }
-            catch
-            {
-                Interlocked.Decrement(ref _successesUnanswered); // not queued: the handler releases the entry
-                throw;
-            }
-
-            activity = null; // stopped when the success is answered
-            return true;
-        }
-        finally
-        {
-            activity?.Dispose();
-        }
-    }
-
-    /// <returns>The success to write, or null when the entry's outcome was settled here (or is left pending).</returns>
-    private async Task<WrittenSuccess?> RunAsync(LaneEntry entry, Activity? activity)
-    {
+        using var activity = StartProcessActivity(entry);
         var startedAt = 0L;
         string? result = null;
         Exception? failure = null;
@@ -218,26 +158,26 @@ public sealed class CpuLaneConsumer(
             switch (await cores.ChargeAsync(entry))
             {
                 case null:
-                    return null; // the drain timed out: nothing starts any more, the entry stays pending
+                    return; // the drain timed out: nothing starts any more, the entry stays pending
                 case EntryOwnership.Start.ClaimedByAnother:
                     logger.LogWarning("Event {EventId} (entry {EntryId}) was claimed by another consumer while it waited here; leaving it to that consumer",
                         entry.Id, entry.EntryId);
-                    return null;
+                    return;
                 case EntryOwnership.Start.AlreadySucceeded:
                     logger.LogInformation("Event {EventId} already succeeded; acknowledging the redelivery without running it", entry.Id);
                     await acknowledger.AcknowledgeAsync(entry);
-                    return null;
+                    return;
                 case EntryOwnership.Start.Cancelled:
                     await RefuseStartAsync(entry, StartDecision.Cancelled);
-                    return null;
+                    return;
                 case EntryOwnership.Start.Expired:
                     await RefuseStartAsync(entry, StartDecision.Expired);
-                    return null;
+                    return;
             }
 
             if (!await cores.WaitForCoreAsync(entry))
             {
-                return null; // the drain timed out first: the run is taken back, the entry stays pending
+                return; // the drain timed out first: the run is taken back, the entry stays pending
             }
 
             if (!buffer.Holds(entry))
@@ -247,7 +187,7 @@ public sealed class CpuLaneConsumer(
                 await cores.TakeBackAsync(entry);
                 logger.LogWarning("Event {EventId} (entry {EntryId}) was claimed by another consumer while it waited for a core; leaving it to that consumer",
                     entry.Id, entry.EntryId);
-                return null;
+                return;
             }
 
             NextStage? next = null;
@@ -283,53 +223,16 @@ public sealed class CpuLaneConsumer(
             {
                 activity?.SetStatus(ActivityStatusCode.Error, failure.Message);
                 await FailAsync(entry, failure, Stopwatch.GetElapsedTime(startedAt));
-                return null;
+                return;
             }
         }
 
-        // The work is done: another entry may start while this success is written (with others, in one script).
-        return new WrittenSuccess(this, entry, result!, activity, Stopwatch.GetElapsedTime(startedAt));
-    }
-
-    /// <summary>
-    /// A success handed to the writer: answered on the writer's loop, it records the metrics, ends the activity and
-    /// releases the entry (from then on the heartbeat no longer keeps it: acknowledged, or pending to run again).
-    /// </summary>
-    private sealed class WrittenSuccess(CpuLaneConsumer owner, LaneEntry entry, string result, Activity? activity, TimeSpan handled) : LaneWriter.ISuccessAnswer
-    {
-        public string Result => result;
-
-        public void Recorded(bool recordedHere)
-        {
-            owner.SuccessWritten(entry, handled);
-            Done();
-        }
-
-        public void Failed(Exception error)
-        {
-            owner.SuccessNotWritten(entry, error);
-            Done();
-        }
-
-        private void Done()
-        {
-            // Stopping an activity makes the one current when it started current again; the writer's loop keeps its own.
-            var current = Activity.Current;
-            activity?.Dispose();
-            Activity.Current = current;
-            owner.SuccessAnswered(entry);
-        }
-    }
-
-    private void SuccessWritten(LaneEntry entry, TimeSpan handled)
-    {
+        // The work is done: another entry may start while this success is written (with others, in one transaction).
+        var handled = Stopwatch.GetElapsedTime(startedAt);
+        await writer.SucceededAsync(entry, result!);
         metrics.Processed(Lanes.Cpu, entry.Type, Outcomes.Succeeded, handled);
         metrics.Finished(Lanes.Cpu, Outcomes.Succeeded, entry.AcceptedAt);
     }
-
-    // The outcome could not be written (Redis unreachable): the entry stays pending and is claimed again.
-    private void SuccessNotWritten(LaneEntry entry, Exception error) =>
-        logger.LogError(error, "Could not record the outcome of event {EventId} (entry {EntryId}); it stays pending", entry.Id, entry.EntryId);
 
     private async Task RefuseStartAsync(LaneEntry entry, StartDecision decision)
     {

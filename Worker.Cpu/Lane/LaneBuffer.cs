@@ -66,29 +66,14 @@ public sealed class LaneBuffer
         }
     }
 
-    /// <summary>
-    /// A handler waits for the next buffered entry; null once the buffer is closed and empty. Each entry added wakes
-    /// one waiting handler (a read waiter), not every idle one as a wait-to-read would, which then all race for it.
-    /// </summary>
-    public async ValueTask<LaneEntry?> TakeAsync()
+    /// <summary>A handler takes the next buffered entry; wakes the stream reader once half the buffer is free.</summary>
+    public bool TryTake([System.Diagnostics.CodeAnalysis.MaybeNullWhen(false)] out LaneEntry entry)
     {
-        LaneEntry entry;
-        try
+        if (!_channel.Reader.TryRead(out entry))
         {
-            entry = await _channel.Reader.ReadAsync();
-        }
-        catch (ChannelClosedException)
-        {
-            return null;
+            return false;
         }
 
-        WakeReaderIfRoom();
-        return entry;
-    }
-
-    /// <summary>Wakes the stream reader once half the buffer is free.</summary>
-    private void WakeReaderIfRoom()
-    {
         TaskCompletionSource? wake = null;
         lock (_room)
         {
@@ -99,6 +84,7 @@ public sealed class LaneBuffer
         }
 
         wake?.TrySetResult();
+        return true;
     }
 
     /// <returns>false when the buffer was already closed for shutdown (the entry stays pending in Redis).</returns>

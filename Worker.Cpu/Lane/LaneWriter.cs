@@ -150,35 +150,9 @@ public sealed class LaneWriter(
     /// <remarks>Waits while too many writes are queued, so a slow Redis slows the handlers instead of filling memory.</remarks>
     public async Task<bool> SucceededAsync(LaneEntry entry, string result)
     {
-        var done = new AwaitedSuccess();
-        await SucceededAsync(entry, result, done);
-        return await done.Task;
-    }
-
-    /// <summary>
-    /// Queues a success whose answer goes to <paramref name="done"/>, called once on the writer's loop (it must be
-    /// quick and must not throw). The task ends when the success is queued, not when it is written: a handler goes on
-    /// with its next entry instead of waking up once more per event just to learn the answer.
-    /// </summary>
-    /// <remarks>Waits while too many writes are queued, so a slow Redis slows the handlers instead of filling memory.</remarks>
-    public ValueTask SucceededAsync(LaneEntry entry, string result, ISuccessAnswer done) =>
-        _pending.Writer.WriteAsync(new Success(entry, result, done));
-
-    /// <summary>What became of a queued success: exactly one of the two is called, once.</summary>
-    public interface ISuccessAnswer
-    {
-        /// <param name="recordedHere">true: recorded by this write; false: the event had already succeeded.</param>
-        void Recorded(bool recordedHere);
-
-        /// <summary>Not written or not acknowledged (a Redis error): the entry stays pending and runs again.</summary>
-        void Failed(Exception error);
-    }
-
-    private sealed class AwaitedSuccess() : TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously), ISuccessAnswer
-    {
-        public void Recorded(bool recordedHere) => TrySetResult(recordedHere);
-
-        public void Failed(Exception error) => TrySetException(error);
+        var success = new Success(entry, result, new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously));
+        await _pending.Writer.WriteAsync(success);
+        return await success.Done.Task;
     }
 
     /// <summary>
@@ -390,10 +364,10 @@ public sealed class LaneWriter(
 
     private static void Fail(List<Success> successes, List<Start> starts, Exception ex)
     {
-        // Callers already answered from the reply keep their answer.
+        // TrySet: callers already answered from the reply keep their answer.
         foreach (var success in successes)
         {
-            success.Fail(ex);
+            success.Done.TrySetException(ex);
         }
 
         foreach (var start in starts)
@@ -416,7 +390,7 @@ public sealed class LaneWriter(
             if (!string.IsNullOrEmpty(error) && !acknowledged)
             {
                 // The entry stays pending and runs again; its handler reports the error.
-                successes[i].Fail(new RedisServerException(error));
+                successes[i].Done.TrySetException(new RedisServerException(error));
                 continue;
             }
 
@@ -427,7 +401,7 @@ public sealed class LaneWriter(
                     entry.Id, entry.EntryId);
             }
 
-            successes[i].Answer((int)recorded[i] == 1);
+            successes[i].Done.TrySetResult((int)recorded[i] == 1);
         }
 
         var decisions = (RedisResult[])reply[3]!;
@@ -449,29 +423,7 @@ public sealed class LaneWriter(
 
     private abstract record Write(LaneEntry Entry);
 
-    // Answered on the writer's loop only, so the flag needs no lock.
-    private sealed record Success(LaneEntry Entry, string Result, ISuccessAnswer Done) : Write(Entry)
-    {
-        private bool _answered;
-
-        public void Answer(bool recordedHere)
-        {
-            if (!_answered)
-            {
-                _answered = true;
-                Done.Recorded(recordedHere);
-            }
-        }
-
-        public void Fail(Exception error)
-        {
-            if (!_answered)
-            {
-                _answered = true;
-                Done.Failed(error);
-            }
-        }
-    }
+    private sealed record Success(LaneEntry Entry, string Result, TaskCompletionSource<bool> Done) : Write(Entry);
 
     private sealed record Start(LaneEntry Entry, TaskCompletionSource<EntryOwnership.Start?> Done) : Write(Entry);
 }

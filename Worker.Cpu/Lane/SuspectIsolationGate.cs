@@ -12,15 +12,13 @@ public sealed class SuspectIsolationGate(IOptions<CpuLaneOptions> options)
     private readonly int _slots = options.Value.EffectiveMaxStarted;
     private readonly SemaphoreSlim _free = new(options.Value.EffectiveMaxStarted, options.Value.EffectiveMaxStarted);
     private readonly SemaphoreSlim _alone = new(1, 1);
-    private Release? _ordinary;
 
     public async Task<IAsyncDisposable> EnterAsync(LaneEntry entry)
     {
         if (!entry.IsSuspect)
         {
             await _free.WaitAsync();
-            // One instance for every ordinary entry: it only gives one slot back.
-            return _ordinary ??= new Release(() => _free.Release());
+            return new Release(() => _free.Release());
         }
 
         // One suspect at a time collects the slots, so two suspects can never each hold half of them.

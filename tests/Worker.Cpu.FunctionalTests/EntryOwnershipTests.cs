@@ -19,12 +19,12 @@ public sealed class EntryOwnershipTests(ITestOutputHelper output)
     public async Task Worker_paused_past_the_claim_timeout_does_not_take_back_or_start_what_another_consumer_claimed()
     {
         const int iterations = 4_000_000; // seconds each: both consumers are still busy with them after the resume
-        // One computing (its one handler), two in the buffer (2 × MaxStarted): the paused worker holds all three.
+        // One computing, one waiting to start, two in the buffer: the paused worker holds all four.
         var settings = new Dictionary<string, string?> { ["CpuLane__Handlers"] = "1", ["CpuLane__MaxStarted"] = "1" };
         await using var lane = await CpuLaneHarness.StartAsync();
         await using var monitor = await RedisMonitor.StartAsync(lane.Redis);
         var paused = await lane.StartWorkerAsync(settings);
-        var ids = Enumerable.Range(0, 3).Select(i => $"held-{i}-{Guid.NewGuid():N}").ToArray();
+        var ids = Enumerable.Range(0, 4).Select(i => $"held-{i}-{Guid.NewGuid():N}").ToArray();
         await lane.EnqueueAsync([.. ids.Select(id => (id, "hash.pbkdf2", (object)new { data = Bursts.DataOf(id), iterations }))]);
         await Eventually.TrueAsync(async () => (await PendingAsync(lane)).Count(p => Owns(p, paused)) == ids.Length, Patience,
             "the first worker to hold every entry");
