@@ -24,10 +24,55 @@ public sealed record NextStage(string Type, JsonObject Payload, string? Target =
 
     public static string DerivedId(string eventId) => eventId + IdSuffix;
 
+    /// <summary>
+    /// Whether the payload is an object with a <c>then</c> property (however its name is escaped), read without
+    /// building a tree: every event's payload is looked at, few have one. A malformed payload answers true, so that
+    /// <see cref="Parse"/> decides as it always did.
+    /// </summary>
+    internal static bool HasTopLevelThen(string payload)
+    {
+        var bytes = System.Buffers.ArrayPool<byte>.Shared.Rent(System.Text.Encoding.UTF8.GetMaxByteCount(payload.Length));
+        try
+        {
+            var length = System.Text.Encoding.UTF8.GetBytes(payload, bytes);
+            var reader = new Utf8JsonReader(bytes.AsSpan(0, length));
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            {
+                return false;
+            }
+
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            {
+                if (reader.ValueTextEquals(Property))
+                {
+                    return true;
+                }
+
+                reader.Read();
+                reader.Skip();
+            }
+
+            return false;
+        }
+        catch (JsonException)
+        {
+            return true;
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(bytes);
+        }
+    }
+
     /// <returns>null when the payload has no <c>then</c>.</returns>
     /// <exception cref="PermanentEventException">a <c>then</c> that can never be forwarded.</exception>
     public static NextStage? Parse(string payload)
     {
+        if (!HasTopLevelThen(payload))
+        {
+            return null; // most payloads: no tree of the whole payload built for nothing
+        }
+
         JsonNode? root;
         try
         {

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Threading.Channels;
 using EventPipeline.Shared;
 using Microsoft.Extensions.Options;
@@ -26,11 +27,23 @@ public sealed class LaneWriter(
 {
     // KEYS[1] stream, KEYS[2] started-runs hash, then the status hash of each success, then of each start; ARGV[1]
     // group, ARGV[2] consumer, ARGV[3] now (unix ms), ARGV[4] status ttl (s), ARGV[5] number of successes, then entry
-    // id, attempt, result of each success, then entry id, attempt of each start. Returns five arrays: per success
+    // id, attempt, result of each success, then entry id, attempt of each start, then the lowest and the highest of
+    // those entry ids. Returns five arrays: per success
     // recorded (1 recorded here, 0 already succeeded, -1 the write failed), acknowledged (1/0) and the write's error
     // ('' when none); per start the EntryOwnership.Start (-1 when its write failed) and the error.
     private const string Script = EventStatusStore.RecordSucceededLua + EventStatusStore.TryStartLua + """
         local successes = tonumber(ARGV[5])
+        -- Which of the batch's entries are pending to this consumer: one XPENDING over the batch's range instead of
+        -- one per entry. Nothing below changes the pending list before the last check (XACK comes after the
+        -- successes' checks and concerns none of the starts), so this is what each entry's own XPENDING would read.
+        local held = {}
+        local from = ARGV[#ARGV - 1]
+        while true do
+          local page = redis.call('XPENDING', KEYS[1], ARGV[1], from, ARGV[#ARGV], 512, ARGV[2])
+          for i = 1, #page do held[page[i][1]] = true end
+          if #page < 512 then break end
+          from = '(' .. page[#page][1]
+        end
         local recorded, acked, errors, done = {}, {}, {}, {}
         for n = 1, successes do
           local key = KEYS[2 + n]
@@ -45,7 +58,7 @@ public sealed class LaneWriter(
             -- Part of the write may have landed: what counts is whether the status reads succeeded now.
             succeeded = redis.pcall('HGET', key, 'state') == 'succeeded'
           end
-          if succeeded and #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2]) == 1 then
+          if succeeded and held[id] then
             done[#done + 1] = id
             acked[n] = 1
           else
@@ -58,7 +71,7 @@ public sealed class LaneWriter(
           redis.call('XDEL', KEYS[1], unpack(done))
         end
         local function start_one(key, id, attempt)
-          if #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2]) == 0 then return 1 end
+          if not held[id] then return 1 end
           local decision = try_start(key, attempt, ARGV[3], ARGV[4], '')
           if decision == 1 then
             redis.call('HINCRBY', KEYS[2], id, 1)
@@ -252,8 +265,13 @@ public sealed class LaneWriter(
             }
         }
 
+        if (successes.Count + starts.Count == 0)
+        {
+            return;
+        }
+
         var keys = new RedisKey[2 + successes.Count + starts.Count];
-        var values = new RedisValue[5 + successes.Count * 3 + starts.Count * 2];
+        var values = new RedisValue[5 + successes.Count * 3 + starts.Count * 2 + 2];
         keys[0] = CpuLaneStreams.Stream;
         keys[1] = CpuLaneStreams.Started;
         values[0] = CpuLaneStreams.Group;
@@ -278,6 +296,8 @@ public sealed class LaneWriter(
             values[v++] = start.Entry.Attempt;
         }
 
+        (values[v], values[v + 1]) = IdRange(successes, starts);
+
         RedisResult reply;
         try
         {
@@ -300,6 +320,45 @@ public sealed class LaneWriter(
             // failed like a Redis error (their entries stay pending and run again; a success already recorded is
             // found recorded then).
             Fail(successes, starts, new RedisException($"Unexpected reply to the lane write: {reply}", ex));
+        }
+    }
+
+    /// <summary>The lowest and the highest stream id of the batch (ids compare as their two numbers, not as text).</summary>
+    private static (RedisValue Low, RedisValue High) IdRange(List<Success> successes, List<Start> starts)
+    {
+        (ulong, ulong, RedisValue)? low = null, high = null;
+        foreach (var entry in successes.Select(s => s.Entry).Concat(starts.Select(s => s.Entry)))
+        {
+            if (ParseId(entry.EntryId) is not { } id)
+            {
+                return ("-", "+"); // not a stream id: the consumer's whole pending list then
+            }
+
+            if (low is null || Less(id, low.Value))
+            {
+                low = id;
+            }
+
+            if (high is null || Less(high.Value, id))
+            {
+                high = id;
+            }
+        }
+
+        return (low!.Value.Item3, high!.Value.Item3);
+
+        static bool Less((ulong Ms, ulong Seq, RedisValue) a, (ulong Ms, ulong Seq, RedisValue) b) =>
+            a.Ms < b.Ms || (a.Ms == b.Ms && a.Seq < b.Seq);
+
+        static (ulong, ulong, RedisValue)? ParseId(RedisValue id)
+        {
+            var text = id.ToString();
+            var dash = text.IndexOf('-', StringComparison.Ordinal);
+            return dash > 0
+                   && ulong.TryParse(text.AsSpan(0, dash), NumberStyles.None, CultureInfo.InvariantCulture, out var ms)
+                   && ulong.TryParse(text.AsSpan(dash + 1), NumberStyles.None, CultureInfo.InvariantCulture, out var seq)
+                ? (ms, seq, id)
+                : null;
         }
     }
 

@@ -53,6 +53,12 @@ public sealed class LaneWriteTests(ITestOutputHelper output)
         var statusCommands = monitor.LinesAfter(skip).Count(line => line.Contains(" lua] ", StringComparison.Ordinal) && line.Contains("\"event:shared-", StringComparison.Ordinal));
         output.WriteLine($"{statusCommands} commands on the events' status hashes for {events} events = {statusCommands / (double)events:F2} per event");
         Assert.True(statusCommands <= events * 6, $"the lane's scripts ran {statusCommands / (double)events:F2} commands per event on its status hash (at most 6 expected: HMGET, HSET and EXPIRE for the start and again for the success)");
+
+        // Whether this consumer still holds each entry is read once per script for the whole batch (one XPENDING over
+        // its id range), not once per start and per success; the heartbeat's checks (every 10 s) add a few.
+        var pendingChecks = monitor.LinesAfter(skip).Count(line => line.Contains(" lua] \"XPENDING\"", StringComparison.OrdinalIgnoreCase));
+        output.WriteLine($"{pendingChecks} XPENDING in scripts for {events} events and {laneScripts} lane scripts");
+        Assert.True(pendingChecks <= laneScripts + 20, $"the lane's scripts ran {pendingChecks} XPENDING for {events} events in {laneScripts} scripts: the ownership check was read per entry");
     }
 
     [Fact]

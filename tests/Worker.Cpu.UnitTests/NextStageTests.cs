@@ -24,6 +24,16 @@ public sealed class NextStageTests
         Assert.Equal("e1.then", NextStage.DerivedId("e1"));
     }
 
+    [Fact]
+    public void Then_is_found_however_its_name_is_escaped_and_only_at_the_top_level()
+    {
+        // The payload is scanned for a top-level "then" before any tree is built: the scan must read names as JSON does.
+        Assert.Equal("webhook.post", NextStage.Parse("""{"data":"x","\u0074hen":{"type":"webhook.post","payload":{}}}""")?.Type);
+        Assert.Equal("noop.io", NextStage.Parse("""{"data":{"a":[1,{"then":2}]},"then":{"type":"noop.io","payload":{}}}""")?.Type);
+        Assert.Null(NextStage.Parse("""{"data":{"then":{"type":"webhook.post","payload":{}}},"thence":1}"""));
+        Assert.Null(NextStage.Parse("""[{"then":{"type":"webhook.post","payload":{}}}]"""));
+    }
+
     [Theory]
     [InlineData("""{"then":"webhook.post"}""")]
     [InlineData("""{"then":{"type":"hash.pbkdf2","payload":{}}}""")]
