@@ -14,7 +14,9 @@ public sealed class PooledRequestBody : IDisposable
 {
     private const int FirstBufferBytes = 16 * 1024;
 
-    // Below the large-object heap's 85,000 bytes: while a body arrives it holds small arrays only, in steps of this size.
+    // Below the large-object heap's 85,000 bytes: while a body arrives it holds small arrays only. The chain is 16, 16,
+    // 32, then 64 KiB each, so every buffer from the third on starts at a multiple of its size and a body of a whole
+    // number of 64 KiB (the 4 MiB limit) is held in exactly its bytes: eight largest batches fill the default budget.
     private const int SegmentBytes = 64 * 1024;
 
     private readonly InFlightIngestBudget _budget;
@@ -66,7 +68,7 @@ public sealed class PooledRequestBody : IDisposable
         deadline.CancelAfter(timeout);
         try
         {
-            // A body is read into a chain of small buffers (16 KiB, then 64 KiB each), each rented only once the one
+            // A body is read into a chain of small buffers (16 KiB up to 64 KiB each), each rented only once the one
             // before is full: a client that announces a large body and sends it slowly holds only what it has sent, so a
             // few slow clients cannot hold the budget for everyone. Doubling one buffer instead rented and kept in the
             // pool a large array of every size from 128 KiB to the body's.
@@ -76,7 +78,7 @@ public sealed class PooledRequestBody : IDisposable
             {
                 if (filled == segment.Length)
                 {
-                    var size = (int)Math.Min(read._segments.Count == 0 ? FirstBufferBytes : SegmentBytes, limit - read.Length);
+                    var size = (int)Math.Min(Math.Clamp(read.Length, FirstBufferBytes, SegmentBytes), limit - read.Length);
                     if (!read.TryRent(size, out segment))
                     {
                         read.Dispose();
