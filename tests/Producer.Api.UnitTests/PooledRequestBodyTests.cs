@@ -1,4 +1,6 @@
+using System.Buffers;
 using EventPipeline.Producer.Ingest;
+using EventPipeline.Testing;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -85,5 +87,83 @@ public sealed class PooledRequestBodyTests
         Assert.Equal(PooledRequestBody.Outcome.TimedOut, outcome);
         Assert.Null(body);
         Assert.Equal(0, budget.Held);
+    }
+
+    // Arrays of 85,000 bytes and more go to the large-object heap, collected only with generation 2; the shared pool
+    // keeps every size it was given back, so each size a body passes through stays in the API's memory.
+    private const int LargeObjectBytes = 85_000;
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_largest_body_rents_one_large_object_heap_array_and_gives_every_buffer_back(bool withContentLength)
+    {
+        var pool = new CountingPool();
+        var budget = Budget(32L * 1024 * 1024);
+        var (body, outcome) = await PooledRequestBody.ReadAsync(new TrickleStream(new byte[FourMiB], 32 * 1024),
+            withContentLength ? FourMiB : null, FourMiB, budget, TimeSpan.FromSeconds(30), pool, CancellationToken.None);
+
+        Assert.Equal(PooledRequestBody.Outcome.Read, outcome);
+        Assert.Equal(FourMiB, body!.Length);
+        var large = pool.Rented.Where(n => n >= LargeObjectBytes).ToList();
+        // The old reader doubled its buffer from 16 KiB: 128 KiB, 256 KiB, … 4 MiB, six large arrays for one body.
+        Assert.True(large.Count <= 1, $"rented {large.Count} large arrays for one body: {string.Join(", ", large)}");
+        Assert.Equal(FourMiB, budget.Held);
+        body.Dispose();
+        Assert.Equal(pool.Rented.Count, pool.Returned);
+        Assert.Equal(0, budget.Held);
+    }
+
+    [Fact]
+    public async Task A_body_being_read_holds_the_budget_for_the_bytes_that_have_arrived_rounded_to_one_buffer()
+    {
+        var budget = Budget(32L * 1024 * 1024);
+        // 100 KiB of an announced 4 MiB arrive, then nothing: what is held is what was sent, not what was announced.
+        var pipe = new System.IO.Pipelines.Pipe();
+        var reading = PooledRequestBody.ReadAsync(pipe.Reader.AsStream(), FourMiB, FourMiB, budget, TimeSpan.FromSeconds(60), CancellationToken.None);
+        await pipe.Writer.WriteAsync(new byte[100 * 1024]); // completes once the reader has taken most of it (the pipe pauses at 64 KiB)
+
+        await Eventually.TrueAsync(() => Task.FromResult(budget.Held >= 100 * 1024), TimeSpan.FromSeconds(30), "the arrived bytes to be charged", TimeSpan.FromMilliseconds(10));
+        Assert.InRange(budget.Held, 100 * 1024, 100 * 1024 + 128 * 1024);
+
+        // All but the last byte of the largest body: held in exactly its size, so eight such fill the default budget
+        // (InFlightIngestBudgetTests); a chain whose buffers the pool rounded past it held 16 KiB more each.
+        await pipe.Writer.WriteAsync(new byte[FourMiB - 1 - 100 * 1024]);
+        await Eventually.TrueAsync(() => Task.FromResult(budget.Held >= FourMiB), TimeSpan.FromSeconds(30), "the whole body to be charged", TimeSpan.FromMilliseconds(10));
+        Assert.Equal(FourMiB, budget.Held);
+
+        await pipe.Writer.CompleteAsync();
+        var (body, outcome) = await reading;
+        Assert.Equal(PooledRequestBody.Outcome.Read, outcome); // ended short: Kestrel would fail it; the reader keeps what came
+        body!.Dispose();
+        Assert.Equal(0, budget.Held);
+    }
+
+    /// <summary>The shared pool, recording every rent.</summary>
+    private sealed class CountingPool : ArrayPool<byte>
+    {
+        public List<int> Rented { get; } = [];
+
+        public int Returned { get; private set; }
+
+        public override byte[] Rent(int minimumLength)
+        {
+            var array = Shared.Rent(minimumLength);
+            Rented.Add(array.Length);
+            return array;
+        }
+
+        public override void Return(byte[] array, bool clearArray = false)
+        {
+            Returned++;
+            Shared.Return(array, clearArray);
+        }
+    }
+
+    /// <summary>Gives at most <c>chunk</c> bytes per read, as a socket does.</summary>
+    private sealed class TrickleStream(byte[] data, int chunk) : MemoryStream(data)
+    {
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
+            base.ReadAsync(buffer[..Math.Min(buffer.Length, chunk)], cancellationToken);
     }
 }

@@ -31,4 +31,16 @@ public sealed class RuntimeConfigurationTests
             "Producer.Api.runtimeconfig.json has no System.GC.Gen0MaxBudget: the generation-0 budget is sized from the L3 cache");
         Assert.InRange(budget.GetInt64(), 1L, 6L * 1024 * 1024);
     }
+
+    [Fact]
+    public void The_API_runs_with_GC_regions_of_1_MiB()
+    {
+        // Unset, a region is 4 MiB: the heap commits and keeps memory in 4 MiB steps. .NET 10 reads System.GC.RegionSize
+        // from runtimeconfig.json (GC.GetConfigurationVariables()["GCRegionSize"]; docs/benchmarks.md, "Session 8: API memory").
+        var properties = ConfigProperties();
+
+        Assert.True(properties.TryGetProperty("System.GC.RegionSize", out var size),
+            "Producer.Api.runtimeconfig.json has no System.GC.RegionSize: the GC uses 4 MiB regions");
+        Assert.Equal(1024 * 1024, size.GetInt64());
+    }
 }
