@@ -49,10 +49,11 @@ public static class RedisFailures
 
     /// <summary>
     /// The error codes (an error reply's first word) Redis answers while it is unavailable, full or failing over. OOM
-    /// (maxmemory reached under noeviction) passes when keys expire or memory is added; NOSCRIPT reaches a caller only
+    /// (maxmemory reached under noeviction) passes when keys expire or memory is added; MISCONF (the AOF or an RDB
+    /// snapshot cannot be written: a full disk) passes with the next write that succeeds; NOSCRIPT reaches a caller only
     /// when the client's re-send raced a failover, and the next call sends the script again.
     /// </summary>
-    private static readonly string[] OutageReplies = ["READONLY", "MASTERDOWN", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "OOM", "NOSCRIPT"];
+    private static readonly string[] OutageReplies = ["READONLY", "MASTERDOWN", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "OOM", "NOSCRIPT", "MISCONF"];
 
     /// <summary>Whether a Redis error reply (its text, e.g. a per-write error a script returned) is one only an outage gives.</summary>
     public static bool IsOutageReply(string error)

@@ -194,6 +194,9 @@ public sealed class StatusWriteCoalescer : IAsyncDisposable, IDisposable
         {
             TimeoutException => new TimeoutException(message, cause),
             RedisConnectionException connection => new RedisConnectionException(connection.FailureType, message, cause),
+            // The multiplexer disposed under a delivery (a shutdown outlasting the bus stop): Redis never refused the
+            // write, so it is a lost connection, retried until the bus stops, never a refusal to give up on.
+            ObjectDisposedException => new RedisConnectionException(ConnectionFailureType.ConnectionDisposed, message, cause),
             // Anything else, a client-side error included (a disposed multiplexer, a reply of another shape): to the
             // caller the status store did not take the write, as when Redis fails it.
             _ => new RedisException(message, cause),

@@ -139,6 +139,9 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
         { "NOREPLICAS Not enough good replicas to write.", true },
         { "OOM command not allowed when used memory > 'maxmemory'.", true },
         { "NOSCRIPT No matching script. Please use EVAL.", true },
+        // A full disk under appendonly/save: Redis refuses writes until one succeeds again, as transient as OOM.
+        { "MISCONF Errors writing to the AOF file: No space left on device", true },
+        { "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.", true },
         { "WRONGTYPE Operation against a key holding the wrong kind of value", false },
         { "ERR Error running script (call to f_0123): @user_script:1: oops", false },
         { "ERR unknown command 'HSETX'", false },

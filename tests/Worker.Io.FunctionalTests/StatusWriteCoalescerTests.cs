@@ -145,6 +145,34 @@ public sealed class StatusWriteCoalescerTests(ITestOutputHelper output) : IAsync
     }
 
     [Fact]
+    public async Task A_status_write_through_a_connection_disposed_under_the_coalescer_is_retried_not_given_up()
+    {
+        // Shutdown outlasting the bus stop: the client throws ObjectDisposedException. The status store did not take
+        // the write, and Redis never refused it: giving up would acknowledge the message with its status left behind.
+        var redis = await ConnectAsync();
+        var statuses = Statuses(redis);
+        await redis.DisposeAsync();
+        await using var coalescer = new StatusWriteCoalescer(redis, statuses);
+
+        using var stop = new CancellationTokenSource();
+        var attempts = 0;
+        var write = FinalStatusWrite.UntilWrittenAsync(() =>
+        {
+            if (++attempts == 2)
+            {
+                stop.Cancel();
+            }
+
+            return coalescer.MarkSucceededAsync("disposed-under", 1, "");
+        }, "disposed-under", EventStates.Succeeded, NullLogger.Instance, stop.Token);
+
+        var ended = await Record.ExceptionAsync(() => write.WaitAsync(Deadline));
+        Assert.True(ended is OperationCanceledException,
+            $"a status write through a disposed connection ended after {attempts} attempt(s) with {ended?.GetType().Name ?? "no exception (given up)"}");
+        Assert.Equal(2, attempts);
+    }
+
+    [Fact]
     public async Task Each_caller_of_a_failed_call_gets_its_own_exception_wrapping_the_shared_cause()
     {
         // A client-side failure of every call: the multiplexer is gone.
