@@ -60,7 +60,7 @@ public sealed record NextStage(string Type, JsonObject Payload, string? Target =
         }
         finally
         {
-            System.Buffers.ArrayPool<byte>.Shared.Return(bytes);
+            System.Buffers.ArrayPool<byte>.Shared.Return(bytes, clearArray: true);
         }
     }
 
