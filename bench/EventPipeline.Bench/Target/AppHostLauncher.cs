@@ -67,7 +67,17 @@ public static class AppHostLauncher
         await app.StartAsync(startup.Token);
         foreach (var resource in PipelineTarget.Resources)
         {
-            await app.ResourceNotifications.WaitForResourceHealthyAsync(resource, startup.Token);
+            try
+            {
+                await app.ResourceNotifications.WaitForResourceHealthyAsync(resource, startup.Token);
+            }
+            catch (DistributedApplicationException)
+            {
+                // The services' console output is filtered out above (it would bury the progress line); a resource that
+                // failed to start is the one time it is needed, or the failure says nothing about its cause.
+                await WriteResourceLogAsync(app, resource, log);
+                throw;
+            }
         }
 
         var pids = new Dictionary<string, int>(StringComparer.Ordinal);
@@ -125,5 +135,35 @@ public static class AppHostLauncher
         }
 
         return app.GetEndpoint(resource, "http");
+    }
+
+    /// <summary>The last lines of a resource's console log (what the dashboard shows), the AppHost's own lines about it included.</summary>
+    private static async Task WriteResourceLogAsync(DistributedApplication app, string name, TextWriter log)
+    {
+        var resource = app.Services.GetRequiredService<DistributedApplicationModel>().Resources.FirstOrDefault(r => r.Name == name);
+        if (resource is null)
+        {
+            return;
+        }
+
+        var lines = new List<string>();
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        try
+        {
+            await foreach (var batch in app.Services.GetRequiredService<ResourceLoggerService>().GetAllAsync(resource).WithCancellation(deadline.Token))
+            {
+                lines.AddRange(batch.Select(l => l.Content));
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // what arrived within the deadline is written below
+        }
+
+        log.WriteLine($"{name} failed to start; the last {Math.Min(lines.Count, 60)} of its {lines.Count} log lines:");
+        foreach (var line in lines.TakeLast(60))
+        {
+            log.WriteLine($"  {name}: {line}");
+        }
     }
 }
