@@ -34,8 +34,11 @@ public sealed class LaneWriter(
     private const string Script = EventStatusStore.RecordSucceededLua + EventStatusStore.TryStartLua + """
         local successes = tonumber(ARGV[5])
         -- Which of the batch's entries are pending to this consumer: one XPENDING over the batch's range instead of
-        -- one per entry. Nothing below changes the pending list before the last check (XACK comes after the
-        -- successes' checks and concerns none of the starts), so this is what each entry's own XPENDING would read.
+        -- one per entry. Nothing below changes the pending list before the last success check (XACK comes after
+        -- them), so each success reads what its own XPENDING would. A start reads the list from before the XACK: only
+        -- when one entry is in the lane twice (taken back by the claimer after a long stall) and one copy's success
+        -- shares the script with the other's start does that start then answer "already succeeded" where a read
+        -- after the XACK said "claimed by another"; neither writes anything (review of session 8, F2).
         local held = {}
         local from = ARGV[#ARGV - 1]
         while true do
