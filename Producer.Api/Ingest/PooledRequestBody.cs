@@ -105,7 +105,12 @@ public sealed class PooledRequestBody : IDisposable
                 return (null, Outcome.TooLarge);
             }
 
-            read.Join();
+            if (!read.Join())
+            {
+                read.Dispose();
+                return (null, Outcome.OverBudget);
+            }
+
             return (read, Outcome.Read);
         }
         catch (OperationCanceledException) when (deadline.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
@@ -141,25 +146,33 @@ public sealed class PooledRequestBody : IDisposable
 
     /// <summary>
     /// Makes the body one contiguous buffer (what the JSON parser and the payloads read), renting one of its length and
-    /// giving the chain back. The budget is charged what changes (the copy's size against the chain's), never refused:
-    /// the chain held at least the body's bytes. Both are held during the copy: that moment is CPU-bound, a client cannot
-    /// stretch it, and not counting it lets eight largest batches fill the default budget exactly.
+    /// giving the chain back. The budget is charged what changes (the copy's size against the chain's). The chain held
+    /// at least the body's bytes, but the pool rounds the copy up to a power of two: a body without a Content-Length just
+    /// past one (2 MiB + 1 byte: a 4 MiB copy) may hold more than its chain, and that is refused like any other buffer
+    /// the budget cannot take (false: 429, nothing enqueued). Both are held during the copy: that moment is CPU-bound, a
+    /// client cannot stretch it, and not counting it lets eight largest batches fill the default budget exactly.
     /// </summary>
-    private void Join()
+    private bool Join()
     {
         if (_segments.Count == 1)
         {
             _buffer = _segments[0];
             _segments.Clear();
-            return;
+            return true;
         }
 
         if (_segments.Count == 0)
         {
-            return;
+            return true;
         }
 
         var joined = _pool.Rent(Length);
+        if (joined.Length > _reserved && !_budget.TryReserve(joined.Length - _reserved, _reserved))
+        {
+            _pool.Return(joined);
+            return false;
+        }
+
         var at = 0;
         foreach (var segment in _segments)
         {
@@ -168,10 +181,15 @@ public sealed class PooledRequestBody : IDisposable
             at += n;
         }
 
-        _budget.Add(joined.Length - _reserved);
+        if (joined.Length < _reserved)
+        {
+            _budget.Release(_reserved - joined.Length);
+        }
+
         _reserved = joined.Length;
         _buffer = joined;
         ReturnSegments();
+        return true;
     }
 
     private void ReturnSegments()

@@ -48,6 +48,26 @@ public sealed class PooledRequestBodyTests
     }
 
     [Fact]
+    public async Task A_body_without_Content_Length_never_takes_the_budget_past_its_limit_when_it_is_made_contiguous()
+    {
+        // 2 MiB + 1 byte sent chunked: the chain holds 2 MiB + 64 KiB, the contiguous copy the pool's 4 MiB. With others
+        // holding most of the budget, charging that round-up unchecked took the total ~1.9 MiB past the limit.
+        const int length = 2 * 1024 * 1024 + 1;
+        var budget = Budget(8L * 1024 * 1024);
+        Assert.True(budget.TryReserve(5L * 1024 * 1024)); // other submissions' bodies
+
+        var (body, outcome) = await PooledRequestBody.ReadAsync(new MemoryStream(new byte[length]), null, FourMiB, budget, TimeSpan.FromSeconds(30), CancellationToken.None);
+        using (body)
+        {
+            Assert.True(budget.Held <= budget.Limit,
+                $"a chunked body of {length} bytes read as {outcome} left the budget holding {budget.Held} of its {budget.Limit} bytes");
+        }
+
+        Assert.Equal(PooledRequestBody.Outcome.OverBudget, outcome);
+        Assert.Equal(5L * 1024 * 1024, budget.Held);
+    }
+
+    [Fact]
     public async Task A_body_alone_is_never_refused_for_the_budget()
     {
         var budget = Budget(64 * 1024);
