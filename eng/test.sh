@@ -24,7 +24,7 @@ for trx in "$results"/*.trx; do
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0})); skipped=$((skipped + ${t:-0} - ${e:-0}))
 done
 # Name each failed test with the start of its message at the very end, where a CI log tail shows it, and the last
-# 15 lines of its own output (what it saw before it failed, which the tail otherwise loses).
+# 8 lines of its own output (what it saw before it failed); kept short, since only the log's tail is shown.
 if [ "$failed" -gt 0 ]; then
   echo "failed tests:"
   for trx in "$results"/*.trx; do
@@ -33,12 +33,12 @@ if [ "$failed" -gt 0 ]; then
       function unxml(s) { gsub(/&quot;/, "\"", s); gsub(/&lt;/, "<", s); gsub(/&gt;/, ">", s); gsub(/&apos;/, "'"'"'", s); gsub(/&amp;/, "\\&", s); return s }
       /<UnitTestResult / && /outcome="Failed"/ { match($0, /testName="[^"]*"/); print "  FAILED " unxml(substr($0, RSTART + 10, RLENGTH - 11)); infail = 1; lines = 0; n = 0 }
       infail && /<StdOut>/ { inout = 1 }
-      inout { line = $0; gsub(/<\/?StdOut>/, "", line); out[n % 15] = unxml(line); n++ }
+      inout { line = $0; gsub(/<\/?StdOut>/, "", line); out[n % 8] = unxml(line); n++ }
       inout && /<\/StdOut>/ { inout = 0 }
       infail && /<Message>/ { inmsg = 1 }
-      inmsg && lines < 12 { line = $0; gsub(/<\/?Message>/, "", line); print "    " unxml(line); lines++ }
+      inmsg && lines < 8 { line = $0; gsub(/<\/?Message>/, "", line); print "    " unxml(line); lines++ }
       inmsg && /<\/Message>/ { inmsg = 0 }
-      infail && /<\/UnitTestResult>/ { if (n > 0) { print "    output (last lines):"; for (i = (n > 15 ? n - 15 : 0); i < n; i++) print "      " out[i % 15] } }
+      infail && /<\/UnitTestResult>/ { if (n > 0) { print "    output (last lines):"; for (i = (n > 8 ? n - 8 : 0); i < n; i++) print "      " out[i % 8] } }
       /<\/UnitTestResult>/ { infail = 0; inmsg = 0; inout = 0 }
     ' "$trx"
   done

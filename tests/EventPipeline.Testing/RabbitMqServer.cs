@@ -14,6 +14,9 @@ public sealed class RabbitMqServer : IAsyncDisposable
     private ChildProcess? _epmd;
     private ChildProcess? _server;
 
+    /// <summary>The last lines the running node printed (its log goes to stdout): what a failing test shows of the broker.</summary>
+    public IEnumerable<string> LastLogLines(int count) => _server?.Output.TakeLast(count) ?? [];
+
     private RabbitMqServer()
     {
         Port = LocalPorts.Free();

@@ -23,6 +23,10 @@ public sealed class BrokerRestartTests(ITestOutputHelper output) : IAsyncLifetim
         var unavailable = 0;
         var unexpected = new ConcurrentBag<string>();
         var restarted = false;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var restartedAt = TimeSpan.Zero;
+        var firstAcceptAfterRestart = TimeSpan.Zero;
+        string? lastUnavailable = null;
         using var stop = new CancellationTokenSource(TimeSpan.FromMinutes(4));
 
         async Task SubmitLoopAsync(int loop)
@@ -42,15 +46,20 @@ public sealed class BrokerRestartTests(ITestOutputHelper output) : IAsyncLifetim
                 {
                     case HttpStatusCode.Accepted:
                         accepted.Add(id);
-                        if (Volatile.Read(ref restarted))
+                        if (Volatile.Read(ref restarted) && Interlocked.Increment(ref acceptedAfterRestart) == 1)
                         {
-                            Interlocked.Increment(ref acceptedAfterRestart);
+                            firstAcceptAfterRestart = clock.Elapsed;
                         }
 
                         break;
                     case HttpStatusCode.ServiceUnavailable:
                         Assert.NotNull(response.Headers.RetryAfter);
                         Interlocked.Increment(ref unavailable);
+                        if (Volatile.Read(ref restarted))
+                        {
+                            Volatile.Write(ref lastUnavailable, $"{clock.Elapsed.TotalSeconds:F1} s: {await response.Content.ReadAsStringAsync()}");
+                        }
+
                         break;
                     default:
                         unexpected.Add($"{(int)response.StatusCode}: {await response.Content.ReadAsStringAsync()}");
@@ -65,15 +74,29 @@ public sealed class BrokerRestartTests(ITestOutputHelper output) : IAsyncLifetim
             await _host.Rabbit.KillAsync();
             output.WriteLine($"rabbitmq killed after {accepted.Count} accepted events");
             await Eventually.TrueAsync(() => Task.FromResult(Volatile.Read(ref unavailable) >= 4), Deadline, "the API to answer 503 while the broker is down");
+            output.WriteLine($"{clock.Elapsed.TotalSeconds:F1} s: rabbitmq killed; {unavailable} answered 503 so far");
             await _host.Rabbit.StartServerAsync();
+            restartedAt = clock.Elapsed;
             Volatile.Write(ref restarted, true);
-            output.WriteLine($"rabbitmq restarted; {accepted.Count} accepted, {unavailable} answered 503 so far");
+            output.WriteLine($"{restartedAt.TotalSeconds:F1} s: rabbitmq restarted; {accepted.Count} accepted, {unavailable} answered 503 so far");
         }
 
         await Task.WhenAll(ChaosAsync(), SubmitLoopAsync(0), SubmitLoopAsync(1), SubmitLoopAsync(2));
 
         Assert.Empty(unexpected);
-        Assert.True(acceptedAfterRestart >= 100, "the API did not accept events again after the broker came back");
+        output.WriteLine($"{clock.Elapsed.TotalSeconds:F1} s: submissions stopped; {acceptedAfterRestart} accepted after the restart, the first at {firstAcceptAfterRestart.TotalSeconds:F1} s");
+        if (acceptedAfterRestart < 100)
+        {
+            // What a CI log's tail shows of a failure is the message and the last lines of this output: the broker's log,
+            // then the API's, then the distinct exceptions the API logged.
+            output.WriteLine("rabbitmq log:\n" + string.Join('\n', _host.Rabbit.LastLogLines(20)));
+            output.WriteLine("API log:\n" + string.Join('\n', _host.Api!.Output.TakeLast(30)));
+            output.WriteLine("API exceptions: " + string.Join(" | ", _host.Api.Output.Where(l => l.Contains("Exception", StringComparison.Ordinal)).Select(l => l.Trim()).Distinct().TakeLast(4)));
+        }
+
+        Assert.True(acceptedAfterRestart >= 100,
+            $"the API did not accept events again after the broker came back ({restartedAt.TotalSeconds:F1} s): {acceptedAfterRestart} accepted by " +
+            $"{clock.Elapsed.TotalSeconds:F1} s; the last 503 after it, at {lastUnavailable}");
         var ids = accepted.ToList();
         await Eventually.TrueAsync(async () => (await _host.ReceivedAsync(ids)).Values.All(r => r.Count >= 1),
             Deadline, "every event that got a 202 to reach the receiver", TimeSpan.FromMilliseconds(500));
