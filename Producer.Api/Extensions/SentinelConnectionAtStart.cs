@@ -127,6 +127,9 @@ public sealed class SentinelConnectionAtStart : BackgroundService
                     return ValueTask.CompletedTask;
                 case "get_" + nameof(IConnectionMultiplexer.IsConnected):
                     return Owner.IsConnected;
+                case nameof(IConnectionMultiplexer.GetDatabase) when args is [int db, var asyncState]:
+                    // Every Redis call of the API's stores starts here: no reflection on that path.
+                    return Owner.Connection.GetDatabase(db, asyncState);
             }
 
             try
