@@ -117,8 +117,8 @@ public sealed class RedisFailoverTests(SharedRabbitMq rabbit, ITestOutputHelper 
         await using var lane = await SentinelLaneHarness.StartAsync(await rabbit.GetAsync(), replicaAcks: 1, workers: 0);
         // Written by the test, not submitted: the API's first round of replica waits is the first submission below, which
         // opens the wait connection inside that round (a fresh API). In session 9 that first submission was answered 503
-        // (BrokerTimeout, 5 s) before or while its WAIT blocked — the Sentinel connect with two dead replicas takes that
-        // long — so it is skipped as a try and the tries go on until three reads were sent inside a WAIT.
+        // (BrokerTimeout, 5 s) before its WAIT was seen in its first second, so it is skipped as a try and the tries go on
+        // until three reads were sent inside a WAIT.
         var known = Guid.NewGuid().ToString("N");
         await lane.Statuses.MarkAcceptedAsync(known, "noop.cpu", EventPipeline.Contracts.Lanes.Cpu, DateTimeOffset.UtcNow);
         var primary = await lane.Redis.PrimaryPortAsync() ?? throw new InvalidOperationException("the Sentinels do not agree on a primary");
