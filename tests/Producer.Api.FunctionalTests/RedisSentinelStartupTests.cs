@@ -72,7 +72,7 @@ public sealed class RedisSentinelStartupTests(ApiOnlyFixture fixture, ITestOutpu
         Assert.Equal(HttpStatusCode.OK, status.StatusCode);
         await Eventually.TrueAsync(async () => (await http.GetAsync("/health/ready")).StatusCode == HttpStatusCode.OK, TimeSpan.FromSeconds(60),
             "the API to be ready once its Sentinel answers", TimeSpan.FromMilliseconds(250));
-        output.WriteLine(string.Join('\n', api.Output.Where(l => l.Contains("Redis", StringComparison.Ordinal) && !l.StartsWith("   ", StringComparison.Ordinal)).Take(10)));
+        output.WriteLine(string.Join('\n', api.Output.Where(l => l.Contains("through Sentinel", StringComparison.Ordinal)).Take(10)));
     }
 
     private static async Task<bool> LiveAsync(HttpClient http)
