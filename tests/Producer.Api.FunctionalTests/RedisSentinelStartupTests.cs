@@ -1,0 +1,134 @@
+using System.Net;
+using System.Net.Http.Json;
+using EventPipeline.Testing;
+using StackExchange.Redis;
+using Xunit.Abstractions;
+
+namespace EventPipeline.Producer.FunctionalTests;
+
+/// <summary>
+/// An API that starts while the Sentinels in front of its Redis do not answer (SIGSTOPped, always resumed): it must come
+/// up, answer 503 for what needs Redis without holding or writing anything, and serve once they answer — without a
+/// restart. Aspire's client connects synchronously the first time the connection is resolved (at host start, by the
+/// hosted services), and StackExchange.Redis's Sentinel connect throws when no Sentinel answered ("Detected as:
+/// Standalone"): the host failed to start and the process exited.
+/// </summary>
+[Collection(ApiOnlyCollection.Name)]
+public sealed class RedisSentinelStartupTests(ApiOnlyFixture fixture, ITestOutputHelper output)
+{
+    private PipelineHost Host => fixture.Host;
+
+    [Fact]
+    public async Task Api_started_while_its_sentinel_does_not_answer_stays_up_answers_503_and_serves_once_it_does()
+    {
+        await using var sentinel = await StartSentinelAsync(Host.Redis);
+        var settings = new Dictionary<string, string?>
+        {
+            // A short connect timeout only so that attempts fail quickly; the failure is the same at the defaults.
+            ["ConnectionStrings__redis"] = sentinel.ConnectionString + ",connectTimeout=1000,connectRetry=1",
+            ["ConnectionStrings__rabbitmq"] = Host.Rabbit.ConnectionString,
+            ["TestEvents__Enabled"] = "true",
+            ["Logging__LogLevel__Default"] = "Warning",
+            ["Auth__ApiKeys__Submit"] = PipelineHost.SubmitKey,
+            ["Auth__ApiKeys__Admin"] = PipelineHost.AdminKey,
+            ["LaneMonitor__RabbitMqPrometheusUrl"] = $"http://127.0.0.1:{Host.Rabbit.PrometheusPort}",
+            ["Downstream__AllowedHosts__0"] = "127.0.0.1",
+        };
+        var before = await Host.ContentsAsync();
+        await using var pause = ProcessPause.Of(sentinel.Process.Pid);
+        await using var api = ServiceProcess.Start("Producer.Api", settings, out var port);
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(30) };
+        http.DefaultRequestHeaders.Add("X-Api-Key", PipelineHost.SubmitKey);
+
+        await Eventually.TrueAsync(async () => api.HasExited || await LiveAsync(http), TimeSpan.FromSeconds(90),
+            "the API to answer /health/live or to exit", TimeSpan.FromMilliseconds(200));
+        Assert.False(api.HasExited, $"the API exited at start while its Sentinel did not answer:\n{string.Join('\n', api.Output.Where(l => !l.StartsWith("   ", StringComparison.Ordinal)).TakeLast(10))}");
+
+        // Twice: the second request must not find a half-made connection the first one left behind.
+        for (var i = 0; i < 2; i++)
+        {
+            using var submitted = await http.PostAsJsonAsync("/events", new { type = "noop.cpu", payload = new { } });
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, submitted.StatusCode);
+            Assert.NotNull(submitted.Headers.RetryAfter);
+            using var read = await http.GetAsync("/events/not-there");
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, read.StatusCode);
+        }
+
+        using (var ready = await http.GetAsync("/health/ready"))
+        {
+            Assert.NotEqual(HttpStatusCode.OK, ready.StatusCode);
+        }
+
+        Assert.Equal(before.CpuStreamLength, (await Host.ContentsAsync()).CpuStreamLength);
+
+        pause.Resume();
+        var id = Guid.NewGuid().ToString("N");
+        await Eventually.TrueAsync(async () =>
+        {
+            using var submitted = await http.PostAsJsonAsync("/events", new { id, type = "noop.cpu", payload = new { } });
+            return submitted.StatusCode == HttpStatusCode.Accepted;
+        }, TimeSpan.FromSeconds(60), "the API to accept an event once its Sentinel answers", TimeSpan.FromMilliseconds(250));
+        using var status = await http.GetAsync($"/events/{id}");
+        Assert.Equal(HttpStatusCode.OK, status.StatusCode);
+        await Eventually.TrueAsync(async () => (await http.GetAsync("/health/ready")).StatusCode == HttpStatusCode.OK, TimeSpan.FromSeconds(60),
+            "the API to be ready once its Sentinel answers", TimeSpan.FromMilliseconds(250));
+        output.WriteLine(string.Join('\n', api.Output.Where(l => l.Contains("through Sentinel", StringComparison.Ordinal)).Take(10)));
+    }
+
+    private static async Task<bool> LiveAsync(HttpClient http)
+    {
+        try
+        {
+            return (await http.GetAsync("/health/live")).StatusCode == HttpStatusCode.OK;
+        }
+        catch (HttpRequestException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>One Sentinel watching the fixture's Redis (quorum 1): the discovery path the cluster AppHost's services take.</summary>
+    private sealed record Sentinel(ChildProcess Process, string ConnectionString, ScratchDirectory Directory) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            await Process.KillAsync();
+            await Process.DisposeAsync();
+            Directory.Dispose();
+        }
+    }
+
+    private static async Task<Sentinel> StartSentinelAsync(RedisServer primary)
+    {
+        const string serviceName = "ep-api";
+        var directory = new ScratchDirectory("ep-api-sentinel");
+        var port = LocalPorts.Free();
+        var config = Path.Combine(directory.Path, "sentinel.conf");
+        File.WriteAllText(config, $"""
+            port {port}
+            bind 127.0.0.1
+            daemonize no
+            dir {directory.Path}
+            requirepass {primary.Password}
+            sentinel announce-ip 127.0.0.1
+            sentinel monitor {serviceName} 127.0.0.1 {primary.Port} 1
+            sentinel auth-pass {serviceName} {primary.Password}
+
+            """);
+        var process = ChildProcess.Start($"sentinel-{port}", "redis-server", [config, "--sentinel"], new Dictionary<string, string?>());
+        var sentinel = new Sentinel(process, $"127.0.0.1:{port},serviceName={serviceName},password={primary.Password}", directory);
+        await Eventually.TrueAsync(async () =>
+        {
+            try
+            {
+                await using var client = await ConnectionMultiplexer.ConnectAsync(sentinel.ConnectionString + ",abortConnect=true,connectTimeout=2000");
+                return await client.GetDatabase().PingAsync() >= TimeSpan.Zero;
+            }
+            catch (RedisException)
+            {
+                return false;
+            }
+        }, TimeSpan.FromSeconds(30), $"a client to reach the primary through the sentinel on port {port}", TimeSpan.FromMilliseconds(200));
+        return sentinel;
+    }
+}
