@@ -212,6 +212,34 @@ public sealed class RedisStartupTests(SharedIoLane lane, ITestOutputHelper outpu
             "a defect wrapped with a Redis failure would be retried forever");
     }
 
+    [Fact]
+    public void The_status_store_connection_is_the_lanes_own_even_beside_a_keyed_redis_client()
+    {
+        // A keyed Redis client registered first (another store a later change may add): replacing Aspire's unkeyed
+        // factory must not take the keyed one instead, or Aspire's synchronous connect at the first resolve comes back.
+        var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { EnvironmentName = "Production" });
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false,connectTimeout=100",
+            ["ConnectionStrings:other"] = "127.0.0.1:1,abortConnect=false,connectTimeout=100",
+            ["ConnectionStrings:rabbitmq"] = Host.Rabbit.ConnectionString,
+            ["Downstream:BaseAddress"] = Host.ReceiverClient.BaseAddress!.ToString(),
+        });
+        builder.AddKeyedRedisClient("other");
+        builder.AddIoLane();
+
+        var descriptors = builder.Services.Where(d => d.ServiceType == typeof(IConnectionMultiplexer)).ToList();
+        Assert.True(descriptors.Count(d => !d.IsKeyedService) == 1 && descriptors.Count(d => d.IsKeyedService) == 1,
+            $"IConnectionMultiplexer registrations: {descriptors.Count(d => !d.IsKeyedService)} unkeyed, {descriptors.Count(d => d.IsKeyedService)} keyed (expected one of each)");
+        using var provider = builder.Services.BuildServiceProvider();
+        IConnectionMultiplexer? made = null;
+        var resolving = Record.Exception(() => made = provider.GetRequiredService<IConnectionMultiplexer>());
+        made?.Dispose();
+        Assert.True(resolving is RedisConnectionException && resolving.Message.Contains("still connecting", StringComparison.Ordinal),
+            $"resolving IConnectionMultiplexer before the lane's connection was up gave {made?.GetType().Name ?? resolving?.GetType().Name}: " +
+            (made is not null ? "a connection made at the resolve, not the lane's" : resolving?.Message));
+    }
+
     /// <summary>Resumes the paused Sentinel in the shutdown, then waits for the connection's Ready to settle either way.</summary>
     private sealed class ResumesWhileStopping(ProcessPause pause, Delivery.RedisConnectionAtStart connection) : IHostedService
     {
