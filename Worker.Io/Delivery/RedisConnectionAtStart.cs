@@ -75,6 +75,9 @@ public sealed class RedisConnectionAtStart(
     private ConnectionMultiplexer? _sentinel;
     private ConfigurationOptions? _sentinelConfiguration;
 
+    /// <summary>An attempt given up at shutdown and still running: it disposes the Sentinel connection when it ends.</summary>
+    private Task? _abandoned;
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         using var stopping = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken, lifetime.ApplicationStopping);
@@ -111,7 +114,9 @@ public sealed class RedisConnectionAtStart(
             catch (OperationCanceledException) when (token.IsCancellationRequested)
             {
                 // The client's connect cannot be cancelled: what it still makes is disposed when it is made, with the
-                // Sentinel connection nothing will use any more.
+                // Sentinel connection nothing will use any more. Not before: a Sentinel connection disposed while the
+                // attempt asks it for the primary makes the library throw after connecting the primary, leaving that open.
+                Volatile.Write(ref _abandoned, connecting);
                 connecting?.ContinueWith(static (made, self) =>
                 {
                     if (made.IsCompletedSuccessfully)
@@ -188,7 +193,11 @@ public sealed class RedisConnectionAtStart(
     {
         // The container disposes the connection too when something resolved it; a second Dispose does nothing.
         Interlocked.Exchange(ref _connection, null)?.Dispose();
-        DisposeSentinel();
+        if (Volatile.Read(ref _abandoned) is not { IsCompleted: false })
+        {
+            DisposeSentinel();
+        }
+
         base.Dispose();
     }
 }
