@@ -98,16 +98,26 @@ namespace Microsoft.AspNetCore.Builder
         /// </summary>
         public static WebApplication MapReceiverApi(this WebApplication app)
         {
-            var receive = async (HttpRequest request, DeliveryLedger ledger, IOptions<ReceiverOptions> options, ILogger<DeliveryLedger> logger, CancellationToken ct) =>
+            // A plain RequestDelegate over singletons resolved once: no request-delegate factory binding, and no DI scope
+            // per request (binding a parameter from services opens the request's scope). The receiver stands in for a
+            // downstream on the same cores as the lane, so its per-request cost is part of every I/O benchmark
+            // (docs/benchmarks.md, "Session 9: I/O lane").
+            var ledger = app.Services.GetRequiredService<DeliveryLedger>();
+            var options = app.Services.GetRequiredService<IOptions<ReceiverOptions>>();
+            var logger = app.Services.GetRequiredService<ILogger<DeliveryLedger>>();
+            RequestDelegate receive = async context =>
             {
+                var request = context.Request;
                 var key = request.Headers["Idempotency-Key"].ToString();
                 if (key.Length == 0)
                 {
-                    return Results.Problem(statusCode: 400, title: "Idempotency-Key header is required");
+                    await Results.Problem(statusCode: 400, title: "Idempotency-Key header is required").ExecuteAsync(context);
+                    return;
                 }
 
                 var arrival = ledger.Arrived(key, request.Headers["traceparent"].ToString(),
                     request.Path + request.QueryString);
+                var ct = context.RequestAborted;
                 Simulation simulate;
                 try
                 {
@@ -116,7 +126,8 @@ namespace Microsoft.AspNetCore.Builder
                 }
                 catch (JsonException)
                 {
-                    return Results.Problem(statusCode: 400, title: "The body is not valid JSON");
+                    await Results.Problem(statusCode: 400, title: "The body is not valid JSON").ExecuteAsync(context);
+                    return;
                 }
 
                 var delay = simulate.DelayMs ?? options.Value.DefaultDelayMs;
@@ -129,18 +140,20 @@ namespace Microsoft.AspNetCore.Builder
                 if (simulate.Status is { } status and not (>= 200 and < 300))
                 {
                     logger.LogInformation("Answering {Status} to {Key} as the body asks", status, key);
-                    return Results.StatusCode(status);
+                    context.Response.StatusCode = status;
+                    return;
                 }
 
                 if (arrival <= simulate.FailTimes || (options.Value.FailureRate > 0 && Random.Shared.NextDouble() < options.Value.FailureRate))
                 {
-                    return Results.StatusCode(StatusCodes.Status503ServiceUnavailable);
+                    context.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+                    return;
                 }
 
                 // An empty 200: nobody reads the answer's body (the sender looks at the status only, tests at /received),
                 // and serializing one was the only JSON writing on this path.
                 ledger.Accepted(key);
-                return Results.Ok();
+                context.Response.StatusCode = StatusCodes.Status200OK;
             };
             app.MapPost("/webhook", receive);
             // Any path below /webhook works too and is recorded, so a test can tell which URL a delivery went to.
