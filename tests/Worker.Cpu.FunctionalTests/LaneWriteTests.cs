@@ -77,6 +77,27 @@ public sealed class LaneWriteTests(ITestOutputHelper output)
         var pendingChecks = monitor.LinesAfter(skip).Count(line => line.Contains(" lua] \"XPENDING\"", StringComparison.OrdinalIgnoreCase));
         output.WriteLine($"{pendingChecks} XPENDING in scripts for {events} events and {laneScripts} lane scripts");
         Assert.True(pendingChecks <= laneScripts + 20, $"the lane's scripts ran {pendingChecks} XPENDING for {events} events in {laneScripts} scripts: the ownership check was read per entry");
+
+        // That read is bounded by the script's batch, not by everything this consumer holds between the batch's ids
+        // (read ahead, started, successes queued): at most 4 rows per entry of the script, and 64 at least. A MONITOR
+        // feed lists a script's call before the commands it ran.
+        var entriesOfScript = 0;
+        var unbounded = new List<string>();
+        foreach (var line in monitor.LinesAfter(skip))
+        {
+            var arguments = ArgumentsOf(line);
+            if (CommandOf(line) is "EVALSHA" or "EVAL" && !line.Contains(" lua] ", StringComparison.Ordinal) && arguments.Length > 2)
+            {
+                entriesOfScript = line.Contains($"\"{CpuLaneStreams.Started}\"", StringComparison.Ordinal) ? int.Parse(arguments[2]) - 2 : 0;
+            }
+            else if (line.Contains(" lua] ", StringComparison.Ordinal) && CommandOf(line) == "XPENDING" && entriesOfScript > 0
+                && arguments.Length >= 7 && arguments[3] != arguments[4] && int.Parse(arguments[5]) > Math.Max(64, 4 * entriesOfScript))
+            {
+                unbounded.Add($"COUNT {arguments[5]} for {entriesOfScript} entries");
+            }
+        }
+
+        Assert.True(unbounded.Count == 0, $"{unbounded.Count} lane scripts read up to more pending entries than 4 per entry of their batch (and 64): {string.Join("; ", unbounded.Distinct().Take(5))}");
     }
 
     /// <summary>The command and its arguments of a MONITOR line (<c>1700000000.000000 [0 lua] "HSET" "key" ...</c>).</summary>
