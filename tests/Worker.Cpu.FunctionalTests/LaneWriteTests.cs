@@ -120,6 +120,56 @@ public sealed class LaneWriteTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_consumer_holding_more_than_a_scripts_read_still_starts_and_acknowledges_each_entry_exactly_once()
+    {
+        // 256 started on one core and no write linger: a job's success and the start of the entry its handler takes
+        // next share a script whose id range covers every entry started between them (about 256) — far more than its
+        // capped read (4 per entry, 64 at least) unless the script carries 64 entries — so the id beyond the page is
+        // checked by itself (LaneWriter's script), for each of the 144 entries started after the first 256.
+        const int events = 400;
+        const int iterations = 2_000;
+        await using var lane = await CpuLaneHarness.StartAsync();
+        await using var monitor = await RedisMonitor.StartAsync(lane.Redis);
+        var ids = Enumerable.Range(0, events).Select(i => $"held-{i}-{Guid.NewGuid():N}").ToArray();
+        await lane.EnqueueAsync([.. ids.Select(id => (id, "hash.pbkdf2", (object)new { data = Bursts.DataOf(id), iterations }))]);
+        var skip = await monitor.CountThroughNowAsync(lane.Db);
+        await lane.StartWorkerAsync(new Dictionary<string, string?>
+        {
+            ["CpuLane__Handlers"] = "1",
+            ["CpuLane__MaxStarted"] = "256",
+            ["CpuLane__WriteLinger"] = "00:00:00",
+            ["CpuLane__ClaimTimeout"] = "00:01:00",
+        });
+
+        await Eventually.TrueAsync(async () => await lane.Db.StreamLengthAsync(CpuLaneStreams.Stream) == 0, Patience,
+            "the backlog to be acknowledged", TimeSpan.FromMilliseconds(100));
+        var outcomes = await lane.ReadAsync(ids);
+        Assert.Equal([], outcomes.Where(o => o.Value.State != "succeeded" || o.Value.Completions != 1 || o.Value.Result != Bursts.ExpectedPbkdf2(o.Key, iterations))
+            .Select(o => $"{o.Key}: {o.Value.State} × {o.Value.Completions}"));
+        Assert.Equal(events, monitor.LinesAfter(skip).Count(line => line.Contains($"\"HINCRBY\" \"{CpuLaneStreams.Started}\"", StringComparison.OrdinalIgnoreCase)));
+        Assert.Equal(0, await lane.Db.HashLengthAsync(CpuLaneStreams.Started));
+
+        // The one-by-one checks really ran inside lane scripts (not the heartbeat's), else this test proves nothing.
+        var inLaneScript = false;
+        var byId = 0;
+        foreach (var line in monitor.LinesAfter(skip))
+        {
+            var arguments = ArgumentsOf(line);
+            if (CommandOf(line) is "EVALSHA" or "EVAL" && !line.Contains(" lua] ", StringComparison.Ordinal))
+            {
+                inLaneScript = line.Contains($"\"{CpuLaneStreams.Started}\"", StringComparison.Ordinal);
+            }
+            else if (inLaneScript && line.Contains(" lua] ", StringComparison.Ordinal) && CommandOf(line) == "XPENDING" && arguments.Length >= 7 && arguments[3] == arguments[4])
+            {
+                byId++;
+            }
+        }
+
+        output.WriteLine($"{byId} pending checks of one id beyond a full page, in lane scripts, for {events} events");
+        Assert.True(byId > 0, "no lane script found its capped read full: the one-by-one check was not exercised");
+    }
+
+    [Fact]
     public async Task Successes_wait_for_company_only_while_other_entries_wait_for_a_core()
     {
         const int events = 40;
