@@ -73,44 +73,58 @@ public sealed record NextStage(string Type, JsonObject Payload, string? Target =
             return null; // most payloads: no tree of the whole payload built for nothing
         }
 
-        JsonNode? root;
+        // Read as the API validated it (Producer.Api/Validation/EventValidator.cs, JsonElement): a name may repeat and
+        // the last one counts. A JsonObject's own lookup throws on a repeated name instead (dotnet/runtime#70604), which
+        // failed such an event transiently until it was dead-lettered.
+        JsonDocument document;
         try
         {
-            root = JsonNode.Parse(payload);
+            document = JsonDocument.Parse(payload);
         }
         catch (JsonException)
         {
             return null; // the work itself reports a malformed payload
         }
 
-        if (root is not JsonObject obj || !obj.TryGetPropertyValue(Property, out var then) || then is null)
+        using (document)
         {
-            return null;
-        }
-
-        if (then is not JsonObject thenObject
-            || thenObject["type"] is not JsonValue typeValue || !typeValue.TryGetValue<string>(out var type)
-            || !AllowedTypes.Contains(type))
-        {
-            throw new PermanentEventException(
-                $"payload.then must be an object with \"type\" one of {string.Join(", ", AllowedTypes)} and \"payload\" an object");
-        }
-
-        if (thenObject["payload"] is not JsonObject nextPayload)
-        {
-            throw new PermanentEventException("payload.then.payload is required and must be a JSON object");
-        }
-
-        string? target = null;
-        if (thenObject["target"] is { } targetNode)
-        {
-            if (targetNode is not JsonValue targetValue || !targetValue.TryGetValue(out target) || target.Length == 0)
+            var root = document.RootElement;
+            if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty(Property, out var then) || then.ValueKind == JsonValueKind.Null)
             {
-                throw new PermanentEventException("payload.then.target must be a string (an absolute http or https URL)");
+                return null;
             }
-        }
 
-        return new NextStage(type, (JsonObject)nextPayload.DeepClone(), target);
+            if (then.ValueKind != JsonValueKind.Object
+                || !then.TryGetProperty("type", out var typeElement) || typeElement.ValueKind != JsonValueKind.String
+                || typeElement.GetString() is not { } type || !AllowedTypes.Contains(type))
+            {
+                throw new PermanentEventException(
+                    $"payload.then must be an object with \"type\" one of {string.Join(", ", AllowedTypes)} and \"payload\" an object");
+            }
+
+            if (!then.TryGetProperty("payload", out var nextPayload) || nextPayload.ValueKind != JsonValueKind.Object)
+            {
+                throw new PermanentEventException("payload.then.payload is required and must be a JSON object");
+            }
+
+            string? target = null;
+            if (then.TryGetProperty("target", out var targetElement) && targetElement.ValueKind != JsonValueKind.Null)
+            {
+                if (targetElement.ValueKind != JsonValueKind.String || string.IsNullOrEmpty(target = targetElement.GetString()))
+                {
+                    throw new PermanentEventException("payload.then.target must be a string (an absolute http or https URL)");
+                }
+            }
+
+            // The last of a repeated name, as the API read it; values below the top level are carried as written.
+            var body = new JsonObject();
+            foreach (var property in nextPayload.EnumerateObject())
+            {
+                body[property.Name] = JsonNode.Parse(property.Value.GetRawText());
+            }
+
+            return new NextStage(type, body, target);
+        }
     }
 
     /// <summary>The body the I/O lane delivers: <c>then.payload</c> plus the CPU event's id, type and result.</summary>

@@ -39,13 +39,22 @@ public sealed class LaneWriter(
         -- when one entry is in the lane twice (taken back by the claimer after a long stall) and one copy's success
         -- shares the script with the other's start does that start then answer "already succeeded" where a read
         -- after the XACK said "claimed by another"; neither writes anything (review of session 8, F2).
+        -- The range also covers whatever else this consumer holds between the batch's ids (read ahead, started, queued
+        -- successes: about 3 x MaxStarted, so 800 rows on 32 cores), so the read is capped at 4 rows per entry of the
+        -- batch, and 64 at least (what a 2-core consumer holds: small batches stay one read): a script costs what its
+        -- batch is, not what the consumer holds. When the page is full, each id of the batch not on it is asked for by
+        -- itself (review of session 8, F1).
         local held = {}
-        local from = ARGV[#ARGV - 1]
-        while true do
-          local page = redis.call('XPENDING', KEYS[1], ARGV[1], from, ARGV[#ARGV], 512, ARGV[2])
-          for i = 1, #page do held[page[i][1]] = true end
-          if #page < 512 then break end
-          from = '(' .. page[#page][1]
+        local entries = #KEYS - 2
+        local limit = math.min(512, math.max(64, 4 * entries))
+        local page = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[#ARGV - 1], ARGV[#ARGV], limit, ARGV[2])
+        for i = 1, #page do held[page[i][1]] = true end
+        if #page >= limit then
+          local function check(id)
+            if not held[id] and #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2]) > 0 then held[id] = true end
+          end
+          for n = 1, successes do check(ARGV[6 + (n - 1) * 3]) end
+          for n = 1, entries - successes do check(ARGV[6 + successes * 3 + (n - 1) * 2]) end
         end
         local recorded, acked, errors, done = {}, {}, {}, {}
         for n = 1, successes do

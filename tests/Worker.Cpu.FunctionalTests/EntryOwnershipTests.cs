@@ -42,7 +42,7 @@ public sealed class EntryOwnershipTests(ITestOutputHelper output)
             var other = await lane.StartWorkerAsync(settings);
             await Eventually.TrueAsync(async () => !(await PendingAsync(lane)).Any(p => Owns(p, paused)), Patience,
                 "the second worker to claim every entry of the paused one");
-            claimedAt = monitor.Lines.Count;
+            claimedAt = await monitor.CountThroughNowAsync(lane.Db);
             output.WriteLine($"worker {other.Pid} claimed them; resuming {paused.Pid}");
         }
 

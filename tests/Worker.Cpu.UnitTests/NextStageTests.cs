@@ -42,4 +42,24 @@ public sealed class NextStageTests
     [InlineData("""{"then":{"type":"webhook.post","payload":[1]}}""")]
     public void Malformed_then_is_a_permanent_error(string payload) =>
         Assert.Throws<PermanentEventException>(() => NextStage.Parse(payload));
+
+    [Fact]
+    public void A_repeated_property_name_reads_as_the_API_validated_it_the_last_one_counts()
+    {
+        // The API accepts a payload whose names repeat and validates its then as JsonElement reads it: the last one.
+        // The worker must forward what was validated, not fail the event (an ArgumentException before: retried to a
+        // dead letter) for a repetition anywhere in the payload (review of session 8, F4).
+        Assert.Null(NextStage.Parse("""{"k":1,"k":2}"""));
+        Assert.Equal("noop.io", NextStage.Parse("""{"k":1,"k":2,"then":{"type":"noop.io","payload":{}}}""")?.Type);
+        Assert.Equal("noop.io", NextStage.Parse("""{"then":{"type":"hash.pbkdf2","payload":{}},"then":{"type":"noop.io","payload":{}}}""")?.Type);
+        Assert.Throws<PermanentEventException>(() => NextStage.Parse("""{"then":{"type":"noop.io","payload":{}},"then":1}"""));
+
+        var next = NextStage.Parse("""{"then":{"type":"webhook.post","type":"noop.io","payload":{"a":1,"a":2,"b":{"c":1,"c":2}}}}""");
+        Assert.NotNull(next);
+        Assert.Equal("noop.io", next.Type);
+        var body = JsonDocument.Parse(next.BodyWith("e1", "hash.pbkdf2", "abcd")).RootElement;
+        Assert.Equal(2, body.GetProperty("a").GetInt32());
+        Assert.Equal(["a", "b", "source"], body.EnumerateObject().Select(p => p.Name));
+        Assert.Equal(2, body.GetProperty("b").GetProperty("c").GetInt32());
+    }
 }
