@@ -184,6 +184,8 @@ public sealed class RedisConnectionAtStart(
         }
 
         // Throws (disposing the primary's multiplexer it made) while the primary cannot be connected; the Sentinel stays.
+        // Not covered (docs/io-lane.md, open): with replicas, the library counts the connect as made when only a replica
+        // answers, so the gate can open before a primary does.
         return _sentinel.GetSentinelMasterConnection(configuration);
     }
 
