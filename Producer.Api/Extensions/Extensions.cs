@@ -32,13 +32,7 @@ public static class ProducerExtensions
         builder.AddRedisClient("redis", configureOptions: options => ConfigureRedis(options, builder.Configuration));
         // Under Sentinel, Aspire's synchronous first connect throws when no Sentinel answers, and the hosted services make
         // it at host start: the API would exit. The connection is made in the background instead (SentinelConnectionAtStart).
-        if (!string.IsNullOrEmpty(StackExchange.Redis.ConfigurationOptions.Parse(builder.Configuration.GetConnectionString("redis") ?? "").ServiceName))
-        {
-            builder.Services.AddSingleton<EventPipeline.Producer.Extensions.SentinelConnectionAtStart>();
-            builder.Services.AddHostedService(sp => sp.GetRequiredService<EventPipeline.Producer.Extensions.SentinelConnectionAtStart>());
-            builder.Services.Replace(ServiceDescriptor.Singleton(sp => sp.GetRequiredService<EventPipeline.Producer.Extensions.SentinelConnectionAtStart>().Proxy));
-        }
-
+        builder.AddSentinelConnectionAtStart();
 
         builder.Services.AddOptions<RoutingOptions>().BindConfiguration("Routing");
         builder.Services.AddOptions<TestEventsOptions>().BindConfiguration("TestEvents");

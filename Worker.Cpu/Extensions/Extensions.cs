@@ -12,6 +12,9 @@ public static class CpuLaneExtensions
     public static IHostApplicationBuilder AddCpuLane(this IHostApplicationBuilder builder)
     {
         builder.AddRedisClient("redis", configureOptions: options => options.AbortOnConnectFail = false);
+        // Under Sentinel, connected in the background: Aspire's synchronous first connect threw at host start when no
+        // Sentinel answered, and the worker exited (SentinelConnectionAtStart).
+        builder.AddSentinelConnectionAtStart();
 
         builder.Services.AddOptions<CpuLaneOptions>().BindConfiguration("CpuLane")
             .ValidateDataAnnotations()

@@ -151,6 +151,11 @@ public sealed class RedisFailoverTests(SharedRabbitMq rabbit, ITestOutputHelper 
         var tries = new List<string>();
         for (var attempt = 0; attempt < 5 && tries.Count(t => t.StartsWith("read", StringComparison.Ordinal)) < 3; attempt++)
         {
+            // A round can outlive its submission (answered 503 at BrokerTimeout): a read sent during that leftover WAIT
+            // would queue behind it and then see this try's own WAIT on the same connection, counted as a pass. So each
+            // try starts with no WAIT blocked; the one seen next is this submission's.
+            await Eventually.TrueAsync(async () => await BlockedWaitAsync() is null, TimeSpan.FromSeconds(60),
+                "no WAIT of an earlier round to be blocked on the primary", TimeSpan.FromMilliseconds(20));
             var submission = lane.SubmitBatchAsync([NoopCpu(Guid.NewGuid().ToString("N"))]);
             var blocked = await Eventually.ReturnsAsync(BlockedWaitAsync, c => c is { IdleSeconds: 0 } || submission.IsCompleted,
                 TimeSpan.FromSeconds(60), "the API's WAIT to block on the primary", TimeSpan.FromMilliseconds(10));
