@@ -88,43 +88,56 @@ public sealed record NextStage(string Type, JsonObject Payload, string? Target =
 
         using (document)
         {
-            var root = document.RootElement;
-            if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty(Property, out var then) || then.ValueKind == JsonValueKind.Null)
+            try
             {
-                return null;
+                return Read(document.RootElement);
             }
-
-            if (then.ValueKind != JsonValueKind.Object
-                || !then.TryGetProperty("type", out var typeElement) || typeElement.ValueKind != JsonValueKind.String
-                || typeElement.GetString() is not { } type || !AllowedTypes.Contains(type))
+            catch (InvalidOperationException ex)
             {
-                throw new PermanentEventException(
-                    $"payload.then must be an object with \"type\" one of {string.Join(", ", AllowedTypes)} and \"payload\" an object");
+                // JSON may escape a lone surrogate (the API lets it through where it reads no string); .NET cannot read it
+                // as text. No retry makes it readable: a permanent failure, not a transient one retried to the limit.
+                throw new PermanentEventException($"payload.then holds text that is not valid Unicode: {ex.Message}");
             }
-
-            if (!then.TryGetProperty("payload", out var nextPayload) || nextPayload.ValueKind != JsonValueKind.Object)
-            {
-                throw new PermanentEventException("payload.then.payload is required and must be a JSON object");
-            }
-
-            string? target = null;
-            if (then.TryGetProperty("target", out var targetElement) && targetElement.ValueKind != JsonValueKind.Null)
-            {
-                if (targetElement.ValueKind != JsonValueKind.String || string.IsNullOrEmpty(target = targetElement.GetString()))
-                {
-                    throw new PermanentEventException("payload.then.target must be a string (an absolute http or https URL)");
-                }
-            }
-
-            // The last of a repeated name, as the API read it; values below the top level are carried as written.
-            var body = new JsonObject();
-            foreach (var property in nextPayload.EnumerateObject())
-            {
-                body[property.Name] = JsonNode.Parse(property.Value.GetRawText());
-            }
-
-            return new NextStage(type, body, target);
         }
+    }
+
+    private static NextStage? Read(JsonElement root)
+    {
+        if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty(Property, out var then) || then.ValueKind == JsonValueKind.Null)
+        {
+            return null;
+        }
+
+        if (then.ValueKind != JsonValueKind.Object
+            || !then.TryGetProperty("type", out var typeElement) || typeElement.ValueKind != JsonValueKind.String
+            || typeElement.GetString() is not { } type || !AllowedTypes.Contains(type))
+        {
+            throw new PermanentEventException(
+                $"payload.then must be an object with \"type\" one of {string.Join(", ", AllowedTypes)} and \"payload\" an object");
+        }
+
+        if (!then.TryGetProperty("payload", out var nextPayload) || nextPayload.ValueKind != JsonValueKind.Object)
+        {
+            throw new PermanentEventException("payload.then.payload is required and must be a JSON object");
+        }
+
+        string? target = null;
+        if (then.TryGetProperty("target", out var targetElement) && targetElement.ValueKind != JsonValueKind.Null)
+        {
+            if (targetElement.ValueKind != JsonValueKind.String || string.IsNullOrEmpty(target = targetElement.GetString()))
+            {
+                throw new PermanentEventException("payload.then.target must be a string (an absolute http or https URL)");
+            }
+        }
+
+        // The last of a repeated name, as the API read it; values below the top level are carried as written.
+        var body = new JsonObject();
+        foreach (var property in nextPayload.EnumerateObject())
+        {
+            body[property.Name] = JsonNode.Parse(property.Value.GetRawText());
+        }
+
+        return new NextStage(type, body, target);
     }
 
     /// <summary>The body the I/O lane delivers: <c>then.payload</c> plus the CPU event's id, type and result.</summary>

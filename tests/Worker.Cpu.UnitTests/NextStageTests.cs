@@ -62,4 +62,13 @@ public sealed class NextStageTests
         Assert.Equal(["a", "b", "source"], body.EnumerateObject().Select(p => p.Name));
         Assert.Equal(2, body.GetProperty("b").GetProperty("c").GetInt32());
     }
+
+    [Theory]
+    [InlineData("""{"then":{"type":"noop.io","payload":{"\ud800":1}}}""")]
+    [InlineData("""{"then":{"type":"\ud800","payload":{}}}""")]
+    [InlineData("""{"then":{"type":"noop.io","payload":{},"target":"http://h/\udc00"}}""")]
+    public void Unreadable_text_in_then_is_a_permanent_error_not_a_retried_one(string payload) =>
+        // JSON may escape a lone surrogate; .NET cannot read it as a string. No retry makes it readable, so the event
+        // fails for good (dead-lettered at once) instead of being retried as a transient error until its delivery limit.
+        Assert.Throws<PermanentEventException>(() => NextStage.Parse(payload));
 }
