@@ -138,7 +138,9 @@ public sealed class LaneWriteTests(ITestOutputHelper output)
             ["CpuLane__Handlers"] = "1",
             ["CpuLane__MaxStarted"] = "256",
             ["CpuLane__WriteLinger"] = "00:00:00",
-            ["CpuLane__ClaimTimeout"] = "00:01:00",
+            // Ten minutes: an entry the one-by-one check wrongly answered "not held" (its success never acknowledged, its
+            // start refused) would be taken back only after the test's patience, so such an answer fails the drain below.
+            ["CpuLane__ClaimTimeout"] = "00:10:00",
         });
 
         await Eventually.TrueAsync(async () => await lane.Db.StreamLengthAsync(CpuLaneStreams.Stream) == 0, Patience,
@@ -159,7 +161,8 @@ public sealed class LaneWriteTests(ITestOutputHelper output)
             {
                 inLaneScript = line.Contains($"\"{CpuLaneStreams.Started}\"", StringComparison.Ordinal);
             }
-            else if (inLaneScript && line.Contains(" lua] ", StringComparison.Ordinal) && CommandOf(line) == "XPENDING" && arguments.Length >= 7 && arguments[3] == arguments[4])
+            else if (inLaneScript && line.Contains(" lua] ", StringComparison.Ordinal) && CommandOf(line) == "XPENDING" && arguments.Length >= 7 && arguments[3] == arguments[4]
+                && arguments[5] == "1") // the ranged read asks for 64 rows at least, even over one id
             {
                 byId++;
             }
@@ -179,7 +182,9 @@ public sealed class LaneWriteTests(ITestOutputHelper output)
         await lane.StartWorkerAsync(new Dictionary<string, string?>
         {
             ["CpuLane__Handlers"] = "1",
-            ["CpuLane__WriteLinger"] = "00:00:00.500", // long, so that sharing shows however slow the machine is
+            // The longest allowed (1 s): sharing shows however slow the machine is, and a lone success that waited for it
+            // stands clear of the bound below on a loaded machine (it was 500 ms against a 400 ms bound).
+            ["CpuLane__WriteLinger"] = "00:00:01",
         });
 
         // A quiet lane: nothing waits for a core, so a success is written at once, not after the linger. Measured on
@@ -193,7 +198,7 @@ public sealed class LaneWriteTests(ITestOutputHelper output)
         var status = await lane.WaitForStateAsync(lone, "succeeded", Patience);
         var written = long.Parse(status["finishedAt"]) - long.Parse(status["startedAt"]);
         output.WriteLine($"lone event: started → succeeded in {written} ms");
-        Assert.True(written < 400, $"a lone event's success was written {written} ms after it started: it waited for company that could not come");
+        Assert.True(written < 700, $"a lone event's success was written {written} ms after it started: it waited for company that could not come");
 
         // A backlog on one core: while entries wait for it, successes of jobs finishing one at a time share a script.
         var skip = await monitor.CountThroughNowAsync(lane.Db);
