@@ -1,7 +1,6 @@
 using System.Net;
 using System.Net.Http.Json;
 using EventPipeline.Testing;
-using StackExchange.Redis;
 using Xunit.Abstractions;
 
 namespace EventPipeline.Producer.FunctionalTests;
@@ -21,11 +20,12 @@ public sealed class RedisSentinelStartupTests(ApiOnlyFixture fixture, ITestOutpu
     [Fact]
     public async Task Api_started_while_its_sentinel_does_not_answer_stays_up_answers_503_and_serves_once_it_does()
     {
-        await using var sentinel = await StartSentinelAsync(Host.Redis);
+        // One Sentinel watching the fixture's Redis (quorum 1): the discovery path the cluster AppHost's services take.
+        await using var sentinel = await LoneSentinel.StartAsync(Host.Redis, "ep-api");
         // A short connect timeout only so that attempts fail quickly; the failure is the same at the defaults.
         var settings = ApiSettings(sentinel.ConnectionString + ",connectTimeout=1000,connectRetry=1");
         var before = await Host.ContentsAsync();
-        await using var pause = ProcessPause.Of(sentinel.Process.Pid);
+        await using var pause = ProcessPause.Of(sentinel.Pid);
         await using var api = ServiceProcess.Start("Producer.Api", settings, out var port);
         using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(30) };
         http.DefaultRequestHeaders.Add("X-Api-Key", PipelineHost.SubmitKey);
@@ -87,50 +87,5 @@ public sealed class RedisSentinelStartupTests(ApiOnlyFixture fixture, ITestOutpu
         {
             return false;
         }
-    }
-
-    /// <summary>One Sentinel watching the fixture's Redis (quorum 1): the discovery path the cluster AppHost's services take.</summary>
-    private sealed record Sentinel(ChildProcess Process, string ConnectionString, ScratchDirectory Directory) : IAsyncDisposable
-    {
-        public async ValueTask DisposeAsync()
-        {
-            await Process.KillAsync();
-            await Process.DisposeAsync();
-            Directory.Dispose();
-        }
-    }
-
-    private static async Task<Sentinel> StartSentinelAsync(RedisServer primary)
-    {
-        const string serviceName = "ep-api";
-        var directory = new ScratchDirectory("ep-api-sentinel");
-        var port = LocalPorts.Free();
-        var config = Path.Combine(directory.Path, "sentinel.conf");
-        File.WriteAllText(config, $"""
-            port {port}
-            bind 127.0.0.1
-            daemonize no
-            dir {directory.Path}
-            requirepass {primary.Password}
-            sentinel announce-ip 127.0.0.1
-            sentinel monitor {serviceName} 127.0.0.1 {primary.Port} 1
-            sentinel auth-pass {serviceName} {primary.Password}
-
-            """);
-        var process = ChildProcess.Start($"sentinel-{port}", "redis-server", [config, "--sentinel"], new Dictionary<string, string?>());
-        var sentinel = new Sentinel(process, $"127.0.0.1:{port},serviceName={serviceName},password={primary.Password}", directory);
-        await Eventually.TrueAsync(async () =>
-        {
-            try
-            {
-                await using var client = await ConnectionMultiplexer.ConnectAsync(sentinel.ConnectionString + ",abortConnect=true,connectTimeout=2000");
-                return await client.GetDatabase().PingAsync() >= TimeSpan.Zero;
-            }
-            catch (RedisException)
-            {
-                return false;
-            }
-        }, TimeSpan.FromSeconds(30), $"a client to reach the primary through the sentinel on port {port}", TimeSpan.FromMilliseconds(200));
-        return sentinel;
     }
 }

@@ -1,6 +1,5 @@
 using EventPipeline.Testing;
 using EventPipeline.Worker.Cpu.FunctionalTests.Infrastructure;
-using StackExchange.Redis;
 using Xunit.Abstractions;
 
 namespace EventPipeline.Worker.Cpu.FunctionalTests;
@@ -22,15 +21,15 @@ public sealed class RedisSentinelStartupTests(ITestOutputHelper output)
         await using var lane = await CpuLaneHarness.StartAsync();
         var ids = Enumerable.Range(0, 20).Select(_ => Guid.NewGuid().ToString("N")).ToArray();
         await lane.EnqueueAsync([.. ids.Select(id => (id, "noop.cpu", (object)new { }))]);
-        var (sentinel, connectionString) = await StartSentinelAsync(lane.Redis);
-        await using var _ = sentinel;
+        // One Sentinel watching the harness's Redis (quorum 1): the discovery path the cluster AppHost's workers take.
+        await using var sentinel = await LoneSentinel.StartAsync(lane.Redis, "ep-cpu");
         ChildProcess worker;
         await using (var pause = ProcessPause.Of(sentinel.Pid))
         {
             worker = await lane.StartWorkerAsync(new Dictionary<string, string?>
             {
                 // A short connect timeout only so that attempts fail quickly; the failure is the same at the defaults.
-                ["ConnectionStrings__redis"] = connectionString + ",connectTimeout=1000,connectRetry=1",
+                ["ConnectionStrings__redis"] = sentinel.ConnectionString + ",connectTimeout=1000,connectRetry=1",
             }, waitUntilReady: false);
             await Eventually.TrueAsync(() => Task.FromResult(worker.HasExited || FailedAttempts(worker) >= 2), Deadline,
                 "Worker.Cpu's second failed connect, or its exit", TimeSpan.FromMilliseconds(100));
@@ -50,39 +49,4 @@ public sealed class RedisSentinelStartupTests(ITestOutputHelper output)
 
     private static int FailedAttempts(ChildProcess worker) =>
         worker.Output.Count(l => l.Contains("not reachable through Sentinel", StringComparison.Ordinal));
-
-    /// <summary>One Sentinel watching the harness's Redis (quorum 1): the discovery path the cluster AppHost's workers take.</summary>
-    private static async Task<(ChildProcess Process, string ConnectionString)> StartSentinelAsync(RedisServer primary)
-    {
-        const string serviceName = "ep-cpu";
-        var directory = new ScratchDirectory("ep-cpu-sentinel");
-        var port = LocalPorts.Free();
-        var config = Path.Combine(directory.Path, "sentinel.conf");
-        File.WriteAllText(config, $"""
-            port {port}
-            bind 127.0.0.1
-            daemonize no
-            dir {directory.Path}
-            requirepass {primary.Password}
-            sentinel announce-ip 127.0.0.1
-            sentinel monitor {serviceName} 127.0.0.1 {primary.Port} 1
-            sentinel auth-pass {serviceName} {primary.Password}
-
-            """);
-        var process = ChildProcess.Start($"sentinel-{port}", "redis-server", [config, "--sentinel"], new Dictionary<string, string?>());
-        var connectionString = $"127.0.0.1:{port},serviceName={serviceName},password={primary.Password}";
-        await Eventually.TrueAsync(async () =>
-        {
-            try
-            {
-                await using var client = await ConnectionMultiplexer.ConnectAsync(connectionString + ",abortConnect=true,connectTimeout=2000");
-                return await client.GetDatabase().PingAsync() >= TimeSpan.Zero;
-            }
-            catch (RedisException)
-            {
-                return false;
-            }
-        }, TimeSpan.FromSeconds(30), $"a client to reach the primary through the sentinel on port {port}", TimeSpan.FromMilliseconds(200));
-        return (process, connectionString);
-    }
 }
