@@ -58,6 +58,12 @@ public sealed record NextStage(string Type, JsonObject Payload, string? Target =
         {
             return true;
         }
+        catch (InvalidOperationException)
+        {
+            // A name .NET cannot compare as text (an escaped lone surrogate) before any "then": Parse reads the payload
+            // as the API did (from the end, as JsonElement looks names up) and decides.
+            return true;
+        }
         finally
         {
             System.Buffers.ArrayPool<byte>.Shared.Return(bytes, clearArray: true);

@@ -71,4 +71,16 @@ public sealed class NextStageTests
         // JSON may escape a lone surrogate; .NET cannot read it as a string. No retry makes it readable, so the event
         // fails for good (dead-lettered at once) instead of being retried as a transient error until its delivery limit.
         Assert.Throws<PermanentEventException>(() => NextStage.Parse(payload));
+
+    [Fact]
+    public void A_name_dotnet_cannot_read_before_then_neither_hides_then_nor_fails_as_a_transient_error()
+    {
+        // The scan for a top-level "then" compares each name before it, and comparing an escaped lone surrogate throws
+        // InvalidOperationException: the event was retried as transient up to its delivery limit. The API (JsonElement,
+        // looking names up from the end) accepts this payload, so the worker must read "then" as the API did.
+        var stage = NextStage.Parse("""{"\ud800":1,"data":"x","iterations":1,"then":{"type":"noop.io","payload":{"n":1}}}""");
+        Assert.NotNull(stage);
+        Assert.Equal("noop.io", stage.Type);
+    }
 }
+
