@@ -108,6 +108,7 @@ public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions
 
         // Honour Retry-After before handing the message back to the retry policy — after the response is disposed, so
         // that its connection goes back to the pool instead of sitting idle through the wait (up to 30 s per 429).
+        logger.LogInformation("Event {EventId} waits {RetryAfter} before its next attempt, as the 429 from {Target} asked", eventId, retryAfter, target);
         await Task.Delay(retryAfter, cancellationToken);
         throw new TransientDownstreamException("downstream answered 429");
     }

@@ -179,11 +179,12 @@ public sealed class DownstreamOriginTests(SharedIoLane lane, OriginTargets targe
             Deadline, $"{throttled} to reach the throttling target");
 
         // Sent while the worker waits out the 429's Retry-After: the connection the 429 came on is idle then, unless the
-        // wait holds it (and so a socket per throttled delivery, for up to 30 s each). Only once the worker has read the
-        // 429 (its log line): the target records an arrival before it answers, and a delivery sent before the answer
-        // finds that connection still busy (CI of session 9: "came on a new connection" after 120 ms).
-        await Eventually.TrueAsync(() => Task.FromResult(Host.Worker!.Output.Any(l => l.Contains($"for event {throttled} answered 429", StringComparison.Ordinal))),
-            Deadline, $"the worker to read the 429 answered to {throttled}", TimeSpan.FromMilliseconds(20));
+        // wait holds it (and so a socket per throttled delivery, for up to 30 s each). Only once the worker has let the
+        // 429's response go and begun its wait (its log line, written after the response is disposed): the target records
+        // an arrival before it answers, and a delivery sent before the answer found that connection still busy (CI of
+        // session 9: "came on a new connection" after 120 ms).
+        await Eventually.TrueAsync(() => Task.FromResult(Host.Worker!.Output.Any(l => l.Contains($"Event {throttled} waits", StringComparison.Ordinal))),
+            Deadline, $"the worker to begin the Retry-After wait of {throttled}", TimeSpan.FromMilliseconds(20));
         var other = IoLaneHost.NewId("other");
         await Host.PublishDirectAsync(other, "webhook.post", new JsonObject { ["n"] = 2 }, $"{targets.Throttling.Origin}/hook");
         var otherArrival = await Eventually.ReturnsAsync(() => Task.FromResult(targets.Throttling.ArrivalsOf(other)), a => a.Length > 0,
