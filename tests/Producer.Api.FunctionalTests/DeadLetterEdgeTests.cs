@@ -244,6 +244,7 @@ public sealed class DeadLetterEdgeTests(DeadLetterEdgeFixture fixture) : IClassF
     private async Task<long> InjectIoDeadLettersAsync(int count)
     {
         var before = (await UntilNotBusyAsync(() => Host.Admin.GetAsync("/dead-letters/io?limit=1"))).GetProperty("total").GetInt64();
+        await Host.WaitUntilIoErrorQueueIsBoundAsync();
         await using (var connection = await Host.Rabbit.ConnectAsync())
         await using (var channel = await connection.CreateChannelAsync(new CreateChannelOptions(true, true)))
         {
@@ -334,6 +335,7 @@ internal static class IoDeadLetterInjection
             messageType = new[] { "urn:message:EventPipeline.Contracts:IoEventSubmitted" },
             message = new { eventId = id, type = "webhook.post", payload = """{"n":1}""", acceptedAt = DateTimeOffset.UtcNow },
         });
+        await host.WaitUntilIoErrorQueueIsBoundAsync();
         await using var connection = await host.Rabbit.ConnectAsync();
         await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(true, true));
         var properties = new BasicProperties

@@ -65,6 +65,7 @@ public sealed class DeadLetterOutageTests : IAsyncLifetime
     public async Task A_scan_stalled_by_a_paused_broker_hands_over_to_the_next_operation_within_its_wait()
     {
         const int total = 2000;
+        await _host.WaitUntilIoErrorQueueIsBoundAsync();
         await using var connection = await _host.Rabbit.ConnectAsync();
         await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(true, true));
         var before = (long)(await channel.QueueDeclarePassiveAsync("events-io_error")).MessageCount;

@@ -153,6 +153,28 @@ public sealed class PipelineHost : IAsyncDisposable
         return new BrokerContents(stream, queue, keys);
     }
 
+    private bool _ioErrorQueueBound;
+
+    /// <summary>
+    /// Waits until <c>events-io_error</c> is bound to its exchange. The API declares the exchange, the queue and then
+    /// the binding in the background after it answers ready (IoLaneTopologyDeclarer): a test that publishes a dead letter
+    /// there with <c>mandatory</c> as soon as the queue exists could otherwise be returned NO_ROUTE (seen in CI). The
+    /// binding is durable, so once seen it stays.
+    /// </summary>
+    public async Task WaitUntilIoErrorQueueIsBoundAsync()
+    {
+        if (_ioErrorQueueBound)
+        {
+            return;
+        }
+
+        await Eventually.TrueAsync(async () =>
+            (await Rabbit.CtlAsync("-q", "list_bindings", "--no-table-headers", "source_name", "destination_name"))
+                .Split('\n').Any(line => line.Split('\t', StringSplitOptions.TrimEntries) is ["events-io_error", "events-io_error"]),
+            TimeSpan.FromSeconds(60), "the API to bind events-io_error to its exchange", TimeSpan.FromMilliseconds(200));
+        _ioErrorQueueBound = true;
+    }
+
     public async Task<JsonElement> WaitForStateAsync(string id, string state, TimeSpan? timeout = null) =>
         await Eventually.ReturnsAsync(
             async () => await Submit.GetFromJsonAsync<JsonElement>($"/events/{id}"),
