@@ -1,6 +1,10 @@
 using EventPipeline.Shared;
 using EventPipeline.Testing;
 using EventPipeline.Worker.Cpu.FunctionalTests.Infrastructure;
+using EventPipeline.Worker.Cpu.Lane;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+using StackExchange.Redis;
 using Xunit.Abstractions;
 
 namespace EventPipeline.Worker.Cpu.FunctionalTests;
@@ -122,55 +126,115 @@ public sealed class LaneWriteTests(ITestOutputHelper output)
     [Fact]
     public async Task A_consumer_holding_more_than_a_scripts_read_still_starts_and_acknowledges_each_entry_exactly_once()
     {
-        // 256 started on one core and no write linger: a job's success and the start of the entry its handler takes
-        // next share a script whose id range covers every entry started between them (about 256) — far more than its
-        // capped read (4 per entry, 64 at least) unless the script carries 64 entries — so the id beyond the page is
-        // checked by itself (LaneWriter's script), for each of the 144 entries started after the first 256.
-        const int events = 400;
-        const int iterations = 2_000;
+        // A lane script learns which of its batch's entries this consumer holds from one XPENDING over the batch's id
+        // range, capped at 4 rows per entry and 64 at least; between the batch's ids the consumer can hold far more
+        // (read ahead, started, successes queued), and then each id of the batch not on the full page is asked for by
+        // itself (Worker.Cpu/Lane/LaneWriter.cs). A worker process reaches that only when scheduling makes its batches
+        // small while it holds much (a CI run never did), so the writer is driven here directly, against this test's
+        // redis-server, with a batch whose page is full by construction: three entries (a cap of 64 rows) spanning the
+        // 299 entries this consumer holds, one of the three held by another consumer.
+        const int events = 300;
         await using var lane = await CpuLaneHarness.StartAsync();
         await using var monitor = await RedisMonitor.StartAsync(lane.Redis);
         var ids = Enumerable.Range(0, events).Select(i => $"held-{i}-{Guid.NewGuid():N}").ToArray();
-        await lane.EnqueueAsync([.. ids.Select(id => (id, "hash.pbkdf2", (object)new { data = Bursts.DataOf(id), iterations }))]);
-        var skip = await monitor.CountThroughNowAsync(lane.Db);
-        await lane.StartWorkerAsync(new Dictionary<string, string?>
-        {
-            ["CpuLane__Handlers"] = "1",
-            ["CpuLane__MaxStarted"] = "256",
-            ["CpuLane__WriteLinger"] = "00:00:00",
-            // Ten minutes: an entry the one-by-one check wrongly answered "not held" (its success never acknowledged, its
-            // start refused) would be taken back only after the test's patience, so such an answer fails the drain below.
-            ["CpuLane__ClaimTimeout"] = "00:10:00",
-        });
+        await lane.EnqueueAsync([.. ids.Select(id => (id, "noop.cpu", (object)new { }))]);
+        await lane.Db.StreamCreateConsumerGroupAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, StreamPosition.Beginning);
 
-        await Eventually.TrueAsync(async () => await lane.Db.StreamLengthAsync(CpuLaneStreams.Stream) == 0, Patience,
-            "the backlog to be acknowledged", TimeSpan.FromMilliseconds(100));
-        var outcomes = await lane.ReadAsync(ids);
-        Assert.Equal([], outcomes.Where(o => o.Value.State != "succeeded" || o.Value.Completions != 1 || o.Value.Result != Bursts.ExpectedPbkdf2(o.Key, iterations))
-            .Select(o => $"{o.Key}: {o.Value.State} × {o.Value.Completions}"));
-        Assert.Equal(events, monitor.LinesAfter(skip).Count(line => line.Contains($"\"HINCRBY\" \"{CpuLaneStreams.Started}\"", StringComparison.OrdinalIgnoreCase)));
-        Assert.Equal(0, await lane.Db.HashLengthAsync(CpuLaneStreams.Started));
-
-        // The one-by-one checks really ran inside lane scripts (not the heartbeat's), else this test proves nothing.
-        var inLaneScript = false;
-        var byId = 0;
-        foreach (var line in monitor.LinesAfter(skip))
+        var options = Options.Create(new CpuLaneOptions { Handlers = 1, WriteLinger = TimeSpan.Zero });
+        var buffer = new LaneBuffer(options);
+        var consumer = buffer.ConsumerName;
+        var ours = (await lane.Db.StreamReadGroupAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, consumer, StreamPosition.NewMessages, 150)).ToList();
+        var others = await lane.Db.StreamReadGroupAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, "other", StreamPosition.NewMessages, 1);
+        ours.AddRange(await lane.Db.StreamReadGroupAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, consumer, StreamPosition.NewMessages, events));
+        Assert.Equal((events - 1, 1), (ours.Count, others.Length));
+        var first = LaneEntry.Parse(ours[0]);
+        var theOthers = LaneEntry.Parse(others[0]);
+        var last = LaneEntry.Parse(ours[^1]);
+        LaneEntry[] batch = [first, theOthers, last];
+        var names = new Dictionary<string, string>
         {
-            var arguments = ArgumentsOf(line);
-            if (CommandOf(line) is "EVALSHA" or "EVAL" && !line.Contains(" lua] ", StringComparison.Ordinal))
-            {
-                inLaneScript = line.Contains($"\"{CpuLaneStreams.Started}\"", StringComparison.Ordinal);
-            }
-            else if (inLaneScript && line.Contains(" lua] ", StringComparison.Ordinal) && CommandOf(line) == "XPENDING" && arguments.Length >= 7 && arguments[3] == arguments[4]
-                && arguments[5] == "1") // the ranged read asks for 64 rows at least, even over one id
-            {
-                byId++;
-            }
+            [first.EntryId.ToString()] = "the first entry",
+            [theOthers.EntryId.ToString()] = "the other consumer's entry",
+            [last.EntryId.ToString()] = "the last entry",
+        };
+        var heldInRange = (await lane.Db.StreamPendingMessagesAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, 10 * events, consumer, first.EntryId, last.EntryId)).Length;
+        Assert.Equal(events - 1, heldInRange);
+
+        // Starts, then successes, each batch one script: every write is queued before the writer runs (and no more can
+        // come, Complete), so its first batch takes them all.
+        var writer = new LaneWriter(lane.Db.Multiplexer, lane.Statuses, buffer, options, NullLogger<LaneWriter>.Instance);
+        var starts = batch.Select(writer.StartAsync).ToArray();
+        writer.Complete();
+        var beforeStarts = await monitor.CountThroughNowAsync(lane.Db);
+        await writer.RunAsync(() => false).WaitAsync(Patience);
+        var started = await Task.WhenAll(starts).WaitAsync(Patience);
+        var charged = (await lane.Db.HashGetAllAsync(CpuLaneStreams.Started)).ToDictionary(e => e.Name.ToString(), e => (long)e.Value);
+
+        var successWriter = new LaneWriter(lane.Db.Multiplexer, lane.Statuses, buffer, options, NullLogger<LaneWriter>.Instance);
+        var successes = batch.Select(e => successWriter.SucceededAsync(e, "done")).ToArray();
+        successWriter.Complete();
+        var beforeSuccesses = await monitor.CountThroughNowAsync(lane.Db);
+        await successWriter.RunAsync(() => false).WaitAsync(Patience);
+        await Task.WhenAll(successes).WaitAsync(Patience);
+        var afterSuccesses = await monitor.CountThroughNowAsync(lane.Db);
+        var startLines = monitor.Lines.Skip(beforeStarts).Take(beforeSuccesses - beforeStarts).ToList();
+        var successLines = monitor.Lines.Skip(beforeSuccesses).Take(afterSuccesses - beforeSuccesses).ToList();
+
+        // What each entry came to, checked in one assertion so that a failure names every entry that went wrong.
+        var stillPending = (await lane.Db.StreamPendingMessagesAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, 10 * events, RedisValue.Null, first.EntryId, last.EntryId))
+            .ToDictionary(p => p.MessageId.ToString(), p => p.ConsumerName.ToString());
+        var statuses = await lane.ReadAsync([.. batch.Select(e => e.Id)]);
+        var fates = new List<string>();
+        foreach (var (entry, start) in batch.Zip(started))
+        {
+            var id = entry.EntryId.ToString();
+            fates.Add($"{names[id]}: start answered {start}, charged {charged.GetValueOrDefault(id)} run(s) by the start script "
+                + $"({Count(startLines.Concat(successLines), "HINCRBY", CpuLaneStreams.Started.ToString(), id)} HINCRBY in both), "
+                + $"acknowledged {successLines.Count(l => IsInScript(l) && CommandOf(l) == "XACK" && ArgumentsOf(l).Skip(3).Contains(id))} time(s), "
+                + $"pending to {stillPending.GetValueOrDefault(id, "nobody")}, in the stream {(await lane.Db.StreamRangeAsync(CpuLaneStreams.Stream, id, id)).Length} time(s)");
         }
 
-        output.WriteLine($"{byId} pending checks of one id beyond a full page, in lane scripts, for {events} events");
-        Assert.True(byId > 0, "no lane script found its capped read full: the one-by-one check was not exercised");
+        fates.ForEach(output.WriteLine);
+        var oneStarted = $"start answered {EntryOwnership.Start.Started}, charged 1 run(s) by the start script (1 HINCRBY in both), acknowledged 1 time(s), pending to nobody, in the stream 0 time(s)";
+        string[] expected =
+        [
+            $"the first entry: {oneStarted}",
+            $"the other consumer's entry: start answered {EntryOwnership.Start.ClaimedByAnother}, charged 0 run(s) by the start script (0 HINCRBY in both), acknowledged 0 time(s), pending to other, in the stream 1 time(s)",
+            $"the last entry: {oneStarted}",
+        ];
+        var wrong = fates.Zip(expected).Where(f => f.First != f.Second).Select(f => $"{f.First} (expected: {f.Second[(f.Second.IndexOf(':') + 2)..]})").ToList();
+        Assert.True(wrong.Count == 0, string.Join("; ", wrong));
+        Assert.Equal(0, await lane.Db.HashLengthAsync(CpuLaneStreams.Started));
+        Assert.Equal(
+            [("succeeded", 1L, "processing → succeeded"), ("succeeded", 1L, "processing → succeeded")],
+            new[] { first, last }.Select(e => (statuses[e.Id].State, statuses[e.Id].Completions, StateChanges(startLines.Concat(successLines), e.Id))));
+
+        // The premise, from what Redis ran: each batch was one script whose ranged read was capped below what this
+        // consumer holds in its range, and the ids not on that full page (the other's, the last) were asked for by
+        // themselves — the only way the last entry was found held above.
+        foreach (var (phase, lines) in new[] { ("starts", startLines), ("successes", successLines) })
+        {
+            var reads = lines.Where(l => IsInScript(l) && CommandOf(l) == "XPENDING").Select(ArgumentsOf).ToList();
+            var ranged = reads.Where(a => a.Length >= 7 && a[3] != a[4]).ToList();
+            var byId = reads.Where(a => a.Length >= 7 && a[3] == a[4] && a[5] == "1").Select(a => names.GetValueOrDefault(a[3], a[3])).ToList();
+            output.WriteLine($"{phase}: ranged reads (COUNT) {string.Join(", ", ranged.Select(a => a[5]))}; checked by id: {string.Join(", ", byId)}");
+            Assert.True(ranged.Count == 1, $"the {phase} went in {ranged.Count} ranged XPENDING reads, not one script's");
+            Assert.True(int.Parse(ranged[0][5]) < heldInRange, $"the {phase}' ranged read asked for {ranged[0][5]} rows of the {heldInRange} held in its range: its page was not full");
+            Assert.Equal(["the last entry", "the other consumer's entry"], byId.Order(StringComparer.Ordinal));
+        }
     }
+
+    /// <summary>Whether a MONITOR line is a command a script ran.</summary>
+    private static bool IsInScript(string monitorLine) => monitorLine.Contains(" lua] ", StringComparison.Ordinal);
+
+    /// <summary>How many of <paramref name="lines"/> ran a command with exactly these leading arguments.</summary>
+    private static int Count(IEnumerable<string> lines, params string[] commandAndArguments) =>
+        lines.Count(l => ArgumentsOf(l).Take(commandAndArguments.Length).SequenceEqual(commandAndArguments, StringComparer.OrdinalIgnoreCase));
+
+    /// <summary>The states written to an event's status hash, in order (e.g. <c>processing → succeeded</c>).</summary>
+    private static string StateChanges(IEnumerable<string> lines, string eventId) =>
+        string.Join(" → ", lines.Where(l => CommandOf(l) == "HSET" && KeyOf(l) == EventStatusStore.Key(eventId).ToString())
+            .Select(l => ArgumentsOf(l) is var a && Array.IndexOf(a, "state") is var i and > 1 && i + 1 < a.Length ? a[i + 1] : "?"));
 
     [Fact]
     public async Task Successes_wait_for_company_only_while_other_entries_wait_for_a_core()
