@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using StackExchange.Redis;
 
@@ -19,6 +20,18 @@ public sealed class RedisSentinelSet : IAsyncDisposable
 
     /// <summary>Quick enough for a test, slow enough not to fail over on a busy 2-core machine's hiccup.</summary>
     public static readonly TimeSpan DownAfter = TimeSpan.FromMilliseconds(1500);
+
+    /// <summary>
+    /// How long a Sentinel distrusts its own view after it was stalled for over 2 s (TILT mode). Redis's 30 s default
+    /// is sized for its 30 s <c>down-after-milliseconds</c>; at <see cref="DownAfter"/> a view is rebuilt from fresh
+    /// PING replies (one a second) within about 2.5 s. At 30 s, one stall froze a Sentinel's view for 30 s: peers it had
+    /// marked <c>s_down</c> just before stayed so while it was in TILT (Sentinel skips its down checks there), so its
+    /// CKQUORUM failed for 30 s after each such stall, and a second stall restarts the 30 s (RedisSentinelSetTests).
+    /// </summary>
+    public static readonly TimeSpan TiltPeriod = TimeSpan.FromSeconds(5);
+
+    /// <summary>The whole wait for the Sentinels to agree (all of them, not each): normally about 2.5 s.</summary>
+    private static readonly TimeSpan AgreementTimeout = TimeSpan.FromSeconds(60);
 
     private readonly ScratchDirectory _directory = new("ep-sentinel");
     private readonly List<Node> _nodes = [];
@@ -74,8 +87,28 @@ public sealed class RedisSentinelSet : IAsyncDisposable
         }
     }
 
-    public int PidOf(int port) => (_nodes.SingleOrDefault(n => n.Port == port)?.Process
-        ?? throw new ArgumentException($"no data node on port {port}")).Pid;
+    /// <summary>The pid of the data node or Sentinel on <paramref name="port"/>.</summary>
+    public int PidOf(int port) => (_nodes.Concat(_sentinels).SingleOrDefault(n => n.Port == port)?.Process
+        ?? throw new ArgumentException($"no data node or sentinel on port {port}")).Pid;
+
+    /// <summary>What the data node or Sentinel on <paramref name="port"/> logged (its latest lines).</summary>
+    public IReadOnlyCollection<string> OutputOf(int port) => (_nodes.Concat(_sentinels).SingleOrDefault(n => n.Port == port)?.Process
+        ?? throw new ArgumentException($"no data node or sentinel on port {port}")).Output;
+
+    /// <summary>A connection to one Sentinel (SENTINEL commands), as the set's own probes make it.</summary>
+    public async Task<ConnectionMultiplexer> ConnectSentinelAsync(int port)
+    {
+        var options = new ConfigurationOptions
+        {
+            EndPoints = { new IPEndPoint(IPAddress.Loopback, port) },
+            Password = Password,
+            AbortOnConnectFail = true,
+            ConnectTimeout = 5000,
+            // INFO (whether the Sentinel is in TILT) is an admin command to StackExchange.Redis.
+            AllowAdmin = true,
+        };
+        return await ConnectionMultiplexer.SentinelConnectAsync(options);
+    }
 
     /// <summary>The primary's port as the Sentinels' majority names it.</summary>
     public async Task<int?> PrimaryPortAsync()
@@ -187,18 +220,6 @@ public sealed class RedisSentinelSet : IAsyncDisposable
         return await ConnectionMultiplexer.ConnectAsync(options);
     }
 
-    private async Task<ConnectionMultiplexer> ConnectSentinelAsync(int port)
-    {
-        var options = new ConfigurationOptions
-        {
-            EndPoints = { new IPEndPoint(IPAddress.Loopback, port) },
-            Password = Password,
-            AbortOnConnectFail = true,
-            ConnectTimeout = 2000,
-        };
-        return await ConnectionMultiplexer.SentinelConnectAsync(options);
-    }
-
     private Node StartNode(int? replicaOf)
     {
         var node = new Node(LocalPorts.Free(), Path.Combine(_directory.Path, $"node-{_nodes.Count}"));
@@ -268,27 +289,155 @@ public sealed class RedisSentinelSet : IAsyncDisposable
             return info.Count(p => p.Key.StartsWith("slave", StringComparison.Ordinal) && p.Value.Contains("state=online")) == replicas;
         }, TimeSpan.FromSeconds(30), $"{replicas} replicas to be in sync with the primary on port {primaryPort}");
 
-    /// <summary>Every Sentinel knows the others and the replicas, and a majority can authorize a failover (CKQUORUM).</summary>
+    /// <summary>
+    /// Every Sentinel knows the others and the replicas, and a majority can authorize a failover (CKQUORUM); each is
+    /// first given <see cref="TiltPeriod"/> (a runtime-only setting, <c>SENTINEL DEBUG</c>, so it is set as soon as the
+    /// Sentinel answers: a TILT already entered is measured against the new period). One deadline for all of them, one
+    /// connection per Sentinel for the whole wait (a new connection per probe, 2 s to connect, was itself a way to fail
+    /// on a busy machine). On timeout the message says, per Sentinel, which condition failed with what it last
+    /// answered, whether it is in TILT, and its last log lines.
+    /// </summary>
     private async Task WaitUntilSentinelsAgreeAsync(int primaryPort, int replicas)
     {
-        foreach (var sentinel in _sentinels)
+        var connections = new Dictionary<int, ConnectionMultiplexer>();
+        var tiltPeriodSet = new HashSet<int>();
+        var agreed = new HashSet<int>();
+        var lastView = new Dictionary<int, SentinelView>();
+        var lastError = new Dictionary<int, string>();
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        string Last(int port) => (lastView.TryGetValue(port, out var view) ? view.Explain(replicas, _sentinels.Count - 1) : $"sentinel {port}: never answered")
+            + (lastError.TryGetValue(port, out var error) ? $"; the probe after that failed: {error}" : "");
+        try
         {
-            await Eventually.TrueAsync(async () =>
+            while (agreed.Count < _sentinels.Count)
             {
-                if (sentinel.Process is { HasExited: true } exited)
+                foreach (var sentinel in _sentinels.Where(s => !agreed.Contains(s.Port)))
                 {
-                    throw new InvalidOperationException($"sentinel on port {sentinel.Port} exited: {exited.OutputText}");
+                    if (sentinel.Process is { HasExited: true } exited)
+                    {
+                        throw new InvalidOperationException($"sentinel on port {sentinel.Port} exited: {exited.OutputText}");
+                    }
+
+                    try
+                    {
+                        if (!connections.TryGetValue(sentinel.Port, out var connection))
+                        {
+                            connection = connections[sentinel.Port] = await ConnectSentinelAsync(sentinel.Port);
+                        }
+
+                        var server = connection.GetServer(IPAddress.Loopback, sentinel.Port);
+                        if (tiltPeriodSet.Add(sentinel.Port))
+                        {
+                            await server.ExecuteAsync("SENTINEL", "DEBUG", "tilt-period", ((int)TiltPeriod.TotalMilliseconds).ToString(CultureInfo.InvariantCulture));
+                        }
+
+                        var view = await ObserveSentinelAsync(server, sentinel.Port);
+                        lastView[sentinel.Port] = view;
+                        lastError.Remove(sentinel.Port);
+                        if (view.Agrees(replicas, _sentinels.Count - 1))
+                        {
+                            agreed.Add(sentinel.Port);
+                        }
+                    }
+                    catch (Exception ex) when (ex is RedisException or TimeoutException)
+                    {
+                        tiltPeriodSet.Remove(sentinel.Port);
+                        if (connections.Remove(sentinel.Port, out var broken))
+                        {
+                            await broken.DisposeAsync();
+                        }
+
+                        lastError[sentinel.Port] = $"{ex.GetType().Name}: {ex.Message}";
+                    }
                 }
 
-                await using var connection = await ConnectSentinelAsync(sentinel.Port);
-                var server = connection.GetServer(IPAddress.Loopback, sentinel.Port);
-                var knownReplicas = await server.SentinelReplicasAsync(ServiceName);
-                var knownSentinels = await server.SentinelSentinelsAsync(ServiceName);
-                var quorum = (string?)await server.ExecuteAsync("SENTINEL", "CKQUORUM", ServiceName);
-                return knownReplicas.Length == replicas && knownSentinels.Length == _sentinels.Count - 1
-                    && quorum?.StartsWith("OK", StringComparison.Ordinal) == true;
-            }, TimeSpan.FromSeconds(60), $"sentinel on port {sentinel.Port} to know {replicas} replicas and {_sentinels.Count - 1} other sentinels of the primary on {primaryPort}",
-                TimeSpan.FromMilliseconds(200));
+                if (agreed.Count == _sentinels.Count)
+                {
+                    break;
+                }
+
+                if (watch.Elapsed > AgreementTimeout)
+                {
+                    var pending = _sentinels.Where(s => !agreed.Contains(s.Port)).ToList();
+                    var logs = string.Join("\n", pending.Select(s =>
+                        $"--- sentinel {s.Port} (pid {s.Process?.Pid}) last log lines:\n{string.Join('\n', s.Process?.Output.TakeLast(30) ?? [])}"));
+                    throw new TimeoutException(
+                        $"Timed out after {AgreementTimeout} waiting for the sentinels on ports {string.Join(", ", pending.Select(s => s.Port))} "
+                        + $"to know {replicas} replicas and {_sentinels.Count - 1} other sentinels of the primary on {primaryPort} and to answer CKQUORUM OK "
+                        + $"({agreed.Count} of {_sentinels.Count} did); last answers:\n{string.Join('\n', pending.Select(s => Last(s.Port)))}\n{logs}");
+                }
+
+                await Task.Delay(200);
+            }
+        }
+        finally
+        {
+            foreach (var connection in connections.Values)
+            {
+                await connection.DisposeAsync();
+            }
+        }
+    }
+
+    private static async Task<SentinelView> ObserveSentinelAsync(IServer server, int port)
+    {
+        var knownReplicas = await server.SentinelReplicasAsync(ServiceName);
+        var knownSentinels = await server.SentinelSentinelsAsync(ServiceName);
+        string quorum;
+        try
+        {
+            quorum = (string?)await server.ExecuteAsync("SENTINEL", "CKQUORUM", ServiceName) ?? "(nil)";
+        }
+        catch (RedisServerException refused)
+        {
+            // NOQUORUM / NOAUTH come back as errors: their text says how many Sentinels are usable.
+            quorum = refused.Message;
+        }
+
+        // TILT: the Sentinel saw its own clock jump (it was stalled over 2 s) and skips its down checks for TiltPeriod.
+        var info = (await server.InfoAsync("sentinel")).SelectMany(g => g).ToDictionary(p => p.Key, p => p.Value);
+        var tilt = info.GetValueOrDefault("sentinel_tilt") == "1" ? $"in TILT for {info.GetValueOrDefault("sentinel_tilt_since_seconds")} s" : "not in TILT";
+        return new SentinelView(port, [.. knownReplicas.Select(Describe)], [.. knownSentinels.Select(Describe)], quorum, tilt);
+    }
+
+    private static string Describe(KeyValuePair<string, string>[] instance)
+    {
+        var fields = instance.ToDictionary(p => p.Key, p => p.Value);
+        var hello = fields.TryGetValue("last-hello-message", out var ms) ? $" last-hello={ms}ms" : "";
+        return $"{fields.GetValueOrDefault("ip")}:{fields.GetValueOrDefault("port")} flags={fields.GetValueOrDefault("flags")} "
+            + $"runid={fields.GetValueOrDefault("runid")} last-ok-ping={fields.GetValueOrDefault("last-ok-ping-reply")}ms{hello} "
+            + $"link-pending={fields.GetValueOrDefault("link-pending-commands")}";
+    }
+
+    /// <summary>What one Sentinel said in one probe.</summary>
+    private sealed record SentinelView(int Port, IReadOnlyList<string> Replicas, IReadOnlyList<string> Sentinels, string Quorum, string Tilt)
+    {
+        public bool Agrees(int replicas, int otherSentinels) => Failures(replicas, otherSentinels).Count == 0;
+
+        /// <summary>Which of the three conditions fail, then everything it answered.</summary>
+        public string Explain(int replicas, int otherSentinels) =>
+            $"sentinel {Port} ({Tilt}) fails: {string.Join(", ", Failures(replicas, otherSentinels))}; "
+            + $"{Replicas.Count} replicas [{string.Join("; ", Replicas)}], {Sentinels.Count} sentinels [{string.Join("; ", Sentinels)}], CKQUORUM: {Quorum}";
+
+        private List<string> Failures(int replicas, int otherSentinels)
+        {
+            var failures = new List<string>();
+            if (Replicas.Count != replicas)
+            {
+                failures.Add($"knows {Replicas.Count} replicas, not {replicas}");
+            }
+
+            if (Sentinels.Count != otherSentinels)
+            {
+                failures.Add($"knows {Sentinels.Count} other sentinels, not {otherSentinels}");
+            }
+
+            if (!Quorum.StartsWith("OK", StringComparison.Ordinal))
+            {
+                failures.Add("CKQUORUM not OK");
+            }
+
+            return failures;
         }
     }
 
