@@ -25,7 +25,8 @@ namespace EventPipeline.Shared;
 /// connected. StackExchange.Redis's own Sentinel connect does not dispose the Sentinel multiplexer it made when the
 /// primary step throws (2.13 and 3.x), which left one open, with its sockets, subscriptions and reconnect handler, per
 /// attempt — for ever with a wrong <c>serviceName</c>. The kept one is the connection's Sentinel afterwards (failover
-/// follows it) and is disposed with this loop.
+/// follows it) and is disposed with this loop. A connection that reached replicas only (the primary the Sentinels name
+/// down or unreachable, before a failover) counts as a failed attempt: a replica takes no write.
 /// </para>
 /// <para>
 /// The Sentinel connect is synchronous inside StackExchange.Redis (up to <c>connectTimeout</c> per step), so every
@@ -159,7 +160,20 @@ public sealed class RedisConnectLoop(IOptions<ConfigurationOptions> options, IHo
         }
 
         // Throws (disposing the primary's multiplexer it made) while the primary cannot be connected; the Sentinel stays.
-        return _sentinel.GetSentinelMasterConnection(configuration);
+        var connection = _sentinel.GetSentinelMasterConnection(configuration);
+        // With replicas it connects to the primary and the replicas together, and returns when a replica answered while
+        // the primary the Sentinels name did not (its role check reads a disconnected server as "not a replica"): every
+        // write would then fail. Counted as a failed attempt, retried like the others, until a primary answers.
+        var servers = connection.GetServers();
+        if (!servers.Any(server => server.IsConnected && !server.IsReplica))
+        {
+            var replicas = string.Join(", ", servers.Where(server => server.IsConnected).Select(server => server.EndPoint));
+            connection.Dispose();
+            throw new RedisConnectionException(ConnectionFailureType.UnableToConnect,
+                $"Sentinel: no primary of service {configuration.ServiceName} answers, only its replica(s) {replicas}");
+        }
+
+        return connection;
     }
 
     private void DisposeSentinel() => Interlocked.Exchange(ref _sentinel, null)?.Dispose();
