@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Reflection;
 using System.Runtime.ExceptionServices;
 using Microsoft.Extensions.Configuration;
@@ -28,22 +27,11 @@ namespace EventPipeline.Shared;
 /// after the Sentinels came back. Without Sentinel Aspire's connection already starts disconnected and reconnects by
 /// itself, so it is kept there.
 /// <para>
-/// Attempts: the Sentinel connection is made once (with <c>AbortOnConnectFail=true</c>: it throws and disposes its own
-/// multiplexer when no Sentinel answers) and kept across attempts; each attempt asks it for the primary
-/// (<c>GetSentinelMasterConnection</c>), which throws and disposes the primary's multiplexer while the primary cannot be
-/// connected. StackExchange.Redis's own Sentinel connect does not dispose the Sentinel multiplexer when the primary step
-/// throws (2.13 and 3.x), which left one open, with its sockets, subscriptions and reconnect handler, per attempt — for
-/// ever with a wrong <c>serviceName</c>. The kept one is the connection's Sentinel afterwards (failover follows it).
-/// The whole connect is synchronous inside StackExchange.Redis on the Sentinel path (up to <c>connectTimeout</c> per
-/// step), so it runs on a thread of its own, never on a thread-pool thread the service's requests need.
-/// </para>
-/// <para>
-/// Failures: a Redis failure, including the <see cref="AggregateException"/> of Redis failures that the primary switch
-/// throws (it waits on its reconfiguration with <c>Task.Wait</c>), is retried without end, doubling from 1 to 15 s.
-/// Anything else cannot heal by retrying: it is logged once as critical, naming the settings, and the process stops with
-/// exit code 1 (a background service that throws would stop the host with exit code 0, dotnet/runtime#67146).
-/// Shutdown: attempts stop at <see cref="IHostApplicationLifetime.ApplicationStopping"/>; a connect that completes
-/// after that (it cannot be cancelled) is disposed, never published.
+/// How it connects is <see cref="RedisConnectLoop"/>'s, shared with Worker.Io: attempts on a thread of their own, one
+/// Sentinel connection kept across them, a Redis failure retried without end (1 s doubling to 15 s), anything else
+/// logged once as critical naming the settings and the process stopped with exit code 1, attempts stopped at
+/// <see cref="IHostApplicationLifetime.ApplicationStopping"/> and a connect that completes after that disposed, never
+/// published.
 /// </para>
 /// <para>
 /// Contract of the proxy: before the connection is up, every member but <c>IsConnected</c> and <c>Dispose</c> throws —
@@ -55,28 +43,18 @@ namespace EventPipeline.Shared;
 /// </remarks>
 public sealed class SentinelConnectionAtStart : BackgroundService
 {
-    private static readonly TimeSpan FirstRetryDelay = TimeSpan.FromSeconds(1);
-    private static readonly TimeSpan MaxRetryDelay = TimeSpan.FromSeconds(15);
-
-    private readonly IOptions<ConfigurationOptions> _options;
-    private readonly IHostApplicationLifetime _lifetime;
+    private readonly RedisConnectLoop _connect;
     private readonly IConfiguration _configuration;
-    private readonly ILoggerFactory _loggerFactory;
     private readonly ILogger<SentinelConnectionAtStart> _logger;
     private readonly string _service;
     private ConnectionMultiplexer? _connection;
-
-    /// <summary>The Sentinel connection, kept across attempts; touched only by the one connect thread and Dispose.</summary>
-    private ConnectionMultiplexer? _sentinel;
 
     public SentinelConnectionAtStart(
         IOptions<ConfigurationOptions> options, IHostApplicationLifetime lifetime, IConfiguration configuration,
         IHostEnvironment environment, ILoggerFactory loggerFactory, ILogger<SentinelConnectionAtStart> logger)
     {
-        _options = options;
-        _lifetime = lifetime;
+        _connect = new RedisConnectLoop(options, lifetime, loggerFactory);
         _configuration = configuration;
-        _loggerFactory = loggerFactory;
         _logger = logger;
         _service = environment.ApplicationName;
         var proxy = DispatchProxy.Create<IConnectionMultiplexer, ConnectionProxy>();
@@ -93,15 +71,8 @@ public sealed class SentinelConnectionAtStart : BackgroundService
 
     internal bool IsConnected => Volatile.Read(ref _connection) is { IsConnected: true };
 
-    /// <summary>
-    /// Whether a failed attempt may succeed later: a Redis failure, or an <see cref="AggregateException"/> that wraps
-    /// only Redis failures.
-    /// </summary>
-    public static bool IsTransient(Exception exception) =>
-        RedisFailures.IsRedisFailure(exception)
-        || exception is AggregateException aggregate
-        && aggregate.Flatten().InnerExceptions is { Count: > 0 } inner
-        && inner.All(RedisFailures.IsRedisFailure);
+    /// <summary>Whether a failed attempt may succeed later (<see cref="RedisConnectLoop.IsTransient"/>).</summary>
+    public static bool IsTransient(Exception exception) => RedisConnectLoop.IsTransient(exception);
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -110,92 +81,27 @@ public sealed class SentinelConnectionAtStart : BackgroundService
             _logger.LogWarning("Aspire:StackExchange:Redis:DisableTracing is false, but under Sentinel {Service} records no Redis command spans: Aspire attaches its instrumentation only to a connection it made itself", _service);
         }
 
-        using var stopping = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken, _lifetime.ApplicationStopping);
-        var token = stopping.Token;
-        var started = Stopwatch.GetTimestamp();
-        var delay = FirstRetryDelay;
-        for (var attempt = 1; ; attempt++)
+        var connected = await _connect.ConnectAsync(
+            (ex, attempt, delay) => _logger.LogWarning(ex, "Redis not reachable through Sentinel (attempt {Attempt}); what needs it fails as an outage until it is, next try in {Delay:F0} s",
+                attempt, delay.TotalSeconds),
+            ex => _logger.LogCritical(ex, "{Service} cannot connect to Redis with its settings (ConnectionStrings:redis, Aspire:StackExchange:Redis): {Reason}; it stops",
+                _service, ex.Message),
+            stoppingToken);
+        if (connected is null)
         {
-            Task<ConnectionMultiplexer>? connecting = null;
-            try
-            {
-                var configuration = _options.Value.Clone();
-                configuration.LoggerFactory ??= _loggerFactory;
-                configuration.AbortOnConnectFail = true;
-                connecting = Task.Factory.StartNew(() => ConnectOnce(configuration), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-                var connection = await connecting.WaitAsync(token);
-                if (token.IsCancellationRequested)
-                {
-                    connection.Dispose();
-                    return;
-                }
-
-                // The multiplexer keeps this object as its configuration: a later reconnect fails soft, as Aspire set it.
-                configuration.AbortOnConnectFail = false;
-                Volatile.Write(ref _connection, connection);
-                _logger.LogInformation("Redis connected through Sentinel after {Attempts} attempt(s) in {Elapsed:F1} s",
-                    attempt, Stopwatch.GetElapsedTime(started).TotalSeconds);
-                return;
-            }
-            catch (OperationCanceledException) when (token.IsCancellationRequested)
-            {
-                // The client's connect cannot be cancelled: what it still makes is disposed when it is made.
-                _ = connecting?.ContinueWith(static made => made.Result.Dispose(), CancellationToken.None,
-                    TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
-                return;
-            }
-            catch (Exception ex) when (IsTransient(ex))
-            {
-                _logger.LogWarning(ex, "Redis not reachable through Sentinel (attempt {Attempt}); what needs it fails as an outage until it is, next try in {Delay:F0} s",
-                    attempt, delay.TotalSeconds);
-            }
-            catch (Exception ex)
-            {
-                _logger.LogCritical(ex, "{Service} cannot connect to Redis with its settings (ConnectionStrings:redis, Aspire:StackExchange:Redis): {Reason}; it stops",
-                    _service, ex.Message);
-                Environment.ExitCode = 1;
-                _lifetime.StopApplication();
-                return;
-            }
-
-            try
-            {
-                await Task.Delay(delay, token);
-            }
-            catch (OperationCanceledException)
-            {
-                return;
-            }
-
-            delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, MaxRetryDelay.Ticks));
-        }
-    }
-
-    private ConnectionMultiplexer ConnectOnce(ConfigurationOptions configuration)
-    {
-        if (string.IsNullOrEmpty(configuration.ServiceName))
-        {
-            return ConnectionMultiplexer.Connect(configuration);
+            return;
         }
 
-        if (_sentinel is null)
-        {
-            var sentinelConfiguration = configuration.Clone();
-            // Throws (disposing what it made) when no Sentinel answers; otherwise a Sentinel connection, which from
-            // now on reconnects by itself.
-            _sentinel = ConnectionMultiplexer.SentinelConnect(sentinelConfiguration);
-            sentinelConfiguration.AbortOnConnectFail = false;
-        }
-
-        // Throws (disposing the primary's multiplexer it made) while the primary cannot be connected; the Sentinel stays.
-        return _sentinel.GetSentinelMasterConnection(configuration);
+        Volatile.Write(ref _connection, connected.Connection);
+        _logger.LogInformation("Redis connected through Sentinel after {Attempts} attempt(s) in {Elapsed:F1} s",
+            connected.Attempts, connected.Elapsed.TotalSeconds);
     }
 
     public override void Dispose()
     {
         base.Dispose();
         Interlocked.Exchange(ref _connection, null)?.Dispose();
-        Interlocked.Exchange(ref _sentinel, null)?.Dispose();
+        _connect.Dispose();
     }
 
     /// <summary>

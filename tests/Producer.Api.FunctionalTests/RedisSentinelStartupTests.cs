@@ -65,6 +65,48 @@ public sealed class RedisSentinelStartupTests(ApiOnlyFixture fixture, ITestOutpu
         output.WriteLine(string.Join('\n', api.Output.Where(l => l.Contains("through Sentinel", StringComparison.Ordinal)).Take(10)));
     }
 
+    [Fact]
+    public async Task Api_whose_sentinel_names_a_primary_that_does_not_answer_is_not_ready_while_only_a_replica_answers()
+    {
+        // The primary killed and a replica up, the Sentinel still naming the primary (it cannot fail over here): what an
+        // API starting between a primary's death and the promotion of a replica meets. A replica takes no write, so the
+        // connection must not count as made (nor the API as ready) until a primary answers.
+        await using var set = await LoneSentinelWithReplica.StartAsync("ep-api");
+        await set.Primary.KillAsync();
+        var settings = ApiSettings(set.ConnectionString + ",connectTimeout=1000,connectRetry=1");
+        // For the "connected" line.
+        settings["Logging__LogLevel__EventPipeline"] = "Information";
+        await using var api = ServiceProcess.Start("Producer.Api", settings, out var port);
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(30) };
+        http.DefaultRequestHeaders.Add("X-Api-Key", PipelineHost.SubmitKey);
+
+        await Eventually.TrueAsync(() => Task.FromResult(api.HasExited || Connected(api) || FailedAttempts(api) >= 2), TimeSpan.FromSeconds(90),
+            "the API to connect to Redis or to report two failed connects", TimeSpan.FromMilliseconds(200));
+        output.WriteLine(string.Join('\n', api.Output.Where(l => l.Contains("not reachable through Sentinel", StringComparison.Ordinal) || l.Contains("Redis connected through", StringComparison.Ordinal) || l.Contains("no primary of service", StringComparison.Ordinal)).Take(6)));
+        Assert.False(api.HasExited, "the API exited:\n" + string.Join('\n', api.Output.TakeLast(10)));
+        Assert.False(Connected(api),
+            "the API counted Redis as connected while the primary the Sentinel names did not answer and only a replica did:\n" + string.Join('\n', api.Output.TakeLast(10)));
+        using (var ready = await http.GetAsync("/health/ready"))
+        {
+            Assert.NotEqual(HttpStatusCode.OK, ready.StatusCode);
+        }
+
+        // The primary back on its address: the API connects to it and accepts events without a restart.
+        await set.Primary.StartProcessAsync();
+        await Eventually.TrueAsync(async () =>
+        {
+            using var submitted = await http.PostAsJsonAsync("/events", new { type = "noop.cpu", payload = new { } });
+            return submitted.StatusCode == HttpStatusCode.Accepted;
+        }, TimeSpan.FromSeconds(60), "the API to accept an event once the primary answers", TimeSpan.FromMilliseconds(250));
+        Assert.True(Connected(api), "the API accepted an event without logging its Redis connection made");
+    }
+
+    private static bool Connected(ChildProcess api) =>
+        api.Output.Any(l => l.Contains("Redis connected through Sentinel", StringComparison.Ordinal));
+
+    private static int FailedAttempts(ChildProcess api) =>
+        api.Output.Count(l => l.Contains("not reachable through Sentinel", StringComparison.Ordinal));
+
     private Dictionary<string, string?> ApiSettings(string redis) => new()
     {
         ["ConnectionStrings__redis"] = redis,

@@ -133,6 +133,48 @@ public sealed class RedisStartupTests(SharedIoLane lane, ITestOutputHelper outpu
     }
 
     [Fact]
+    public async Task A_worker_whose_sentinel_names_a_primary_that_does_not_answer_consumes_nothing_while_only_a_replica_answers()
+    {
+        // The primary killed and a replica up, the Sentinel still naming the primary (it cannot fail over here): what a
+        // worker starting between a primary's death and the promotion of a replica meets. A replica takes no write, so
+        // the lane must not consume and the worker must not be ready until a primary answers.
+        await using var set = await LoneSentinelWithReplica.StartAsync("ep-io");
+        if (Host.Worker is { HasExited: false } running)
+        {
+            await running.TerminateAsync(TimeSpan.FromSeconds(60));
+        }
+
+        await set.Primary.KillAsync();
+        var settings = new Dictionary<string, string?>(IoLaneHost.TestWorkerDefaults)
+        {
+            ["ConnectionStrings__redis"] = set.ConnectionString + ",connectTimeout=1000,connectRetry=1",
+            ["ConnectionStrings__rabbitmq"] = Host.Rabbit.ConnectionString,
+            ["Downstream__BaseAddress"] = Host.ReceiverClient.BaseAddress!.ToString(),
+        };
+        await using var worker = ServiceProcess.Start("Worker.Io", settings, out var port);
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(10) };
+
+        await Eventually.TrueAsync(() => Task.FromResult(Connected(worker) || FailedConnects(worker) >= 2 || worker.HasExited), Deadline,
+            "Worker.Io to connect its status store or to report two failed connects");
+        output.WriteLine(string.Join('\n', worker.Output.Where(l => l.Contains("Status store", StringComparison.Ordinal) || l.Contains("no primary of service", StringComparison.Ordinal)).Take(6)));
+        Assert.False(Connected(worker),
+            "Worker.Io counted its status store as connected while the primary the Sentinel names did not answer and only a replica did:\n" +
+            string.Join('\n', worker.Output.TakeLast(10)));
+        Assert.False(worker.HasExited, "Worker.Io exited:\n" + string.Join('\n', worker.Output.TakeLast(10)));
+        var consumers = await LaneQueueConsumersAsync();
+        Assert.True(consumers == 0, $"Worker.Io consumed from {IoLaneHost.QueueName} ({consumers} consumers) while no primary answered");
+        var ready = await ReadyAsync(http);
+        Assert.True(ready is not null and not System.Net.HttpStatusCode.OK,
+            $"/health/ready answered {ready?.ToString() ?? "nothing within 10 s"} while no primary answered");
+
+        // The primary back on its address: the worker connects to it without a restart.
+        await set.Primary.StartProcessAsync();
+        await Eventually.TrueAsync(async () => await ReadyAsync(http) == System.Net.HttpStatusCode.OK, Deadline,
+            "Worker.Io to be ready once the primary answers", TimeSpan.FromMilliseconds(200));
+        Assert.True(Connected(worker), "Worker.Io was ready without logging its status store connected");
+    }
+
+    [Fact]
     public async Task A_worker_whose_redis_connection_string_cannot_work_exits_with_an_error_naming_it()
     {
         // A Sentinel service name and no Sentinel to ask (an AppHost expression that rendered no hosts): no retry can
@@ -263,6 +305,9 @@ public sealed class RedisStartupTests(SharedIoLane lane, ITestOutputHelper outpu
                 "the status store's connection to connect or give up once its Sentinel answers", TimeSpan.FromMilliseconds(50));
         }
     }
+
+    private static bool Connected(ChildProcess worker) =>
+        worker.Output.Any(l => l.Contains("Status store connected", StringComparison.Ordinal));
 
     private static int FailedConnects(ChildProcess worker) =>
         worker.Output.Count(l => l.Contains("Status store not reachable", StringComparison.Ordinal));
