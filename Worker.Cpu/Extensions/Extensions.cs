@@ -42,6 +42,7 @@ public static class CpuLaneExtensions
 
         builder.Services.AddSingleton<EventStatusStore>();
         builder.Services.AddSingleton<CpuWork>();
+        builder.Services.AddSingleton<StartedBound>();
         builder.Services.AddSingleton<LaneBuffer>();
         builder.Services.AddSingleton<SuspectIsolationGate>();
         builder.Services.AddSingleton<StreamEntryReader>();

@@ -11,7 +11,8 @@ namespace EventPipeline.Worker.Cpu.Lane;
 
 /// <summary>
 /// The CPU lane's consumer: one reading loop feeding <see cref="LaneBuffer"/>, handler tasks running the work (at most
-/// <c>Handlers</c> computing at once, at most <c>MaxStarted</c> taken up), and the drain on shutdown — stop reading,
+/// <c>Handlers</c> computing at once, at most the started bound taken up: <c>MaxStarted</c>, or by default adapted to
+/// the measured compute time of recent jobs, <see cref="StartedBound"/>), and the drain on shutdown — stop reading,
 /// finish everything buffered, acknowledge, exit. An entry is acknowledged only after its handler finished (success,
 /// scheduled retry or dead letter); starts and successes are written in batches (<see cref="LaneWriter"/>).
 /// A run is charged when a handler takes an entry up and taken back if the drain times out before the entry got a core
@@ -30,6 +31,7 @@ public sealed class CpuLaneConsumer(
     DeadLetterStream deadLetters,
     INextStageForwarder forwarder,
     SuspectIsolationGate isolation,
+    StartedBound bound,
     IConnectionMultiplexer redis,
     PipelineMetrics metrics,
     IOptions<CpuLaneOptions> options,
@@ -37,14 +39,23 @@ public sealed class CpuLaneConsumer(
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        // Twice MaxStarted: while half of them wait on their success being written, the other half start new entries.
-        var handlerCount = options.Value.EffectiveMaxStarted * 2;
-        logger.LogInformation("CPU lane consumer {Consumer} starting {Tasks} handlers, at most {Started} taken up and {Parallel} running CPU work at once",
-            buffer.ConsumerName, handlerCount, options.Value.EffectiveMaxStarted, options.Value.EffectiveHandlers);
+        // Twice the highest bound: while half of them wait on their success being written, the other half start new
+        // entries. Only twice the bound in force take entries (StartedBound.ActiveHandlers); the others wait for a raise.
+        var handlerCount = bound.Ceiling * 2;
+        if (bound.IsAdaptive)
+        {
+            logger.LogInformation("CPU lane consumer {Consumer} starting {Tasks} handlers, {Base} to {Ceiling} taken up as the jobs' compute time allows ({Budget} for what a crash leaves) and {Parallel} running CPU work at once",
+                buffer.ConsumerName, handlerCount, bound.Base, bound.Ceiling, options.Value.StartedWorkBudget, options.Value.EffectiveHandlers);
+        }
+        else
+        {
+            logger.LogInformation("CPU lane consumer {Consumer} starting {Tasks} handlers, at most {Started} taken up and {Parallel} running CPU work at once",
+                buffer.ConsumerName, handlerCount, bound.Base, options.Value.EffectiveHandlers);
+        }
 
         var writing = Task.Run(() => writer.RunAsync(() => cores.WorkWaitingForCore), CancellationToken.None);
         var handlers = Enumerable.Range(0, handlerCount)
-            .Select(_ => Task.Run(RunHandlerAsync, CancellationToken.None))
+            .Select(index => Task.Run(() => RunHandlerAsync(index), CancellationToken.None))
             .ToArray();
         // Runs until the drain is over, not until SIGTERM: entries still being drained must not look abandoned.
         using var heartbeatStop = new CancellationTokenSource();
@@ -114,11 +125,30 @@ public sealed class CpuLaneConsumer(
         }
     }
 
-    private async Task RunHandlerAsync()
+    private async Task RunHandlerAsync(int index)
     {
-        while (await buffer.Reader.WaitToReadAsync())
+        while (true)
         {
-            while (buffer.TryTake(out var entry))
+            // Read before the bound: a raise in between completes it.
+            var raise = bound.NextRaise;
+            if (index >= bound.ActiveHandlers)
+            {
+                // Not needed at the bound in force: wait for a raise, or for the drain to have emptied the buffer.
+                if (buffer.Reader.Completion.IsCompleted)
+                {
+                    return;
+                }
+
+                await Task.WhenAny(raise, buffer.Reader.Completion);
+                continue;
+            }
+
+            if (!await buffer.Reader.WaitToReadAsync())
+            {
+                return;
+            }
+
+            while (index < bound.ActiveHandlers && buffer.TryTake(out var entry))
             {
                 try
                 {
@@ -204,6 +234,7 @@ public sealed class CpuLaneConsumer(
             finally
             {
                 cores.Release();
+                bound.Observe(Stopwatch.GetElapsedTime(startedAt));
             }
 
             if (failure is null && next is not null)

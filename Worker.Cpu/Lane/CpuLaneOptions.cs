@@ -46,12 +46,24 @@ public sealed class CpuLaneOptions
 
     /// <summary>
     /// Entries taken up by handlers (charged a run, status <c>processing</c>, waiting for a core or computing) but not
-    /// finished; 0 means 8 × <see cref="EffectiveHandlers"/>. Above <see cref="Handlers"/>, so that while some entries
-    /// wait on their Redis round trips others keep every core busy; small, so that a crash makes few suspects. A drain
-    /// timeout takes back the charge of those still waiting for a core, so it makes at most <see cref="Handlers"/>.
+    /// finished. Above <see cref="Handlers"/>, so that while some entries wait on their Redis round trips others keep
+    /// every core busy. A value above 0 is a fixed bound. 0 (the default) adapts it to the jobs (<see cref="StartedBound"/>):
+    /// <see cref="StartedBase"/> (8 × <see cref="EffectiveHandlers"/>) while jobs are long or not yet measured, up to
+    /// <see cref="StartedCeiling"/> (32 ×) while the measured compute time of recent jobs times the entries a crash can
+    /// leave charged stays within <see cref="StartedWorkBudget"/>: a crash's suspects are bounded in run time, not only
+    /// in count. A drain timeout takes back the charge of those still waiting for a core, so it makes at most
+    /// <see cref="Handlers"/>.
     /// </summary>
     [Range(0, 4096)]
     public int MaxStarted { get; set; }
+
+    /// <summary>
+    /// With <see cref="MaxStarted"/> 0: the compute time that the entries a crash can leave charged (2 × the bound: those
+    /// taken up and those whose success is being written) may add up to, by the recent jobs' measure, before the bound
+    /// stays at <see cref="StartedBase"/>. Each of them runs again alone after the crash, one after another, so this is
+    /// about how long that takes (plus a round trip each). 0 keeps the bound at <see cref="StartedBase"/>.
+    /// </summary>
+    public TimeSpan StartedWorkBudget { get; set; } = TimeSpan.FromMilliseconds(5);
 
     /// <summary>Successes recorded (status, XACK, XDEL) by one script run at most.</summary>
     [Range(1, 4096)]
@@ -66,12 +78,21 @@ public sealed class CpuLaneOptions
 
     public int EffectiveHandlers => Handlers > 0 ? Handlers : Environment.ProcessorCount;
 
-    /// <summary>Handler tasks, each carrying one entry from start to the end of its work.</summary>
-    public int EffectiveMaxStarted => Math.Max(EffectiveHandlers, MaxStarted > 0 ? MaxStarted : EffectiveHandlers * 8);
+    /// <summary>Whether the started bound adapts to the jobs (<see cref="MaxStarted"/> 0) or is fixed.</summary>
+    public bool IsStartedAdaptive => MaxStarted == 0;
 
     /// <summary>
-    /// Entries read ahead of the handlers (the read batch): 2 × <see cref="EffectiveMaxStarted"/>. A consumer holds at
-    /// most this many waiting entries plus the ones started; a full buffer stops reading, so the rest wait in Redis.
+    /// The started bound while jobs are long or not yet measured: <see cref="MaxStarted"/> when set (then fixed),
+    /// else 8 × <see cref="EffectiveHandlers"/>; never below <see cref="EffectiveHandlers"/>.
     /// </summary>
-    public int BufferCapacity => EffectiveMaxStarted * 2;
+    public int StartedBase => Math.Max(EffectiveHandlers, MaxStarted > 0 ? MaxStarted : EffectiveHandlers * 8);
+
+    /// <summary>The highest started bound: <see cref="StartedBase"/> when fixed, else 32 × <see cref="EffectiveHandlers"/> (at most 4096).</summary>
+    public int StartedCeiling => IsStartedAdaptive ? Math.Max(StartedBase, Math.Min(4096, EffectiveHandlers * 32)) : StartedBase;
+
+    /// <summary>
+    /// Room of the buffer's channel: 2 × <see cref="StartedCeiling"/>. The buffer fills only to 2 × the bound in force
+    /// (<see cref="LaneBuffer.FreeSlots"/>), so a consumer of long jobs holds as few entries as with a fixed bound.
+    /// </summary>
+    public int BufferCapacity => StartedCeiling * 2;
 }

@@ -8,22 +8,25 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// <summary>
 /// The bounded hand-off between the readers (new entries, claimed entries) and the handlers. Its capacity is what
 /// applies backpressure: a reader that finds it full stops reading, and the entries wait in Redis, not in memory.
-/// The stream reader reads again only once half of it is free (<see cref="WaitForRoomAsync"/>), so a backlog is read
-/// half a buffer at a time rather than one entry per slot that a finished job frees; the handlers still have the other
-/// half to work on meanwhile, and an empty buffer (a quiet lane) is read at once.
+/// It fills to 2 × the started bound in force (<see cref="StartedBound"/>; its channel has room for 2 × the highest), so
+/// a consumer of long jobs holds no more than with a fixed bound. The stream reader reads again only once half of it is
+/// free (<see cref="WaitForRoomAsync"/>), so a backlog is read half a buffer at a time rather than one entry per slot
+/// that a finished job frees; the handlers still have the other half to work on meanwhile, and an empty buffer (a quiet
+/// lane) is read at once.
 /// It also knows which entries this consumer holds, so they can be kept fresh against claiming.
 /// </summary>
 public sealed class LaneBuffer
 {
     private readonly Channel<LaneEntry> _channel;
+    private readonly StartedBound _bound;
     private readonly ConcurrentDictionary<RedisValue, LaneEntry> _held = new();
     private readonly Lock _room = new();
     private TaskCompletionSource? _roomWaiter;
 
-    public LaneBuffer(IOptions<CpuLaneOptions> options)
+    public LaneBuffer(IOptions<CpuLaneOptions> options, StartedBound bound)
     {
-        Capacity = options.Value.BufferCapacity;
-        _channel = Channel.CreateBounded<LaneEntry>(new BoundedChannelOptions(Capacity)
+        _bound = bound;
+        _channel = Channel.CreateBounded<LaneEntry>(new BoundedChannelOptions(options.Value.BufferCapacity)
         {
             SingleReader = false,
             SingleWriter = false,
@@ -35,7 +38,8 @@ public sealed class LaneBuffer
     /// <summary>This process's consumer name in the group: host + pid, unique per process.</summary>
     public string ConsumerName { get; }
 
-    public int Capacity { get; }
+    /// <summary>What the buffer fills to now: 2 × the started bound in force.</summary>
+    public int Capacity => 2 * _bound.Current;
 
     public int FreeSlots => Math.Max(0, Capacity - _channel.Reader.Count);
 
@@ -44,7 +48,7 @@ public sealed class LaneBuffer
     public IReadOnlyCollection<RedisValue> HeldEntryIds => [.. _held.Keys];
 
     /// <summary>Free slots at which the stream reader reads again: half the buffer (at least one).</summary>
-    public int ReadThreshold => Math.Max(1, Capacity / 2);
+    public int ReadThreshold => Math.Max(1, _bound.Current);
 
     /// <summary>Waits until at least <see cref="ReadThreshold"/> slots are free (one read then fetches that many).</summary>
     public async Task WaitForRoomAsync(CancellationToken cancellationToken)

@@ -260,13 +260,13 @@ public sealed class LaneWriterTests
 
     private static LaneWriter Writer(FakeLaneRedis redis, IOptions<CpuLaneOptions> options) =>
         new(redis.Multiplexer, new EventStatusStore(redis.Multiplexer, Microsoft.Extensions.Options.Options.Create(new StatusOptions())),
-            new LaneBuffer(options), options, NullLogger<LaneWriter>.Instance);
+            new LaneBuffer(options, new StartedBound(options, NullLogger<StartedBound>.Instance)), options, NullLogger<LaneWriter>.Instance);
 
     private static (LaneWriter Writer, ComputeSlots Slots) Lane(FakeLaneRedis redis, IOptions<CpuLaneOptions> options, ConfigurationOptions? client = null)
     {
         var writer = Writer(redis, options);
         client ??= ConfigurationOptions.Parse(redis.Multiplexer.Configuration);
-        return (writer, new ComputeSlots(new EntryOwnership(redis.Multiplexer, new LaneBuffer(options)), writer, Microsoft.Extensions.Options.Options.Create(client), options, NullLogger<ComputeSlots>.Instance));
+        return (writer, new ComputeSlots(new EntryOwnership(redis.Multiplexer, new LaneBuffer(options, new StartedBound(options, NullLogger<StartedBound>.Instance))), writer, Microsoft.Extensions.Options.Options.Create(client), options, NullLogger<ComputeSlots>.Instance));
     }
 
     private static int _ids;
