@@ -141,7 +141,7 @@ public sealed class LaneWriteTests(ITestOutputHelper output)
         await lane.Db.StreamCreateConsumerGroupAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, StreamPosition.Beginning);
 
         var options = Options.Create(new CpuLaneOptions { Handlers = 1, WriteLinger = TimeSpan.Zero });
-        var buffer = new LaneBuffer(options);
+        var buffer = new LaneBuffer(options, new StartedBound(options, NullLogger<StartedBound>.Instance));
         var consumer = buffer.ConsumerName;
         var ours = (await lane.Db.StreamReadGroupAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, consumer, StreamPosition.NewMessages, 150)).ToList();
         var others = await lane.Db.StreamReadGroupAsync(CpuLaneStreams.Stream, CpuLaneStreams.Group, "other", StreamPosition.NewMessages, 1);
