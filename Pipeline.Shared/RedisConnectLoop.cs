@@ -26,7 +26,9 @@ namespace EventPipeline.Shared;
 /// primary step throws (2.13 and 3.x), which left one open, with its sockets, subscriptions and reconnect handler, per
 /// attempt — for ever with a wrong <c>serviceName</c>. The kept one is the connection's Sentinel afterwards (failover
 /// follows it) and is disposed with this loop. A connection that reached replicas only (the primary the Sentinels name
-/// down or unreachable, before a failover) counts as a failed attempt: a replica takes no write.
+/// down or unreachable, before a failover) counts as a failed attempt: a replica takes no write. It is tried again
+/// after the first delay (1 s) each time, not the grown backoff: what it waits for (a promotion, or the primary back)
+/// comes by itself, and the service should follow it at once.
 /// </para>
 /// <para>
 /// The Sentinel connect is synchronous inside StackExchange.Redis (up to <c>connectTimeout</c> per step), so every
@@ -58,8 +60,10 @@ public sealed class RedisConnectLoop(IOptions<ConfigurationOptions> options, IHo
     /// <summary>The Sentinel connection, kept across attempts (only under Sentinel); touched by the one running attempt and Dispose.</summary>
     private ConnectionMultiplexer? _sentinel;
 
-    /// <summary>An attempt given up at shutdown and still running: it disposes the Sentinel connection when it ends.</summary>
-    private Task? _abandoned;
+    /// <summary>The attempt running now or last (its thread may outlive a stop: the client's connect cannot be cancelled).</summary>
+    private Task? _attempt;
+
+    private int _disposed;
 
     /// <summary>
     /// Whether a failed attempt may succeed later: a Redis failure, or an <see cref="AggregateException"/> that wraps
@@ -86,13 +90,20 @@ public sealed class RedisConnectLoop(IOptions<ConfigurationOptions> options, IHo
         var delay = FirstRetryDelay;
         for (var attempt = 1; ; attempt++)
         {
+            if (Volatile.Read(ref _disposed) != 0)
+            {
+                return null;
+            }
+
             Task<ConnectionMultiplexer>? connecting = null;
+            var replicasOnly = false;
             try
             {
                 var configuration = options.Value.Clone();
                 configuration.LoggerFactory ??= loggerFactory;
                 configuration.AbortOnConnectFail = true;
                 connecting = Task.Factory.StartNew(() => ConnectOnce(configuration), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+                Volatile.Write(ref _attempt, connecting);
                 var connection = await connecting.WaitAsync(token);
                 if (token.IsCancellationRequested)
                 {
@@ -106,17 +117,22 @@ public sealed class RedisConnectLoop(IOptions<ConfigurationOptions> options, IHo
             }
             catch (OperationCanceledException) when (token.IsCancellationRequested)
             {
-                Volatile.Write(ref _abandoned, connecting);
-                connecting?.ContinueWith(static (made, self) =>
+                // The abandoned attempt's connection, if it makes one, is disposed; its Sentinel connection by Dispose.
+                connecting?.ContinueWith(static made =>
                 {
                     if (made.IsCompletedSuccessfully)
                     {
                         made.Result.Dispose();
                     }
-
-                    ((RedisConnectLoop)self!).DisposeSentinel();
-                }, this, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
                 return null;
+            }
+            catch (ReplicasOnlyException ex)
+            {
+                // The Sentinels answer and a replica does: a failover (or the primary's return) is what is awaited, so
+                // the next attempt is made after the first delay, not after a backoff grown while nothing answered.
+                replicasOnly = true;
+                retrying(ex.Failure, attempt, FirstRetryDelay);
             }
             catch (Exception ex) when (IsTransient(ex))
             {
@@ -132,14 +148,14 @@ public sealed class RedisConnectLoop(IOptions<ConfigurationOptions> options, IHo
 
             try
             {
-                await Task.Delay(delay, token);
+                await Task.Delay(replicasOnly ? FirstRetryDelay : delay, token);
             }
             catch (OperationCanceledException)
             {
                 return null;
             }
 
-            delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, MaxRetryDelay.Ticks));
+            delay = replicasOnly ? FirstRetryDelay : TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, MaxRetryDelay.Ticks));
         }
     }
 
@@ -169,8 +185,8 @@ public sealed class RedisConnectLoop(IOptions<ConfigurationOptions> options, IHo
         {
             var replicas = string.Join(", ", servers.Where(server => server.IsConnected).Select(server => server.EndPoint));
             connection.Dispose();
-            throw new RedisConnectionException(ConnectionFailureType.UnableToConnect,
-                $"Sentinel: no primary of service {configuration.ServiceName} answers, only its replica(s) {replicas}");
+            throw new ReplicasOnlyException(new RedisConnectionException(ConnectionFailureType.UnableToConnect,
+                $"Sentinel: no primary of service {configuration.ServiceName} answers, only its replica(s) {(replicas.Length > 0 ? replicas : "(none connected any more)")}"));
         }
 
         return connection;
@@ -178,13 +194,33 @@ public sealed class RedisConnectLoop(IOptions<ConfigurationOptions> options, IHo
 
     private void DisposeSentinel() => Interlocked.Exchange(ref _sentinel, null)?.Dispose();
 
-    /// <summary>Disposes the kept Sentinel connection, unless an attempt abandoned at shutdown still uses it (that one disposes it when it ends).</summary>
+    /// <summary>
+    /// Disposes the kept Sentinel connection; while an attempt still runs (abandoned at a stop, or running when the host
+    /// is disposed without a stop), when that attempt ends: disposed under it, the library throws after connecting the
+    /// primary and leaves that connection open. In any order with the cancellation of <see cref="ConnectAsync"/>.
+    /// </summary>
     public void Dispose()
     {
-        if (Volatile.Read(ref _abandoned) is not { IsCompleted: false })
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        if (Volatile.Read(ref _attempt) is { IsCompleted: false } running)
+        {
+            running.ContinueWith(static (_, self) => ((RedisConnectLoop)self!).DisposeSentinel(), this,
+                CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
+        else
         {
             DisposeSentinel();
         }
+    }
+
+    /// <summary>A connect that reached replicas only; <see cref="Failure"/> is what is reported.</summary>
+    private sealed class ReplicasOnlyException(RedisConnectionException failure) : Exception(failure.Message, failure)
+    {
+        public RedisConnectionException Failure { get; } = failure;
     }
 }
 

@@ -51,8 +51,20 @@ public sealed class RedisConnectionAtStart(
     : BackgroundService, IReceiveEndpointDependency
 {
     private readonly RedisConnectLoop _connect = new(options, lifetime, loggerFactory);
-    private readonly TaskCompletionSource _connected = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _connected = NewReady(lifetime);
     private ConnectionMultiplexer? _connection;
+
+    /// <summary>
+    /// Cancelled at <see cref="IHostApplicationLifetime.ApplicationStopping"/> by itself: whichever of a connect and the
+    /// stop comes first decides, with no window between a check and the completion; and the gate is answered even when
+    /// the host stops before <see cref="ExecuteAsync"/> ever ran (it may not run at all then).
+    /// </summary>
+    private static TaskCompletionSource NewReady(IHostApplicationLifetime lifetime)
+    {
+        var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lifetime.ApplicationStopping.Register(static state => ((TaskCompletionSource)state!).TrySetCanceled(), ready);
+        return ready;
+    }
 
     /// <summary>Completes when the connection is up: MassTransit starts consuming on the endpoints that depend on it then.</summary>
     public Task Ready => _connected.Task;
@@ -80,16 +92,25 @@ public sealed class RedisConnectionAtStart(
         }
 
         Volatile.Write(ref _connection, connected.Connection);
-        _connected.TrySetResult();
+        if (!_connected.TrySetResult())
+        {
+            // The stop came first: the endpoints never consume, and the connection is not left open.
+            Interlocked.Exchange(ref _connection, null)?.Dispose();
+            return;
+        }
+
         logger.LogInformation("Status store connected after {Attempts} attempt(s) in {Elapsed:F1} s; the I/O lane starts consuming",
             connected.Attempts, connected.Elapsed.TotalSeconds);
     }
 
     public override void Dispose()
     {
-        // The container disposes the connection too when something resolved it; a second Dispose does nothing.
+        // The attempts' token first (as SentinelConnectionAtStart does); the loop keeps the Sentinel connection for an
+        // attempt still running in either order. The container disposes the connection too when something resolved
+        // it; a second Dispose does nothing.
+        base.Dispose();
+        _connected.TrySetCanceled();
         Interlocked.Exchange(ref _connection, null)?.Dispose();
         _connect.Dispose();
-        base.Dispose();
     }
 }

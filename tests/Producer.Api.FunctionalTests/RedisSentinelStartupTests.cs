@@ -86,6 +86,10 @@ public sealed class RedisSentinelStartupTests(ApiOnlyFixture fixture, ITestOutpu
         Assert.False(api.HasExited, "the API exited:\n" + string.Join('\n', api.Output.TakeLast(10)));
         Assert.False(Connected(api),
             "the API counted Redis as connected while the primary the Sentinel names did not answer and only a replica did:\n" + string.Join('\n', api.Output.TakeLast(10)));
+        // Refused because only the replica answered (not for another failure that would hide the check).
+        var replicaOnly = $"no primary of service ep-api answers, only its replica(s) 127.0.0.1:{set.ReplicaPort}";
+        Assert.True(api.Output.Any(l => l.Contains(replicaOnly, StringComparison.Ordinal)),
+            $"the API never logged '{replicaOnly}':\n" + string.Join('\n', api.Output.TakeLast(10)));
         using (var ready = await http.GetAsync("/health/ready"))
         {
             Assert.NotEqual(HttpStatusCode.OK, ready.StatusCode);

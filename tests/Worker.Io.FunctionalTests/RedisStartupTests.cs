@@ -161,6 +161,10 @@ public sealed class RedisStartupTests(SharedIoLane lane, ITestOutputHelper outpu
             "Worker.Io counted its status store as connected while the primary the Sentinel names did not answer and only a replica did:\n" +
             string.Join('\n', worker.Output.TakeLast(10)));
         Assert.False(worker.HasExited, "Worker.Io exited:\n" + string.Join('\n', worker.Output.TakeLast(10)));
+        // Refused because only the replica answered (not for another failure that would hide the check).
+        var replicaOnly = $"no primary of service ep-io answers, only its replica(s) 127.0.0.1:{set.ReplicaPort}";
+        Assert.True(worker.Output.Any(l => l.Contains(replicaOnly, StringComparison.Ordinal)),
+            $"Worker.Io never logged '{replicaOnly}':\n" + string.Join('\n', worker.Output.TakeLast(10)));
         var consumers = await LaneQueueConsumersAsync();
         Assert.True(consumers == 0, $"Worker.Io consumed from {IoLaneHost.QueueName} ({consumers} consumers) while no primary answered");
         var ready = await ReadyAsync(http);
