@@ -87,7 +87,7 @@ public sealed class CpuLaneOptions
     /// </summary>
     public int StartedBase => Math.Max(EffectiveHandlers, MaxStarted > 0 ? MaxStarted : EffectiveHandlers * 8);
 
-    /// <summary>The highest started bound: <see cref="StartedBase"/> when fixed, else 32 × <see cref="EffectiveHandlers"/> (at most 4096).</summary>
+    /// <summary>The highest started bound: <see cref="StartedBase"/> when fixed, else 32 × <see cref="EffectiveHandlers"/>, at most 4096 but never below the base.</summary>
     public int StartedCeiling => IsStartedAdaptive ? Math.Max(StartedBase, Math.Min(4096, EffectiveHandlers * 32)) : StartedBase;
 
     /// <summary>

@@ -47,6 +47,7 @@ public sealed class StartedBoundCrashTests(ITestOutputHelper output)
 
             Assert.True(watch.Elapsed < Patience && await lane.Db.StreamLengthAsync(CpuLaneStreams.Stream) > 0,
                 $"the worker never held more than {most} entries charged (the old default's most is {fixedDefaultMostCharged})");
+            await Task.Delay(1);
         }
 
         var suspects = (await lane.Db.HashGetAllAsync(CpuLaneStreams.Started)).ToDictionary(e => e.Name.ToString(), e => (long)e.Value);
@@ -64,7 +65,11 @@ public sealed class StartedBoundCrashTests(ITestOutputHelper output)
             "every entry to be acknowledged");
         var through = await monitor.CountThroughNowAsync(lane.Db);
 
-        var alone = second.Output.Where(line => line.Contains("running it alone", StringComparison.Ordinal)).ToArray();
+        // The log lines come through the process's stdout pipe, which may trail the acknowledgements read above.
+        string[] Alone() => [.. second.Output.Where(line => line.Contains("running it alone", StringComparison.Ordinal))];
+        await Eventually.TrueAsync(() => Task.FromResult(Alone().Length >= suspects.Count), TimeSpan.FromSeconds(30),
+            $"the second worker to log each of the {suspects.Count} suspects as run alone", TimeSpan.FromMilliseconds(100));
+        var alone = Alone();
         Assert.Equal(suspects.Count, alone.Length);
         Assert.All(suspects.Keys, entry => Assert.Contains(alone, line => line.Contains($"entry {entry}", StringComparison.Ordinal)));
 
