@@ -92,7 +92,9 @@ public sealed class RabbitMqCluster : IAsyncDisposable
             cluster_formation.peer_discovery_backend = classic_config
             cluster_formation.classic_config.nodes.1 = {Nodes[0].NodeName}
             """ + "\n");
-        node.Process = ChildProcess.Start($"rabbitmq-{index}", ServerScript, [], new Dictionary<string, string?>
+        // setsid (execs in place) makes the node lead a process group of its own, killed whole by one kill -9 (see
+        // ChildProcess.KillGroupAsync): no helper of it is left behind, stopped or running.
+        node.Process = ChildProcess.Start($"rabbitmq-{index}", "setsid", [ServerScript], new Dictionary<string, string?>
         {
             ["HOME"] = Home,
             ["RABBITMQ_NODENAME"] = node.NodeName,
@@ -101,6 +103,9 @@ public sealed class RabbitMqCluster : IAsyncDisposable
             ["RABBITMQ_DIST_PORT"] = node.DistributionPort.ToString(),
             ["ERL_EPMD_PORT"] = EpmdPort.ToString(),
             ["ERL_EPMD_ADDRESS"] = "127.0.0.1",
+            // Also for the 'erl -sname epmd-starter-N' RabbitMQ runs every 60 s (it inherits the environment, not the
+            // arguments below): no 'epmd -daemon' on our port that would outlive the cluster's epmd.
+            ["ERL_FLAGS"] = "-start_epmd false",
             ["RABBITMQ_MNESIA_BASE"] = Path.Combine(nodeDirectory, "mnesia"),
             ["RABBITMQ_LOG_BASE"] = Path.Combine(nodeDirectory, "log"),
             ["RABBITMQ_LOGS"] = "-",
@@ -179,7 +184,7 @@ public sealed class RabbitMqCluster : IAsyncDisposable
     {
         if (Nodes[index].Process is { } process)
         {
-            await process.KillAsync(entireProcessTree: true);
+            await process.KillGroupAsync();
         }
     }
 
@@ -231,7 +236,7 @@ public sealed class RabbitMqCluster : IAsyncDisposable
             if (node.Process is { } process)
             {
                 // No clean shutdown needed: the data directory is deleted below.
-                await process.KillAsync(entireProcessTree: true);
+                await process.KillGroupAsync();
                 await process.DisposeAsync();
             }
         }

@@ -43,6 +43,15 @@ public sealed class RabbitMqServer : IAsyncDisposable
 
     public bool IsRunning => _server is { HasExited: false };
 
+    /// <summary>The node's PID (the script execs the VM), which also leads the node's own process group.</summary>
+    public int Pid => _server?.Pid ?? throw new InvalidOperationException("rabbitmq-server is not running");
+
+    /// <summary>The PID of this node's own epmd.</summary>
+    public int EpmdPid => _epmd?.Pid ?? throw new InvalidOperationException("epmd is not running");
+
+    /// <summary>The node's temp directory (data, logs, HOME), deleted when the node is disposed.</summary>
+    public string DataDirectory => _directory.Path;
+
     public static async Task<RabbitMqServer> StartAsync()
     {
         var server = new RabbitMqServer();
@@ -108,7 +117,7 @@ public sealed class RabbitMqServer : IAsyncDisposable
             if (_spare is null && !_sparesDisabled)
             {
                 var next = new RabbitMqServer();
-                (_spare, _spareBoot) = (next, next.BootAsync(background: true));
+                (_spare, _spareBoot) = (next, next.BootAsync(background: true, owner: Environment.ProcessId));
                 RegisterExitCleanup();
             }
         }
@@ -184,23 +193,37 @@ public sealed class RabbitMqServer : IAsyncDisposable
 
     private volatile bool _killed;
 
-    /// <summary>Synchronous kill -9 of the node and its epmd (process exit: no awaiting there), then its directory.</summary>
+    /// <summary>
+    /// kill -9 of the node's process group and of its epmd, then its directory: plain signals, nothing awaited, because
+    /// vstest SIGKILLs the test host 100 ms after the run, while exit handlers run (a <c>Process.Kill(entireProcessTree)</c>
+    /// cut off there left SIGSTOPped orphans; the watchdog finishes whatever this handler could not).
+    /// </summary>
     private void KillNow()
     {
         _killed = true;
-        try
+        _server?.KillGroupNow();
+        if (_epmd is { HasExited: false })
         {
-            _server?.KillAsync(entireProcessTree: true).Wait(TimeSpan.FromSeconds(5));
-            _epmd?.KillAsync().Wait(TimeSpan.FromSeconds(5));
-        }
-        catch (AggregateException)
-        {
+            _ = kill(_epmd.Pid, SigKill);
         }
 
         _directory.Dispose();
     }
 
-    private async Task BootAsync(bool background = false)
+    private const int SigKill = 9;
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int kill(int pid, int sig);
+
+    /// <summary>A spare as <see cref="StartOrTakeSpareAsync"/> boots it, ended by its watchdog once <paramref name="owner"/> is gone.</summary>
+    internal static async Task<RabbitMqServer> StartSpareAsync(int owner)
+    {
+        var server = new RabbitMqServer();
+        await server.BootAsync(background: true, owner);
+        return server;
+    }
+
+    private async Task BootAsync(bool background = false, int owner = 0)
     {
         _epmd = background
             ? ChildProcess.Start("epmd", "nice", ["-n", "19", "epmd", "-port", EpmdPort.ToString(), "-address", "127.0.0.1"], new Dictionary<string, string?>())
@@ -211,15 +234,27 @@ public sealed class RabbitMqServer : IAsyncDisposable
             throw new InvalidOperationException("the test process is exiting");
         }
 
-        await StartServerAsync(background);
+        await StartServerAsync(background, owner);
     }
 
-    /// <summary>$0 the test process, $1 the node's PID, $2 its epmd's PID, $3 the node name, $4 the epmd port.</summary>
+    /// <summary>
+    /// $0 the test process, $1 the node's PID (and its process group's id), $2 its epmd's PID, $3 the node name, $4 the
+    /// epmd port, $5 the node's directory. The node's whole group is killed: its PID when it is still this node (its
+    /// environment names it), or when it is a zombie or gone (a group outlives its leader, and its id is not handed to
+    /// another process while any member is left). Then the directory: nobody else deletes it when the test host is
+    /// ended first. SIGHUP is ignored: when the test host's process group is orphaned while one of its members is
+    /// stopped, the kernel sends the whole group SIGHUP (then SIGCONT); that killed the old watchdog, while the node,
+    /// which ignores SIGHUP, was resumed and lived on.
+    /// </summary>
     private const string SpareWatchdogScript =
         """
+        trap '' HUP
         while kill -0 "$0" 2>/dev/null; do sleep 1; done
-        grep -qz "^RABBITMQ_NODENAME=$3\$" "/proc/$1/environ" 2>/dev/null && kill -9 "$1"
+        if [ ! -e "/proc/$1" ] || grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null || grep -qz "^RABBITMQ_NODENAME=$3\$" "/proc/$1/environ" 2>/dev/null; then
+          kill -9 "-$1" 2>/dev/null
+        fi
         grep -qzx -- "$4" "/proc/$2/cmdline" 2>/dev/null && kill -9 "$2"
+        case "$5" in */ep-rabbit-*) rm -rf -- "$5" ;; esac
         """;
 
     private ChildProcess? _watchdog;
@@ -229,15 +264,16 @@ public sealed class RabbitMqServer : IAsyncDisposable
     {
         if (_watchdog is not null)
         {
-            await _watchdog.KillAsync(entireProcessTree: true);
+            // Its PID alone: its 'sleep 1' ends by itself (a tree kill would SIGSTOP them first).
+            await _watchdog.KillAsync();
             await _watchdog.DisposeAsync();
             _watchdog = null;
         }
     }
 
-    public Task StartServerAsync() => StartServerAsync(background: false);
+    public Task StartServerAsync() => StartServerAsync(background: false, owner: 0);
 
-    private async Task StartServerAsync(bool background)
+    private async Task StartServerAsync(bool background, int owner)
     {
         var home = Path.Combine(_directory.Path, "home");
         Directory.CreateDirectory(home);
@@ -245,7 +281,9 @@ public sealed class RabbitMqServer : IAsyncDisposable
         File.WriteAllText(Path.Combine(_directory.Path, "enabled_plugins"), "[rabbitmq_prometheus].\n");
         // A spare node boots at the lowest CPU priority (nice exec's the script, which exec's the VM: the PID is still the
         // node's): it then takes only CPU the running tests leave idle, and is raised to normal priority when taken.
-        _server = ChildProcess.Start("rabbitmq-server", background ? "nice" : ServerScript, background ? ["-n", "19", ServerScript] : [], new Dictionary<string, string?>
+        // setsid (execs in place, as nice does) makes the node lead a process group of its own: it is killed with all its
+        // helpers (erl_child_setup, any epmd-starter erl) by one kill -9 of the group.
+        _server = ChildProcess.Start("rabbitmq-server", "setsid", background ? ["nice", "-n", "19", ServerScript] : [ServerScript], new Dictionary<string, string?>
         {
             ["HOME"] = home,
             ["RABBITMQ_NODENAME"] = NodeName,
@@ -254,6 +292,11 @@ public sealed class RabbitMqServer : IAsyncDisposable
             ["RABBITMQ_DIST_PORT"] = DistributionPort.ToString(),
             ["ERL_EPMD_PORT"] = EpmdPort.ToString(),
             ["ERL_EPMD_ADDRESS"] = "127.0.0.1",
+            // Never start an 'epmd -daemon' (cwd /, in a session of its own: nothing of ours ends it): this node has its
+            // own epmd. Without this the VM, and any 'erl -sname epmd-starter-N' RabbitMQ runs to make sure an epmd is up
+            // (it inherits this environment, not the VM's arguments), start one on ERL_EPMD_PORT whenever that port is
+            // free, e.g. once our epmd is gone while the node still runs; that one outlives everything.
+            ["ERL_FLAGS"] = "-start_epmd false",
             ["RABBITMQ_MNESIA_BASE"] = Path.Combine(_directory.Path, "mnesia"),
             ["RABBITMQ_LOG_BASE"] = Path.Combine(_directory.Path, "log"),
             ["RABBITMQ_LOGS"] = "-",
@@ -272,8 +315,15 @@ public sealed class RabbitMqServer : IAsyncDisposable
             // The test host is ended at once after a run, often before exit handlers finish: this watchdog then ends the
             // unused spare, kill -9 by PID after checking that each PID is still this node and this epmd.
             _watchdog = ChildProcess.Start("rabbitmq-spare-watchdog", "sh",
-                ["-c", SpareWatchdogScript, Environment.ProcessId.ToString(), _server.Pid.ToString(), _epmd.Pid.ToString(), NodeName, EpmdPort.ToString()],
+                ["-c", SpareWatchdogScript, owner.ToString(), _server.Pid.ToString(), _epmd.Pid.ToString(), NodeName, EpmdPort.ToString(), _directory.Path],
                 new Dictionary<string, string?>());
+        }
+
+        if (_killed)
+        {
+            // The exit handler ran while this node was being started (it found no node to kill).
+            _server.KillGroupNow();
+            throw new InvalidOperationException("the test process is exiting");
         }
 
         await Eventually.TrueAsync(async () =>
@@ -316,8 +366,8 @@ public sealed class RabbitMqServer : IAsyncDisposable
     {
         if (_server is not null)
         {
-            // rabbitmq-server is a shell script that runs beam.smp as its child: kill the node, not just the script.
-            await _server.KillAsync(entireProcessTree: true);
+            // The node's whole process group: the script (while it still runs) and every helper the VM started.
+            await _server.KillGroupAsync();
         }
     }
 
@@ -358,7 +408,7 @@ public sealed class RabbitMqServer : IAsyncDisposable
         {
             // No clean shutdown needed: the data directory is deleted below. A clean stop of a node costs 2–7 s here,
             // paid once per fixture (as RabbitMqCluster does).
-            await _server.KillAsync(entireProcessTree: true);
+            await _server.KillGroupAsync();
             await _server.DisposeAsync();
         }
 
