@@ -114,11 +114,15 @@ public sealed class CrashRestartTests(AppHostFixture fixture)
         var running = await WaitForAsync("worker-cpu", e => e.Snapshot.State?.Text == KnownResourceStates.Running && Pid(e) is { } p && p != pid);
         var restartedPid = Pid(running)!.Value;
 
-        await Eventually.ReturnsAsync(
+        // The orchestrator can show the resource Finished for seconds after that Start began (a loaded CI machine:
+        // 1.85 s, longer than the restarter's 1 s back-off), so the restarter must go by the Start, not by the state.
+        var log = await Eventually.ReturnsAsync(
             () => ResourceLogAsync("worker-cpu"),
             lines => lines.Any(l => l.Contains("not starting it again", StringComparison.Ordinal)),
             Deadline,
             "the restarter seeing worker-cpu started already");
+        var sinceCrash = log.Skip(log.FindLastIndex(l => l.Contains("starting it again in", StringComparison.Ordinal)));
+        Assert.Single(sinceCrash, l => l.Contains("Executing command 'start'", StringComparison.Ordinal));
         Assert.True(Notifications.TryGetCurrentState("worker-cpu", out var now));
         Assert.Equal(restartedPid, Pid(now));
         await Notifications.WaitForResourceHealthyAsync("worker-cpu", timeout.Token);
