@@ -22,7 +22,8 @@ public sealed class RestartOnCrashAnnotation : IResourceAnnotation;
 /// start on a running resource would restart it, so it is never sent to one. The state alone does not say so in time: a
 /// loaded machine's orchestrator left a resource <c>Finished</c> for 1.85 s after someone else's Start began, so every
 /// Start not sent by the restarter is counted (<see cref="StartRequests"/>) and one since the crashed run began is enough.
-/// <c>Workers:RestartOnCrash=false</c> turns this off. The dashboard shows the count as the resource property <c>restarts</c> and a line in the console log.
+/// <c>Workers:RestartOnCrash=false</c> turns this off. The dashboard shows the count as the resource property
+/// <c>restarts</c> and a line in the console log.
 /// </summary>
 public static class CrashRestarts
 {
