@@ -19,8 +19,11 @@ public sealed class RestartOnCrashAnnotation : IResourceAnnotation;
 /// Stop from the dashboard (state <c>Stopping</c>, or exit code 0) is left alone. The start goes through Aspire's own
 /// <see cref="KnownResourceCommands.StartCommand"/>, and only if the resource is still down when the back-off ends,
 /// so that someone else having started it meanwhile (the dashboard, the bench's chaos mode) is harmless: Aspire's
-/// start on a running resource would restart it, so it is never sent to one. <c>Workers:RestartOnCrash=false</c> turns
-/// this off. The dashboard shows the count as the resource property <c>restarts</c> and a line in the console log.
+/// start on a running resource would restart it, so it is never sent to one. The state alone does not say so in time: a
+/// loaded machine's orchestrator left a resource <c>Finished</c> for 1.85 s after someone else's Start began, so every
+/// Start not sent by the restarter is counted (<see cref="StartRequests"/>) and one since the crashed run began is enough.
+/// <c>Workers:RestartOnCrash=false</c> turns this off. The dashboard shows the count as the resource property
+/// <c>restarts</c> and a line in the console log.
 /// </summary>
 public static class CrashRestarts
 {
@@ -40,8 +43,24 @@ public static class CrashRestarts
 
         if (!builder.ApplicationBuilder.Services.Any(s => s.ImplementationType == typeof(CrashRestarter)))
         {
+            builder.ApplicationBuilder.Services.AddSingleton<StartRequests>();
             builder.ApplicationBuilder.Services.AddHostedService<CrashRestarter>();
         }
+
+        // Aspire adds the lifecycle commands in its own BeforeStartEvent handler, subscribed when the builder is created,
+        // so they exist when this one runs (the restarter wraps them later if a version adds them after).
+        var resource = builder.Resource;
+        builder.ApplicationBuilder.Eventing.Subscribe<BeforeStartEvent>((e, _) =>
+        {
+            if (!e.Services.GetRequiredService<StartRequests>().Watch(resource))
+            {
+                e.Services.GetRequiredService<ILoggerFactory>().CreateLogger<CrashRestarter>().LogWarning(
+                    "{Resource} has no Start command to watch yet: a Start sent by someone else is seen only once the resource leaves its down state",
+                    resource.Name);
+            }
+
+            return Task.CompletedTask;
+        });
 
         return builder.WithAnnotation(new RestartOnCrashAnnotation());
     }
@@ -51,6 +70,7 @@ public static class CrashRestarts
 internal sealed class CrashRestarter(
     ResourceNotificationService notifications,
     ResourceLoggerService resourceLogs,
+    StartRequests startRequests,
     IServiceProvider services,
     ILogger<CrashRestarter> logger) : BackgroundService
 {
@@ -81,6 +101,8 @@ internal sealed class CrashRestarter(
 
     private void Observe(ResourceEvent update, CancellationToken stoppingToken)
     {
+        // Normally done at BeforeStartEvent; this covers an Aspire version that adds its lifecycle commands later.
+        startRequests.Watch(update.Resource);
         var tracker = _trackers.GetOrAdd(update.ResourceId, _ => new Tracker());
         var state = update.Snapshot.State?.Text;
         lock (tracker)
@@ -95,6 +117,8 @@ internal sealed class CrashRestarter(
             {
                 tracker.StoppedOnPurpose = false;
                 tracker.RunningSince = DateTimeOffset.UtcNow;
+                // Starts sent before this run are its own; one counted after it is someone else's answer to its end.
+                tracker.StartsBeforeRun = startRequests.Count(update.ResourceId);
                 return;
             }
 
@@ -139,6 +163,20 @@ internal sealed class CrashRestarter(
         try
         {
             await Task.Delay(delay, stoppingToken);
+            long startsBeforeRun;
+            lock (tracker)
+            {
+                startsBeforeRun = tracker.StartsBeforeRun;
+            }
+
+            if (startRequests.Count(crashed.ResourceId) != startsBeforeRun)
+            {
+                // Someone else's Start is under way (the resource can still show Finished for seconds on a loaded
+                // machine): a second start would restart what it started.
+                log.LogInformation("{Resource} was started by someone else meanwhile: not starting it again", crashed.Resource.Name);
+                return;
+            }
+
             if (notifications.TryGetCurrentState(crashed.ResourceId, out var current) && current.Snapshot.State?.Text is { } now && !Down.Contains(now))
             {
                 // Started by someone else meanwhile (the dashboard, the bench's chaos mode): a second start would restart it.
@@ -151,7 +189,8 @@ internal sealed class CrashRestarter(
                 Properties = SetProperty(snapshot.Properties, CrashRestarts.RestartsProperty, tracker.Restarts.ToString(CultureInfo.InvariantCulture)),
             });
             var commands = services.GetRequiredService<ResourceCommandService>();
-            var result = await commands.ExecuteCommandAsync(crashed.ResourceId, KnownResourceCommands.StartCommand, stoppingToken);
+            var result = await StartRequests.AsRestarterAsync(
+                () => commands.ExecuteCommandAsync(crashed.ResourceId, KnownResourceCommands.StartCommand, stoppingToken));
             if (!result.Success)
             {
                 log.LogWarning("Starting {Resource} again failed: {Message}", crashed.Resource.Name, result.Message);
@@ -190,5 +229,8 @@ internal sealed class CrashRestarter(
         public int Restarts { get; set; }
 
         public bool Pending { get; set; }
+
+        /// <summary>The resource's <see cref="StartRequests"/> count when its current (or last) run began.</summary>
+        public long StartsBeforeRun { get; set; }
     }
 }

@@ -99,29 +99,112 @@ public sealed class CrashRestartTests(AppHostFixture fixture)
         }
     }
 
+    /// <summary>
+    /// A CI run on a loaded machine: the orchestrator (DCP) still showed the killed worker <c>Finished</c> 1.85 s after
+    /// someone else's Start began, past the restarter's 1 s back-off, and the restarter started it a second time. Here DCP
+    /// is held still (SIGSTOP, always resumed) from that Start until the restarter has decided, which makes that window
+    /// certain: the restarter must go by the Start sent, not by the state shown.
+    /// </summary>
     [Fact]
     public async Task Worker_killed_and_started_by_someone_else_is_not_started_a_second_time()
     {
         var before = await WaitForRunningAsync("worker-cpu");
         var pid = Pid(before)!.Value;
+        // Reading the whole log asks DCP for the process's output, which a paused DCP never answers; the live watch
+        // carries the AppHost's own lines about the resource (the command service's and the restarter's) without it.
+        using var watching = new CancellationTokenSource(Deadline);
+        var live = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var watch = Task.Run(async () =>
+        {
+            await foreach (var batch in fixture.App.Services.GetRequiredService<ResourceLoggerService>().WatchAsync(before.ResourceId).WithCancellation(watching.Token))
+            {
+                foreach (var line in batch)
+                {
+                    live.Enqueue(line.Content);
+                }
+            }
+        });
 
+        var killedAt = DateTime.UtcNow;
         Kill(pid, "Worker.Cpu");
         await WaitForAsync("worker-cpu", e => e.Snapshot.State?.Text is "Exited" or "Finished");
-        // What the bench's chaos mode does: Start at once, before the restarter's back-off ends.
         using var timeout = new CancellationTokenSource(Deadline);
-        var start = await fixture.App.ResourceCommands.ExecuteCommandAsync("worker-cpu", KnownResourceCommands.StartCommand, timeout.Token);
-        Assert.True(start.Success, start.Message);
+        var dcp = OrchestratorProcesses();
+        Assert.NotEmpty(dcp);
+        var pauses = new List<ProcessPause>();
+        Task<ExecuteCommandResult> start;
+        List<string> decided;
+        try
+        {
+            pauses.AddRange(dcp.Select(ProcessPause.Of));
+            // What the bench's chaos mode does: Start at once, before the restarter's back-off ends.
+            start = fixture.App.ResourceCommands.ExecuteCommandAsync("worker-cpu", KnownResourceCommands.StartCommand, timeout.Token);
+            // The watch replays the earlier lines first (an earlier test's starts among them): only the later ones count.
+            decided = await Eventually.ReturnsAsync(
+                () => Task.FromResult(Since(killedAt, live)),
+                lines => lines.Any(l => l.Contains("not starting it again", StringComparison.Ordinal)) || Starts(lines) >= 2,
+                Deadline,
+                "the restarter's decision about worker-cpu once its back-off ended");
+        }
+        finally
+        {
+            foreach (var pause in pauses)
+            {
+                pause.Resume();
+            }
+
+            await watching.CancelAsync();
+            await watch.ContinueWith(_ => { }, TaskScheduler.Default);
+        }
+
+        Assert.True(Starts(decided) == 1, $"{Starts(decided)} starts sent after the crash:{Environment.NewLine}{string.Join(Environment.NewLine, decided)}");
+        var result = await start;
+        Assert.True(result.Success, result.Message);
         var running = await WaitForAsync("worker-cpu", e => e.Snapshot.State?.Text == KnownResourceStates.Running && Pid(e) is { } p && p != pid);
         var restartedPid = Pid(running)!.Value;
-
-        await Eventually.ReturnsAsync(
-            () => ResourceLogAsync("worker-cpu"),
-            lines => lines.Any(l => l.Contains("not starting it again", StringComparison.Ordinal)),
-            Deadline,
-            "the restarter seeing worker-cpu started already");
         Assert.True(Notifications.TryGetCurrentState("worker-cpu", out var now));
         Assert.Equal(restartedPid, Pid(now));
         await Notifications.WaitForResourceHealthyAsync("worker-cpu", timeout.Token);
+        Assert.Equal(1, Starts(Since(killedAt, await ResourceLogAsync("worker-cpu"))));
+    }
+
+    /// <summary>The lines stamped at or after <paramref name="time"/> (each line starts with its UTC time stamp).</summary>
+    private static List<string> Since(DateTime time, IEnumerable<string> lines) =>
+        [.. lines.Where(l => DateTime.TryParse(l.Split(' ')[0], CultureInfo.InvariantCulture, DateTimeStyles.AdjustToUniversal | DateTimeStyles.AssumeUniversal, out var at) && at >= time)];
+
+    private static int Starts(IEnumerable<string> lines) => lines.Count(l => l.Contains("Executing command 'start'", StringComparison.Ordinal));
+
+    /// <summary>
+    /// The DCP processes this test run's AppHost started: its API server (which detaches, so it is found by its
+    /// <c>--monitor</c> of this process) and the controllers under it; not the per-process monitors.
+    /// </summary>
+    private static List<int> OrchestratorProcesses()
+    {
+        var found = new List<int>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (int.TryParse(Path.GetFileName(dir), out var pid)
+                && Arguments(pid) is [var exe, "start-apiserver", ..] args && Path.GetFileName(exe) == "dcp"
+                && args.SkipWhile(a => a != "--monitor").Skip(1).FirstOrDefault() == Environment.ProcessId.ToString(CultureInfo.InvariantCulture))
+            {
+                found.Add(pid);
+                found.AddRange(ProcessTree.ChildrenOf(pid).Where(c => Arguments(c) is [_, "run-controllers", ..]));
+            }
+        }
+
+        return found;
+    }
+
+    private static string[] Arguments(int pid)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/{pid}/cmdline").Split('\0');
+        }
+        catch (IOException)
+        {
+            return []; // exited meanwhile
+        }
     }
 
     /// <summary>The resource's console log as the dashboard shows it, the AppHost's own lines about it included.</summary>

@@ -1,0 +1,94 @@
+using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
+using Aspire.Hosting.ApplicationModel;
+
+namespace Aspire.Hosting;
+
+/// <summary>
+/// Counts, per resource instance, the lifecycle Start commands sent by anyone but the <see cref="CrashRestarter"/>: the
+/// dashboard, the CLI, the bench's chaos mode, a test. The restarter needs to know that a start was asked for, not
+/// only what state the resource shows: under load the orchestrator showed a resource <c>Finished</c> for 1.85 s while
+/// someone else's Start was executing, and the restarter, seeing it still down, started it a second time.
+/// </summary>
+/// <remarks>
+/// Aspire's Start command (<see cref="KnownResourceCommands.StartCommand"/>) is a <see cref="ResourceCommandAnnotation"/>
+/// that Aspire adds to every project, executable and container; <see cref="ResourceCommandService"/> looks it up by name
+/// on each execution. <see cref="Watch"/> swaps it for one that counts and then runs Aspire's own delegate, everything
+/// else copied, so the dashboard shows the same command.
+/// </remarks>
+internal sealed class StartRequests
+{
+    // Set around the restarter's own Start; an AsyncLocal because ResourceCommandService awaits the command's delegate in
+    // the caller's flow, so the flag reaches the wrapper without leaking to anyone else's concurrent Start.
+    private static readonly AsyncLocal<bool> SentByRestarter = new();
+
+    private readonly ConcurrentDictionary<string, long> _counts = new(StringComparer.Ordinal);
+    private readonly ConditionalWeakTable<ResourceCommandAnnotation, object> _wrappers = new();
+    private readonly Lock _wrapping = new();
+
+    /// <summary>How many Starts others have sent to <paramref name="resourceId"/> (a replica's instance name) so far.</summary>
+    public long Count(string resourceId) => _counts.GetValueOrDefault(resourceId);
+
+    /// <summary>Runs the restarter's own Start, which is not counted.</summary>
+    public static async Task<T> AsRestarterAsync<T>(Func<Task<T>> start)
+    {
+        // The flag is restored when this method returns: an async method's AsyncLocal changes do not flow back out.
+        SentByRestarter.Value = true;
+        return await start();
+    }
+
+    /// <summary>
+    /// Wraps <paramref name="resource"/>'s Start command once it exists (idempotent, cheap when done); false while it
+    /// does not exist or cannot be copied faithfully, when only the resource's state guards against a second start.
+    /// </summary>
+    public bool Watch(IResource resource)
+    {
+        lock (_wrapping)
+        {
+            var annotations = resource.Annotations;
+            for (var i = 0; i < annotations.Count; i++)
+            {
+                if (annotations[i] is not ResourceCommandAnnotation original || original.Name != KnownResourceCommands.StartCommand)
+                {
+                    continue;
+                }
+
+                // Progress has no public setter; Aspire's own Start has none (it is built with the public constructor),
+                // and a Start that had one is left as it is rather than shown differently.
+                if (_wrappers.TryGetValue(original, out _) || original.Progress is not null)
+                {
+                    return _wrappers.TryGetValue(original, out _);
+                }
+
+                var execute = original.ExecuteCommand;
+                var wrapper = new ResourceCommandAnnotation(
+                    original.Name,
+                    original.DisplayName,
+                    original.UpdateState,
+                    context =>
+                    {
+                        if (!SentByRestarter.Value)
+                        {
+                            _counts.AddOrUpdate(context.ResourceName, 1, (_, n) => n + 1);
+                        }
+
+                        return execute(context);
+                    },
+                    original.DisplayDescription,
+                    original.Arguments,
+                    original.ConfirmationMessage,
+                    original.IconName,
+                    original.IconVariant,
+                    original.IsHighlighted,
+                    original.Visibility,
+                    original.ValidateArguments);
+                _wrappers.Add(wrapper, new object());
+                // In place: the dashboard lists commands in annotation order, and the lookup by name wants exactly one.
+                annotations[i] = wrapper;
+                return true;
+            }
+
+            return false;
+        }
+    }
+}
