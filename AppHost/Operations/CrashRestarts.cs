@@ -31,6 +31,9 @@ public static class CrashRestarts
     public static readonly TimeSpan MaxDelay = TimeSpan.FromSeconds(30);
     public static readonly TimeSpan StableAfter = TimeSpan.FromSeconds(60);
 
+    /// <summary>How long someone else's Start, sent after a crash, has to bring the resource up before the restarter starts it itself.</summary>
+    public static readonly TimeSpan OthersStartGrace = TimeSpan.FromSeconds(60);
+
     public const string RestartsProperty = "restarts";
 
     public static IResourceBuilder<T> WithRestartOnCrash<T>(this IResourceBuilder<T> builder) where T : IResource
@@ -47,15 +50,16 @@ public static class CrashRestarts
             builder.ApplicationBuilder.Services.AddHostedService<CrashRestarter>();
         }
 
-        // Aspire adds the lifecycle commands in its own BeforeStartEvent handler, subscribed when the builder is created,
-        // so they exist when this one runs (the restarter wraps them later if a version adds them after).
+        // Where the lifecycle commands already exist at BeforeStartEvent (newer Aspire), they are wrapped here; Aspire
+        // 13.6.5 adds them later, when DCP creates the resource (review of s10-restarter, M1), and the restarter wraps
+        // them on the first state update it sees, before any crash it could restart from.
         var resource = builder.Resource;
         builder.ApplicationBuilder.Eventing.Subscribe<BeforeStartEvent>((e, _) =>
         {
             if (!e.Services.GetRequiredService<StartRequests>().Watch(resource))
             {
-                e.Services.GetRequiredService<ILoggerFactory>().CreateLogger<CrashRestarter>().LogWarning(
-                    "{Resource} has no Start command to watch yet: a Start sent by someone else is seen only once the resource leaves its down state",
+                e.Services.GetRequiredService<ILoggerFactory>().CreateLogger<CrashRestarter>().LogDebug(
+                    "{Resource} has no Start command yet at BeforeStartEvent: it is wrapped on the resource's first state update",
                     resource.Name);
             }
 
@@ -157,6 +161,26 @@ internal sealed class CrashRestarter(
         }
     }
 
+    /// <summary>Whether the resource shows <c>Running</c> within <paramref name="grace"/>.</summary>
+    private async Task<bool> RunsWithinAsync(string resourceId, TimeSpan grace, CancellationToken stoppingToken)
+    {
+        var deadline = DateTimeOffset.UtcNow + grace;
+        while (true)
+        {
+            if (notifications.TryGetCurrentState(resourceId, out var current) && current.Snapshot.State?.Text == KnownResourceStates.Running)
+            {
+                return true;
+            }
+
+            if (DateTimeOffset.UtcNow >= deadline)
+            {
+                return false;
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(250), stoppingToken);
+        }
+    }
+
     private async Task RestartAsync(ResourceEvent crashed, Tracker tracker, TimeSpan delay, CancellationToken stoppingToken)
     {
         var log = resourceLogs.GetLogger(crashed.ResourceId);
@@ -172,9 +196,18 @@ internal sealed class CrashRestarter(
             if (startRequests.Count(crashed.ResourceId) != startsBeforeRun)
             {
                 // Someone else's Start is under way (the resource can still show Finished for seconds on a loaded
-                // machine): a second start would restart what it started.
-                log.LogInformation("{Resource} was started by someone else meanwhile: not starting it again", crashed.Resource.Name);
-                return;
+                // machine): a second start would restart what it started. But a Start is counted when it is sent, not
+                // when it works: one that fails or is cancelled must not leave the crashed resource down (review of
+                // s10-restarter, H1), so the restarter waits for it to bring the resource up, and starts it only if it
+                // did not.
+                log.LogInformation("{Resource} was started by someone else meanwhile: not starting it again unless that start fails to bring it up within {Grace}",
+                    crashed.Resource.Name, CrashRestarts.OthersStartGrace);
+                if (await RunsWithinAsync(crashed.ResourceId, CrashRestarts.OthersStartGrace, stoppingToken))
+                {
+                    return;
+                }
+
+                log.LogWarning("{Resource} did not come up within {Grace} of someone else's start: starting it", crashed.Resource.Name, CrashRestarts.OthersStartGrace);
             }
 
             if (notifications.TryGetCurrentState(crashed.ResourceId, out var current) && current.Snapshot.State?.Text is { } now && !Down.Contains(now))
