@@ -202,18 +202,19 @@ public sealed class CrashRestartTests(AppHostFixture fixture)
             Assert.False(start.Success, "a Start sent with a cancelled token succeeded");
         }
 
-        var log = await Eventually.ReturnsAsync(
-            async () => Since(killedAt, await ResourceLogAsync("worker-cpu")),
-            lines => lines.Any(l => l.Contains("did not come up within", StringComparison.Ordinal)),
+        // As one string, so that a time-out shows what the restarter said instead.
+        var decided = await Eventually.ReturnsAsync(
+            async () => string.Join(Environment.NewLine, Since(killedAt, await ResourceLogAsync("worker-cpu"))),
+            lines => lines.Contains("did not come up within", StringComparison.Ordinal),
             Deadline,
             "the restarter starting worker-cpu itself once the cancelled Start had not brought it up");
-        Assert.Contains(log, l => l.Contains("was started by someone else meanwhile", StringComparison.Ordinal));
+        Assert.Contains("was started by someone else meanwhile", decided, StringComparison.Ordinal);
         var after = await WaitForAsync("worker-cpu", e => e.Snapshot.State?.Text == KnownResourceStates.Running && Pid(e) is { } p && p != pid);
         Assert.True(Restarts(after) > restarts, $"restarts property {Restarts(after)}, was {restarts}");
         using var healthy = new CancellationTokenSource(Deadline);
         await Notifications.WaitForResourceHealthyAsync("worker-cpu", healthy.Token);
         // The cancelled Start and the restarter's own, nothing more.
-        log = Since(killedAt, await ResourceLogAsync("worker-cpu"));
+        var log = Since(killedAt, await ResourceLogAsync("worker-cpu"));
         Assert.True(Starts(log) == 2, $"{Starts(log)} starts sent after the crash:{Environment.NewLine}{string.Join(Environment.NewLine, log)}");
     }
 
