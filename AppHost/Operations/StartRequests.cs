@@ -19,7 +19,10 @@ namespace Aspire.Hosting;
 internal sealed class StartRequests
 {
     // Set around the restarter's own Start; an AsyncLocal because ResourceCommandService awaits the command's delegate in
-    // the caller's flow, so the flag reaches the wrapper without leaking to anyone else's concurrent Start.
+    // the caller's flow, so the flag reaches the wrapper without leaking to anyone else's concurrent Start. Known limit
+    // (review of s10-restarter, L2): it also flows into all Aspire does for that Start (the orchestrator, its
+    // BeforeResourceStartedEvent subscribers, tasks they start); a Start command sent from there would not be counted.
+    // Nothing there sends one (Aspire 13.6.5, this AppHost), so it is left as it is.
     private static readonly AsyncLocal<bool> SentByRestarter = new();
 
     private readonly ConcurrentDictionary<string, long> _counts = new(StringComparer.Ordinal);
@@ -84,6 +87,12 @@ internal sealed class StartRequests
                     original.ValidateArguments);
                 _wrappers.Add(wrapper, new object());
                 // In place: the dashboard lists commands in annotation order, and the lookup by name wants exactly one.
+                // Known limit (review of s10-restarter, L1): Aspire's own writers do not take this lock, so an annotation
+                // removed or inserted before slot i between the read above and this write would put the wrapper over
+                // another annotation and leave two Starts (every Start would then fail). In Aspire's source (13.3, read for
+                // this) the only run-time removal from a project is of its static URLs (ResourceUrlAnnotation, when the
+                // URL callbacks run), and the workers that restart on crash have none; 13.6.5's annotation list makes
+                // each read and write thread-safe.
                 annotations[i] = wrapper;
                 return true;
             }

@@ -28,7 +28,13 @@ public sealed class AppHostFixture : IAsyncLifetime
     public async Task InitializeAsync()
     {
         var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.AppHost>(
-            [.. AppHostArguments.ForTest(_data.Path, SubmitKey, AdminKey, "e2e")]);
+            [
+                .. AppHostArguments.ForTest(_data.Path, SubmitKey, AdminKey, "e2e"),
+                // Someone else's failed Start leaves a crashed worker down this long before the restarter starts it
+                // (CrashRestartTests; a minute by default). Long enough for a Start that works to show Running on a
+                // loaded machine (DCP lagged 1.85 s once), short enough for a test.
+                $"{CrashRestarts.OthersStartGraceSetting}=00:00:15",
+            ]);
         builder.Services.AddLogging(logging => logging
             .SetMinimumLevel(LogLevel.Warning)
             // Brokers are unhealthy until they finished booting: expected, and noise in the test output.

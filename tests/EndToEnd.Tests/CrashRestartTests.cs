@@ -9,7 +9,8 @@ namespace EventPipeline.EndToEnd.Tests;
 
 /// <summary>
 /// A worker that dies is started again by the AppHost and the dashboard shows the restart count; one stopped from the
-/// dashboard stays stopped; a Start sent by someone else meanwhile (as the bench's chaos mode does) is not doubled.
+/// dashboard stays stopped; a Start sent by someone else meanwhile (the dashboard, the CLI) is not doubled, and one that
+/// is cancelled does not leave the worker down.
 /// </summary>
 [Collection(AppHostCollection.Name)]
 public sealed class CrashRestartTests(AppHostFixture fixture)
@@ -110,34 +111,40 @@ public sealed class CrashRestartTests(AppHostFixture fixture)
     {
         var before = await WaitForRunningAsync("worker-cpu");
         var pid = Pid(before)!.Value;
+        // Found before the kill: the Start below must be sent before the restarter's back-off (1 s at least) ends, and
+        // scanning /proc in between, on a loaded machine, could take part of that.
+        var dcp = OrchestratorProcesses();
         // Reading the whole log asks DCP for the process's output, which a paused DCP never answers; the live watch
         // carries the AppHost's own lines about the resource (the command service's and the restarter's) without it.
         using var watching = new CancellationTokenSource(Deadline);
         var live = new System.Collections.Concurrent.ConcurrentQueue<string>();
-        var watch = Task.Run(async () =>
-        {
-            await foreach (var batch in fixture.App.Services.GetRequiredService<ResourceLoggerService>().WatchAsync(before.ResourceId).WithCancellation(watching.Token))
-            {
-                foreach (var line in batch)
-                {
-                    live.Enqueue(line.Content);
-                }
-            }
-        });
-
-        var killedAt = DateTime.UtcNow;
-        Kill(pid, "Worker.Cpu");
-        await WaitForAsync("worker-cpu", e => e.Snapshot.State?.Text is "Exited" or "Finished");
+        Task? watch = null;
         using var timeout = new CancellationTokenSource(Deadline);
-        var dcp = OrchestratorProcesses();
-        Assert.NotEmpty(dcp);
         var pauses = new List<ProcessPause>();
         Task<ExecuteCommandResult> start;
         List<string> decided;
+        var killedAt = DateTime.UtcNow;
         try
         {
-            pauses.AddRange(dcp.Select(ProcessPause.Of));
-            // What the bench's chaos mode does: Start at once, before the restarter's back-off ends.
+            watch = Task.Run(async () =>
+            {
+                await foreach (var batch in fixture.App.Services.GetRequiredService<ResourceLoggerService>().WatchAsync(before.ResourceId).WithCancellation(watching.Token))
+                {
+                    foreach (var line in batch)
+                    {
+                        live.Enqueue(line.Content);
+                    }
+                }
+            });
+
+            Kill(pid, "Worker.Cpu");
+            await WaitForAsync("worker-cpu", e => e.Snapshot.State?.Text is "Exited" or "Finished");
+            foreach (var process in dcp)
+            {
+                pauses.Add(ProcessPause.Of(process));
+            }
+
+            // What the dashboard's Start button does when pressed at once, before the restarter's back-off ends.
             start = fixture.App.ResourceCommands.ExecuteCommandAsync("worker-cpu", KnownResourceCommands.StartCommand, timeout.Token);
             // The watch replays the earlier lines first (an earlier test's starts among them): only the later ones count.
             decided = await Eventually.ReturnsAsync(
@@ -154,7 +161,10 @@ public sealed class CrashRestartTests(AppHostFixture fixture)
             }
 
             await watching.CancelAsync();
-            await watch.ContinueWith(_ => { }, TaskScheduler.Default);
+            if (watch is not null)
+            {
+                await watch.ContinueWith(_ => { }, TaskScheduler.Default);
+            }
         }
 
         Assert.True(Starts(decided) == 1, $"{Starts(decided)} starts sent after the crash:{Environment.NewLine}{string.Join(Environment.NewLine, decided)}");
@@ -168,6 +178,46 @@ public sealed class CrashRestartTests(AppHostFixture fixture)
         Assert.Equal(1, Starts(Since(killedAt, await ResourceLogAsync("worker-cpu"))));
     }
 
+    /// <summary>
+    /// A Start is counted when it is sent, not when it works (review of s10-restarter, H1): one by someone else that is
+    /// cancelled before it brought the crashed worker up (a closed browser tab, a client's timeout) left it down for
+    /// good, the restarter skipping because "someone else started it". Now the restarter gives that Start a grace
+    /// (<c>Workers:OthersStartGrace</c>, 15 s in this fixture, a minute by default) and then starts the worker itself.
+    /// </summary>
+    [Fact]
+    public async Task Worker_killed_whose_start_by_someone_else_is_cancelled_is_started_by_the_restarter_after_the_grace()
+    {
+        var before = await WaitForRunningAsync("worker-cpu");
+        var pid = Pid(before)!.Value;
+        var restarts = Restarts(before);
+        var killedAt = DateTime.UtcNow;
+        Kill(pid, "Worker.Cpu");
+        await WaitForAsync("worker-cpu", e => e.Snapshot.State?.Text is "Exited" or "Finished");
+        using (var cancelled = new CancellationTokenSource())
+        {
+            // Sent before the restarter's back-off (1 s at least) ends, as the dashboard's Start pressed at once; already
+            // cancelled, so Aspire gives up before asking the orchestrator for anything.
+            await cancelled.CancelAsync();
+            var start = await fixture.App.ResourceCommands.ExecuteCommandAsync("worker-cpu", KnownResourceCommands.StartCommand, cancelled.Token);
+            Assert.False(start.Success, "a Start sent with a cancelled token succeeded");
+        }
+
+        // As one string, so that a time-out shows what the restarter said instead.
+        var decided = await Eventually.ReturnsAsync(
+            async () => string.Join(Environment.NewLine, Since(killedAt, await ResourceLogAsync("worker-cpu"))),
+            lines => lines.Contains("did not come up within", StringComparison.Ordinal),
+            Deadline,
+            "the restarter starting worker-cpu itself once the cancelled Start had not brought it up");
+        Assert.Contains("was started by someone else meanwhile", decided, StringComparison.Ordinal);
+        var after = await WaitForAsync("worker-cpu", e => e.Snapshot.State?.Text == KnownResourceStates.Running && Pid(e) is { } p && p != pid);
+        Assert.True(Restarts(after) > restarts, $"restarts property {Restarts(after)}, was {restarts}");
+        using var healthy = new CancellationTokenSource(Deadline);
+        await Notifications.WaitForResourceHealthyAsync("worker-cpu", healthy.Token);
+        // The cancelled Start and the restarter's own, nothing more.
+        var log = Since(killedAt, await ResourceLogAsync("worker-cpu"));
+        Assert.True(Starts(log) == 2, $"{Starts(log)} starts sent after the crash:{Environment.NewLine}{string.Join(Environment.NewLine, log)}");
+    }
+
     /// <summary>The lines stamped at or after <paramref name="time"/> (each line starts with its UTC time stamp).</summary>
     private static List<string> Since(DateTime time, IEnumerable<string> lines) =>
         [.. lines.Where(l => DateTime.TryParse(l.Split(' ')[0], CultureInfo.InvariantCulture, DateTimeStyles.AdjustToUniversal | DateTimeStyles.AssumeUniversal, out var at) && at >= time)];
@@ -176,23 +226,21 @@ public sealed class CrashRestartTests(AppHostFixture fixture)
 
     /// <summary>
     /// The DCP processes this test run's AppHost started: its API server (which detaches, so it is found by its
-    /// <c>--monitor</c> of this process) and the controllers under it; not the per-process monitors.
+    /// <c>--monitor</c> of this process) and the controllers under it; not the per-process monitors. Exactly one API
+    /// server and one controller process are expected: another AppHost started by this test process at the same time
+    /// (a parallel collection) would be monitored by it too, and is not this test's to freeze, so that fails here.
     /// </summary>
     private static List<int> OrchestratorProcesses()
     {
-        var found = new List<int>();
-        foreach (var dir in Directory.EnumerateDirectories("/proc"))
-        {
-            if (int.TryParse(Path.GetFileName(dir), out var pid)
+        var apiServers = Directory.EnumerateDirectories("/proc")
+            .Select(dir => int.TryParse(Path.GetFileName(dir), out var pid) ? pid : 0)
+            .Where(pid => pid > 0
                 && Arguments(pid) is [var exe, "start-apiserver", ..] args && Path.GetFileName(exe) == "dcp"
                 && args.SkipWhile(a => a != "--monitor").Skip(1).FirstOrDefault() == Environment.ProcessId.ToString(CultureInfo.InvariantCulture))
-            {
-                found.Add(pid);
-                found.AddRange(ProcessTree.ChildrenOf(pid).Where(c => Arguments(c) is [_, "run-controllers", ..]));
-            }
-        }
-
-        return found;
+            .ToList();
+        var apiServer = Assert.Single(apiServers);
+        var controllers = Assert.Single(ProcessTree.ChildrenOf(apiServer), c => Arguments(c) is [_, "run-controllers", ..]);
+        return [apiServer, controllers];
     }
 
     private static string[] Arguments(int pid)

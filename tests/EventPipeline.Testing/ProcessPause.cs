@@ -18,6 +18,9 @@ public sealed class ProcessPause : IAsyncDisposable
 
     public static ProcessPause Of(int pid)
     {
+        // kill(2) reads 0 as "this process group" and -1 as "every process I may signal" (and -n as group n): a bad pid
+        // would freeze the test host, or the whole machine's processes, CI's included.
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(pid);
         if (kill(pid, SigStop) != 0)
         {
             throw new InvalidOperationException($"SIGSTOP to {pid} failed (errno {Marshal.GetLastPInvokeError()})");
