@@ -33,10 +33,11 @@ public sealed class RedisReplicaAcknowledgement(
     private TaskCompletionSource<EndPoint>? _next;
     private bool _running;
     private Task<IConnectionMultiplexer>? _connecting;
+    private OwnRedisConnection? _connection;
+    private bool _disposed;
 
-    /// <summary>Opens the rounds' own connection (tests wrap it to inject the client's failures).</summary>
-    internal Func<ConfigurationOptions, Task<IConnectionMultiplexer>> Connect { get; init; } =
-        async settings => await ConnectionMultiplexer.ConnectAsync(settings);
+    /// <summary>Wraps the rounds' own connection once made (tests inject the client's failures with it).</summary>
+    internal Func<IConnectionMultiplexer, IConnectionMultiplexer>? WrapConnection { get; init; }
 
     public bool Enabled => options.Value.RedisReplicaAcks > 0;
 
@@ -148,24 +149,49 @@ public sealed class RedisReplicaAcknowledgement(
                     ?? throw new InvalidOperationException("ConnectionStrings:redis is not set"));
                 settings.ClientName = "producer-api-replica-acks";
                 Microsoft.Extensions.Hosting.ProducerExtensions.ConfigureRedis(settings, configuration);
-                _connecting = Connect(settings);
+                // Made again by the next round after a failed connect (there is no other retry): each failure must leave
+                // nothing open, which the client's own Sentinel connect does not (OwnRedisConnection).
+                _connecting = ConnectAsync(settings);
             }
 
             return _connecting;
         }
     }
 
-    public async ValueTask DisposeAsync()
+    private async Task<IConnectionMultiplexer> ConnectAsync(ConfigurationOptions settings)
     {
-        Task<IConnectionMultiplexer>? connecting;
+        var made = await OwnRedisConnection.ConnectAsync(settings);
+        bool disposed;
         lock (_gate)
         {
-            connecting = _connecting;
+            // Only a failed connect is made again: at most one succeeds.
+            disposed = _disposed;
+            _connection = disposed ? null : made;
         }
 
-        if (connecting is { IsCompletedSuccessfully: true })
+        if (disposed)
         {
-            await connecting.Result.DisposeAsync();
+            await made.DisposeAsync();
+            // A Redis failure, as a round's other failures: the callers answer it with the 503 naming the uncertain ids.
+            throw new RedisConnectionException(ConnectionFailureType.UnableToConnect, "the API is stopping: the replica-ack connection was made after it was disposed");
+        }
+
+        return WrapConnection is null ? made.Connection : WrapConnection(made.Connection);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        OwnRedisConnection? connection;
+        lock (_gate)
+        {
+            _disposed = true;
+            connection = _connection;
+            _connection = null;
+        }
+
+        if (connection is not null)
+        {
+            await connection.DisposeAsync();
         }
     }
 }

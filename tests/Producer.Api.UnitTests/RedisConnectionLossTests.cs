@@ -212,7 +212,7 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
         await using var acks = new RedisReplicaAcknowledgement(shared, api.Configuration,
             Options.Create(new IngestOptions { RedisReplicaAcks = 1 }), NullLogger<RedisReplicaAcknowledgement>.Instance)
         {
-            Connect = async settings => RaceOn.Wrap(await ConnectionMultiplexer.ConnectAsync(settings), nameof(IDatabaseAsync.StringSetAsync)),
+            WrapConnection = connection => RaceOn.Wrap(connection, nameof(IDatabaseAsync.StringSetAsync)),
         };
         var primary = await acks.PrimaryAsync();
 
