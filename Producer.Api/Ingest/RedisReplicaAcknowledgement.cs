@@ -17,9 +17,14 @@ namespace EventPipeline.Producer.Ingest;
 /// connection it would hold every other Redis command (idempotency checks, status reads, <c>/lanes</c>) behind it.
 /// </para>
 /// Hand-written: StackExchange.Redis has no call for "wait for replicas" beyond sending <c>WAIT</c> itself.
+/// <para>
+/// The rounds' connection has the settings of the shared one (<paramref name="redis"/>, the options Aspire's
+/// <c>AddRedisClient("redis")</c> builds, with the API's <c>ConfigureRedis</c> applied): it read <c>ConnectionStrings:redis</c>
+/// alone, so with Redis set only in Aspire's section every round failed, and settings given there were missing.
+/// </para>
 /// </summary>
 public sealed class RedisReplicaAcknowledgement(
-    IConnectionMultiplexer shared, IConfiguration configuration, IOptions<IngestOptions> options, ILogger<RedisReplicaAcknowledgement> logger)
+    IConnectionMultiplexer shared, IOptions<ConfigurationOptions> redis, IOptions<IngestOptions> options, ILogger<RedisReplicaAcknowledgement> logger)
     : IAsyncDisposable
 {
     /// <summary>
@@ -145,10 +150,8 @@ public sealed class RedisReplicaAcknowledgement(
         {
             if (_connecting is null || _connecting.IsFaulted || _connecting.IsCanceled)
             {
-                var settings = ConfigurationOptions.Parse(configuration.GetConnectionString("redis")
-                    ?? throw new InvalidOperationException("ConnectionStrings:redis is not set"));
+                var settings = redis.Value.Clone();
                 settings.ClientName = "producer-api-replica-acks";
-                Microsoft.Extensions.Hosting.ProducerExtensions.ConfigureRedis(settings, configuration);
                 // Made again by the next round after a failed connect (there is no other retry): each failure must leave
                 // nothing open, which the client's own Sentinel connect does not (OwnRedisConnection).
                 _connecting = ConnectAsync(settings);

@@ -1,7 +1,10 @@
 using System.Runtime;
 using EventPipeline.Producer.Ingest;
 using EventPipeline.Testing;
+using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using StackExchange.Redis;
@@ -93,8 +96,35 @@ public sealed class ReplicaAckConnectionTests(ITestOutputHelper output) : IAsync
             $"the Sentinel's clients to fall back to {baseline} (the probe's own) once the acknowledgement was disposed");
     }
 
+    [Fact]
+    public async Task Rounds_connect_with_the_redis_settings_of_the_apis_shared_connection()
+    {
+        // Redis set only in Aspire's section, which Aspire reads when ConnectionStrings:redis is absent: the API's shared
+        // connection works with it, so must the rounds' own.
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { EnvironmentName = "Production" });
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Aspire:StackExchange:Redis:ConnectionString"] = _redis.ConnectionString,
+            ["ConnectionStrings:rabbitmq"] = "amqp://guest:guest@127.0.0.1:1",
+            ["Auth:ApiKeys:Submit"] = "submit-key-0123456789",
+            ["Auth:ApiKeys:Admin"] = "admin-key-0123456789",
+            ["Ingest:RedisReplicaAcks"] = "1",
+            ["Ingest:RedisReplicaAckTimeout"] = "00:00:00.100",
+        });
+        builder.AddApplicationServices();
+        await using var app = builder.Build();
+        var acks = app.Services.GetRequiredService<RedisReplicaAcknowledgement>();
+        var primary = await acks.PrimaryAsync();
+
+        var failure = await Record.ExceptionAsync(() => acks.WaitAsync(primary, CancellationToken.None));
+
+        // No replica here: a round that connected reaches WAIT, which counts none.
+        Assert.True(failure is RedisException && failure.Message.StartsWith("0 of the 1 Redis replicas", StringComparison.Ordinal),
+            $"with Redis set in Aspire:StackExchange:Redis:ConnectionString, a replica-ack round ended with {failure?.GetType().Name}: {failure?.Message}");
+    }
+
     private static RedisReplicaAcknowledgement Acks(IConnectionMultiplexer shared, string connectionString) =>
-        new(shared, new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionStrings:redis"] = connectionString }).Build(),
+        new(shared, Options.Create(ConfigurationOptions.Parse(connectionString)),
             Options.Create(new IngestOptions { RedisReplicaAcks = 1, RedisReplicaAckTimeout = TimeSpan.FromMilliseconds(100) }),
             NullLogger<RedisReplicaAcknowledgement>.Instance);
 }
