@@ -45,7 +45,8 @@ namespace EventPipeline.Shared;
 /// </para>
 /// <para>
 /// Shutdown: the attempts stop at <see cref="IHostApplicationLifetime.ApplicationStopping"/>, which fires before any
-/// hosted service stops. A connect that completes after that is disposed, never returned. One abandoned mid-way (the
+/// hosted service stops. A connect that completes after that, or after this loop was disposed, is disposed, never
+/// returned; an attempt about to begin when the loop is disposed does not begin. One abandoned mid-way (the
 /// client's connect cannot be cancelled) is disposed when it completes, with the Sentinel connection nothing will use
 /// any more — not before: a Sentinel connection disposed while the attempt asks it for the primary makes the library
 /// throw after connecting the primary, leaving that open.
@@ -64,6 +65,9 @@ public sealed class RedisConnectLoop(IOptions<ConfigurationOptions> options, IHo
     private Task? _attempt;
 
     private int _disposed;
+
+    /// <summary>Runs right after an attempt's look at whether the loop was disposed (tests put a Dispose there); null in production.</summary>
+    internal Action? AfterDisposedCheck;
 
     /// <summary>
     /// Whether a failed attempt may succeed later: a Redis failure, or an <see cref="AggregateException"/> that wraps
@@ -95,6 +99,7 @@ public sealed class RedisConnectLoop(IOptions<ConfigurationOptions> options, IHo
                 return null;
             }
 
+            AfterDisposedCheck?.Invoke();
             Task<ConnectionMultiplexer>? connecting = null;
             var replicasOnly = false;
             try
@@ -102,11 +107,23 @@ public sealed class RedisConnectLoop(IOptions<ConfigurationOptions> options, IHo
                 var configuration = options.Value.Clone();
                 configuration.LoggerFactory ??= loggerFactory;
                 configuration.AbortOnConnectFail = true;
-                connecting = Task.Factory.StartNew(() => ConnectOnce(configuration), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-                Volatile.Write(ref _attempt, connecting);
-                var connection = await connecting.WaitAsync(token);
-                if (token.IsCancellationRequested)
+                connecting = new Task<ConnectionMultiplexer>(() => ConnectOnce(configuration), CancellationToken.None, TaskCreationOptions.LongRunning);
+                // Published before a second look at _disposed, as Dispose sets _disposed before it looks at the attempt
+                // (both full fences): a Dispose that came after the look above either sees this attempt (and disposes the
+                // Sentinel when it ends) or is seen here, and the attempt never starts. Before, one in between saw no
+                // attempt, and the attempt then made a Sentinel connection and a connection that outlived the loop.
+                _ = Interlocked.Exchange(ref _attempt, connecting);
+                if (Volatile.Read(ref _disposed) != 0)
                 {
+                    DisposeSentinel();
+                    return null;
+                }
+
+                connecting.Start(TaskScheduler.Default);
+                var connection = await connecting.WaitAsync(token);
+                if (token.IsCancellationRequested || Volatile.Read(ref _disposed) != 0)
+                {
+                    // Disposed while it connected (a host disposed without a stop): the connection is nobody's.
                     connection.Dispose();
                     return null;
                 }

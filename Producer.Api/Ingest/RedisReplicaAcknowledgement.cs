@@ -17,9 +17,14 @@ namespace EventPipeline.Producer.Ingest;
 /// connection it would hold every other Redis command (idempotency checks, status reads, <c>/lanes</c>) behind it.
 /// </para>
 /// Hand-written: StackExchange.Redis has no call for "wait for replicas" beyond sending <c>WAIT</c> itself.
+/// <para>
+/// The rounds' connection has the settings of the shared one (<paramref name="redis"/>, the options Aspire's
+/// <c>AddRedisClient("redis")</c> builds, with the API's <c>ConfigureRedis</c> applied): it read <c>ConnectionStrings:redis</c>
+/// alone, so with Redis set only in Aspire's section every round failed, and settings given there were missing.
+/// </para>
 /// </summary>
 public sealed class RedisReplicaAcknowledgement(
-    IConnectionMultiplexer shared, IConfiguration configuration, IOptions<IngestOptions> options, ILogger<RedisReplicaAcknowledgement> logger)
+    IConnectionMultiplexer shared, IOptions<ConfigurationOptions> redis, IOptions<IngestOptions> options, ILogger<RedisReplicaAcknowledgement> logger)
     : IAsyncDisposable
 {
     /// <summary>
@@ -33,10 +38,11 @@ public sealed class RedisReplicaAcknowledgement(
     private TaskCompletionSource<EndPoint>? _next;
     private bool _running;
     private Task<IConnectionMultiplexer>? _connecting;
+    private OwnRedisConnection? _connection;
+    private bool _disposed;
 
-    /// <summary>Opens the rounds' own connection (tests wrap it to inject the client's failures).</summary>
-    internal Func<ConfigurationOptions, Task<IConnectionMultiplexer>> Connect { get; init; } =
-        async settings => await ConnectionMultiplexer.ConnectAsync(settings);
+    /// <summary>Wraps the rounds' own connection once made (tests inject the client's failures with it).</summary>
+    internal Func<IConnectionMultiplexer, IConnectionMultiplexer>? WrapConnection { get; init; }
 
     public bool Enabled => options.Value.RedisReplicaAcks > 0;
 
@@ -144,28 +150,51 @@ public sealed class RedisReplicaAcknowledgement(
         {
             if (_connecting is null || _connecting.IsFaulted || _connecting.IsCanceled)
             {
-                var settings = ConfigurationOptions.Parse(configuration.GetConnectionString("redis")
-                    ?? throw new InvalidOperationException("ConnectionStrings:redis is not set"));
+                var settings = redis.Value.Clone();
                 settings.ClientName = "producer-api-replica-acks";
-                Microsoft.Extensions.Hosting.ProducerExtensions.ConfigureRedis(settings, configuration);
-                _connecting = Connect(settings);
+                // Made again by the next round after a failed connect (there is no other retry): each failure must leave
+                // nothing open, which the client's own Sentinel connect does not (OwnRedisConnection).
+                _connecting = ConnectAsync(settings);
             }
 
             return _connecting;
         }
     }
 
-    public async ValueTask DisposeAsync()
+    private async Task<IConnectionMultiplexer> ConnectAsync(ConfigurationOptions settings)
     {
-        Task<IConnectionMultiplexer>? connecting;
+        var made = await OwnRedisConnection.ConnectAsync(settings);
+        bool disposed;
         lock (_gate)
         {
-            connecting = _connecting;
+            // Only a failed connect is made again: at most one succeeds.
+            disposed = _disposed;
+            _connection = disposed ? null : made;
         }
 
-        if (connecting is { IsCompletedSuccessfully: true })
+        if (disposed)
         {
-            await connecting.Result.DisposeAsync();
+            await made.DisposeAsync();
+            // A Redis failure, as a round's other failures: the callers answer it with the 503 naming the uncertain ids.
+            throw new RedisConnectionException(ConnectionFailureType.UnableToConnect, "the API is stopping: the replica-ack connection was made after it was disposed");
+        }
+
+        return WrapConnection is null ? made.Connection : WrapConnection(made.Connection);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        OwnRedisConnection? connection;
+        lock (_gate)
+        {
+            _disposed = true;
+            connection = _connection;
+            _connection = null;
+        }
+
+        if (connection is not null)
+        {
+            await connection.DisposeAsync();
         }
     }
 }

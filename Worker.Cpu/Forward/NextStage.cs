@@ -58,10 +58,11 @@ public sealed record NextStage(string Type, JsonObject Payload, string? Target =
         {
             return true;
         }
-        catch (InvalidOperationException)
+        catch (InvalidOperationException) when (HasEscapedLoneSurrogate(payload))
         {
             // A name .NET cannot compare as text (an escaped lone surrogate) before any "then": Parse reads the payload
-            // as the API did (from the end, as JsonElement looks names up) and decides.
+            // as the API did (from the end, as JsonElement looks names up) and decides. Any other InvalidOperationException
+            // is a defect and is not taken for this.
             return true;
         }
         finally
@@ -72,7 +73,10 @@ public sealed record NextStage(string Type, JsonObject Payload, string? Target =
 
     /// <returns>null when the payload has no <c>then</c>.</returns>
     /// <exception cref="PermanentEventException">a <c>then</c> that can never be forwarded.</exception>
-    public static NextStage? Parse(string payload)
+    public static NextStage? Parse(string payload) => Parse(payload, Read);
+
+    /// <summary><see cref="Parse(string)"/> with the step that reads <c>then</c> from the parsed payload given (tests make it fail).</summary>
+    internal static NextStage? Parse(string payload, Func<JsonElement, NextStage?> read)
     {
         if (!HasTopLevelThen(payload))
         {
@@ -96,14 +100,63 @@ public sealed record NextStage(string Type, JsonObject Payload, string? Target =
         {
             try
             {
-                return Read(document.RootElement);
+                return read(document.RootElement);
             }
-            catch (InvalidOperationException ex)
+            catch (InvalidOperationException ex) when (HasEscapedLoneSurrogate(payload))
             {
                 // JSON may escape a lone surrogate (the API lets it through where it reads no string); .NET cannot read it
                 // as text. No retry makes it readable: a permanent failure, not a transient one retried to the limit.
+                // Only then: any other InvalidOperationException is a defect, not to be dead-lettered as bad Unicode.
                 throw new PermanentEventException($"payload.then holds text that is not valid Unicode: {ex.Message}");
             }
+        }
+    }
+
+    /// <summary>
+    /// Whether the JSON text escapes a UTF-16 surrogate without its pair (<c>\ud800</c> alone, or a low one first): the
+    /// text .NET throws <see cref="InvalidOperationException"/> on when it reads or compares it as a string. Only looked
+    /// at once such an exception was thrown, on JSON already parsed (so every backslash is inside a string).
+    /// </summary>
+    internal static bool HasEscapedLoneSurrogate(string json)
+    {
+        for (var i = json.IndexOf('\\'); i >= 0 && i < json.Length; i = json.IndexOf('\\', i))
+        {
+            if (!TryEscapedUnit(json, i, out var unit))
+            {
+                i += 2; // another escape (\\ among them): its two characters are skipped
+                continue;
+            }
+
+            i += 6;
+            if (char.IsLowSurrogate(unit))
+            {
+                return true;
+            }
+
+            if (char.IsHighSurrogate(unit))
+            {
+                if (!TryEscapedUnit(json, i, out var next) || !char.IsLowSurrogate(next))
+                {
+                    return true;
+                }
+
+                i += 6;
+            }
+        }
+
+        return false;
+
+        static bool TryEscapedUnit(string json, int at, out char unit)
+        {
+            unit = default;
+            if (at + 6 > json.Length || json[at] != '\\' || json[at + 1] != 'u'
+                || !ushort.TryParse(json.AsSpan(at + 2, 4), System.Globalization.NumberStyles.AllowHexSpecifier, System.Globalization.CultureInfo.InvariantCulture, out var value))
+            {
+                return false;
+            }
+
+            unit = (char)value;
+            return true;
         }
     }
 

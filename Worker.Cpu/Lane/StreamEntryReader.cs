@@ -8,14 +8,21 @@ namespace EventPipeline.Worker.Cpu.Lane;
 /// Reads new entries for this consumer with a blocking XREADGROUP on a connection of its own: StackExchange.Redis
 /// multiplexes one socket, so a blocking command there would stall every other command. Blocking keeps idle CPU near
 /// zero and picks an entry up as soon as it is added.
+/// <para>
+/// Its settings are those of the worker's shared connection (<paramref name="redis"/>, the options Aspire's
+/// <c>AddRedisClient("redis")</c> builds: <c>ConnectionStrings:redis</c>, else <c>Aspire:StackExchange:Redis:ConnectionString</c>,
+/// with <c>Aspire:StackExchange:Redis:ConfigurationOptions</c> applied). It read <c>ConnectionStrings:redis</c> alone: with
+/// Redis set only in Aspire's section the worker ran and took no entry, and settings given there (a password, a
+/// Sentinel service name) were missing from its reads.
+/// </para>
 /// </summary>
-public sealed class StreamEntryReader(IConfiguration configuration, IOptions<CpuLaneOptions> options, ILogger<StreamEntryReader> logger) : IAsyncDisposable
+public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOptions<CpuLaneOptions> options, ILogger<StreamEntryReader> logger) : IAsyncDisposable
 {
     /// <summary>How long past its BLOCK time the reader's connection waits for a read (then Redis is gone); the host's
     /// shutdown timeout counts it, since the last read cannot be cancelled.</summary>
     public static readonly TimeSpan TimeoutBeyondBlock = TimeSpan.FromSeconds(5);
 
-    private ConnectionMultiplexer? _blocking;
+    private OwnRedisConnection? _blocking;
 
     public async Task<IReadOnlyList<LaneEntry>> ReadAsync(string consumer, int count, CancellationToken cancellationToken)
     {
@@ -86,27 +93,33 @@ public sealed class StreamEntryReader(IConfiguration configuration, IOptions<Cpu
     {
         if (_blocking is not null)
         {
-            return _blocking;
+            return _blocking.Connection;
         }
 
-        var config = ConfigurationOptions.Parse(configuration.GetConnectionString("redis")
-            ?? throw new InvalidOperationException("ConnectionStrings:redis is not set"));
+        var config = redis.Value.Clone();
+        if (config.EndPoints.Count == 0)
+        {
+            throw new InvalidOperationException("No Redis endpoint: set ConnectionStrings:redis or Aspire:StackExchange:Redis:ConnectionString");
+        }
+
         config.AbortOnConnectFail = false;
         config.ClientName = "worker-cpu-reader";
         // The blocking read must outlast its BLOCK time; anything longer than that means Redis is gone.
         config.AsyncTimeout = (int)(options.Value.BlockTimeout + TimeoutBeyondBlock).TotalMilliseconds;
         config.SyncTimeout = config.AsyncTimeout;
-        _blocking = await ConnectionMultiplexer.ConnectAsync(config);
+        // Made again by the next read after a failed connect: under Sentinel that left the client's Sentinel connection
+        // open each time (OwnRedisConnection).
+        _blocking = await OwnRedisConnection.ConnectAsync(config);
         logger.LogInformation("Blocking reader connected to Redis");
-        return _blocking;
+        return _blocking.Connection;
     }
 
     public async ValueTask DisposeAsync()
     {
         if (_blocking is not null)
         {
-            await _blocking.CloseAsync();
-            _blocking.Dispose();
+            await _blocking.Connection.CloseAsync();
+            await _blocking.DisposeAsync();
         }
     }
 }

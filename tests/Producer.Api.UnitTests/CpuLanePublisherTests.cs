@@ -2,7 +2,6 @@ using EventPipeline.Producer.Ingest;
 using EventPipeline.Producer.Validation;
 using EventPipeline.Shared;
 using EventPipeline.Testing;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using StackExchange.Redis;
@@ -34,7 +33,7 @@ public sealed class CpuLanePublisherTests : IAsyncLifetime
     public async Task An_entry_holds_the_payload_exactly_as_the_client_sent_it()
     {
         var statuses = new EventStatusStore(_connection, Options.Create(new StatusOptions()));
-        var replicas = new RedisReplicaAcknowledgement(_connection, new ConfigurationBuilder().Build(),
+        var replicas = new RedisReplicaAcknowledgement(_connection, Options.Create(new ConfigurationOptions()),
             Options.Create(new IngestOptions()), NullLogger<RedisReplicaAcknowledgement>.Instance);
         var publisher = new CpuLanePublisher(_connection, statuses, replicas);
         var id = $"utf8-{Guid.NewGuid():N}";
@@ -54,7 +53,7 @@ public sealed class CpuLanePublisherTests : IAsyncLifetime
     public async Task Cpu_entry_is_never_added_without_its_accepted_status()
     {
         var statuses = new EventStatusStore(_connection, Options.Create(new StatusOptions()));
-        var replicas = new RedisReplicaAcknowledgement(_connection, new ConfigurationBuilder().Build(),
+        var replicas = new RedisReplicaAcknowledgement(_connection, Options.Create(new ConfigurationOptions()),
             Options.Create(new IngestOptions()), NullLogger<RedisReplicaAcknowledgement>.Instance);
         var publisher = new CpuLanePublisher(_connection, statuses, replicas);
         var tag = Guid.NewGuid().ToString("N")[..8];
@@ -81,7 +80,7 @@ public sealed class CpuLanePublisherTests : IAsyncLifetime
     private CpuLanePublisher Publisher()
     {
         var statuses = new EventStatusStore(_connection, Options.Create(new StatusOptions()));
-        var replicas = new RedisReplicaAcknowledgement(_connection, new ConfigurationBuilder().Build(),
+        var replicas = new RedisReplicaAcknowledgement(_connection, Options.Create(new ConfigurationOptions()),
             Options.Create(new IngestOptions()), NullLogger<RedisReplicaAcknowledgement>.Instance);
         return new CpuLanePublisher(_connection, statuses, replicas);
     }

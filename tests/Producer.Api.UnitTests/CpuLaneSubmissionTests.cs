@@ -4,7 +4,6 @@ using EventPipeline.Producer.Ingest;
 using EventPipeline.Producer.Validation;
 using EventPipeline.Shared;
 using EventPipeline.Testing;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using StackExchange.Redis;
@@ -35,7 +34,7 @@ public sealed class CpuLaneSubmissionTests : IAsyncLifetime
     private CpuLaneSubmission Submission()
     {
         var status = Options.Create(new StatusOptions());
-        var replicas = new RedisReplicaAcknowledgement(_connection, new ConfigurationBuilder().Build(),
+        var replicas = new RedisReplicaAcknowledgement(_connection, Options.Create(new ConfigurationOptions()),
             Options.Create(new IngestOptions()), NullLogger<RedisReplicaAcknowledgement>.Instance);
         return new CpuLaneSubmission(_connection, new EventStatusStore(_connection, status), replicas, status);
     }

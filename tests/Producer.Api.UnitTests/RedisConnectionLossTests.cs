@@ -209,10 +209,10 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
         // The callers (CPU-lane publish, keyed CPU submission, ingest) answer a RedisException with a 503 naming the
         // request's uncertainIds; the raw race skipped that and got a 503 without ids.
         await using var shared = await ConnectionMultiplexer.ConnectAsync(api.RedisConnectionString);
-        await using var acks = new RedisReplicaAcknowledgement(shared, api.Configuration,
+        await using var acks = new RedisReplicaAcknowledgement(shared, Options.Create(ConfigurationOptions.Parse(api.RedisConnectionString)),
             Options.Create(new IngestOptions { RedisReplicaAcks = 1 }), NullLogger<RedisReplicaAcknowledgement>.Instance)
         {
-            Connect = async settings => RaceOn.Wrap(await ConnectionMultiplexer.ConnectAsync(settings), nameof(IDatabaseAsync.StringSetAsync)),
+            WrapConnection = connection => RaceOn.Wrap(connection, nameof(IDatabaseAsync.StringSetAsync)),
         };
         var primary = await acks.PrimaryAsync();
 
@@ -225,7 +225,7 @@ public sealed class RedisConnectionLossTests(RedisConnectionLossTests.Api api) :
     public async Task Identifying_the_primary_for_replica_acks_fails_as_a_redis_connection_failure_when_the_connection_is_lost_mid_write()
     {
         await using var real = await ConnectionMultiplexer.ConnectAsync(api.RedisConnectionString);
-        await using var acks = new RedisReplicaAcknowledgement(RaceOn.Wrap(real, nameof(IDatabaseAsync.IdentifyEndpointAsync)), api.Configuration,
+        await using var acks = new RedisReplicaAcknowledgement(RaceOn.Wrap(real, nameof(IDatabaseAsync.IdentifyEndpointAsync)), Options.Create(ConfigurationOptions.Parse(api.RedisConnectionString)),
             Options.Create(new IngestOptions { RedisReplicaAcks = 1 }), NullLogger<RedisReplicaAcknowledgement>.Instance);
 
         var thrown = await Record.ExceptionAsync(acks.PrimaryAsync);

@@ -82,5 +82,26 @@ public sealed class NextStageTests
         Assert.NotNull(stage);
         Assert.Equal("noop.io", stage.Type);
     }
+
+    [Fact]
+    public void An_invalid_operation_on_a_payload_without_unreadable_text_is_not_reported_as_unreadable_text()
+    {
+        // The catch is for text .NET cannot read (an escaped lone surrogate). Any other InvalidOperationException is a
+        // defect: reported as "not valid Unicode" and dead-lettered at once, it hid the defect behind a wrong reason.
+        var defect = new InvalidOperationException("a defect while reading then");
+
+        var thrown = Record.Exception(() => NextStage.Parse("""{"then":{"type":"noop.io","payload":{}}}""", _ => throw defect));
+
+        Assert.True(ReferenceEquals(thrown, defect),
+            $"an unexpected InvalidOperationException came out of NextStage.Parse as {thrown?.GetType().Name}: {thrown?.Message}");
+
+        // Readable text with escapes: "\\ud800" is a backslash and the letters "ud800"; "\ud83d\ude00" is a whole pair.
+        foreach (var readable in new[] { """{"note":"\\ud800","then":{"type":"noop.io","payload":{}}}""", """{"note":"\ud83d\ude00","then":{"type":"noop.io","payload":{}}}""" })
+        {
+            thrown = Record.Exception(() => NextStage.Parse(readable, _ => throw defect));
+            Assert.True(ReferenceEquals(thrown, defect),
+                $"an unexpected InvalidOperationException on {readable} came out as {thrown?.GetType().Name}: {thrown?.Message}");
+        }
+    }
 }
 
