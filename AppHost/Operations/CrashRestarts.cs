@@ -21,7 +21,8 @@ public sealed class RestartOnCrashAnnotation : IResourceAnnotation;
 /// so that someone else having started it meanwhile (the dashboard, the CLI, a test) is harmless: Aspire's
 /// start on a running resource would restart it, so it is never sent to one. The state alone does not say so in time: a
 /// loaded machine's orchestrator left a resource <c>Finished</c> for 1.85 s after someone else's Start began, so every
-/// Start not sent by the restarter is counted (<see cref="StartRequests"/>) and one since the crashed run began is enough.
+/// Start not sent by the restarter is counted (<see cref="StartRequests"/>): after one since the crashed run began, the restarter
+/// waits up to <see cref="OthersStartGrace"/> for it to bring the resource up and starts it itself only if it did not.
 /// <c>Workers:RestartOnCrash=false</c> turns this off. The dashboard shows the count as the resource property
 /// <c>restarts</c> and a line in the console log.
 /// </summary>
@@ -43,6 +44,35 @@ public static class CrashRestarts
 
     public const string RestartsProperty = "restarts";
 
+    /// <summary>The shortest and longest <see cref="OthersStartGraceSetting"/> the AppHost takes.</summary>
+    public static readonly TimeSpan MinOthersStartGrace = TimeSpan.FromSeconds(1);
+
+    public static readonly TimeSpan MaxOthersStartGrace = TimeSpan.FromMinutes(10);
+
+    /// <summary>
+    /// The grace the setting asks for, checked when the model is built (review of s11-restarter2, M1): a bare number
+    /// binds as days (<c>15</c> is 15 days of a crashed worker left down after one cancelled Start), and zero would bring
+    /// back the double start the grace exists to prevent, so only <c>hh:mm:ss</c> within 1 s to 10 min is taken.
+    /// </summary>
+    internal static TimeSpan OthersStartGraceFrom(IConfiguration configuration)
+    {
+        var text = configuration[OthersStartGraceSetting];
+        if (text is null)
+        {
+            return OthersStartGrace;
+        }
+
+        if (!text.Contains(':', StringComparison.Ordinal)
+            || !TimeSpan.TryParse(text, CultureInfo.InvariantCulture, out var grace)
+            || grace < MinOthersStartGrace || grace > MaxOthersStartGrace)
+        {
+            throw new DistributedApplicationException(
+                $"{OthersStartGraceSetting} must be a time span written hh:mm:ss between {MinOthersStartGrace} and {MaxOthersStartGrace} (it is '{text}').");
+        }
+
+        return grace;
+    }
+
     public static IResourceBuilder<T> WithRestartOnCrash<T>(this IResourceBuilder<T> builder) where T : IResource
     {
         if (!builder.ApplicationBuilder.Configuration.GetValue("Workers:RestartOnCrash", true)
@@ -53,6 +83,7 @@ public static class CrashRestarts
 
         if (!builder.ApplicationBuilder.Services.Any(s => s.ImplementationType == typeof(CrashRestarter)))
         {
+            OthersStartGraceFrom(builder.ApplicationBuilder.Configuration);
             builder.ApplicationBuilder.Services.AddSingleton<StartRequests>();
             builder.ApplicationBuilder.Services.AddHostedService<CrashRestarter>();
         }
@@ -92,8 +123,7 @@ internal sealed class CrashRestarter(
     };
 
     private readonly ConcurrentDictionary<string, Tracker> _trackers = new(StringComparer.Ordinal);
-    // Zero (or less) trusts the state alone once the back-off ends, as before the Starts were counted.
-    private readonly TimeSpan _othersStartGrace = configuration.GetValue(CrashRestarts.OthersStartGraceSetting, CrashRestarts.OthersStartGrace);
+    private readonly TimeSpan _othersStartGrace = CrashRestarts.OthersStartGraceFrom(configuration);
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -222,6 +252,17 @@ internal sealed class CrashRestarter(
                 if (await RunsWithinAsync(crashed.ResourceId, _othersStartGrace, stoppingToken))
                 {
                     return;
+                }
+
+                lock (tracker)
+                {
+                    // A Stop sent during the grace (the CLI, the API) is the operator's last word (review of
+                    // s11-restarter2, L7).
+                    if (tracker.StoppedOnPurpose)
+                    {
+                        log.LogInformation("{Resource} was stopped on purpose while waiting for someone else's start: not starting it", crashed.Resource.Name);
+                        return;
+                    }
                 }
 
                 log.LogWarning("{Resource} did not come up within {Grace} of someone else's start: starting it", crashed.Resource.Name, _othersStartGrace);

@@ -6,7 +6,7 @@ namespace Aspire.Hosting;
 
 /// <summary>
 /// Counts, per resource instance, the lifecycle Start commands sent by anyone but the <see cref="CrashRestarter"/>: the
-/// dashboard, the CLI, the bench's chaos mode, a test. The restarter needs to know that a start was asked for, not
+/// dashboard, the CLI, a test (the bench's chaos mode runs with the restarter off). The restarter needs to know that a start was asked for, not
 /// only what state the resource shows: under load the orchestrator showed a resource <c>Finished</c> for 1.85 s while
 /// someone else's Start was executing, and the restarter, seeing it still down, started it a second time.
 /// </summary>
