@@ -37,6 +37,7 @@ internal sealed class NodeWatchdog : IAsyncDisposable
         """;
 
     private readonly ChildProcess _process;
+    private int _disposed;
 
     public NodeWatchdog(string directory)
     {
@@ -51,6 +52,11 @@ internal sealed class NodeWatchdog : IAsyncDisposable
     /// <summary>Ends the broker now: every process that carries its mark, then its directory; returns once done.</summary>
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
         _process.CloseStandardInput();
         using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(30));
         try
