@@ -31,10 +31,16 @@ public sealed class ChildProcess : IAsyncDisposable
 
     public string OutputText => string.Join('\n', _output);
 
-    public static ChildProcess Start(string name, string fileName, IEnumerable<string> arguments, IDictionary<string, string?> environment, string? workingDirectory = null)
+    /// <param name="redirectStandardInput">
+    /// Give the process a pipe for stdin that only this process holds (close-on-exec, as .NET opens it): the process
+    /// reads EOF once this one closes it (<see cref="CloseStandardInput"/>) or exits, however.
+    /// </param>
+    public static ChildProcess Start(string name, string fileName, IEnumerable<string> arguments, IDictionary<string, string?> environment,
+        string? workingDirectory = null, bool redirectStandardInput = false)
     {
         var info = new ProcessStartInfo(fileName)
         {
+            RedirectStandardInput = redirectStandardInput,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
@@ -139,6 +145,9 @@ public sealed class ChildProcess : IAsyncDisposable
     }
 
     public Task WaitForExitAsync(CancellationToken cancellationToken = default) => _process.WaitForExitAsync(cancellationToken);
+
+    /// <summary>Closes this side of the stdin pipe (started with <c>redirectStandardInput</c>): the process reads EOF.</summary>
+    public void CloseStandardInput() => _process.StandardInput.Close();
 
     public async ValueTask DisposeAsync()
     {

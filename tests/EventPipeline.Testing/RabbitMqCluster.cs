@@ -11,19 +11,22 @@ namespace EventPipeline.Testing;
 /// AMQP, distribution and management ports and data directory; one shared Erlang cookie and one epmd on a port of
 /// its own. Node 0 boots first as the seed; the others name only it in their classic-config peer discovery, so they
 /// join it on their first boot and rejoin the cluster from their own data on every restart. A node can be killed
-/// (SIGKILL of the Erlang VM we started) and restarted on the same data directory.
+/// (SIGKILL of its process group: the Erlang VM and erl_child_setup) and restarted on the same data directory. Every
+/// process of the cluster is ended with the test process, however that ends (<see cref="NodeWatchdog"/>).
 /// </summary>
 public sealed class RabbitMqCluster : IAsyncDisposable
 {
     private const string ServerScript = "/usr/lib/rabbitmq/bin/rabbitmq-server";
     private static readonly TimeSpan BootTimeout = TimeSpan.FromSeconds(120);
     private readonly ScratchDirectory _directory = new("ep-rabbitc");
+    private readonly NodeWatchdog _watchdog;
     private readonly string _token = Guid.NewGuid().ToString("N")[..8];
     private readonly HttpClient _management = new() { Timeout = TimeSpan.FromSeconds(5) };
     private ChildProcess? _epmd;
 
     private RabbitMqCluster(int size)
     {
+        _watchdog = new NodeWatchdog(_directory.Path);
         EpmdPort = LocalPorts.Free();
         Nodes = [.. Enumerable.Range(0, size).Select(index => new Node(index, $"ep-rc{index}-{_token}@localhost"))];
         _management.DefaultRequestHeaders.Authorization =
@@ -71,7 +74,8 @@ public sealed class RabbitMqCluster : IAsyncDisposable
         }
         File.WriteAllText(Path.Combine(_directory.Path, "enabled_plugins"), "[rabbitmq_management].\n");
 
-        _epmd = ChildProcess.Start("epmd", "epmd", ["-port", EpmdPort.ToString(), "-address", "127.0.0.1"], new Dictionary<string, string?>());
+        _epmd = ChildProcess.Start("epmd", "epmd", ["-port", EpmdPort.ToString(), "-address", "127.0.0.1"],
+            new Dictionary<string, string?> { [NodeWatchdog.Variable] = _directory.Path });
         await Eventually.TrueAsync(() => Task.FromResult(LocalPorts.Accepts(EpmdPort)), TimeSpan.FromSeconds(10), "epmd to listen");
 
         // The seed first: a blank node that finds no peer boots a cluster of its own, so the others must find it up.
@@ -92,10 +96,12 @@ public sealed class RabbitMqCluster : IAsyncDisposable
             cluster_formation.peer_discovery_backend = classic_config
             cluster_formation.classic_config.nodes.1 = {Nodes[0].NodeName}
             """ + "\n");
-        // setsid (execs in place) makes the node lead a process group of its own, killed whole by one kill -9 (see
-        // ChildProcess.KillGroupAsync): no helper of it is left behind, stopped or running.
+        // setsid (execs in place) makes the node lead a process group of its own (the VM and erl_child_setup), killed by
+        // one kill -9 (see ChildProcess.KillGroupAsync), so nothing of it is left stopped. Its port programs are in
+        // sessions of their own and end by EOF once the VM is gone; the watchdog kills them too, by their mark.
         node.Process = ChildProcess.Start($"rabbitmq-{index}", "setsid", [ServerScript], new Dictionary<string, string?>
         {
+            [NodeWatchdog.Variable] = _directory.Path,
             ["HOME"] = Home,
             ["RABBITMQ_NODENAME"] = node.NodeName,
             ["RABBITMQ_NODE_IP_ADDRESS"] = "127.0.0.1",
@@ -116,7 +122,7 @@ public sealed class RabbitMqCluster : IAsyncDisposable
             ["RABBITMQ_DEFAULT_USER"] = User,
             ["RABBITMQ_DEFAULT_PASS"] = Password,
             ["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] =
-                $"-start_epmd false -kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_management tcp_config [{{port,{node.ManagementPort}}},{{ip,\"127.0.0.1\"}}]",
+                $"-kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_management tcp_config [{{port,{node.ManagementPort}}},{{ip,\"127.0.0.1\"}}]",
         });
 
         var process = node.Process;
@@ -179,7 +185,7 @@ public sealed class RabbitMqCluster : IAsyncDisposable
         throw new InvalidOperationException($"no running node answered GET {path}", last);
     }
 
-    /// <summary>kill -9 one node's Erlang VM (epmd and the other nodes stay up, as on real hosts).</summary>
+    /// <summary>kill -9 one node's process group, its Erlang VM (epmd and the other nodes stay up, as on real hosts).</summary>
     public async Task KillAsync(int index)
     {
         if (Nodes[index].Process is { } process)
@@ -215,8 +221,12 @@ public sealed class RabbitMqCluster : IAsyncDisposable
         await using var ctl = ChildProcess.Start("rabbitmqctl", "/usr/lib/rabbitmq/bin/rabbitmqctl", ["-n", Nodes[index].NodeName, .. arguments],
             new Dictionary<string, string?>
             {
+                [NodeWatchdog.Variable] = _directory.Path,
                 ["HOME"] = Home,
                 ["ERL_EPMD_PORT"] = EpmdPort.ToString(),
+                ["ERL_EPMD_ADDRESS"] = "127.0.0.1",
+                // rabbitmqctl runs an 'erl -sname epmd-starter-N' first: no 'epmd -daemon' from it either.
+                ["ERL_FLAGS"] = "-start_epmd false",
                 ["RABBITMQ_LOG_BASE"] = Path.Combine(_directory.Path, $"node{index}", "log"),
             });
         using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(60));
@@ -231,19 +241,17 @@ public sealed class RabbitMqCluster : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        // No clean shutdown needed: the data directory is deleted. The watchdog kills every process of the cluster (port
+        // programs and epmd included) and deletes the directory.
         foreach (var node in Nodes)
         {
-            if (node.Process is { } process)
-            {
-                // No clean shutdown needed: the data directory is deleted below.
-                await process.KillGroupAsync();
-                await process.DisposeAsync();
-            }
+            node.Process?.KillGroupNow();
         }
 
-        if (_epmd is not null)
+        await _watchdog.DisposeAsync();
+        foreach (var process in Nodes.Select(n => n.Process).Append(_epmd).OfType<ChildProcess>())
         {
-            await _epmd.DisposeAsync();
+            await process.DisposeAsync();
         }
 
         _management.Dispose();

@@ -11,6 +11,7 @@ public sealed class RabbitMqServer : IAsyncDisposable
 {
     private const string ServerScript = "/usr/lib/rabbitmq/bin/rabbitmq-server";
     private readonly ScratchDirectory _directory = new("ep-rabbit");
+    private readonly NodeWatchdog _watchdog;
     private ChildProcess? _epmd;
     private ChildProcess? _server;
 
@@ -23,6 +24,8 @@ public sealed class RabbitMqServer : IAsyncDisposable
         DistributionPort = LocalPorts.Free();
         EpmdPort = LocalPorts.Free();
         PrometheusPort = LocalPorts.Free();
+        // Before any process of the node: whatever this node starts is ended with the test process.
+        _watchdog = new NodeWatchdog(_directory.Path);
     }
 
     public int Port { get; }
@@ -55,7 +58,16 @@ public sealed class RabbitMqServer : IAsyncDisposable
     public static async Task<RabbitMqServer> StartAsync()
     {
         var server = new RabbitMqServer();
-        await server.BootAsync();
+        try
+        {
+            await server.BootAsync();
+        }
+        catch
+        {
+            await server.DisposeAsync();
+            throw;
+        }
+
         return server;
     }
 
@@ -70,7 +82,7 @@ public sealed class RabbitMqServer : IAsyncDisposable
     /// would otherwise wait for one boot per fixture. The spare boots at nice 19, so it takes only CPU the running tests
     /// leave idle (at normal priority it made an I/O dead-letter test fail: a pre-existing race of the API's error-queue
     /// scans that any concurrent CPU load exposes), and is raised to normal priority when handed out. An unused spare is
-    /// killed when the test process exits, by an exit handler or, if the test host is ended first, by a watchdog.
+    /// ended with the test process by its watchdog, as every node is.
     /// </summary>
     public static async Task<RabbitMqServer> StartOrTakeSpareAsync()
     {
@@ -101,7 +113,6 @@ public sealed class RabbitMqServer : IAsyncDisposable
                     spare = await StartAsync();
                 }
 
-                await spare.EndWatchdogAsync();
                 server = spare;
             }
             catch (Exception ex) when (ex is InvalidOperationException or TimeoutException)
@@ -117,15 +128,13 @@ public sealed class RabbitMqServer : IAsyncDisposable
             if (_spare is null && !_sparesDisabled)
             {
                 var next = new RabbitMqServer();
-                (_spare, _spareBoot) = (next, next.BootAsync(background: true, owner: Environment.ProcessId));
-                RegisterExitCleanup();
+                (_spare, _spareBoot) = (next, next.BootAsync(background: true));
             }
         }
 
         return server;
     }
 
-    private static int _exitCleanupRegistered;
     private static bool _sparesDisabled;
 
     /// <summary>
@@ -173,105 +182,19 @@ public sealed class RabbitMqServer : IAsyncDisposable
     [DllImport("libc", SetLastError = true)]
     private static extern int setpriority(int which, int who, int prio);
 
-    private static void RegisterExitCleanup()
+    private async Task BootAsync(bool background = false)
     {
-        if (Interlocked.Exchange(ref _exitCleanupRegistered, 1) == 0)
-        {
-            AppDomain.CurrentDomain.ProcessExit += (_, _) =>
-            {
-                RabbitMqServer? spare;
-                lock (SpareGate)
-                {
-                    spare = _spare;
-                    _spare = null;
-                }
-
-                spare?.KillNow();
-            };
-        }
-    }
-
-    private volatile bool _killed;
-
-    /// <summary>
-    /// kill -9 of the node's process group and of its epmd, then its directory: plain signals, nothing awaited, because
-    /// vstest SIGKILLs the test host 100 ms after the run, while exit handlers run (a <c>Process.Kill(entireProcessTree)</c>
-    /// cut off there left SIGSTOPped orphans; the watchdog finishes whatever this handler could not).
-    /// </summary>
-    private void KillNow()
-    {
-        _killed = true;
-        _server?.KillGroupNow();
-        if (_epmd is { HasExited: false })
-        {
-            _ = kill(_epmd.Pid, SigKill);
-        }
-
-        _directory.Dispose();
-    }
-
-    private const int SigKill = 9;
-
-    [DllImport("libc", SetLastError = true)]
-    private static extern int kill(int pid, int sig);
-
-    /// <summary>A spare as <see cref="StartOrTakeSpareAsync"/> boots it, ended by its watchdog once <paramref name="owner"/> is gone.</summary>
-    internal static async Task<RabbitMqServer> StartSpareAsync(int owner)
-    {
-        var server = new RabbitMqServer();
-        await server.BootAsync(background: true, owner);
-        return server;
-    }
-
-    private async Task BootAsync(bool background = false, int owner = 0)
-    {
+        var marked = new Dictionary<string, string?> { [NodeWatchdog.Variable] = _directory.Path };
         _epmd = background
-            ? ChildProcess.Start("epmd", "nice", ["-n", "19", "epmd", "-port", EpmdPort.ToString(), "-address", "127.0.0.1"], new Dictionary<string, string?>())
-            : ChildProcess.Start("epmd", "epmd", ["-port", EpmdPort.ToString(), "-address", "127.0.0.1"], new Dictionary<string, string?>());
+            ? ChildProcess.Start("epmd", "nice", ["-n", "19", "epmd", "-port", EpmdPort.ToString(), "-address", "127.0.0.1"], marked)
+            : ChildProcess.Start("epmd", "epmd", ["-port", EpmdPort.ToString(), "-address", "127.0.0.1"], marked);
         await Eventually.TrueAsync(() => Task.FromResult(LocalPorts.Accepts(EpmdPort)), TimeSpan.FromSeconds(10), "epmd to listen");
-        if (_killed)
-        {
-            throw new InvalidOperationException("the test process is exiting");
-        }
-
-        await StartServerAsync(background, owner);
+        await StartServerAsync(background);
     }
 
-    /// <summary>
-    /// $0 the test process, $1 the node's PID (and its process group's id), $2 its epmd's PID, $3 the node name, $4 the
-    /// epmd port, $5 the node's directory. The node's whole group is killed when its PID is still this node (its
-    /// environment names it); a PID that is gone may have been handed to an unrelated group leader meanwhile (review of
-    /// s10-hygiene, M1), so nothing is killed then. Then the directory: nobody else deletes it when the test host is
-    /// ended first. SIGHUP is ignored: when the test host's process group is orphaned while one of its members is
-    /// stopped, the kernel sends the whole group SIGHUP (then SIGCONT); that killed the old watchdog, while the node,
-    /// which ignores SIGHUP, was resumed and lived on.
-    /// </summary>
-    private const string SpareWatchdogScript =
-        """
-        trap '' HUP
-        while kill -0 "$0" 2>/dev/null; do sleep 1; done
-        grep -qz "^RABBITMQ_NODENAME=$3\$" "/proc/$1/environ" 2>/dev/null && kill -9 "-$1" 2>/dev/null
-        grep -qzx -- "$4" "/proc/$2/cmdline" 2>/dev/null && kill -9 "$2"
-        case "$5" in */ep-rabbit-*) rm -rf -- "$5" ;; esac
-        """;
+    public Task StartServerAsync() => StartServerAsync(background: false);
 
-    private ChildProcess? _watchdog;
-
-    /// <summary>The node is a test's now: its fixture ends it.</summary>
-    private async Task EndWatchdogAsync()
-    {
-        if (_watchdog is not null)
-        {
-            // Its PID alone: its 'sleep 1' ends by itself (a tree kill would SIGSTOP them first).
-            await _watchdog.KillAsync();
-            await _watchdog.DisposeAsync();
-            _watchdog = null;
-        }
-    }
-
-    public Task StartServerAsync() => StartServerAsync(background: false, owner: 0);
-
-    private async Task StartServerAsync(bool background, int owner)
+    private async Task StartServerAsync(bool background)
     {
         var home = Path.Combine(_directory.Path, "home");
         Directory.CreateDirectory(home);
@@ -279,10 +202,13 @@ public sealed class RabbitMqServer : IAsyncDisposable
         File.WriteAllText(Path.Combine(_directory.Path, "enabled_plugins"), "[rabbitmq_prometheus].\n");
         // A spare node boots at the lowest CPU priority (nice exec's the script, which exec's the VM: the PID is still the
         // node's): it then takes only CPU the running tests leave idle, and is raised to normal priority when taken.
-        // setsid (execs in place, as nice does) makes the node lead a process group of its own: it is killed with all its
-        // helpers (erl_child_setup, any epmd-starter erl) by one kill -9 of the group.
+        // setsid (execs in place, as nice does) makes the node lead a process group of its own, which holds the VM and
+        // erl_child_setup: one kill -9 of the group ends both. The port programs (inet_gethost, the disk monitor's sh, the
+        // 'erl -sname epmd-starter-N' RabbitMQ runs) are not in it: erl_child_setup puts each in a session of its own.
+        // They end by themselves once the VM is gone (EOF on their port), and the watchdog kills them by their mark.
         _server = ChildProcess.Start("rabbitmq-server", "setsid", background ? ["nice", "-n", "19", ServerScript] : [ServerScript], new Dictionary<string, string?>
         {
+            [NodeWatchdog.Variable] = _directory.Path,
             ["HOME"] = home,
             ["RABBITMQ_NODENAME"] = NodeName,
             ["RABBITMQ_NODE_IP_ADDRESS"] = "127.0.0.1",
@@ -308,21 +234,6 @@ public sealed class RabbitMqServer : IAsyncDisposable
             ["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] =
                 $"-kernel inet_dist_use_interface {{127,0,0,1}} -rabbitmq_prometheus tcp_config [{{port,{PrometheusPort}}},{{ip,\"127.0.0.1\"}}]",
         });
-        if (background && _epmd is not null)
-        {
-            // The test host is ended at once after a run, often before exit handlers finish: this watchdog then ends the
-            // unused spare, kill -9 by PID after checking that each PID is still this node and this epmd.
-            _watchdog = ChildProcess.Start("rabbitmq-spare-watchdog", "sh",
-                ["-c", SpareWatchdogScript, owner.ToString(), _server.Pid.ToString(), _epmd.Pid.ToString(), NodeName, EpmdPort.ToString(), _directory.Path],
-                new Dictionary<string, string?>());
-        }
-
-        if (_killed)
-        {
-            // The exit handler ran while this node was being started (it found no node to kill).
-            _server.KillGroupNow();
-            throw new InvalidOperationException("the test process is exiting");
-        }
 
         await Eventually.TrueAsync(async () =>
         {
@@ -345,8 +256,13 @@ public sealed class RabbitMqServer : IAsyncDisposable
         await using var ctl = ChildProcess.Start("rabbitmqctl", "/usr/lib/rabbitmq/bin/rabbitmqctl", ["-n", NodeName, .. arguments],
             new Dictionary<string, string?>
             {
+                [NodeWatchdog.Variable] = _directory.Path,
                 ["HOME"] = Path.Combine(_directory.Path, "home"),
                 ["ERL_EPMD_PORT"] = EpmdPort.ToString(),
+                ["ERL_EPMD_ADDRESS"] = "127.0.0.1",
+                // rabbitmqctl, too, runs an 'erl -sname epmd-starter-N' first, whose erlexec would start an 'epmd -daemon'
+                // on our port if our epmd were gone (see the node's ERL_FLAGS).
+                ["ERL_FLAGS"] = "-start_epmd false",
                 ["RABBITMQ_LOG_BASE"] = Path.Combine(_directory.Path, "log"),
             });
         using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(60));
@@ -364,7 +280,7 @@ public sealed class RabbitMqServer : IAsyncDisposable
     {
         if (_server is not null)
         {
-            // The node's whole process group: the script (while it still runs) and every helper the VM started.
+            // The node's process group: the VM and erl_child_setup (its port programs end once the VM is gone).
             await _server.KillGroupAsync();
         }
     }
@@ -401,18 +317,15 @@ public sealed class RabbitMqServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await EndWatchdogAsync();
-        if (_server is not null)
+        // No clean shutdown needed: the data directory is deleted. A clean stop of a node costs 2–7 s here, paid once per
+        // fixture (as RabbitMqCluster does). The watchdog kills every process of this node (port programs, epmd and a
+        // paused VM included) and deletes the directory; waiting on the VM alone would also wait for every port program
+        // that still holds its output pipe.
+        _server?.KillGroupNow();
+        await _watchdog.DisposeAsync();
+        foreach (var process in new[] { _server, _epmd }.OfType<ChildProcess>())
         {
-            // No clean shutdown needed: the data directory is deleted below. A clean stop of a node costs 2–7 s here,
-            // paid once per fixture (as RabbitMqCluster does).
-            await _server.KillGroupAsync();
-            await _server.DisposeAsync();
-        }
-
-        if (_epmd is not null)
-        {
-            await _epmd.DisposeAsync();
+            await process.DisposeAsync();
         }
 
         _directory.Dispose();

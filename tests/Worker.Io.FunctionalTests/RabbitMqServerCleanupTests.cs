@@ -5,47 +5,86 @@ namespace EventPipeline.Worker.Io.FunctionalTests;
 /// <summary>
 /// A RabbitMQ test node leaves nothing behind: no process of its own (beam.smp, erl_child_setup, inet_gethost, an
 /// epmd-starter erl), no epmd on its port (ours or an <c>epmd -daemon</c> one of its VMs started) and no directory —
-/// when a fixture disposes it, even paused, and when the test host that booted it as a spare is ended first (only the
-/// watchdog is left to clean up; vstest SIGKILLs the host 100 ms after a run).
+/// when a fixture disposes it, even paused, and when the test host that started it is kill -9'd first, a fixture's node
+/// and a spare alike (only its watchdog is left to clean up; vstest SIGKILLs the host 100 ms after a run).
 /// </summary>
 public sealed class RabbitMqServerCleanupTests
 {
+    /// <summary>
+    /// Both cases side by side: a node boot costs about 10 s of mostly one core, so on 2 cores the two boots take about
+    /// as long as one (the class took two boots' time, one after the other, as two tests).
+    /// </summary>
     [Fact]
-    public async Task A_spare_whose_owner_is_killed_leaves_no_process_epmd_or_directory()
+    public async Task Nodes_leave_nothing_behind_when_disposed_paused_or_when_their_test_host_is_killed()
     {
-        // The owner stands in for the test host: the spare's watchdog ends the node once this process is gone.
-        await using var owner = ChildProcess.Start("spare-owner", "sleep", ["600"], new Dictionary<string, string?>());
-        var spare = await RabbitMqServer.StartSpareAsync(owner.Pid);
+        var both = Task.WhenAll(TheNodesOfATestHostThatIsKilledGoWithItAsync(), ANodeDisposedWhilePausedLeavesNothingAsync());
         try
         {
-            var node = NodeProcesses(spare);
-            await owner.KillAsync();
-            await AssertNothingLeftAsync(spare, node);
+            await both;
+        }
+        catch when (both.Exception is { InnerExceptions.Count: > 1 } all)
+        {
+            throw all; // both failed: show both
+        }
+    }
+
+    private static async Task TheNodesOfATestHostThatIsKilledGoWithItAsync()
+    {
+        // The owner stands in for a test host: it takes a fixture's node and starts booting the next spare, and is then
+        // kill -9'd (as vstest, a CI cancel or the OOM killer ends a test host), with its fixture node paused.
+        var dll = Path.Combine(ServiceProcess.RepositoryRoot, "tests", "RabbitMqNodeOwner", "bin", BuildConfiguration, "net10.0", "RabbitMqNodeOwner.dll");
+        await using var owner = ChildProcess.Start("node-owner", "dotnet", [dll], new Dictionary<string, string?> { ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1" });
+        var started = new List<int>();
+        try
+        {
+            await Eventually.TrueAsync(() => owner.HasExited
+                    ? throw new InvalidOperationException($"the owner exited: {owner.OutputText}")
+                    : Task.FromResult(owner.Output.Contains("ready")),
+                TimeSpan.FromSeconds(120), "the owner's fixture node to boot", TimeSpan.FromMilliseconds(200));
+            var line = owner.Output.Single(l => l.StartsWith("node ", StringComparison.Ordinal)).Split(' ');
+            var (nodePid, epmdPid, directory) = (int.Parse(line[1]), int.Parse(line[2]), line[3]);
+            // The spare's VM too (booting behind the fixture's node): two nodes die with the owner, one of them mid-boot.
+            await Eventually.TrueAsync(() => Task.FromResult(Descendants(owner.Pid).Count(IsBeam) >= 2),
+                TimeSpan.FromSeconds(30), "the owner's spare node to start", TimeSpan.FromMilliseconds(100));
+
+            started = Descendants(owner.Pid);
+            var directories = started.SelectMany(NodeDirectories).Append(directory).Distinct().ToList();
+            Assert.Contains(nodePid, started);
+            Assert.Contains(epmdPid, started);
+            Assert.Equal(2, directories.Count);
+            await using (ProcessPause.Of(nodePid))
+            {
+                await owner.KillAsync();
+            }
+
+            string Left() =>
+                string.Join("; ", started.Where(IsLive).Select(Describe)
+                    .Concat(directories.SelectMany(d => LiveWithEnvironment(d, part: true)).Distinct().Select(Describe))
+                    .Distinct()
+                    .Concat(directories.Where(Directory.Exists).Select(d => $"directory {d}")));
+            await AssertEventuallyNothingLeftAsync(Left, $"the killed owner's nodes (fixture node pid {nodePid} in {directory})");
         }
         finally
         {
-            await spare.DisposeAsync();
+            // Only what the owner started and is still that (its environment names a node directory, or it is an epmd).
+            foreach (var pid in started.Where(p => IsLive(p)
+                && (EnvironmentOf(p).Any(e => e.Contains("/ep-rabbit-", StringComparison.Ordinal)) || ProcessTree.ExecutableOf(p) == "epmd")))
+            {
+                _ = kill(pid, 9);
+            }
         }
     }
 
-    [Fact]
-    public async Task A_node_disposed_while_paused_leaves_no_process_epmd_or_directory()
-    {
-        var server = await RabbitMqServer.StartAsync();
-        var node = NodeProcesses(server);
-        await using (ProcessPause.Of(server.Pid))
-        {
-            await server.DisposeAsync();
-        }
+    private static readonly string BuildConfiguration =
+        new DirectoryInfo(AppContext.BaseDirectory.TrimEnd('/')).Parent!.Name;
 
-        await AssertNothingLeftAsync(server, node);
-    }
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int kill(int pid, int sig);
 
-    /// <summary>The node's PID, its descendants now, and its epmd.</summary>
-    private static List<int> NodeProcesses(RabbitMqServer server)
+    private static List<int> Descendants(int root)
     {
-        var pids = new List<int> { server.EpmdPid };
-        var pending = new Queue<int>([server.Pid]);
+        var pids = new List<int>();
+        var pending = new Queue<int>(ProcessTree.ChildrenOf(root));
         while (pending.TryDequeue(out var pid))
         {
             pids.Add(pid);
@@ -58,6 +97,28 @@ public sealed class RabbitMqServerCleanupTests
         return pids;
     }
 
+    private static bool IsBeam(int pid) => ProcessTree.ExecutableOf(pid).EndsWith("/beam.smp", StringComparison.Ordinal);
+
+    /// <summary>The node directory a process of a node names in its environment (its mnesia base's parent).</summary>
+    private static IEnumerable<string> NodeDirectories(int pid) =>
+        EnvironmentOf(pid).Where(e => e.StartsWith("RABBITMQ_MNESIA_BASE=", StringComparison.Ordinal))
+            .Select(e => Path.GetDirectoryName(e["RABBITMQ_MNESIA_BASE=".Length..])!);
+
+    private static async Task ANodeDisposedWhilePausedLeavesNothingAsync()
+    {
+        var server = await RabbitMqServer.StartAsync();
+        var node = NodeProcesses(server);
+        await using (ProcessPause.Of(server.Pid))
+        {
+            await server.DisposeAsync();
+        }
+
+        await AssertNothingLeftAsync(server, node);
+    }
+
+    /// <summary>The node's PID, its descendants now, and its epmd.</summary>
+    private static List<int> NodeProcesses(RabbitMqServer server) => [server.EpmdPid, server.Pid, .. Descendants(server.Pid)];
+
     private static async Task AssertNothingLeftAsync(RabbitMqServer server, List<int> node)
     {
         string Left() =>
@@ -67,13 +128,18 @@ public sealed class RabbitMqServerCleanupTests
                 .Append(Directory.Exists(server.DataDirectory) ? $"directory {server.DataDirectory}" : null)
                 .OfType<string>());
 
+        await AssertEventuallyNothingLeftAsync(Left, $"node {server.NodeName} (epmd port {server.EpmdPort})");
+    }
+
+    private static async Task AssertEventuallyNothingLeftAsync(Func<string> left, string what)
+    {
         try
         {
-            await Eventually.TrueAsync(() => Task.FromResult(Left().Length == 0), TimeSpan.FromSeconds(20), "the node to leave nothing behind");
+            await Eventually.TrueAsync(() => Task.FromResult(left().Length == 0), TimeSpan.FromSeconds(20), "nothing to be left behind");
         }
         catch (TimeoutException)
         {
-            Assert.Fail($"left behind by node {server.NodeName} (epmd port {server.EpmdPort}): {Left()}");
+            Assert.Fail($"left behind by {what}: {left()}");
         }
     }
 
@@ -105,11 +171,15 @@ public sealed class RabbitMqServerCleanupTests
         }
     }
 
-    /// <summary>Live processes whose environment holds <paramref name="entry"/> (e.g. an epmd -daemon a VM of the node started).</summary>
-    private static IEnumerable<int> LiveWithEnvironment(string entry) =>
+    /// <summary>
+    /// Live processes whose environment holds <paramref name="entry"/> (e.g. an epmd -daemon a VM of the node started),
+    /// or, with <paramref name="part"/>, an entry containing it (e.g. a node's directory: every process of that node).
+    /// </summary>
+    private static IEnumerable<int> LiveWithEnvironment(string entry, bool part = false) =>
         Directory.EnumerateDirectories("/proc")
             .Select(d => int.TryParse(Path.GetFileName(d), out var p) ? p : 0)
-            .Where(p => p > 0 && p != Environment.ProcessId && IsLive(p) && EnvironmentOf(p).Contains(entry))
+            .Where(p => p > 0 && p != Environment.ProcessId && IsLive(p)
+                && EnvironmentOf(p).Any(e => part ? e.Contains(entry, StringComparison.Ordinal) : e == entry))
             .ToList();
 
     private static string[] EnvironmentOf(int pid)
