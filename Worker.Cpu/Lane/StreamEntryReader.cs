@@ -104,6 +104,9 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
 
         config.AbortOnConnectFail = false;
         config.ClientName = "worker-cpu-reader";
+        // Parse reads XREADGROUP's RESP2 reply (arrays); a Protocol=Resp3 given for the worker's other connection would
+        // make it a map and stop the lane (review of s11-carried, M1). Nothing else runs on this connection.
+        config.Protocol = RedisProtocol.Resp2;
         // The blocking read must outlast its BLOCK time; anything longer than that means Redis is gone.
         config.AsyncTimeout = (int)(options.Value.BlockTimeout + TimeoutBeyondBlock).TotalMilliseconds;
         config.SyncTimeout = config.AsyncTimeout;

@@ -1,4 +1,3 @@
-using System.Runtime;
 using EventPipeline.Producer.Ingest;
 using EventPipeline.Testing;
 using Microsoft.AspNetCore.Builder;
@@ -16,6 +15,7 @@ namespace EventPipeline.Producer.UnitTests;
 /// The replica-ack rounds' own connection under Sentinel, against a real redis-server and a real Sentinel: what a round
 /// whose connect fails leaves open on the Sentinel, and what disposing the acknowledgement closes.
 /// </summary>
+[Collection(NoGcCountCollection.Name)]
 public sealed class ReplicaAckConnectionTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(15);
@@ -68,9 +68,14 @@ public sealed class ReplicaAckConnectionTests(ITestOutputHelper output) : IAsync
         }
         finally
         {
-            if (GCSettings.LatencyMode == GCLatencyMode.NoGCRegion)
+            try
             {
                 GC.EndNoGCRegion();
+            }
+            catch (InvalidOperationException)
+            {
+                // A collection happened anyway (the region was left): nothing to end. The count above may then have
+                // passed on a leak, never failed on its absence.
             }
         }
     }
@@ -127,4 +132,15 @@ public sealed class ReplicaAckConnectionTests(ITestOutputHelper output) : IAsync
         new(shared, Options.Create(ConfigurationOptions.Parse(connectionString)),
             Options.Create(new IngestOptions { RedisReplicaAcks = 1, RedisReplicaAckTimeout = TimeSpan.FromMilliseconds(100) }),
             NullLogger<RedisReplicaAcknowledgement>.Instance);
+}
+
+/// <summary>
+/// Runs its classes alone, after the parallel ones (review of s11-carried, M2): a suspended garbage collection is
+/// process-wide, and another class allocating its budget meanwhile would end it and let a leaked connection be closed
+/// by its finalizer, so the count could pass on the old code.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class NoGcCountCollection
+{
+    public const string Name = "suspended garbage collection";
 }

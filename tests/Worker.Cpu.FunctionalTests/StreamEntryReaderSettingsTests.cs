@@ -26,6 +26,7 @@ public sealed class StreamEntryReaderSettingsTests : IAsyncLifetime
     {
         "the connection string in Aspire:StackExchange:Redis:ConnectionString",
         "the password in Aspire:StackExchange:Redis:ConfigurationOptions",
+        "RESP3 asked for in Aspire:StackExchange:Redis:ConfigurationOptions",
     };
 
     [Theory]
@@ -35,13 +36,21 @@ public sealed class StreamEntryReaderSettingsTests : IAsyncLifetime
         // Production: the services are not all validated at build (the lane's hosted services need ServiceDefaults,
         // which this test leaves out); only the reader and the shared connection are resolved.
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { EnvironmentName = "Production" });
-        builder.Configuration.AddInMemoryCollection(settings.StartsWith("the connection string", StringComparison.Ordinal)
-            ? new Dictionary<string, string?> { ["Aspire:StackExchange:Redis:ConnectionString"] = _redis.ConnectionString }
-            : new Dictionary<string, string?>
-            {
-                ["ConnectionStrings:redis"] = $"127.0.0.1:{_redis.Port}",
-                ["Aspire:StackExchange:Redis:ConfigurationOptions:Password"] = _redis.Password,
-            });
+        builder.Configuration.AddInMemoryCollection(
+            settings.StartsWith("the connection string", StringComparison.Ordinal)
+                ? new Dictionary<string, string?> { ["Aspire:StackExchange:Redis:ConnectionString"] = _redis.ConnectionString }
+            : settings.StartsWith("RESP3", StringComparison.Ordinal)
+                ? new Dictionary<string, string?>
+                {
+                    // The reader parses XREADGROUP's RESP2 reply (review of s11-carried, M1): RESP3 answers with a map.
+                    ["ConnectionStrings:redis"] = _redis.ConnectionString,
+                    ["Aspire:StackExchange:Redis:ConfigurationOptions:Protocol"] = "Resp3",
+                }
+                : new Dictionary<string, string?>
+                {
+                    ["ConnectionStrings:redis"] = $"127.0.0.1:{_redis.Port}",
+                    ["Aspire:StackExchange:Redis:ConfigurationOptions:Password"] = _redis.Password,
+                });
         builder.AddCpuLane();
         var host = builder.Build();
         await using var disposeHost = (IAsyncDisposable)host;
