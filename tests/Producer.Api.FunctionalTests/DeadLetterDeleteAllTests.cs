@@ -39,14 +39,12 @@ public sealed class DeadLetterDeleteAllTests(FullPipelineFixture fixture) : ICla
         {
             var id = await SubmitAsync(JsonSerializer.Serialize(new { type = "test.fail", payload = new { lane } }));
             await Host.WaitForStateAsync(id, "dead");
-            // One after the other, so "oldest" is well defined: each is listed before the next is submitted. In the
+            // One after the other, so "oldest" is well defined: each is in the queue before the next is submitted. In the
             // io lane the state is "dead" a moment before MassTransit has moved the message to the error queue (the
             // status is written, then the consumer throws), and on a loaded machine the next one could overtake it.
-            await Eventually.TrueAsync(async () =>
-                {
-                    using var listed = await Host.Admin.GetAsync($"/dead-letters/{lane}/{id}");
-                    return listed.StatusCode == HttpStatusCode.OK;
-                }, TimeSpan.FromSeconds(60), $"dead letter {id} to be listed", TimeSpan.FromMilliseconds(100));
+            // Counted, not looked up: a lookup holds every dead letter before the one it finds, and a quorum queue
+            // takes several held ones back in another order (an open defect, docs/api.md), which a loaded run showed.
+            await WaitForDeadLetterCountAsync(lane, i + 1);
             ids.Add(id);
         }
 
