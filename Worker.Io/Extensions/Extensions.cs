@@ -56,6 +56,10 @@ public static class IoLaneExtensions
                 PooledConnectionIdleTimeout = TimeSpan.FromMinutes(2),
                 MaxConnectionsPerServer = sp.GetRequiredService<IOptions<IoLaneOptions>>().Value.ConcurrentMessageLimit,
                 AllowAutoRedirect = false,
+                // No cookie jar: one would be shared by every event of every submitter, so a Set-Cookie in one
+                // downstream answer went back with every later webhook to that origin, whoever's event it was; and
+                // the jar was read for every call and written for every answer that set one.
+                UseCookies = false,
             })
             // No IHttpClientFactory logging handlers: they open a log scope for every call and log only at Information,
             // which this client's category never shows; DownstreamClient logs every failure itself.

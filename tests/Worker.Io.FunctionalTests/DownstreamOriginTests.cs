@@ -21,6 +21,7 @@ public sealed class OriginTargets : IAsyncLifetime
         ClosedPort = LocalPorts.Free();
         Named = RecordingHttpListener.Start(asLocalhost: true);
         Throttling = new ThrottlingHttpListener(ThrottledRetryAfterSeconds);
+        CookieSetter = RecordingHttpListener.Start(200, new Dictionary<string, string> { ["Set-Cookie"] = "session=from-an-earlier-delivery; Path=/" });
     }
 
     public const int ThrottledRetryAfterSeconds = 5;
@@ -39,6 +40,9 @@ public sealed class OriginTargets : IAsyncLifetime
 
     public ThrottlingHttpListener Throttling { get; }
 
+    /// <summary>Allowed; answers every delivery 200 with a Set-Cookie.</summary>
+    public RecordingHttpListener CookieSetter { get; }
+
     /// <summary>What the worker is allowed to call besides its configured receiver: never the sink.</summary>
     public Dictionary<string, string?> WorkerSettings => new()
     {
@@ -47,6 +51,7 @@ public sealed class OriginTargets : IAsyncLifetime
         ["Downstream__AllowedOrigins__2"] = $"http://127.0.0.1:{ClosedPort}",
         ["Downstream__AllowedOrigins__3"] = NamedOrigin,
         ["Downstream__AllowedOrigins__4"] = Throttling.Origin,
+        ["Downstream__AllowedOrigins__5"] = CookieSetter.Origin,
         // What Aspire's WithReference writes for a service called "localhost": a resolver honouring it would send calls
         // for http://localhost:<port> to the sink, past the allow-list check.
         ["services__localhost__http__0"] = Sink.Origin,
@@ -61,6 +66,7 @@ public sealed class OriginTargets : IAsyncLifetime
         await Failing.DisposeAsync();
         await Named.DisposeAsync();
         await Throttling.DisposeAsync();
+        await CookieSetter.DisposeAsync();
     }
 }
 
@@ -201,6 +207,23 @@ public sealed class DownstreamOriginTests(SharedIoLane lane, OriginTargets targe
         Assert.Equal(2, arrivals.Length);
         Assert.True(arrivals[1].At - arrivals[0].At >= TimeSpan.FromSeconds(OriginTargets.ThrottledRetryAfterSeconds - 0.5),
             $"retried {(arrivals[1].At - arrivals[0].At).TotalSeconds:F1} s after a 429 with Retry-After: {OriginTargets.ThrottledRetryAfterSeconds}");
+    }
+
+    [Fact]
+    public async Task A_cookie_a_downstream_set_is_never_sent_with_a_later_webhook()
+    {
+        await Host.EnsureWorkerAsync(targets.WorkerSettings);
+        var first = IoLaneHost.NewId("cookie-first");
+        await Host.PublishDirectAsync(first, "webhook.post", new JsonObject { ["n"] = 1 }, $"{targets.CookieSetter.Origin}/hook");
+        Assert.Equal("succeeded", (await Eventually.ReturnsAsync(() => Host.StatusAsync(first), s => s.State is "succeeded" or "dead", Deadline, $"{first} to finish")).State);
+
+        // Another event (in real use: another submitter's) to the same origin, after the first answer's Set-Cookie.
+        var second = IoLaneHost.NewId("cookie-second");
+        await Host.PublishDirectAsync(second, "webhook.post", new JsonObject { ["n"] = 2 }, $"{targets.CookieSetter.Origin}/hook");
+        Assert.Equal("succeeded", (await Eventually.ReturnsAsync(() => Host.StatusAsync(second), s => s.State is "succeeded" or "dead", Deadline, $"{second} to finish")).State);
+
+        var delivered = Assert.Single(targets.CookieSetter.Requests, r => r.Headers.GetValueOrDefault("Idempotency-Key") == second);
+        Assert.False(delivered.Headers.TryGetValue("Cookie", out var cookie), $"{second} carried the cookie an earlier delivery was given: Cookie: {cookie}");
     }
 
     [Fact]
