@@ -49,12 +49,18 @@ def main():
             time.sleep(0.02)
         return worker
 
+    cpu = common.CpuMeter(["redis"], [])
     if a.mode == "prefill":
         produce()
         worker = start_worker()
+        cpu.add_workers([worker.pid])
+        # Its start-up is not the events' cost (it may have run a task or two by now: a slight undercount).
+        cpu.start_at["workers"] = common.tree_cpu_seconds(worker.pid)
         started = float(r.get(celery_tasks.READY))  # the worker's own clock when it was ready to consume
     else:
         worker = start_worker()
+        cpu.add_workers([worker.pid])
+        cpu.start_at["workers"] = common.tree_cpu_seconds(worker.pid)  # its start-up is not the events' cost
         started = time.time()
         produce()
     try:
@@ -63,6 +69,7 @@ def main():
             if worker.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"only {r.llen(celery_tasks.DONE)} of {a.n} tasks done")
             time.sleep(0.01)
+        cpu_us = cpu.per_event_us(a.n)
     finally:
         worker.send_signal(signal.SIGTERM)  # warm shutdown; it ends its pool children itself
         try:
@@ -76,7 +83,7 @@ def main():
         records.append((int(index), float(enqueued_at), float(done_at)))
     r.delete(celery_tasks.QUEUE, celery_tasks.DONE, celery_tasks.READY)
     common.emit(common.figures("Celery acks_late, Redis broker, PBKDF2", a.mode, a.n, records, started, {
-        "workload": "cpu", "workers": a.workers}), a.out)
+        "workload": "cpu", "workers": a.workers, "cpu_us_per_event": cpu_us}), a.out)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,10 @@ class WorkerSet:
                 raise TimeoutError("workers did not become ready")
             time.sleep(0.01)
 
+    @property
+    def pids(self) -> list:
+        return [p.pid for p in self.procs]
+
     def go(self) -> float:
         started = time.time()
         self.ctl.go.set()
@@ -123,6 +127,66 @@ def _run_worker(target, worker_no, ctl, args):
     recorder = Recorder(ctl.done)
     target(worker_no, ctl, recorder, *args)
     ctl.results.put(recorder.records)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _children() -> dict:
+    """ppid -> [pid] of every process now."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime+stime of a process and every live descendant (all their threads), from /proc."""
+    children, total, todo = _children(), 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime (fields 14, 15)
+        except (OSError, IndexError, ValueError):
+            continue
+        todo.extend(children.get(p, []))
+    return total
+
+
+class CpuMeter:
+    """CPU seconds spent over a window, by role: 'producer' is this process (sending, and polling for the end);
+    the other roles are process trees given by PID (the worker processes, the broker, the webhook sink). The broker
+    and sink PIDs come from run.sh in BASELINE_PIDS="redis=PID,rabbitmq=PID,sink=PID"; `wanted` names the ones
+    this baseline uses."""
+
+    def __init__(self, wanted: list, workers: list):
+        given = dict(item.split("=") for item in os.environ.get("BASELINE_PIDS", "").split(",") if "=" in item)
+        self.roles = {"workers": list(workers)}
+        self.roles.update({name: [int(given[name])] for name in wanted if name in given})
+        self.start_at = self._read()
+
+    def _read(self) -> dict:
+        readings = {role: sum(tree_cpu_seconds(p) for p in pids) for role, pids in self.roles.items()}
+        readings["producer"] = time.process_time()
+        return readings
+
+    def add_workers(self, pids: list) -> None:
+        """Processes started after the window opened (a Celery worker started on a pre-filled backlog)."""
+        self.roles["workers"] = list(pids)
+
+    def per_event_us(self, n: int, start_at: dict | None = None) -> dict:
+        end, start = self._read(), start_at or self.start_at
+        result = {role: (end[role] - start.get(role, 0.0)) * 1e6 / n for role in end}
+        result["total"] = sum(result.values())
+        return result
 
 
 def percentile(sorted_values: list, p: float) -> float:

@@ -67,6 +67,7 @@ def main():
     workers = common.WorkerSet(worker, a.workers, (a.amqp, a.prefetch))
     run_tag = uuid.uuid4().hex[:8]
     workers.start()
+    cpu = common.CpuMeter(["rabbitmq"], workers.pids)
     if a.mode == "prefill":
         produce(channel, run_tag, a.n, event_type, a.iterations, a.batch)
         # Wait until the broker holds them all (no confirms: a passive declare is the only way to know).
@@ -84,12 +85,13 @@ def main():
         if time.time() > deadline:
             raise TimeoutError(f"only {workers.ctl.done.value} of {a.n} events completed")
         connection.process_data_events(time_limit=0.002)
+    cpu_us = cpu.per_event_us(a.n)
     records = workers.stop()
     channel.queue_delete(QUEUE)
     connection.close()
     name = f"pika, {a.queue_type} queue, persistent, no confirms, {'PBKDF2' if a.workload == 'cpu' else 'noop'}"
     common.emit(common.figures(name, a.mode, a.n, records, started, {
-        "workload": a.workload, "workers": a.workers, "queue_type": a.queue_type, "prefetch": a.prefetch}), a.out)
+        "workload": a.workload, "workers": a.workers, "queue_type": a.queue_type, "prefetch": a.prefetch, "cpu_us_per_event": cpu_us}), a.out)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,8 @@ def main():
         workers = common.WorkerSet(cpu_worker, a.workers, (a.redis, a.read_count))
     run_tag = uuid.uuid4().hex[:8]
     workers.start()
+    # CPU from the first send to the last completion in both modes: producing, the broker, the work (and the sink).
+    cpu = common.CpuMeter(["redis", "sink"] if a.workload == "io" else ["redis"], workers.pids)
     if a.mode == "prefill":
         produce(r, run_tag, a.n, event_type, a.iterations, a.batch)
         started = workers.go()
@@ -121,12 +123,13 @@ def main():
         started = time.time()
         produce(r, run_tag, a.n, event_type, a.iterations, a.batch)
     workers.wait_done(a.n, timeout=600)
+    cpu_us = cpu.per_event_us(a.n)
     records = workers.stop()
     pending = r.xpending(STREAM, GROUP)["pending"]
     name = {"cpu": "redis-py Streams, PBKDF2", "noop": "redis-py Streams, noop",
             "io": "redis-py Streams + aiohttp, 50 ms webhook"}[a.workload]
     common.emit(common.figures(name, a.mode, a.n, records, started, {
-        "workload": a.workload, "workers": a.workers, "pending_after": pending}), a.out)
+        "workload": a.workload, "workers": a.workers, "pending_after": pending, "cpu_us_per_event": cpu_us}), a.out)
     r.delete(STREAM)
 
 

@@ -9,8 +9,11 @@ def main():
     print(f"# Python baselines: {machine.get('label', '')}\n")
     print(f"Started {machine.get('started', '?')}; {machine.get('python', '')}; webhook sink: {machine.get('sink', '?')}.")
     print(f"Machine at the start: `{machine.get('uptime', '').strip()}`\n")
-    print("| baseline | mode | events | events/s | p50 ms | p99 ms | lost | duplicated | load (1 min) at the end |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    ceilings = [r["best"] for r in rows if r["baseline"] == "ceiling"]
+    ceiling = max(ceilings) if ceilings else None
+    print("| baseline | mode | events | events/s | of the ceiling | p50 ms | p99 ms | lost | dup "
+          "| CPU µs/event: workers · producer · broker · sink = total | load at the end |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["baseline"] in ("machine", "ceiling"):
             continue
@@ -18,8 +21,13 @@ def main():
         burst = r["mode"] == "burst"
         p50 = f"{r['p50_ms']:,.0f}" if burst else "—"
         p99 = f"{r['p99_ms']:,.0f}" if burst else "—"
-        print(f"| {r['baseline']} | {r['mode']} | {r['events']:,} | {r['events_per_s']:,.0f} | {p50} | {p99} "
-              f"| {r['lost']} | {r['duplicated']} | {r['load_avg_1m']:.1f} |")
+        ratio = f"{100 * r['events_per_s'] / ceiling:.1f} %" if r["workload"] == "cpu" and ceiling else "—"
+        c = r.get("cpu_us_per_event", {})
+        broker = c.get("redis", c.get("rabbitmq", 0))
+        cpu = (f"{c['workers']:,.0f} · {c['producer']:,.0f} · {broker:,.0f} · {c.get('sink', 0):,.0f} = "
+               f"**{c['total']:,.0f}**") if c else "—"
+        print(f"| {r['baseline']} | {r['mode']} | {r['events']:,} | {r['events_per_s']:,.0f} | {ratio} | {p50} | {p99} "
+              f"| {r['lost']} | {r['duplicated']} | {cpu} | {r['load_avg_1m']:.1f} |")
     print()
     print("| PBKDF2 ceiling, 2 processes, calls/s | best | median | slowest | rounds |")
     print("|---|---|---|---|---|")
@@ -31,7 +39,10 @@ def main():
     print("prefill: the backlog is written first, then the connected, idle workers are released on it (Celery: the "
           "worker is started on it and the clock starts at its worker_ready signal); events/s = N / (release → last "
           "completion). burst: workers wait, the producer then sends as fast as it can; events/s = N / (first send → "
-          "last completion), latency = completion − the producer's clock when the event's batch went out.")
+          "last completion), latency = completion − the producer's clock when the event's batch went out. "
+          "of the ceiling: events/s over the best ceiling round of this run. CPU µs/event: utime+stime from the first "
+          "send to the last completion over the events, of the worker processes (Celery: its whole process tree), "
+          "the producer process (sending and polling for the end), the broker and the webhook sink.")
 
 
 if __name__ == "__main__":

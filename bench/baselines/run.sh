@@ -25,6 +25,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)  # the runs happen from $HERE
 JSONL=$OUT/$LABEL.jsonl
 : > "$JSONL"
 
@@ -71,7 +72,7 @@ REDIS_PASS=bl-$RANDOM$RANDOM
 # AOF with fsync every second, as the AppHost runs Redis for the CPU lane.
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$REDIS_DIR" --daemonize no --appendonly yes \
   --appendfsync everysec --save "" --requirepass "$REDIS_PASS" >"$REDIS_DIR/log" 2>&1 &
-PIDS+=($!)
+PIDS+=($!); REDIS_PID=$!
 REDIS_URL="redis://:$REDIS_PASS@127.0.0.1:$REDIS_PORT/0"
 wait_for 30 redis-server "$PY" -c "import redis; redis.Redis.from_url('$REDIS_URL').ping()"
 
@@ -92,7 +93,7 @@ RABBITMQ_LOGS=- RABBITMQ_CONFIG_FILE=$RABBIT_DIR/rabbitmq.conf RABBITMQ_ENABLED_
 RUNNING_UNDER_SYSTEMD=true RABBITMQ_DEFAULT_USER=baselines RABBITMQ_DEFAULT_PASS=$RABBIT_PASS \
 RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
   setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$RABBIT_DIR/node.log" 2>&1 &
-GROUPS_TO_KILL+=($!)
+GROUPS_TO_KILL+=($!); RABBIT_PID=$!
 AMQP_URL="amqp://baselines:$RABBIT_PASS@127.0.0.1:$AMQP_PORT/%2F"
 wait_for 120 rabbitmq-server "$PY" -c "import pika; pika.BlockingConnection(pika.URLParameters('$AMQP_URL')).close()"
 
@@ -110,13 +111,15 @@ if [ "$SINK" = receiver ]; then
 else
   "$PY" "$HERE/sink.py" --port "$SINK_PORT" --delay-ms 50 >"$REDIS_DIR/sink.log" 2>&1 &
 fi
-PIDS+=($!)
+PIDS+=($!); SINK_PID=$!
 SINK_URL=http://127.0.0.1:$SINK_PORT/webhook
 wait_for 60 "the webhook sink" "$PY" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$SINK_PORT/received')"
 
 # --- the runs ---------------------------------------------------------------------------------------------------
 if [ $QUICK = 1 ]; then N_CPU=200 N_NOOP=1000 N_IO=200 CEIL=200; else N_CPU=10000 N_NOOP=10000 N_IO=2000 CEIL=1000; fi
 cd "$HERE"
+# Whose CPU each baseline counts besides its own processes (common.CpuMeter).
+export BASELINE_PIDS="redis=$REDIS_PID,rabbitmq=$RABBIT_PID,sink=$SINK_PID"
 note() { echo "== $* (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2; }
 echo "{\"baseline\":\"machine\",\"label\":\"$LABEL\",\"started\":\"$(date -u +%FT%TZ)\",\"uptime\":\"$(uptime)\",\"sink\":\"$SINK\",\"python\":\"$("$PY" -V 2>&1)\"}" >>"$JSONL"
 
