@@ -39,8 +39,9 @@ def main():
         spread = f"{min(finite):,.0f}–{max(finite):,.0f}{unit}" if finite else "—"
         lines.append((label, values, spread))
 
-    row("load average (1 min) when the Python run started",
-        [py["machine"]["uptime"].split("load average:")[1].split(",")[0].strip() for py in pys], [None])
+    row("load average (1 min) when the Python run started / at its last baseline",
+        [f"{py['machine']['uptime'].split('load average:')[1].split(',')[0].strip()} / {py['runs'][-1]['load_avg_1m']:.2f}"
+         for py in pys], [None])
     row("load average (1 min) before / after the suite",
         [f"{s['machine']['loadAverageBefore'].split()[0]} / {s['machine']['loadAverageAfter'].split()[0]}"
          for s in suites], [None])
