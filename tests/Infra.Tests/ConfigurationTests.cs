@@ -9,9 +9,9 @@ public class ConfigurationTests
 {
     /// <summary>
     /// Read by the platform, not by the project's code: the ASP.NET Core host and the OpenTelemetry SDK (ServiceDefaults
-    /// turns the OTLP exporter on when OTEL_EXPORTER_OTLP_ENDPOINT is set).
+    /// turns the OTLP exporter on when OTEL_EXPORTER_OTLP_ENDPOINT is set), and the .NET runtime (DOTNET_ReadyToRun).
     /// </summary>
-    private static readonly string[] PlatformKeys = ["ASPNETCORE_HTTP_PORTS", "OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+    private static readonly string[] PlatformKeys = ["ASPNETCORE_HTTP_PORTS", "OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT", "DOTNET_ReadyToRun"];
 
     public static TheoryData<string, string> ServicesPerOverlay => new()
     {
