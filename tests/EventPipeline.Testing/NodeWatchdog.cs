@@ -8,8 +8,8 @@ namespace EventPipeline.Testing;
 /// <c>erl_child_setup</c> puts in sessions of their own); the watchdog is a <c>sh</c> whose stdin is a pipe only this test
 /// process writes to (.NET opens it close-on-exec, so no other child holds it). Reading EOF there means the test
 /// process has exited or disposed the broker, and the kernel closes the pipe on any exit, so nothing polls a PID.
-/// It then SIGKILLs the processes whose environment holds that entry, found and killed by PID one at a time, each just
-/// after its environment was read: a PID the broker no longer holds is never signalled. It repeats until none is left
+/// It then SIGKILLs the processes whose environment holds that entry, found and killed by PID one at a time, each right
+/// after its environment is read again (review of s11-hygiene2, L1): a PID the broker no longer holds is never signalled. It repeats until none is left
 /// (one may have forked meanwhile), then deletes the directory. It ignores HUP/INT/TERM/QUIT, which a CI job cancel or
 /// an orphaned process group may send it: it must outlive the test host. Nodes lead groups of their own
 /// (<c>setsid</c>), so such signals no longer reach them either.
@@ -27,13 +27,13 @@ internal sealed class NodeWatchdog : IAsyncDisposable
           found=
           for f in $(grep -lzxF -- "EP_TEST_BROKER=$0" /proc/[0-9]*/environ 2>/dev/null); do
             p=${f#/proc/}
-            kill -9 "${p%/environ}" 2>/dev/null && found=1
+            grep -qzxF -- "EP_TEST_BROKER=$0" "$f" 2>/dev/null && kill -9 "${p%/environ}" 2>/dev/null && found=1
           done
           [ -z "$found" ] && break
           n=$((n + 1))
           sleep 0.1
         done
-        case "$0" in */ep-rabbit*) rm -rf -- "$0" ;; esac
+        case "$0" in */ep-rabbit*) rm -rf -- "$0" 2>/dev/null ;; esac
         """;
 
     private readonly ChildProcess _process;
@@ -42,7 +42,9 @@ internal sealed class NodeWatchdog : IAsyncDisposable
     public NodeWatchdog(string directory)
     {
         Directory = directory;
-        _process = ChildProcess.Start("rabbitmq-watchdog", "sh", ["-c", Script, directory], new Dictionary<string, string?>(),
+        // setsid (execs in place: same PID, same pipe) takes the watchdog out of the test host's process group, so a
+        // kill -9 of that group (a CI cancel, timeout -s KILL) does not end it with the host (review of s11-hygiene2, M2).
+        _process = ChildProcess.Start("rabbitmq-watchdog", "setsid", ["sh", "-c", Script, directory], new Dictionary<string, string?>(),
             redirectStandardInput: true);
     }
 
