@@ -218,7 +218,10 @@ public sealed class DeadLetterEdgeTests(DeadLetterEdgeFixture fixture) : IClassF
         while (!stop.IsCancellationRequested)
         {
             using var response = await Host.Admin.GetAsync($"/dead-letters/io?limit=1&after={total - 2}", CancellationToken.None);
-            Assert.True(response.StatusCode is HttpStatusCode.OK or HttpStatusCode.Conflict,
+            // 503 + Retry-After is the answer for a broker too slow to answer in time, which a CI run with both its CPUs
+            // busy gave a list here; the lists only keep the queue busy beside the delete-all this test is about.
+            Assert.True(response.StatusCode is HttpStatusCode.OK or HttpStatusCode.Conflict
+                        || (response.StatusCode == HttpStatusCode.ServiceUnavailable && response.Headers.Contains("Retry-After")),
                 $"a deep list answered {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync()}");
         }
     }
