@@ -34,8 +34,29 @@ public sealed class RedisStatusReader(ConnectionMultiplexer redis) : IStatusRead
     private const int Chunk = 2000;
     private static readonly RedisValue[] Fields = ["state", "acceptedAt", "startedAt", "finishedAt", "completions"];
 
-    public static async Task<RedisStatusReader> ConnectAsync(string connectionString) =>
-        new(await ConnectionMultiplexer.ConnectAsync(connectionString));
+    /// <summary>
+    /// Connects, retrying for up to a minute: on a loaded machine (a CI run with both cores busy) one connect failed
+    /// ("Error connecting right now") moments after the AppHost reported Redis healthy, and failed the whole run.
+    /// </summary>
+    public static async Task<RedisStatusReader> ConnectAsync(string connectionString)
+    {
+        var options = ConfigurationOptions.Parse(connectionString);
+        options.AbortOnConnectFail = false;
+        var redis = await ConnectionMultiplexer.ConnectAsync(options);
+        var deadline = DateTimeOffset.UtcNow.AddMinutes(1);
+        while (!redis.IsConnected)
+        {
+            if (DateTimeOffset.UtcNow > deadline)
+            {
+                await redis.DisposeAsync();
+                throw new InvalidOperationException($"the bench's status reader did not connect to Redis within a minute ({options.EndPoints.FirstOrDefault()})");
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(100));
+        }
+
+        return new RedisStatusReader(redis);
+    }
 
     public bool KnowsCompletions => true;
 
