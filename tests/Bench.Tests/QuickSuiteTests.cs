@@ -18,8 +18,18 @@ public sealed class QuickSuiteTests : IDisposable
     {
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(8));
         var output = new StringWriter();
-        var exit = await BenchApp.RunAsync(["suite", "--quick", "--out", _out, "--deadline", "240"], output, TextWriter.Null, timeout.Token);
-        Assert.Equal(0, exit);
+        int exit;
+        try
+        {
+            exit = await BenchApp.RunAsync(["suite", "--quick", "--out", _out, "--deadline", "240"], output, TextWriter.Null, timeout.Token);
+        }
+        catch (Exception e)
+        {
+            // The tool's own lines (and the log of a resource that failed to start) are the only account of why.
+            throw new Xunit.Sdk.XunitException($"{e.GetType().Name}: {e.Message}\n--- the tool's output ---\n{output}\n--- end ---\n{e}");
+        }
+
+        Assert.True(exit == 0, $"exit code {exit}\n--- the tool's output ---\n{output}");
 
         var run = JsonSerializer.Deserialize<JsonElement>(await File.ReadAllTextAsync(Path.Combine(_out, "suite-quick.json")));
         var scenarios = run.GetProperty("scenarios").EnumerateArray().ToList();
