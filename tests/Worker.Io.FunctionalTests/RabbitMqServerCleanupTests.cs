@@ -35,6 +35,8 @@ public sealed class RabbitMqServerCleanupTests
         var dll = Path.Combine(ServiceProcess.RepositoryRoot, "tests", "RabbitMqNodeOwner", "bin", BuildConfiguration, "net10.0", "RabbitMqNodeOwner.dll");
         await using var owner = ChildProcess.Start("node-owner", "dotnet", [dll], new Dictionary<string, string?> { ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1" });
         var started = new List<int>();
+        var directories = new List<string>();
+        var epmdPid = 0;
         try
         {
             await Eventually.TrueAsync(() => owner.HasExited
@@ -42,13 +44,15 @@ public sealed class RabbitMqServerCleanupTests
                     : Task.FromResult(owner.Output.Contains("ready")),
                 TimeSpan.FromSeconds(120), "the owner's fixture node to boot", TimeSpan.FromMilliseconds(200));
             var line = owner.Output.Single(l => l.StartsWith("node ", StringComparison.Ordinal)).Split(' ');
-            var (nodePid, epmdPid, directory) = (int.Parse(line[1]), int.Parse(line[2]), line[3]);
+            var (nodePid, directory) = (int.Parse(line[1]), line[3]);
+            epmdPid = int.Parse(line[2]);
             // The spare's VM too (booting behind the fixture's node): two nodes die with the owner, one of them mid-boot.
-            await Eventually.TrueAsync(() => Task.FromResult(Descendants(owner.Pid).Count(IsBeam) >= 2),
+            // Counted by node directory, not by beam.smp: the VM an epmd-starter `erl` runs is a beam.smp of no node.
+            await Eventually.TrueAsync(() => Task.FromResult(NodeDirectoriesUnder(owner.Pid).Append(directory).Distinct().Count() >= 2),
                 TimeSpan.FromSeconds(30), "the owner's spare node to start", TimeSpan.FromMilliseconds(100));
 
             started = Descendants(owner.Pid);
-            var directories = started.SelectMany(NodeDirectories).Append(directory).Distinct().ToList();
+            directories = started.SelectMany(NodeDirectories).Append(directory).Distinct().ToList();
             Assert.Contains(nodePid, started);
             Assert.Contains(epmdPid, started);
             Assert.Equal(2, directories.Count);
@@ -66,9 +70,11 @@ public sealed class RabbitMqServerCleanupTests
         }
         finally
         {
-            // Only what the owner started and is still that (its environment names a node directory, or it is an epmd).
+            // Only what the owner started and is still that: a recorded PID reused since by another test's node names
+            // that node's directory, not one of these, and only the owner's own epmd is taken by its PID.
             foreach (var pid in started.Where(p => IsLive(p)
-                && (EnvironmentOf(p).Any(e => e.Contains("/ep-rabbit-", StringComparison.Ordinal)) || ProcessTree.ExecutableOf(p) == "epmd")))
+                && (EnvironmentOf(p).Any(e => directories.Any(d => e.Contains(d, StringComparison.Ordinal)))
+                    || (p == epmdPid && Path.GetFileName(ProcessTree.ExecutableOf(p)) == "epmd"))))
             {
                 _ = kill(pid, 9);
             }
@@ -97,7 +103,7 @@ public sealed class RabbitMqServerCleanupTests
         return pids;
     }
 
-    private static bool IsBeam(int pid) => ProcessTree.ExecutableOf(pid).EndsWith("/beam.smp", StringComparison.Ordinal);
+    private static IEnumerable<string> NodeDirectoriesUnder(int root) => Descendants(root).SelectMany(NodeDirectories);
 
     /// <summary>The node directory a process of a node names in its environment (its mnesia base's parent).</summary>
     private static IEnumerable<string> NodeDirectories(int pid) =>
