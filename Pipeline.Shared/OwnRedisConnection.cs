@@ -24,7 +24,11 @@ public sealed class OwnRedisConnection : IAsyncDisposable
 
     public ConnectionMultiplexer Connection { get; }
 
-    /// <summary>Connects with <paramref name="settings"/>; throws what the client's connect throws, leaving nothing open.</summary>
+    /// <summary>
+    /// Connects with <paramref name="settings"/>; throws what the client's connect throws, with the Sentinel connection
+    /// it made disposed. A primary connection the client itself began and dropped inside a failed primary step is not
+    /// reachable from here: it is closed when the GC collects it (the client gives no handle to dispose it sooner).
+    /// </summary>
     public static async Task<OwnRedisConnection> ConnectAsync(ConfigurationOptions settings)
     {
         if (string.IsNullOrEmpty(settings.ServiceName))
