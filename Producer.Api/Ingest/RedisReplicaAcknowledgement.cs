@@ -108,9 +108,21 @@ public sealed class RedisReplicaAcknowledgement(
             {
                 logger.LogWarning(ex, "Redis replicas did not acknowledge the writes of a round");
                 // The client's writer-completed race (StackExchange.Redis#2692) as its connection failure: the callers
-                // answer a RedisException with the 503 naming the request's uncertain ids, the raw race with none.
-                round.SetException(RedisFailures.IsConnectionLostMidWrite(ex) ? RedisFailures.AsConnectionFailure(ex) : ex);
+                // answer a RedisException with the 503 naming the request's uncertain ids, the raw race with none. So is
+                // a dispose that raced this round's use of the connection (the API stopping).
+                round.SetException(
+                    RedisFailures.IsConnectionLostMidWrite(ex) ? RedisFailures.AsConnectionFailure(ex)
+                    : ex is ObjectDisposedException && IsDisposed() ? Stopping()
+                    : ex);
             }
+        }
+    }
+
+    private bool IsDisposed()
+    {
+        lock (_gate)
+        {
+            return _disposed;
         }
     }
 
@@ -148,6 +160,13 @@ public sealed class RedisReplicaAcknowledgement(
     {
         lock (_gate)
         {
+            if (_disposed)
+            {
+                // The connection an earlier round made is disposed with this: using it would throw ObjectDisposedException,
+                // which a caller answers with a 500 instead of the 503 naming its uncertain ids.
+                throw Stopping();
+            }
+
             if (_connecting is null || _connecting.IsFaulted || _connecting.IsCanceled)
             {
                 var settings = redis.Value.Clone();
@@ -176,11 +195,14 @@ public sealed class RedisReplicaAcknowledgement(
         {
             await made.DisposeAsync();
             // A Redis failure, as a round's other failures: the callers answer it with the 503 naming the uncertain ids.
-            throw new RedisConnectionException(ConnectionFailureType.UnableToConnect, "the API is stopping: the replica-ack connection was made after it was disposed");
+            throw Stopping();
         }
 
         return WrapConnection is null ? made.Connection : WrapConnection(made.Connection);
     }
+
+    private static RedisConnectionException Stopping() =>
+        new(ConnectionFailureType.UnableToConnect, "the API is stopping: the replica-ack connection is disposed");
 
     public async ValueTask DisposeAsync()
     {

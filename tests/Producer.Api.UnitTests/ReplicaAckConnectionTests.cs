@@ -102,6 +102,25 @@ public sealed class ReplicaAckConnectionTests(ITestOutputHelper output) : IAsync
     }
 
     [Fact]
+    public async Task A_round_after_the_acknowledgement_is_disposed_fails_as_a_redis_failure_not_as_a_disposed_object()
+    {
+        // The API stopping: requests still in flight when the container disposes the acknowledgement must get the 503
+        // that names their uncertain ids (a RedisException), not a 500 from the disposed connection of an earlier round.
+        await using var shared = await _redis.ConnectAsync();
+        var acks = Acks(shared, _redis.ConnectionString + ",connectTimeout=2000");
+        var primary = await acks.PrimaryAsync();
+        var first = await Record.ExceptionAsync(() => acks.WaitAsync(primary, CancellationToken.None));
+        Assert.True(first is RedisException && first.Message.StartsWith("0 of the 1 Redis replicas", StringComparison.Ordinal),
+            $"the first round (connected, no replica) ended with {first?.GetType().Name}: {first?.Message}");
+
+        await acks.DisposeAsync();
+
+        var after = await Record.ExceptionAsync(() => acks.WaitAsync(primary, CancellationToken.None));
+        Assert.True(after is RedisConnectionException && after.Message.Contains("stopping", StringComparison.Ordinal),
+            $"a round after dispose ended with {after?.GetType().Name}: {after?.Message}");
+    }
+
+    [Fact]
     public async Task Rounds_connect_with_the_redis_settings_of_the_apis_shared_connection()
     {
         // Redis set only in Aspire's section, which Aspire reads when ConnectionStrings:redis is absent: the API's shared
