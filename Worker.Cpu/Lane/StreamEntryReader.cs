@@ -23,6 +23,7 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
     public static readonly TimeSpan TimeoutBeyondBlock = TimeSpan.FromSeconds(5);
 
     private OwnRedisConnection? _blocking;
+    private bool _disposed;
 
     public async Task<IReadOnlyList<LaneEntry>> ReadAsync(string consumer, int count, CancellationToken cancellationToken)
     {
@@ -91,9 +92,12 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
 
     private async Task<ConnectionMultiplexer> GetConnectionAsync()
     {
-        if (_blocking is not null)
+        // One lane loop reads; the host disposes the reader at its end, when a loop past the shutdown timeout may still
+        // read: it must not open a connection that nothing disposes any more.
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed), this);
+        if (Volatile.Read(ref _blocking) is { } connected)
         {
-            return _blocking.Connection;
+            return connected.Connection;
         }
 
         var config = redis.Value.Clone();
@@ -112,17 +116,42 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
         config.SyncTimeout = config.AsyncTimeout;
         // Made again by the next read after a failed connect: under Sentinel that left the client's Sentinel connection
         // open each time (OwnRedisConnection).
-        _blocking = await OwnRedisConnection.ConnectAsync(config);
+        var made = await OwnRedisConnection.ConnectAsync(config);
+        lock (_gate)
+        {
+            if (!_disposed)
+            {
+                _blocking = made;
+                made = null;
+            }
+        }
+
+        if (made is not null)
+        {
+            // Disposed while this connect ran.
+            await made.DisposeAsync();
+            throw new ObjectDisposedException(nameof(StreamEntryReader));
+        }
+
         logger.LogInformation("Blocking reader connected to Redis");
-        return _blocking.Connection;
+        return _blocking!.Connection;
     }
+
+    private readonly Lock _gate = new();
 
     public async ValueTask DisposeAsync()
     {
-        if (_blocking is not null)
+        OwnRedisConnection? blocking;
+        lock (_gate)
         {
-            await _blocking.Connection.CloseAsync();
-            await _blocking.DisposeAsync();
+            _disposed = true;
+            (blocking, _blocking) = (_blocking, null);
+        }
+
+        if (blocking is not null)
+        {
+            await blocking.Connection.CloseAsync();
+            await blocking.DisposeAsync();
         }
     }
 }

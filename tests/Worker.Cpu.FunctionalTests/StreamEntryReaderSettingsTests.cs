@@ -73,4 +73,26 @@ public sealed class StreamEntryReaderSettingsTests : IAsyncLifetime
 
         Assert.True(read is null, $"with {settings}, the reader failed where the worker's other connection worked: {read?.GetType().Name}: {read?.Message}");
     }
+
+    [Fact]
+    public async Task A_read_after_the_reader_is_disposed_opens_no_connection()
+    {
+        // The host disposes the reader at its end; a lane loop still running past the shutdown timeout must not open a
+        // new blocking connection that nothing disposes (review of s11-carried, L2).
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { EnvironmentName = "Production" });
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionStrings:redis"] = _redis.ConnectionString });
+        builder.AddCpuLane();
+        var host = builder.Build();
+        await using var disposeHost = (IAsyncDisposable)host;
+        var reader = host.Services.GetRequiredService<StreamEntryReader>();
+        await reader.DisposeAsync();
+
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        var read = await Record.ExceptionAsync(() => reader.ReadAsync("disposed-test", 10, timeout.Token));
+
+        await using var probe = await ConnectionMultiplexer.ConnectAsync(_redis.ConnectionString + ",allowAdmin=true");
+        var clients = await probe.GetServer(probe.GetEndPoints()[0]).ClientListAsync();
+        Assert.DoesNotContain(clients, c => c.Name == "worker-cpu-reader");
+        Assert.True(read is ObjectDisposedException, $"a read after dispose ended with {read?.GetType().Name ?? "entries"}: {read?.Message}");
+    }
 }
