@@ -64,20 +64,32 @@ public static class AppHostLauncher
         log.WriteLine($"starting the AppHost (brokers as executables, data in {data.FullName}) …");
         using var startup = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         startup.CancelAfter(TimeSpan.FromMinutes(4));
-        await app.StartAsync(startup.Token);
-        foreach (var resource in PipelineTarget.Resources)
+        try
         {
-            try
+            await app.StartAsync(startup.Token);
+            // The brokers first: a service waits for them (WaitFor), so a broker that failed shows as the service failing.
+            foreach (var resource in PipelineTarget.Resources.OrderBy(r => r is "redis" or "rabbitmq" ? 0 : 1))
             {
                 await app.ResourceNotifications.WaitForResourceHealthyAsync(resource, startup.Token);
             }
-            catch (DistributedApplicationException)
+        }
+        catch (Exception ex) when (ex is DistributedApplicationException or OperationCanceledException)
+        {
+            // The services' console output is filtered out above (it would bury the progress line); a start that failed
+            // is the one time it is needed, or the failure says nothing about its cause. Then nothing is left running.
+            log.WriteLine($"the AppHost did not start: {ex.Message}");
+            await WriteResourceStatesAsync(app, log);
+            await app.StopAsync(CancellationToken.None);
+            await app.DisposeAsync();
+            try
             {
-                // The services' console output is filtered out above (it would bury the progress line); a resource that
-                // failed to start is the one time it is needed, or the failure says nothing about its cause.
-                await WriteResourceLogAsync(app, resource, log);
-                throw;
+                data.Delete(recursive: true);
             }
+            catch (IOException)
+            {
+            }
+
+            throw;
         }
 
         var pids = new Dictionary<string, int>(StringComparer.Ordinal);
@@ -137,17 +149,32 @@ public static class AppHostLauncher
         return app.GetEndpoint(resource, "http");
     }
 
-    /// <summary>The last lines of a resource's console log (what the dashboard shows), the AppHost's own lines about it included.</summary>
-    private static async Task WriteResourceLogAsync(DistributedApplication app, string name, TextWriter log)
+    /// <summary>Every resource's state, exit code and health, and the log tail of each that is not running healthy.</summary>
+    private static async Task WriteResourceStatesAsync(DistributedApplication app, TextWriter log)
     {
-        var resource = app.Services.GetRequiredService<DistributedApplicationModel>().Resources.FirstOrDefault(r => r.Name == name);
-        if (resource is null)
+        foreach (var resource in app.Services.GetRequiredService<DistributedApplicationModel>().Resources)
         {
-            return;
-        }
+            if (!app.ResourceNotifications.TryGetCurrentState(resource.Name, out var current))
+            {
+                log.WriteLine($"  {resource.Name}: no state");
+                continue;
+            }
 
+            var snapshot = current.Snapshot;
+            log.WriteLine($"  {resource.Name}: state {snapshot.State?.Text ?? "(none)"}, exit code {snapshot.ExitCode?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-"}, health {snapshot.HealthStatus?.ToString() ?? "-"}");
+            if (snapshot.State?.Text != KnownResourceStates.Running || snapshot.HealthStatus is not null and not Microsoft.Extensions.Diagnostics.HealthChecks.HealthStatus.Healthy)
+            {
+                await WriteResourceLogAsync(app, resource, log);
+            }
+        }
+    }
+
+    /// <summary>The last lines of a resource's console log (what the dashboard shows), the AppHost's own lines about it included.</summary>
+    private static async Task WriteResourceLogAsync(DistributedApplication app, IResource resource, TextWriter log)
+    {
+        var name = resource.Name;
         var lines = new List<string>();
-        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(3));
         try
         {
             await foreach (var batch in app.Services.GetRequiredService<ResourceLoggerService>().GetAllAsync(resource).WithCancellation(deadline.Token))
@@ -160,10 +187,10 @@ public static class AppHostLauncher
             // what arrived within the deadline is written below
         }
 
-        log.WriteLine($"{name} failed to start; the last {Math.Min(lines.Count, 60)} of its {lines.Count} log lines:");
+        log.WriteLine($"  {name}: the last {Math.Min(lines.Count, 60)} of its {lines.Count} log lines:");
         foreach (var line in lines.TakeLast(60))
         {
-            log.WriteLine($"  {name}: {line}");
+            log.WriteLine($"    {name}: {line}");
         }
     }
 }
