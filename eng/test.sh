@@ -37,13 +37,34 @@ run_stream() {
   for project in $1; do
     # Each line says which project wrote it, since two projects write at once. The TRX file is named after the
     # project: two runs starting in the same second would otherwise write the same timestamped file name.
+    # A test that hangs is ended after 12 minutes (the longest test takes about 4) and reported failed, so a stream
+    # cannot wait until CI's own limit and end without the summary below.
     dotnet test "tests/$project/$project.csproj" --no-build --logger "console;verbosity=normal" \
-      --logger "trx;LogFileName=$project.trx" --results-directory "$results" "${@:2}" 2>&1 \
+      --logger "trx;LogFileName=$project.trx" --results-directory "$results" \
+      --blame-hang-timeout 12m --blame-hang-dump-type none "${@:2}" 2>&1 \
       | sed -u "s/^/[$project] /" || rc=1
   done
   return $rc
 }
 pids=()
+# Stopped (Ctrl+C, a CI cancel): the streams' processes are ended too, by PID, not left running without this script.
+descendants() {
+  local child
+  for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+    descendants "$child"
+    echo "$child"
+  done
+}
+stop_streams() {
+  trap - TERM INT
+  local pid
+  for pid in "${pids[@]}"; do
+    kill -TERM $(descendants "$pid") "$pid" 2>/dev/null || true
+  done
+  wait
+  exit 130
+}
+trap stop_streams TERM INT
 for stream in "${streams[@]}"; do
   run_stream "$stream" "$@" &
   pids+=($!)

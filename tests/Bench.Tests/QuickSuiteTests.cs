@@ -25,8 +25,12 @@ public sealed class QuickSuiteTests : IDisposable
         }
         catch (Exception e)
         {
-            // The tool's own lines (and the log of a resource that failed to start) are the only account of why.
-            throw new Xunit.Sdk.XunitException($"{e.GetType().Name}: {e.Message}\n--- the tool's output ---\n{output}\n--- end ---\n{e}");
+            // The tool's own lines (every resource's state, the logs of those not running healthy) are the only account
+            // of why; the states that are not running healthy come first, where a CI summary's few lines show them.
+            var states = output.ToString().Split('\n')
+                .Where(l => l.Contains(": state ", StringComparison.Ordinal) && !l.Contains("state Running, exit code -, health Healthy", StringComparison.Ordinal));
+            throw new Xunit.Sdk.XunitException(
+                $"{e.GetType().Name}: {e.Message}\n{string.Join('\n', states)}\n--- the tool's output ---\n{output}\n--- end ---\n{e}");
         }
 
         Assert.True(exit == 0, $"exit code {exit}\n--- the tool's output ---\n{output}");
