@@ -222,6 +222,78 @@ public sealed class CrashRestartTests(AppHostFixture fixture)
         Assert.True(Starts(log) == 2, $"{Starts(log)} starts sent after the crash:{Environment.NewLine}{string.Join(Environment.NewLine, log)}");
     }
 
+    /// <summary>
+    /// The restarter's own Start can fail (review of s11-restarter2, M2): Aspire shows the resource <c>FailedToStart</c>
+    /// while that Start is still executing, and the restarter, its restart pending, ignored it and left the worker down
+    /// for good. Here the worker's environment cannot be built once (a callback added to the live model throws, as an
+    /// unresolvable setting would), so the restarter's first Start fails the way Aspire fails a start; it must try again
+    /// after a back-off and bring the worker up.
+    /// </summary>
+    [Fact]
+    public async Task Worker_whose_restart_fails_to_start_is_started_again_after_a_back_off()
+    {
+        var before = await WaitForRunningAsync("worker-cpu");
+        var pid = Pid(before)!.Value;
+        var worker = fixture.App.Services.GetRequiredService<DistributedApplicationModel>().Resources.Single(r => r.Name == "worker-cpu");
+        var builds = 0;
+        var failOnce = new EnvironmentCallbackAnnotation((EnvironmentCallbackContext _) =>
+        {
+            if (Interlocked.Increment(ref builds) == 1)
+            {
+                throw new InvalidOperationException("test: worker-cpu's environment cannot be built this once");
+            }
+        });
+        worker.Annotations.Add(failOnce);
+        try
+        {
+            Kill(pid, "Worker.Cpu");
+            await WaitForAsync("worker-cpu", e => e.Snapshot.State?.Text == KnownResourceStates.FailedToStart);
+            await WaitForAsync("worker-cpu", e => e.Snapshot.State?.Text == KnownResourceStates.Running && Pid(e) is { } p && p != pid);
+            Assert.True(Volatile.Read(ref builds) >= 2, $"the environment was built {Volatile.Read(ref builds)} times");
+            using var healthy = new CancellationTokenSource(Deadline);
+            await Notifications.WaitForResourceHealthyAsync("worker-cpu", healthy.Token);
+        }
+        finally
+        {
+            worker.Annotations.Remove(failOnce);
+            await RestoreAsync("worker-cpu", pid);
+        }
+    }
+
+    /// <summary>
+    /// Leaves <paramref name="resource"/> running and healthy for the next test in the collection (review of
+    /// s11-restarter2, L6): normally the restarter has done so; a test that failed may have left it down, and then it is
+    /// started here.
+    /// </summary>
+    private async Task RestoreAsync(string resource, int killedPid)
+    {
+        bool Up(ResourceEvent e) =>
+            e.Snapshot.State?.Text == KnownResourceStates.Running && Pid(e) is { } p && p != killedPid && e.Snapshot.HealthStatus == Microsoft.Extensions.Diagnostics.HealthChecks.HealthStatus.Healthy;
+
+        using (var timeout = new CancellationTokenSource(Deadline))
+        {
+            try
+            {
+                await Notifications.WaitForResourceAsync(resource, Up, timeout.Token);
+                return;
+            }
+            catch (OperationCanceledException)
+            {
+                // Still down: started below.
+            }
+        }
+
+        using var again = new CancellationTokenSource(Deadline);
+        if (Notifications.TryGetCurrentState(resource, out var now)
+            && now.Snapshot.State?.Text is { } state
+            && (state == KnownResourceStates.Exited || state == KnownResourceStates.Finished || state == KnownResourceStates.FailedToStart))
+        {
+            await fixture.App.ResourceCommands.ExecuteCommandAsync(resource, KnownResourceCommands.StartCommand, again.Token);
+        }
+
+        await Notifications.WaitForResourceAsync(resource, Up, again.Token);
+    }
+
     /// <summary>The lines stamped at or after <paramref name="time"/> (each line starts with its UTC time stamp).</summary>
     private static List<string> Since(DateTime time, IEnumerable<string> lines) =>
         [.. lines.Where(l => DateTime.TryParse(l.Split(' ')[0], CultureInfo.InvariantCulture, DateTimeStyles.AdjustToUniversal | DateTimeStyles.AssumeUniversal, out var at) && at >= time)];
