@@ -225,22 +225,41 @@ public sealed class CrashRestartTests(AppHostFixture fixture)
     /// <summary>
     /// The restarter's own Start can fail (review of s11-restarter2, M2): Aspire shows the resource <c>FailedToStart</c>
     /// while that Start is still executing, and the restarter, its restart pending, ignored it and left the worker down
-    /// for good. Here the worker's environment cannot be built once (a callback added to the live model throws, as an
-    /// unresolvable setting would), so the restarter's first Start fails the way Aspire fails a start; it must try again
+    /// for good. Here the worker's environment cannot be built once, as an unresolvable setting would make it, by either
+    /// of Aspire's two failures there: a callback that throws, or a value that cannot be resolved (Aspire 13.6.5 fails
+    /// the Start for both; the source read for this, newer, reports success for the second). The restarter must try again
     /// after a back-off and bring the worker up.
     /// </summary>
-    [Fact]
-    public async Task Worker_whose_restart_fails_to_start_is_started_again_after_a_back_off()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Worker_whose_restart_fails_to_start_is_started_again_after_a_back_off(bool startReportsFailure)
     {
         var before = await WaitForRunningAsync("worker-cpu");
         var pid = Pid(before)!.Value;
         var worker = fixture.App.Services.GetRequiredService<DistributedApplicationModel>().Resources.Single(r => r.Name == "worker-cpu");
         var builds = 0;
-        var failOnce = new EnvironmentCallbackAnnotation((EnvironmentCallbackContext _) =>
+        void FailOnce()
         {
             if (Interlocked.Increment(ref builds) == 1)
             {
                 throw new InvalidOperationException("test: worker-cpu's environment cannot be built this once");
+            }
+        }
+
+        var failOnce = new EnvironmentCallbackAnnotation((EnvironmentCallbackContext context) =>
+        {
+            if (startReportsFailure)
+            {
+                FailOnce();
+            }
+            else
+            {
+                context.EnvironmentVariables["CRASH_RESTART_TEST"] = new ValueOf(() =>
+                {
+                    FailOnce();
+                    return "resolved";
+                });
             }
         });
         worker.Annotations.Add(failOnce);
@@ -258,6 +277,12 @@ public sealed class CrashRestartTests(AppHostFixture fixture)
             worker.Annotations.Remove(failOnce);
             await RestoreAsync("worker-cpu", pid);
         }
+    }
+
+    /// <summary>An environment value Aspire resolves when it starts the resource.</summary>
+    private sealed class ValueOf(Func<string> value) : IValueProvider
+    {
+        public ValueTask<string?> GetValueAsync(CancellationToken cancellationToken = default) => ValueTask.FromResult<string?>(value());
     }
 
     /// <summary>
