@@ -23,6 +23,10 @@ public sealed class RestartOnCrashAnnotation : IResourceAnnotation;
 /// loaded machine's orchestrator left a resource <c>Finished</c> for 1.85 s after someone else's Start began, so every
 /// Start not sent by the restarter is counted (<see cref="StartRequests"/>): after one since the crashed run began, the restarter
 /// waits up to <see cref="OthersStartGrace"/> for it to bring the resource up and starts it itself only if it did not.
+/// The restarter's own Start can fail too (it throws, reports failure, or leaves the resource <c>FailedToStart</c>): it is
+/// tried again with the same back-off, each failure logged, until the resource runs, someone else starts it, an operator
+/// stops it, or the AppHost stops; a resource that never starts is retried every <see cref="MaxDelay"/>, as Kubernetes
+/// keeps retrying a container in its crash-loop back-off.
 /// <c>Workers:RestartOnCrash=false</c> turns this off. The dashboard shows the count as the resource property
 /// <c>restarts</c> and a line in the console log.
 /// </summary>
@@ -43,6 +47,10 @@ public static class CrashRestarts
     public const string OthersStartGraceSetting = "Workers:OthersStartGrace";
 
     public const string RestartsProperty = "restarts";
+
+    /// <summary>The back-off before the restart that follows the <paramref name="crashes"/>th crash or failed start in a row.</summary>
+    internal static TimeSpan DelayAfter(int crashes) =>
+        TimeSpan.FromTicks(Math.Min(MaxDelay.Ticks, FirstDelay.Ticks << Math.Clamp(crashes - 1, 0, 16)));
 
     /// <summary>The shortest and longest <see cref="OthersStartGraceSetting"/> the AppHost takes.</summary>
     public static readonly TimeSpan MinOthersStartGrace = TimeSpan.FromSeconds(1);
@@ -201,7 +209,7 @@ internal sealed class CrashRestarter(
             tracker.Restarts++;
             tracker.RunningSince = null;
             tracker.Pending = true;
-            var delay = TimeSpan.FromTicks(Math.Min(CrashRestarts.MaxDelay.Ticks, CrashRestarts.FirstDelay.Ticks << Math.Min(tracker.Crashes - 1, 16)));
+            var delay = CrashRestarts.DelayAfter(tracker.Crashes);
             log.LogWarning("{Resource} {State} with exit code {ExitCode}: restart {Restarts}, starting it again in {Delay}",
                 update.Resource.Name, state, update.Snapshot.ExitCode, tracker.Restarts, delay);
             _ = RestartAsync(update, tracker, delay, stoppingToken);
@@ -228,72 +236,57 @@ internal sealed class CrashRestarter(
         }
     }
 
+    /// <summary>
+    /// Starts the crashed resource after <paramref name="delay"/>, and again after a longer one for as long as its Start
+    /// fails (review of s11-restarter2, M2): a Start that throws or reports failure, or after which Aspire shows the
+    /// resource <c>FailedToStart</c>, is tried again with the crash back-off (doubling, at most
+    /// <see cref="CrashRestarts.MaxDelay"/>), each failure logged, until the resource runs, someone else starts it, an
+    /// operator stops it, or the AppHost stops. Aspire publishes <c>FailedToStart</c> while the Start is still executing,
+    /// when the restart is pending and <see cref="Observe"/> leaves it alone, so the outcome is checked here.
+    /// </summary>
     private async Task RestartAsync(ResourceEvent crashed, Tracker tracker, TimeSpan delay, CancellationToken stoppingToken)
     {
         var log = resourceLogs.GetLogger(crashed.ResourceId);
         try
         {
-            await Task.Delay(delay, stoppingToken);
-            long startsBeforeRun;
-            lock (tracker)
+            for (var attempt = 1; ; attempt++)
             {
-                startsBeforeRun = tracker.StartsBeforeRun;
-            }
+                await Task.Delay(delay, stoppingToken);
+                string? failure;
+                try
+                {
+                    failure = await StartUnlessStartedAsync(crashed, tracker, log, stoppingToken);
+                }
+                catch (Exception ex) when (!stoppingToken.IsCancellationRequested)
+                {
+                    logger.LogError(ex, "Starting {Resource} again threw", crashed.Resource.Name);
+                    failure = ex.Message;
+                }
 
-            if (startRequests.Count(crashed.ResourceId) != startsBeforeRun)
-            {
-                // Someone else's Start is under way (the resource can still show Finished for seconds on a loaded
-                // machine): a second start would restart what it started. But a Start is counted when it is sent, not
-                // when it works: one that fails or is cancelled must not leave the crashed resource down (review of
-                // s10-restarter, H1), so the restarter waits for it to bring the resource up, and starts it only if it
-                // did not.
-                log.LogInformation("{Resource} was started by someone else meanwhile: not starting it again unless that start fails to bring it up within {Grace}",
-                    crashed.Resource.Name, _othersStartGrace);
-                if (await RunsWithinAsync(crashed.ResourceId, _othersStartGrace, stoppingToken))
+                if (failure is null)
                 {
                     return;
                 }
 
+                int restarts;
                 lock (tracker)
                 {
-                    // A Stop sent during the grace (the CLI, the API) is the operator's last word (review of
-                    // s11-restarter2, L7).
-                    if (tracker.StoppedOnPurpose)
-                    {
-                        log.LogInformation("{Resource} was stopped on purpose while waiting for someone else's start: not starting it", crashed.Resource.Name);
-                        return;
-                    }
+                    tracker.Crashes++;
+                    tracker.Restarts++;
+                    restarts = tracker.Restarts;
+                    delay = CrashRestarts.DelayAfter(tracker.Crashes);
                 }
 
-                log.LogWarning("{Resource} did not come up within {Grace} of someone else's start: starting it", crashed.Resource.Name, _othersStartGrace);
-            }
-
-            if (notifications.TryGetCurrentState(crashed.ResourceId, out var current) && current.Snapshot.State?.Text is { } now && !Down.Contains(now))
-            {
-                // Started by someone else meanwhile (the dashboard, the CLI, a test): a second start would restart it.
-                log.LogInformation("{Resource} is {State} already: not starting it again", crashed.Resource.Name, now);
-                return;
-            }
-
-            await notifications.PublishUpdateAsync(crashed.Resource, crashed.ResourceId, snapshot => snapshot with
-            {
-                Properties = SetProperty(snapshot.Properties, CrashRestarts.RestartsProperty, tracker.Restarts.ToString(CultureInfo.InvariantCulture)),
-            });
-            var commands = services.GetRequiredService<ResourceCommandService>();
-            var result = await StartRequests.AsRestarterAsync(
-                () => commands.ExecuteCommandAsync(crashed.ResourceId, KnownResourceCommands.StartCommand, stoppingToken));
-            if (!result.Success)
-            {
-                log.LogWarning("Starting {Resource} again failed: {Message}", crashed.Resource.Name, result.Message);
+                // In the resource's console log (the dashboard) and the AppHost's: a worker left down must not be silent.
+                log.LogWarning("Starting {Resource} again failed on attempt {Attempt} ({Failure}): restart {Restarts}, trying again in {Delay}",
+                    crashed.Resource.Name, attempt, failure, restarts, delay);
+                logger.LogWarning("Starting {Resource} again failed on attempt {Attempt} ({Failure}): restart {Restarts}, trying again in {Delay}",
+                    crashed.Resource.Name, attempt, failure, restarts, delay);
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {
             // Shutting down.
-        }
-        catch (Exception ex)
-        {
-            logger.LogError(ex, "Restarting {Resource} failed", crashed.Resource.Name);
         }
         finally
         {
@@ -301,6 +294,87 @@ internal sealed class CrashRestarter(
             {
                 tracker.Pending = false;
             }
+        }
+    }
+
+    /// <summary>
+    /// One restart attempt: null when it is over (the resource was started, or is someone else's to start, or was stopped
+    /// on purpose), else why the Start failed.
+    /// </summary>
+    private async Task<string?> StartUnlessStartedAsync(ResourceEvent crashed, Tracker tracker, ILogger log, CancellationToken stoppingToken)
+    {
+        long startsSeen;
+        lock (tracker)
+        {
+            startsSeen = tracker.StartsBeforeRun;
+        }
+
+        if (startRequests.Count(crashed.ResourceId) != startsSeen)
+        {
+            // Someone else's Start is under way (the resource can still show Finished for seconds on a loaded
+            // machine): a second start would restart what it started. But a Start is counted when it is sent, not
+            // when it works: one that fails or is cancelled must not leave the crashed resource down (review of
+            // s10-restarter, H1), so the restarter waits for it to bring the resource up, and starts it only if it
+            // did not.
+            log.LogInformation("{Resource} was started by someone else meanwhile: not starting it again unless that start fails to bring it up within {Grace}",
+                crashed.Resource.Name, _othersStartGrace);
+            if (await RunsWithinAsync(crashed.ResourceId, _othersStartGrace, stoppingToken))
+            {
+                return null;
+            }
+
+            lock (tracker)
+            {
+                // Those Starts have had their grace: only later ones get another (a retry after a failed attempt).
+                tracker.StartsBeforeRun = startRequests.Count(crashed.ResourceId);
+            }
+
+            log.LogWarning("{Resource} did not come up within {Grace} of someone else's start: starting it", crashed.Resource.Name, _othersStartGrace);
+        }
+
+        int restarts;
+        lock (tracker)
+        {
+            // A Stop sent meanwhile (the CLI, the API, the dashboard on a resource someone else started) is the
+            // operator's last word (review of s11-restarter2, L7), before the first attempt as before any retry.
+            if (tracker.StoppedOnPurpose)
+            {
+                log.LogInformation("{Resource} was stopped on purpose meanwhile: not starting it", crashed.Resource.Name);
+                return null;
+            }
+
+            restarts = tracker.Restarts;
+        }
+
+        if (notifications.TryGetCurrentState(crashed.ResourceId, out var current) && current.Snapshot.State?.Text is { } now && !Down.Contains(now))
+        {
+            // Started by someone else meanwhile (the dashboard, the CLI, a test): a second start would restart it.
+            log.LogInformation("{Resource} is {State} already: not starting it again", crashed.Resource.Name, now);
+            return null;
+        }
+
+        await notifications.PublishUpdateAsync(crashed.Resource, crashed.ResourceId, snapshot => snapshot with
+        {
+            Properties = SetProperty(snapshot.Properties, CrashRestarts.RestartsProperty, restarts.ToString(CultureInfo.InvariantCulture)),
+        });
+        var commands = services.GetRequiredService<ResourceCommandService>();
+        var result = await StartRequests.AsRestarterAsync(
+            () => commands.ExecuteCommandAsync(crashed.ResourceId, KnownResourceCommands.StartCommand, stoppingToken));
+        stoppingToken.ThrowIfCancellationRequested();
+        lock (tracker)
+        {
+            // Aspire shows FailedToStart, from within the Start, when the start threw (the Start then reports failure) or
+            // when the resource's configuration could not be applied (the Start then reports success).
+            var shown = notifications.TryGetCurrentState(crashed.ResourceId, out var after) ? after.Snapshot.State?.Text : null;
+            if (result.Success && shown != KnownResourceStates.FailedToStart)
+            {
+                // Started. From here the state watch judges it: Running begins a run, and a FailedToStart or an exit
+                // shown later is a crash of its own, restarted with the next back-off.
+                tracker.Pending = false;
+                return null;
+            }
+
+            return result.Success ? $"it shows {shown}" : result.Message ?? "the Start command failed";
         }
     }
 
