@@ -698,11 +698,9 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
 
             if (HeldCount == 0 || connection is not { IsOpen: true })
             {
-                foreach (var reader in _readers)
-                {
-                    await CloseAndDisposeAsync(reader);
-                }
-
+                // Nothing held (or nothing the broker still keeps for this connection): no order to keep, so all at once,
+                // one CloseTimeout in all however many readers (a paused broker answers none of them).
+                await Task.WhenAll(_readers.Select(CloseAndDisposeAsync));
                 return;
             }
 
