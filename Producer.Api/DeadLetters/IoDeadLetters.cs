@@ -43,8 +43,10 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
     private static readonly JsonSerializerOptions Envelope = new(JsonSerializerDefaults.Web);
 
     /// <summary>
-    /// How long a scan's hand-back may take (count, close, wait until the queue holds its messages again): a broker that
-    /// does not answer holds a scan for its stalled call (the client's continuation timeout, 5 s) plus this and a 0.5 s wait for the close, ~7.5 s.
+    /// How long each part of a scan's hand-back may take: the read-on (only after reads that did not fail), and the
+    /// count, closes and waits until the queue holds its messages again. A broker that stops answering mid-read holds a
+    /// scan for its stalled call (the client's continuation timeout, 5 s), then no read-on, no counting and one 0.5 s
+    /// wait for the first close, ~5.5 s; one that stops during the hand-back, up to about twice this plus 0.5 s.
     /// </summary>
     private static readonly TimeSpan HandBackTimeout = TimeSpan.FromSeconds(2);
 
