@@ -15,8 +15,8 @@ namespace EventPipeline.Producer.DeadLetters;
 /// The I/O lane's dead letters: the <c>events-io_error</c> queue, where MassTransit moves a message after its last
 /// attempt (fault headers <c>MT-Fault-*</c>) and where the broker dead-letters a message whose consumer kept dying
 /// (<c>x-death</c> headers). A queue has no random access, so every operation reads messages with basic.get on its own
-/// channel without acknowledging them; closing the channel hands back every message it did not acknowledge, in its
-/// place. A replay first records the replay in the event's status (refused when the event already succeeded: then the
+/// channels without acknowledging them, and closing them hands back every message it did not acknowledge, in the order
+/// the queue had (<see cref="QueueScan"/> says how, given what RabbitMQ 3.10's quorum queue does with returns). A replay first records the replay in the event's status (refused when the event already succeeded: then the
 /// stale dead letter is dropped and nothing is published), then publishes a copy to <c>events-io</c> with publisher
 /// confirms (mandatory, so a missing queue is an error) and acknowledges the dead letter only after the confirm: the
 /// worker's status writes come after the replay's, so they win, and at worst a crash in between leaves the event both
@@ -43,8 +43,10 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
     private static readonly JsonSerializerOptions Envelope = new(JsonSerializerDefaults.Web);
 
     /// <summary>
-    /// How long a scan's hand-back may take (count, close, wait until the queue holds its messages again): a broker that
-    /// does not answer holds a scan for its stalled call (the client's continuation timeout, 5 s) plus this and a 0.5 s wait for the close, ~7.5 s.
+    /// How long each part of a scan's hand-back may take: the read-on (only after reads that did not fail), and the
+    /// count, closes and waits until the queue holds its messages again. A broker that stops answering mid-read holds a
+    /// scan for its stalled call (the client's continuation timeout, 5 s), then no read-on, no counting and one 0.5 s
+    /// wait for the first close, ~5.5 s; one that stops during the hand-back, up to about twice this plus 0.5 s.
     /// </summary>
     private static readonly TimeSpan HandBackTimeout = TimeSpan.FromSeconds(2);
 
@@ -336,10 +338,11 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             catch (OperationInterruptedException ex) when (ex.ShutdownReason?.ReplyCode == 404)
             {
                 await channel.DisposeAsync();
-                return new QueueScan(null, null, 0, default, _scans, cancellationToken);
+                return new QueueScan(null, null, 0, default, 0, _scans, cancellationToken);
             }
 
-            return new QueueScan(connection, channel, length, DateTimeOffset.UtcNow - statuses.DeadLetterRetention, _scans, cancellationToken);
+            return new QueueScan(connection, channel, length, DateTimeOffset.UtcNow - statuses.DeadLetterRetention, options.Value.MaxScan, _scans,
+                cancellationToken);
         }
         catch
         {
@@ -381,26 +384,82 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
     }
 
     /// <summary>
-    /// Reads the error queue on one channel without acknowledging; disposing closes the channel, which returns every
-    /// message not acknowledged to the queue, waits (best effort, up to 2 s) until the queue holds them again, and then
-    /// lets this process's next scan start (<paramref name="scans"/>). A dead letter older than the retention (dead before
+    /// Reads the error queue without acknowledging and hands back what it held in the order the queue had, then lets
+    /// this process's next scan start (<paramref name="scans"/>). A dead letter older than the retention (dead before
     /// <paramref name="expiredBefore"/>) is acknowledged, i.e. dropped, when met: its status expires with it.
+    /// <para>
+    /// Why the hand-back is done this way (RabbitMQ 3.10's quorum queue, rabbit_fifo): the queue is its "returns" (messages
+    /// handed back, delivered first) followed by its never-delivered messages. A closed channel's unacknowledged messages
+    /// go to the back of the returns, one basic.get consumer after the other in the order of their consumer tags, which
+    /// are the channel's delivery tags as text ("1", "10", "11", "2"). A basic.nack/reject with requeue on a queue without
+    /// a delivery limit puts the message at the very back, behind dead letters that came meanwhile. Nothing puts a message
+    /// back at the front. So a scan keeps the order only if nothing handed back by an earlier read is still ahead of what
+    /// it holds (before it hands back it reads on until the queue is empty or it gets a message never delivered before,
+    /// <c>x-delivery-count</c> 0: then the returns were empty), and if each channel holds at most
+    /// <see cref="GetsPerChannel"/> messages (one-digit delivery tags, whose text order is their order), the channels
+    /// closed one after the other, each once the queue holds the one before's messages again. Without that a lookup of
+    /// the newest of three followed by a list of two left the queue newest, oldest, middle, and a read of more than nine
+    /// (any list of a longer lane) put the tenth second. RabbitMQ.Client has no call that hands a message back to its
+    /// place, so this is the scan's own bookkeeping. Read from RabbitMQ 3.10.8's rabbit_fifo: handle_down (consumers of
+    /// the dead channel by map key), return_one (into the returns queue), handle_aux for #return when delivery_limit is
+    /// undefined (re-appended as #requeue to the messages); rabbit_channel uses the delivery tag as a basic.get's consumer tag.
+    /// Cost: a read of n messages holds n / 9 channels while it runs (<see cref="DeadLetterOptions.MaxScan"/>, 10,000:
+    /// about 1,112, under RabbitMQ's default channel_max of 2,047).
+    /// </para>
+    /// <para>
+    /// The order is best effort where the broker gives no answer: a connection that dies mid-hand-back returns every
+    /// channel at once (their order then is the broker's), and a read-on that cannot finish within
+    /// <see cref="HandBackTimeout"/> or <paramref name="maxScan"/> messages hands back what it holds. No dead letter is
+    /// lost either way: the error queue has no delivery limit, so returns only raise its <c>x-delivery-count</c>.
+    /// </para>
     /// </summary>
-    private sealed class QueueScan(IConnection? connection, IChannel? channel, long queueLength, DateTimeOffset expiredBefore, SemaphoreSlim scans,
-        CancellationToken cancellationToken)
+    private sealed class QueueScan(IConnection? connection, IChannel? channel, long queueLength, DateTimeOffset expiredBefore, int maxScan,
+        SemaphoreSlim scans, CancellationToken cancellationToken)
         : IAsyncDisposable
     {
+        /// <summary>basic.get deliveries per channel: one-digit delivery tags, so the broker's text order of them is their order.</summary>
+        private const int GetsPerChannel = 9;
+
+        /// <summary>The scan's first channel: declares, and the replay's publishes (publisher confirms).</summary>
         public IChannel Channel => channel ?? throw new InvalidOperationException("no error queue");
 
         public long QueueLength => queueLength;
 
-        private readonly SortedSet<ulong> _unacknowledged = [];
+        /// <summary>The channels messages were got on, in the order they were read; the first is <see cref="Channel"/>.</summary>
+        private readonly List<IChannel> _readers = channel is null ? [] : [channel];
 
-        /// <summary>Takes a message off the queue for good.</summary>
+        /// <summary>What each reader holds (got, not acknowledged), by delivery tag.</summary>
+        private readonly Dictionary<IChannel, SortedSet<ulong>> _held = new(ReferenceEqualityComparer.Instance);
+
+        /// <summary>Which reader got each message still held (delivery tags repeat across channels).</summary>
+        private readonly Dictionary<BasicGetResult, IChannel> _readerOf = new(ReferenceEqualityComparer.Instance);
+
+        private int _getsOnReader;
+
+        /// <summary>
+        /// True while no handed-back message can be ahead of the held ones: nothing read yet, the last get found the queue
+        /// empty, or the last message got had never been delivered before (so the queue's returns were empty).
+        /// </summary>
+        private bool _nothingReturnedAhead = true;
+
+        private long HeldCount => _readerOf.Count;
+
+        /// <summary>Takes a message off the queue for good, on the channel that got it.</summary>
         public async Task AckAsync(BasicGetResult message, CancellationToken token)
         {
-            await Channel.BasicAckAsync(message.DeliveryTag, multiple: false, token);
-            _unacknowledged.Remove(message.DeliveryTag);
+            var reader = _readerOf[message];
+            try
+            {
+                await reader.BasicAckAsync(message.DeliveryTag, multiple: false, token);
+            }
+            catch
+            {
+                _failed = true;
+                throw;
+            }
+
+            _readerOf.Remove(message);
+            _held[reader].Remove(message.DeliveryTag);
         }
 
         /// <summary>Messages taken from the queue so far, dropped ones included.</summary>
@@ -408,11 +467,9 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
 
         public async Task<BasicGetResult?> NextAsync(long limit = long.MaxValue)
         {
-            while (channel is not null && Read < limit
-                   && await channel.BasicGetAsync(IoLaneTopology.ErrorQueueName, autoAck: false, cancellationToken) is { } message)
+            while (channel is not null && Read < limit && await GetAsync(cancellationToken) is { } message)
             {
                 Read++;
-                _unacknowledged.Add(message.DeliveryTag);
                 if (Parse(message).DeadAt is { } deadAt && deadAt < expiredBefore)
                 {
                     await AckAsync(message, cancellationToken);
@@ -424,6 +481,48 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
 
             return null;
         }
+
+        /// <summary>One basic.get, on a fresh channel once the current one got <see cref="GetsPerChannel"/> messages.</summary>
+        private async Task<BasicGetResult?> GetAsync(CancellationToken token)
+        {
+            try
+            {
+                if (_getsOnReader == GetsPerChannel)
+                {
+                    var next = await connection!.CreateChannelAsync(cancellationToken: token);
+                    _readers.Add(next);
+                    _getsOnReader = 0;
+                }
+
+                var reader = _readers[^1];
+                var message = await reader.BasicGetAsync(IoLaneTopology.ErrorQueueName, autoAck: false, token);
+                if (message is null)
+                {
+                    _nothingReturnedAhead = true;
+                    return null;
+                }
+
+                _getsOnReader++;
+                _readerOf[message] = reader;
+                (_held.TryGetValue(reader, out var tags) ? tags : _held[reader] = []).Add(message.DeliveryTag);
+                _nothingReturnedAhead = DeliveryCount(message) == 0;
+                return message;
+            }
+            catch
+            {
+                _failed = true;
+                throw;
+            }
+        }
+
+        /// <summary>A read failed (a stalled or gone broker): the hand-back then reads no further.</summary>
+        private bool _failed;
+
+        /// <summary>How often the error queue delivered the message before (RabbitMQ sets <c>x-delivery-count</c> on every basic.get of a quorum queue).</summary>
+        private static long DeliveryCount(BasicGetResult message) =>
+            message.BasicProperties.Headers?.TryGetValue("x-delivery-count", out var count) == true && count is not null
+                ? Convert.ToInt64(count, CultureInfo.InvariantCulture)
+                : 0;
 
         public async Task<BasicGetResult?> FindAsync(string id, int maxScan)
         {
@@ -452,21 +551,15 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             }
 
             using var deadline = new CancellationTokenSource(HandBackTimeout);
-            return await ExpectedAfterReturnAsync(deadline.Token);
+            return await ReadyCountAsync(Channel, deadline.Token) is { } ready ? ready + HeldCount : null;
         }
 
-        /// <summary>
-        /// The queue's ready count with this scan's held messages handed back: what it counts now (the held ones not
-        /// included) plus the ones held. Measured right before the close rather than taken from the scan's start, so dead
-        /// letters that came or went meanwhile do not end the wait early or hold it for its full 2 s; only one that comes
-        /// in the moment of the close still can. Null when the broker did not answer (the wait is skipped).
-        /// </summary>
-        private async Task<long?> ExpectedAfterReturnAsync(CancellationToken deadline)
+        /// <summary>The queue's ready count (the held messages not included); null when the broker did not answer.</summary>
+        private static async Task<long?> ReadyCountAsync(IChannel on, CancellationToken deadline)
         {
             try
             {
-                return (await WithinAsync(Channel.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, deadline), deadline)).MessageCount
-                       + _unacknowledged.Count;
+                return (await WithinAsync(on.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, deadline), deadline)).MessageCount;
             }
             catch (Exception ex) when (IsBrokerGone(ex))
             {
@@ -475,28 +568,46 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         }
 
         /// <summary>
-        /// Waits (best effort, within <paramref name="deadline"/>) until the queue holds <paramref name="expected"/>
-        /// messages again. A quorum queue takes a closed channel's unacknowledged messages back only once it notices the
-        /// channel is gone, after the close is answered, so the next operation saw fewer dead letters, or the ones it read
-        /// later. Handing them back with a nack instead is no cure: RabbitMQ 3.10's quorum queue puts a nacked message at
-        /// the back, which breaks "oldest first". No other scan of this process runs meanwhile (a scan of another API
-        /// replica that holds messages makes the count lower: then the wait runs out its 2 s).
+        /// Before the hand-back: reads on (holding) until nothing handed back by an earlier read can be ahead of what this
+        /// scan holds, so that its messages go back behind no one. Best effort within <paramref name="deadline"/> and
+        /// <see cref="maxScan"/> messages; the operation's work is done, so a broker that stops answering ends it quietly.
         /// </summary>
-        private static async Task AwaitReturnedAsync(IConnection open, long expected, CancellationToken deadline)
+        private async Task ReadOnAsync(CancellationToken deadline)
         {
-            // Best effort: the operation's work is done (acks sent); a broker that goes away now must not turn it into
-            // a 503. Bounded by the one 2 s deadline, declares included (a paused broker never answers them).
             try
             {
-                await using var probe = await open.CreateChannelAsync(cancellationToken: deadline);
-                while ((await probe.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, deadline)).MessageCount < expected)
+                // Not WithinAsync: a get left running would add to what this scan holds while it hands back.
+                for (var i = 0; i < maxScan && !_nothingReturnedAhead; i++)
                 {
-                    await Task.Delay(5, deadline);
+                    await GetAsync(deadline);
                 }
             }
             catch (Exception ex) when (IsBrokerGone(ex))
             {
-                // Waited long enough, or the queue/broker is gone: answer with what was done.
+                // Handed back as it is: the order may change, nothing is lost.
+            }
+        }
+
+        /// <summary>
+        /// Waits (best effort, within <paramref name="deadline"/>) until the queue's ready count reaches
+        /// <paramref name="expected"/>: the broker takes a closed channel's messages back only once it notices the channel
+        /// is gone, after the close is answered. Another API replica's scan that holds messages keeps the count lower (the
+        /// wait then runs out its deadline); a dead letter coming in meanwhile can end it early.
+        /// </summary>
+        private static async Task<bool> AwaitReadyAsync(IChannel probe, long expected, CancellationToken deadline)
+        {
+            try
+            {
+                while ((await WithinAsync(probe.QueueDeclarePassiveAsync(IoLaneTopology.ErrorQueueName, deadline), deadline)).MessageCount < expected)
+                {
+                    await Task.Delay(5, deadline);
+                }
+
+                return true;
+            }
+            catch (Exception ex) when (IsBrokerGone(ex))
+            {
+                return false; // waited long enough, or the queue/broker is gone
             }
         }
 
@@ -523,18 +634,19 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         /// <see cref="CloseTimeout"/>; past it the close and the dispose go on without this scan. RabbitMQ.Client waits
         /// for close-ok up to its continuation timeout whatever token it is given ("try hard to close"), so a paused
         /// broker held the scan, and every io dead-letter operation queued behind it, that much longer. The close frame
-        /// is sent either way: the broker hands the messages back when it processes it.
+        /// is sent either way: the broker hands the messages back when it processes it. True when the close was answered in time.
         /// </summary>
-        public static async Task CloseAndDisposeAsync(IChannel open)
+        public static async Task<bool> CloseAndDisposeAsync(IChannel open)
         {
             var closing = CloseAndDisposeQuietlyAsync(open);
             try
             {
                 await closing.WaitAsync(CloseTimeout);
+                return true;
             }
             catch (TimeoutException)
             {
-                // Left running: it observes its own failures.
+                return false; // left running: it observes its own failures
             }
         }
 
@@ -565,22 +677,91 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
         {
             try
             {
-                if (channel is not null)
+                await HandBackAsync();
+            }
+            finally
+            {
+                scans.Release();
+            }
+        }
+
+        /// <summary>
+        /// Reads on if an earlier read's returns could be ahead, then closes the readers in the order they read, each once
+        /// the queue holds the one before's messages again (one probe channel counts), all within <see cref="HandBackTimeout"/>
+        /// for the waits (each close at most <see cref="CloseTimeout"/>). Once the broker stops answering, the rest are
+        /// closed without waiting: their frames still go out in order.
+        /// </summary>
+        private async Task HandBackAsync()
+        {
+            if (channel is null)
+            {
+                return;
+            }
+
+            if (HeldCount == 0 || connection is not { IsOpen: true })
+            {
+                // Nothing held (or nothing the broker still keeps for this connection): no order to keep, so all at once,
+                // one CloseTimeout in all however many readers (a paused broker answers none of them).
+                await Task.WhenAll(_readers.Select(CloseAndDisposeAsync));
+                return;
+            }
+
+            if (!_failed)
+            {
+                using var readOn = new CancellationTokenSource(HandBackTimeout);
+                await ReadOnAsync(readOn.Token);
+            }
+
+            using var deadline = new CancellationTokenSource(HandBackTimeout);
+            IChannel? probe = null;
+            try
+            {
+                long? ready = null;
+                // After a failed read the broker is not answering (or the connection is gone): no counting then, a paused
+                // broker would hold the probe's open for the client's continuation timeout whatever its token.
+                if (!_failed)
                 {
-                    using var deadline = new CancellationTokenSource(HandBackTimeout);
-                    var expected = channel.IsOpen && _unacknowledged.Count > 0 && connection is not null
-                        ? await ExpectedAfterReturnAsync(deadline.Token)
-                        : null;
-                    await CloseAndDisposeAsync(channel);
-                    if (expected is { } count)
+                    var opening = connection.CreateChannelAsync(cancellationToken: deadline.Token);
+                    try
                     {
-                        await AwaitReturnedAsync(connection!, count, deadline.Token);
+                        probe = await WithinAsync(opening, deadline.Token);
+                        ready = await ReadyCountAsync(probe, deadline.Token);
+                    }
+                    catch (Exception ex) when (IsBrokerGone(ex))
+                    {
+                        // No counting: the readers are closed in order, each close awaited, without waiting for the counts.
+                        _ = opening.ContinueWith(t => CloseAndDisposeQuietlyAsync(t.Result), CancellationToken.None,
+                            TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
+                    }
+                }
+
+                var counting = ready is not null;
+                var answering = true;
+                var expected = ready ?? 0;
+                foreach (var reader in _readers)
+                {
+                    var held = _held.TryGetValue(reader, out var tags) ? tags.Count : 0;
+                    if (!answering)
+                    {
+                        _ = CloseAndDisposeQuietlyAsync(reader); // sent in order, not awaited: the broker is not answering
+                        continue;
+                    }
+
+                    answering = await CloseAndDisposeAsync(reader);
+                    expected += held;
+                    // Each holder's messages back before the next holder closes (the last one's too, so the next scan sees them).
+                    if (answering && counting && held > 0)
+                    {
+                        counting = await AwaitReadyAsync(probe!, expected, deadline.Token);
                     }
                 }
             }
             finally
             {
-                scans.Release();
+                if (probe is not null)
+                {
+                    await CloseAndDisposeAsync(probe);
+                }
             }
         }
     }
