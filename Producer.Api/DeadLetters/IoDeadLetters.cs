@@ -277,9 +277,10 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             var death = FirstDeath(headers);
             reason = death.Reason == "delivery_limit" ? "delivery-limit" : death.Reason ?? "unknown";
             error = new DeadLetterError("BrokerDeadLetter", $"RabbitMQ dead-lettered the message from {death.Queue ?? IoLaneTopology.QueueName} ({death.Reason ?? "no reason given"})", null);
-            attempts = headers.TryGetValue("x-delivery-count", out var count) && count is not null
-                ? Convert.ToInt32(count, CultureInfo.InvariantCulture) + 1
-                : null;
+            // Not from x-delivery-count: in the error queue that header counts the error queue's own deliveries (every
+            // read of it raises it), not the lane's. The lane's delivery limit is what dead-lettered it: that many
+            // deliveries and one more (race review of s12-dlorder, M5).
+            attempts = death.Reason == "delivery_limit" ? IoLaneTopology.DeliveryLimit + 1 : null;
             deadAt = death.Time;
         }
 
@@ -404,7 +405,9 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
     /// the dead channel by map key), return_one (into the returns queue), handle_aux for #return when delivery_limit is
     /// undefined (re-appended as #requeue to the messages); rabbit_channel uses the delivery tag as a basic.get's consumer tag.
     /// Cost: a read of n messages holds n / 9 channels while it runs (<see cref="DeadLetterOptions.MaxScan"/>, 10,000:
-    /// about 1,112, under RabbitMQ's default channel_max of 2,047).
+    /// about 1,112, under RabbitMQ's default channel_max of 2,047). Only a lane of at most <see cref="ReadOnLimit"/>
+    /// messages is read on to its end: on a longer one a read costs what it reads, and the order is best effort (the
+    /// prefix a read held goes back behind messages handed back earlier).
     /// </para>
     /// <para>
     /// The order is best effort where the broker gives no answer: a connection that dies mid-hand-back returns every
@@ -419,6 +422,9 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
     {
         /// <summary>basic.get deliveries per channel: one-digit delivery tags, so the broker's text order of them is their order.</summary>
         private const int GetsPerChannel = 9;
+
+        /// <summary>The longest lane (ready messages when the scan began) a scan reads on to the end of before handing back.</summary>
+        public const int ReadOnLimit = 500;
 
         /// <summary>The scan's first channel: declares, and the replay's publishes (publisher confirms).</summary>
         public IChannel Channel => channel ?? throw new InvalidOperationException("no error queue");
@@ -577,7 +583,7 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
             try
             {
                 // Not WithinAsync: a get left running would add to what this scan holds while it hands back.
-                for (var i = 0; i < maxScan && !_nothingReturnedAhead; i++)
+                for (var i = 0; i < Math.Min(maxScan, ReadOnLimit + GetsPerChannel) && !_nothingReturnedAhead; i++)
                 {
                     await GetAsync(deadline);
                 }
@@ -706,7 +712,12 @@ public sealed class IoDeadLetters(LazyRabbitMqConnection rabbit, EventStatusStor
                 return;
             }
 
-            if (!_failed)
+            // Reading on costs up to the whole lane on every read once the lane has been read through (every message then
+            // carries a delivery count, so no message ends the read-on early), and on a long lane it cannot reach the end
+            // within HandBackTimeout anyway, when it would move everything it read behind the rest. So only short lanes
+            // are read on; on a longer one a read hands back the prefix it held, in order behind earlier returns, as
+            // before (race review of s12-dlorder, H1 and M1).
+            if (!_failed && queueLength <= ReadOnLimit)
             {
                 using var readOn = new CancellationTokenSource(HandBackTimeout);
                 await ReadOnAsync(readOn.Token);

@@ -91,6 +91,24 @@ public sealed class IoDeadLetterOrderTests(IoDeadLetterOrderFixture fixture) : I
         await DeleteAllAsync();
     }
 
+    [Fact]
+    public async Task A_broker_dead_lettered_letters_attempts_do_not_grow_with_reads()
+    {
+        // The broker dead-lettered it at the lane's delivery limit (no MassTransit fault headers): its attempts are the
+        // limit and one more, however often the error queue itself has delivered it to reads (x-delivery-count).
+        var ids = await InjectAsync(1, brokerDeadLettered: true);
+        var seen = new List<int?>();
+        for (var i = 0; i < 3; i++)
+        {
+            var letter = await Host.Admin.GetFromJsonAsync<JsonElement>($"/dead-letters/io/{ids[0]}");
+            Assert.Equal("delivery-limit", letter.GetProperty("reason").GetString());
+            seen.Add(letter.GetProperty("attempts").ValueKind == JsonValueKind.Number ? letter.GetProperty("attempts").GetInt32() : null);
+        }
+
+        Assert.Equal([4, 4, 4], seen); // IoLaneTopology.DeliveryLimit (3) + 1
+        await DeleteAllAsync();
+    }
+
     private async Task LookUpAsync(string id)
     {
         using var found = await Host.Admin.GetAsync($"/dead-letters/io/{id}");
@@ -110,7 +128,7 @@ public sealed class IoDeadLetterOrderTests(IoDeadLetterOrderFixture fixture) : I
     }
 
     /// <summary>Publishes <paramref name="count"/> dead letters into the error queue one after the other, each confirmed before the next.</summary>
-    private async Task<List<string>> InjectAsync(int count, bool clear = true)
+    private async Task<List<string>> InjectAsync(int count, bool clear = true, bool brokerDeadLettered = false)
     {
         if (clear)
         {
@@ -130,7 +148,14 @@ public sealed class IoDeadLetterOrderTests(IoDeadLetterOrderFixture fixture) : I
                 message = new { eventId = id, type = "webhook.post", payload = "{}", acceptedAt = DateTimeOffset.UtcNow },
             });
             await channel.BasicPublishAsync("events-io_error", "", true,
-                new BasicProperties { Persistent = true, MessageId = id, Headers = new Dictionary<string, object?> { ["MT-Fault-ExceptionType"] = "Test" } },
+                new BasicProperties
+                {
+                    Persistent = true,
+                    MessageId = id,
+                    Headers = brokerDeadLettered
+                        ? new Dictionary<string, object?> { ["x-first-death-reason"] = "delivery_limit", ["x-first-death-queue"] = "events-io" }
+                        : new Dictionary<string, object?> { ["MT-Fault-ExceptionType"] = "Test" },
+                },
                 envelope);
             ids.Add(id);
         }
