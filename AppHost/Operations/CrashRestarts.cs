@@ -27,6 +27,11 @@ public sealed class RestartOnCrashAnnotation : IResourceAnnotation;
 /// tried again with the same back-off, each failure logged, until the resource runs, someone else starts it, an operator
 /// stops it, or the AppHost stops; a resource that never starts is retried every <see cref="MaxDelay"/>, as Kubernetes
 /// keeps retrying a container in its crash-loop back-off.
+/// A Stop is known by the command sent, not only by the state (review of s12-restarter3, M1): Aspire's Stop on a resource
+/// that is down fails or does nothing, with no <c>Stopping</c> state, and the dashboard hides it there, so every Stop
+/// is counted (<see cref="StartRequests"/>), and while a restart is pending (the resource property
+/// <see cref="RestartPendingProperty"/>) the dashboard offers <see cref="StopRestartingCommand"/> in its place. Either
+/// ends the pending restart at once; the resource is then left down until someone starts it.
 /// <c>Workers:RestartOnCrash=false</c> turns this off. The dashboard shows the count as the resource property
 /// <c>restarts</c> and a line in the console log.
 /// </summary>
@@ -47,6 +52,15 @@ public static class CrashRestarts
     public const string OthersStartGraceSetting = "Workers:OthersStartGrace";
 
     public const string RestartsProperty = "restarts";
+
+    /// <summary>A resource property, <c>true</c> while the restarter is waiting to start the resource (or starting it).</summary>
+    public const string RestartPendingProperty = "restart-pending";
+
+    /// <summary>
+    /// The resource command "Stop restarting": counted as a Stop, so the restarter leaves the resource down until someone
+    /// starts it. Shown while a restart is pending and the resource is down, where Aspire hides its own Stop.
+    /// </summary>
+    public const string StopRestartingCommand = "stop-restarting";
 
     /// <summary>The back-off before the restart that follows the <paramref name="crashes"/>th crash or failed start in a row.</summary>
     internal static TimeSpan DelayAfter(int crashes) =>
@@ -112,8 +126,26 @@ public static class CrashRestarts
             return Task.CompletedTask;
         });
 
+        builder.WithCommand(StopRestartingCommand, "Stop restarting",
+            context =>
+            {
+                context.Services.GetRequiredService<StartRequests>().RecordStop(context.ResourceName);
+                return Task.FromResult(CommandResults.Success($"{context.ResourceName} is not started again by the AppHost until someone starts it."));
+            },
+            new CommandOptions
+            {
+                Description = "Leave the worker down: the AppHost stops trying to start it again until someone starts it.",
+                IconName = "Stop",
+                IsHighlighted = true,
+                UpdateState = context => IsDownWithRestartPending(context.ResourceSnapshot) ? ResourceCommandState.Enabled : ResourceCommandState.Hidden,
+            });
         return builder.WithAnnotation(new RestartOnCrashAnnotation());
     }
+
+    private static bool IsDownWithRestartPending(CustomResourceSnapshot snapshot) =>
+        snapshot.State?.Text is { } state
+        && (state == KnownResourceStates.Exited || state == KnownResourceStates.Finished || state == KnownResourceStates.FailedToStart)
+        && snapshot.Properties.Any(p => p.Name == RestartPendingProperty && p.Value is true);
 }
 
 /// <summary>Watches resource states and starts a crashed resource again after its back-off (see <see cref="CrashRestarts"/>).</summary>
@@ -135,6 +167,7 @@ internal sealed class CrashRestarter(
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
+        startRequests.StopRequested += WakeOnStop;
         try
         {
             await foreach (var update in notifications.WatchAsync(stoppingToken))
@@ -148,6 +181,36 @@ internal sealed class CrashRestarter(
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {
             // The AppHost is shutting down: nothing is restarted any more.
+        }
+        finally
+        {
+            startRequests.StopRequested -= WakeOnStop;
+        }
+    }
+
+    /// <summary>A Stop was sent: a pending restart wakes from its back-off or grace and finds it (it is counted first).</summary>
+    private void WakeOnStop(string resourceId)
+    {
+        if (_trackers.TryGetValue(resourceId, out var tracker))
+        {
+            lock (tracker)
+            {
+                tracker.Loop?.Wake.TrySetResult();
+            }
+        }
+    }
+
+    /// <summary>Whether the resource was stopped on purpose since its last run began: a <c>Stopping</c> state or a Stop sent.</summary>
+    private bool StopAsked(string resourceId, Tracker tracker)
+    {
+        lock (tracker)
+        {
+            if (!tracker.StoppedOnPurpose && startRequests.StopCount(resourceId) != tracker.StopsBeforeRun)
+            {
+                tracker.StoppedOnPurpose = true;
+            }
+
+            return tracker.StoppedOnPurpose;
         }
     }
 
@@ -178,6 +241,7 @@ internal sealed class CrashRestarter(
                 // moment between the check after the back-off and the restarter's own Start: closing it would mean
                 // refusing an operator's Start.
                 tracker.StartsBeforeRun = startRequests.Count(update.ResourceId);
+                tracker.StopsBeforeRun = startRequests.StopCount(update.ResourceId);
                 return;
             }
 
@@ -187,13 +251,13 @@ internal sealed class CrashRestarter(
                 return;
             }
 
-            if (state is null || !Down.Contains(state) || tracker.Pending)
+            if (state is null || !Down.Contains(state) || tracker.Loop is not null)
             {
                 return;
             }
 
             var log = resourceLogs.GetLogger(update.ResourceId);
-            if (tracker.StoppedOnPurpose || (update.Snapshot.ExitCode == 0 && state != KnownResourceStates.FailedToStart))
+            if (StopAsked(update.ResourceId, tracker) || (update.Snapshot.ExitCode == 0 && state != KnownResourceStates.FailedToStart))
             {
                 log.LogInformation("{Resource} stopped on purpose (exit code {ExitCode}): not restarting it", update.Resource.Name, update.Snapshot.ExitCode);
                 return;
@@ -208,16 +272,17 @@ internal sealed class CrashRestarter(
             tracker.Crashes++;
             tracker.Restarts++;
             tracker.RunningSince = null;
-            tracker.Pending = true;
+            var loop = new RestartLoop();
+            tracker.Loop = loop;
             var delay = CrashRestarts.DelayAfter(tracker.Crashes);
             log.LogWarning("{Resource} {State} with exit code {ExitCode}: restart {Restarts}, starting it again in {Delay}",
                 update.Resource.Name, state, update.Snapshot.ExitCode, tracker.Restarts, delay);
-            _ = RestartAsync(update, tracker, delay, stoppingToken);
+            _ = RestartAsync(update, tracker, loop, delay, stoppingToken);
         }
     }
 
-    /// <summary>Whether the resource shows <c>Running</c> within <paramref name="grace"/>.</summary>
-    private async Task<bool> RunsWithinAsync(string resourceId, TimeSpan grace, CancellationToken stoppingToken)
+    /// <summary>Whether the resource shows <c>Running</c> within <paramref name="grace"/>; false at once when a Stop woke the loop.</summary>
+    private async Task<bool> RunsWithinAsync(string resourceId, TimeSpan grace, RestartLoop loop, CancellationToken stoppingToken)
     {
         var deadline = DateTimeOffset.UtcNow + grace;
         while (true)
@@ -227,14 +292,33 @@ internal sealed class CrashRestarter(
                 return true;
             }
 
-            if (DateTimeOffset.UtcNow >= deadline)
+            if (DateTimeOffset.UtcNow >= deadline || loop.Wake.Task.IsCompleted)
             {
                 return false;
             }
 
-            await Task.Delay(TimeSpan.FromMilliseconds(250), stoppingToken);
+            await Task.WhenAny(Task.Delay(TimeSpan.FromMilliseconds(250), stoppingToken), loop.Wake.Task);
+            stoppingToken.ThrowIfCancellationRequested();
         }
     }
+
+    /// <summary>Waits <paramref name="delay"/>, or less if a Stop wakes the loop.</summary>
+    private static async Task BackOffAsync(TimeSpan delay, RestartLoop loop, CancellationToken stoppingToken)
+    {
+        using var timer = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
+        await Task.WhenAny(Task.Delay(delay, timer.Token), loop.Wake.Task);
+        await timer.CancelAsync();
+        stoppingToken.ThrowIfCancellationRequested();
+    }
+
+    /// <summary>Shows on the dashboard whether a restart is pending (<see cref="CrashRestarts.RestartPendingProperty"/>).</summary>
+    private Task PublishPendingAsync(ResourceEvent crashed, Tracker tracker) =>
+        // Read when the update is applied, not when it is asked for: the last of two racing updates shows the truth. Not
+        // under the tracker's lock, which is taken elsewhere around reads of the notification service.
+        notifications.PublishUpdateAsync(crashed.Resource, crashed.ResourceId, snapshot => snapshot with
+        {
+            Properties = SetProperty(snapshot.Properties, CrashRestarts.RestartPendingProperty, Volatile.Read(ref tracker.Loop) is not null),
+        });
 
     /// <summary>
     /// Starts the crashed resource after <paramref name="delay"/>, and again after a longer one for as long as its Start
@@ -242,20 +326,31 @@ internal sealed class CrashRestarter(
     /// resource <c>FailedToStart</c>, is tried again with the crash back-off (doubling, at most
     /// <see cref="CrashRestarts.MaxDelay"/>), each failure logged, until the resource runs, someone else starts it, an
     /// operator stops it, or the AppHost stops. Aspire publishes <c>FailedToStart</c> while the Start is still executing,
-    /// when the restart is pending and <see cref="Observe"/> leaves it alone, so the outcome is checked here.
+    /// when the restart is pending and <see cref="Observe"/> leaves it alone, so the outcome is checked here. A Stop
+    /// (counted, see <see cref="StopAsked"/>) wakes the loop from its back-off or grace, and it ends without a Start.
     /// </summary>
-    private async Task RestartAsync(ResourceEvent crashed, Tracker tracker, TimeSpan delay, CancellationToken stoppingToken)
+    private async Task RestartAsync(ResourceEvent crashed, Tracker tracker, RestartLoop loop, TimeSpan delay, CancellationToken stoppingToken)
     {
         var log = resourceLogs.GetLogger(crashed.ResourceId);
         try
         {
+            try
+            {
+                await PublishPendingAsync(crashed, tracker);
+            }
+            catch (Exception ex) when (!stoppingToken.IsCancellationRequested)
+            {
+                // Only the dashboard's "Stop restarting" waits for it; the restart goes on.
+                logger.LogWarning(ex, "The restart-pending property of {Resource} was not published", crashed.Resource.Name);
+            }
+
             for (var attempt = 1; ; attempt++)
             {
-                await Task.Delay(delay, stoppingToken);
+                await BackOffAsync(delay, loop, stoppingToken);
                 string? failure;
                 try
                 {
-                    failure = await StartUnlessStartedAsync(crashed, tracker, log, stoppingToken);
+                    failure = await StartUnlessStartedAsync(crashed, tracker, loop, log, stoppingToken);
                 }
                 catch (Exception ex) when (!stoppingToken.IsCancellationRequested)
                 {
@@ -288,11 +383,36 @@ internal sealed class CrashRestarter(
         {
             // Shutting down.
         }
+        catch (Exception ex) when (stoppingToken.IsCancellationRequested)
+        {
+            // Shutting down: the services it used may be disposed already (review of s12-restarter3, L4). Logged, not
+            // left as an unobserved exception of this fire-and-forget task.
+            logger.LogDebug(ex, "Restarting {Resource} ended with the AppHost", crashed.Resource.Name);
+        }
         finally
         {
             lock (tracker)
             {
-                tracker.Pending = false;
+                // Only this loop's own: a successful Start cleared it, and the state watch may since have begun the
+                // next loop, whose flag this must not clear (review of s12-restarter3, L1).
+                if (tracker.Loop == loop)
+                {
+                    tracker.Loop = null;
+                }
+            }
+        }
+
+        if (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                await PublishPendingAsync(crashed, tracker);
+            }
+            catch (Exception ex)
+            {
+                // The AppHost stopping meanwhile disposes the notification service; else it is worth a look.
+                logger.Log(stoppingToken.IsCancellationRequested ? LogLevel.Debug : LogLevel.Warning, ex,
+                    "The restart-pending property of {Resource} was not cleared", crashed.Resource.Name);
             }
         }
     }
@@ -301,8 +421,14 @@ internal sealed class CrashRestarter(
     /// One restart attempt: null when it is over (the resource was started, or is someone else's to start, or was stopped
     /// on purpose), else why the Start failed.
     /// </summary>
-    private async Task<string?> StartUnlessStartedAsync(ResourceEvent crashed, Tracker tracker, ILogger log, CancellationToken stoppingToken)
+    private async Task<string?> StartUnlessStartedAsync(ResourceEvent crashed, Tracker tracker, RestartLoop loop, ILogger log, CancellationToken stoppingToken)
     {
+        if (StopAsked(crashed.ResourceId, tracker))
+        {
+            log.LogInformation("{Resource} was stopped on purpose meanwhile: not starting it", crashed.Resource.Name);
+            return null;
+        }
+
         long startsSeen;
         lock (tracker)
         {
@@ -318,8 +444,14 @@ internal sealed class CrashRestarter(
             // did not.
             log.LogInformation("{Resource} was started by someone else meanwhile: not starting it again unless that start fails to bring it up within {Grace}",
                 crashed.Resource.Name, _othersStartGrace);
-            if (await RunsWithinAsync(crashed.ResourceId, _othersStartGrace, stoppingToken))
+            if (await RunsWithinAsync(crashed.ResourceId, _othersStartGrace, loop, stoppingToken))
             {
+                return null;
+            }
+
+            if (StopAsked(crashed.ResourceId, tracker))
+            {
+                log.LogInformation("{Resource} was stopped on purpose meanwhile: not starting it", crashed.Resource.Name);
                 return null;
             }
 
@@ -337,7 +469,7 @@ internal sealed class CrashRestarter(
         {
             // A Stop sent meanwhile (the CLI, the API, the dashboard on a resource someone else started) is the
             // operator's last word (review of s11-restarter2, L7), before the first attempt as before any retry.
-            if (tracker.StoppedOnPurpose)
+            if (StopAsked(crashed.ResourceId, tracker))
             {
                 log.LogInformation("{Resource} was stopped on purpose meanwhile: not starting it", crashed.Resource.Name);
                 return null;
@@ -370,7 +502,11 @@ internal sealed class CrashRestarter(
             {
                 // Started. From here the state watch judges it: Running begins a run, and a FailedToStart or an exit
                 // shown later is a crash of its own, restarted with the next back-off.
-                tracker.Pending = false;
+                if (tracker.Loop == loop)
+                {
+                    tracker.Loop = null;
+                }
+
                 return null;
             }
 
@@ -378,7 +514,7 @@ internal sealed class CrashRestarter(
         }
     }
 
-    private static ImmutableArray<ResourcePropertySnapshot> SetProperty(ImmutableArray<ResourcePropertySnapshot> properties, string name, string value) =>
+    private static ImmutableArray<ResourcePropertySnapshot> SetProperty(ImmutableArray<ResourcePropertySnapshot> properties, string name, object value) =>
         [.. properties.Where(p => p.Name != name), new ResourcePropertySnapshot(name, value)];
 
     private sealed class Tracker
@@ -393,9 +529,22 @@ internal sealed class CrashRestarter(
 
         public int Restarts { get; set; }
 
-        public bool Pending { get; set; }
+        /// <summary>
+        /// The pending restart, null when none is: each loop owns its own, so one that ends clears only itself (a field,
+        /// read without the lock by <see cref="PublishPendingAsync"/>).
+        /// </summary>
+        public RestartLoop? Loop;
 
         /// <summary>The resource's <see cref="StartRequests"/> count when its current (or last) run began.</summary>
         public long StartsBeforeRun { get; set; }
+
+        /// <summary>The resource's <see cref="StartRequests.StopCount"/> when its current (or last) run began.</summary>
+        public long StopsBeforeRun { get; set; }
+    }
+
+    private sealed class RestartLoop
+    {
+        /// <summary>Completed by a Stop: the back-off or the grace ends at once.</summary>
+        public TaskCompletionSource Wake { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 }

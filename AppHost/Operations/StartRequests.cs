@@ -9,6 +9,10 @@ namespace Aspire.Hosting;
 /// dashboard, the CLI, a test (the bench's chaos mode runs with the restarter off). The restarter needs to know that a start was asked for, not
 /// only what state the resource shows: under load the orchestrator showed a resource <c>Finished</c> for 1.85 s while
 /// someone else's Start was executing, and the restarter, seeing it still down, started it a second time.
+/// It counts every Stop too, Aspire's lifecycle Stop and the restarter's "Stop restarting"
+/// (<see cref="CrashRestarts.StopRestartingCommand"/>): a worker whose restart keeps failing never shows the
+/// <c>Stopping</c> state, the only other sign of a Stop, as Aspire's Stop on a resource that is down fails or does
+/// nothing (review of s12-restarter3, M1).
 /// </summary>
 /// <remarks>
 /// Aspire's Start command (<see cref="KnownResourceCommands.StartCommand"/>) is a <see cref="ResourceCommandAnnotation"/>
@@ -26,11 +30,25 @@ internal sealed class StartRequests
     private static readonly AsyncLocal<bool> SentByRestarter = new();
 
     private readonly ConcurrentDictionary<string, long> _counts = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, long> _stops = new(StringComparer.Ordinal);
     private readonly ConditionalWeakTable<ResourceCommandAnnotation, object> _wrappers = new();
     private readonly Lock _wrapping = new();
 
     /// <summary>How many Starts others have sent to <paramref name="resourceId"/> (a replica's instance name) so far.</summary>
     public long Count(string resourceId) => _counts.GetValueOrDefault(resourceId);
+
+    /// <summary>How many Stops anyone has sent to <paramref name="resourceId"/> so far (the restarter sends none).</summary>
+    public long StopCount(string resourceId) => _stops.GetValueOrDefault(resourceId);
+
+    /// <summary>Raised with the resource id after a Stop was counted, before it runs: a pending restart ends at once.</summary>
+    public event Action<string>? StopRequested;
+
+    /// <summary>Counts a Stop of <paramref name="resourceId"/>, whatever it then does.</summary>
+    public void RecordStop(string resourceId)
+    {
+        _stops.AddOrUpdate(resourceId, 1, (_, n) => n + 1);
+        StopRequested?.Invoke(resourceId);
+    }
 
     /// <summary>Runs the restarter's own Start, which is not counted.</summary>
     public static async Task<T> AsRestarterAsync<T>(Func<Task<T>> start)
@@ -41,26 +59,31 @@ internal sealed class StartRequests
     }
 
     /// <summary>
-    /// Wraps <paramref name="resource"/>'s Start command once it exists (idempotent, cheap when done); false while it
-    /// does not exist or cannot be copied faithfully, when only the resource's state guards against a second start.
+    /// Wraps <paramref name="resource"/>'s Start and Stop commands once they exist (idempotent, cheap when done); false
+    /// while the Start does not exist or cannot be copied faithfully, when only the resource's state guards against a
+    /// second start (and only a <c>Stopping</c> state tells of a Stop).
     /// </summary>
     public bool Watch(IResource resource)
     {
         lock (_wrapping)
         {
+            var startWrapped = false;
             var annotations = resource.Annotations;
             for (var i = 0; i < annotations.Count; i++)
             {
-                if (annotations[i] is not ResourceCommandAnnotation original || original.Name != KnownResourceCommands.StartCommand)
+                if (annotations[i] is not ResourceCommandAnnotation original
+                    || (original.Name != KnownResourceCommands.StartCommand && original.Name != KnownResourceCommands.StopCommand))
                 {
                     continue;
                 }
 
-                // Progress has no public setter; Aspire's own Start has none (it is built with the public constructor),
-                // and a Start that had one is left as it is rather than shown differently.
+                var isStart = original.Name == KnownResourceCommands.StartCommand;
+                // Progress has no public setter; Aspire's own Start and Stop have none (they are built with the public
+                // constructor), and a command that had one is left as it is rather than shown differently.
                 if (_wrappers.TryGetValue(original, out _) || original.Progress is not null)
                 {
-                    return _wrappers.TryGetValue(original, out _);
+                    startWrapped |= isStart && _wrappers.TryGetValue(original, out _);
+                    continue;
                 }
 
                 var execute = original.ExecuteCommand;
@@ -70,7 +93,11 @@ internal sealed class StartRequests
                     original.UpdateState,
                     context =>
                     {
-                        if (!SentByRestarter.Value)
+                        if (!isStart)
+                        {
+                            RecordStop(context.ResourceName);
+                        }
+                        else if (!SentByRestarter.Value)
                         {
                             _counts.AddOrUpdate(context.ResourceName, 1, (_, n) => n + 1);
                         }
@@ -94,10 +121,10 @@ internal sealed class StartRequests
                 // URL callbacks run), and the workers that restart on crash have none; 13.6.5's annotation list makes
                 // each read and write thread-safe.
                 annotations[i] = wrapper;
-                return true;
+                startWrapped |= isStart;
             }
 
-            return false;
+            return startWrapped;
         }
     }
 }
