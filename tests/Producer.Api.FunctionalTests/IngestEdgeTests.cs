@@ -95,8 +95,10 @@ public sealed class IngestEdgeTests(IngestEdgeFixture fixture) : IClassFixture<I
                 TimeSpan.FromSeconds(30), "the raised cap to apply", TimeSpan.FromMilliseconds(500));
         }
 
-        // Whole chunks before the refused one are held; the refused chunk is in doubt (part of it may be queued).
-        Assert.Contains(held.Count, new[] { 100, 200 });
+        // Whole chunks before the refused one are held; the refused chunk is in doubt (part of it may be queued). On a
+        // loaded machine the first chunk's confirm can take longer than the API's broker timeout: then that chunk is the
+        // one in doubt and nothing is held (session 12's CI, both cores busy), which the API must say just as exactly.
+        Assert.Contains(held.Count, new[] { 0, 100, 200 });
         Assert.Equal(Math.Min(100, 250 - held.Count), uncertain.Count);
         Assert.Empty(held.Intersect(uncertain));
         Assert.True(await Host.Rabbit.MessageCountAsync("events-io") >= before + held.Count, "the held chunks are in the queue");

@@ -32,6 +32,9 @@ public interface IStatusReader : IAsyncDisposable
 public sealed class RedisStatusReader(ConnectionMultiplexer redis) : IStatusReader
 {
     private const int Chunk = 2000;
+
+    /// <summary>Timed-out chunk reads repeated per call before the timeout is the caller's.</summary>
+    private const int MaxTimeouts = 5;
     private static readonly RedisValue[] Fields = ["state", "acceptedAt", "startedAt", "finishedAt", "completions"];
 
     /// <summary>
@@ -95,6 +98,7 @@ public sealed class RedisStatusReader(ConnectionMultiplexer redis) : IStatusRead
     {
         var db = redis.GetDatabase();
         var result = new string?[ids.Count];
+        var timeouts = 0;
         for (var start = 0; start < ids.Count; start += Chunk)
         {
             cancellationToken.ThrowIfCancellationRequested();
@@ -107,7 +111,18 @@ public sealed class RedisStatusReader(ConnectionMultiplexer redis) : IStatusRead
             }
 
             batch.Execute();
-            await Task.WhenAll(reads);
+            try
+            {
+                await Task.WhenAll(reads);
+            }
+            catch (RedisTimeoutException) when (++timeouts <= MaxTimeouts)
+            {
+                // A read is safe to repeat: on a loaded machine (two test projects at once, CI) one chunk's answer can
+                // take longer than the client's timeout, and that must not end a run whose deadline is minutes away.
+                start -= Chunk;
+                continue;
+            }
+
             for (var i = 0; i < count; i++)
             {
                 result[start + i] = reads[i].Result;
