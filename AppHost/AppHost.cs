@@ -84,7 +84,7 @@ var workerIo = builder.AddProject<Projects.Worker_Io>("worker-io")
     .WithEnvironment("IoLane__PrefetchCount", "1024")
     // The framework's precompiled (ReadyToRun) code, which tiered compilation off never replaces, was a third of this
     // worker's CPU: compiled fully optimized instead, worker-io cost 220-325 µs per 50 ms webhook against 380-470 and
-    // the receiver 65-115 against 125-160 (suite A B B A B, docs/benchmarks.md "Session 11"), for ~2-5 s more CPU at start.
+    // the receiver 65-115 against 125-160 (suite A B B A B, docs/benchmarks-history.md "Session 11"), for ~2-5 s more CPU at start.
     .WithEnvironment("DOTNET_ReadyToRun", "0")
     .WithEnvironment("TestEvents__Enabled", testEvents)
     .WithHttpHealthCheck("/health/ready")

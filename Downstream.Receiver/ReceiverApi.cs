@@ -101,7 +101,7 @@ namespace Microsoft.AspNetCore.Builder
             // A plain RequestDelegate over singletons resolved once: no request-delegate factory binding, and no DI scope
             // per request (binding a parameter from services opens the request's scope). The receiver stands in for a
             // downstream on the same cores as the lane, so its per-request cost is part of every I/O benchmark
-            // (docs/benchmarks.md, "Session 9: I/O lane").
+            // (docs/benchmarks-history.md, "Session 9: I/O lane").
             var ledger = app.Services.GetRequiredService<DeliveryLedger>();
             var options = app.Services.GetRequiredService<IOptions<ReceiverOptions>>();
             var logger = app.Services.GetRequiredService<ILogger<DeliveryLedger>>();

@@ -20,7 +20,7 @@ public static class ProducerExtensions
         options.AbortOnConnectFail = false;
         // Replies are completed on the thread pool instead of the client's dedicated reader threads, which handed
         // every reply to a pool thread anyway: one thread wake-up less per round trip. Single POSTs cost less API
-        // CPU in 9 of 10 paired runs, batches of 100 no more (docs/benchmarks.md, "Session 6: API").
+        // CPU in 9 of 10 paired runs, batches of 100 no more (docs/benchmarks-history.md, "Session 6: API").
         if (configuration.GetValue("Performance:RedisOnThreadPool", true))
         {
             options.SocketManager = StackExchange.Redis.SocketManager.ThreadPool;
@@ -140,7 +140,7 @@ public static class ProducerExtensions
             kestrel.AddServerHeader = false;
         });
         // Off by default: running request code on Kestrel's socket threads cost more CPU per single POST, not less, in
-        // paired runs (docs/benchmarks.md, "Session 6: API"). Safe to turn on only while nothing on a request path blocks a
+        // paired runs (docs/benchmarks-history.md, "Session 6: API"). Safe to turn on only while nothing on a request path blocks a
         // thread (no .Result/.Wait()/synchronous I/O; the one synchronous connect, RabbitMQ's, runs under Task.Run), and
         // then a large batch is still parsed and validated on a socket thread, holding every other socket behind it:
         // never together with DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 (docs/operations.md).

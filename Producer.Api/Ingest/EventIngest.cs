@@ -78,7 +78,7 @@ public sealed class EventIngest(
     ILogger<EventIngest> logger)
 {
     // The 202's writer, resolved once from the app's JSON options (TypedResults.Accepted resolved the options and
-    // created a logger on every request; docs/benchmarks.md, "Session 8: single POSTs").
+    // created a logger on every request; docs/benchmarks-history.md, "Session 8: single POSTs").
     private readonly System.Text.Json.Serialization.Metadata.JsonTypeInfo<SubmittedEvent> _acceptedJson =
         (System.Text.Json.Serialization.Metadata.JsonTypeInfo<SubmittedEvent>)jsonOptions.Value.SerializerOptions.GetTypeInfo(typeof(SubmittedEvent));
 

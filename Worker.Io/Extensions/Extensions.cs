@@ -105,7 +105,7 @@ public static class IoLaneExtensions
                     });
                     // One consumer instance for every message, not a DI scope and a resolve per message: it holds
                     // nothing of a delivery (every dependency is a singleton), and the scope was 5–7 % of the
-                    // worker's CPU per noop event (docs/benchmarks.md, "Session 6: I/O lane"). Resolved at the first
+                    // worker's CPU per noop event (docs/benchmarks-history.md, "Session 6: I/O lane"). Resolved at the first
                     // message, not while the bus is built: the Redis connection it needs may not be up yet. It must
                     // never be IDisposable: MassTransit's delegate factory disposes what it returns after each message.
                     endpoint.Consumer(() => context.GetRequiredService<IoEventConsumer>());

@@ -10,7 +10,7 @@ namespace EventPipeline.Producer.UnitTests;
 
 /// <summary>
 /// The API's Redis replies are completed on the thread pool, not handed from the client's dedicated reader threads to
-/// a pool thread (one thread hop less per round trip: single POSTs cost less CPU, docs/benchmarks.md "Session 6: API");
+/// a pool thread (one thread hop less per round trip: single POSTs cost less CPU, docs/benchmarks-history.md "Session 6: API");
 /// the switch stays in configuration so an operator can go back without a rebuild.
 /// </summary>
 public sealed class RequestPathThreadingTests

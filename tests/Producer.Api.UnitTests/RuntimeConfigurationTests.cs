@@ -25,7 +25,7 @@ public sealed class RuntimeConfigurationTests
         Assert.False(properties.GetProperty("System.GC.Server").GetBoolean());
         Assert.Equal(9, properties.GetProperty("System.GC.ConserveMemory").GetInt32());
         // The runtime's name for it: System.GC.Gen0MaxBudget (System.GC.Gen0Size and GCgen0size are not read from
-        // runtimeconfig.json by .NET 10; docs/benchmarks.md, "Session 7: API memory"). Without it the budget is sized from
+        // runtimeconfig.json by .NET 10; docs/benchmarks-history.md, "Session 7: API memory"). Without it the budget is sized from
         // the L3 cache: 16 MiB on the 32 MiB-L3 machines the bench runs on.
         Assert.True(properties.TryGetProperty("System.GC.Gen0MaxBudget", out var budget),
             "Producer.Api.runtimeconfig.json has no System.GC.Gen0MaxBudget: the generation-0 budget is sized from the L3 cache");
@@ -36,7 +36,7 @@ public sealed class RuntimeConfigurationTests
     public void The_API_runs_with_GC_regions_of_1_MiB()
     {
         // Unset, a region is 4 MiB: the heap commits and keeps memory in 4 MiB steps. .NET 10 reads System.GC.RegionSize
-        // from runtimeconfig.json (GC.GetConfigurationVariables()["GCRegionSize"]; docs/benchmarks.md, "Session 8: API memory").
+        // from runtimeconfig.json (GC.GetConfigurationVariables()["GCRegionSize"]; docs/benchmarks-history.md, "Session 8: API memory").
         var properties = ConfigProperties();
 
         Assert.True(properties.TryGetProperty("System.GC.RegionSize", out var size),

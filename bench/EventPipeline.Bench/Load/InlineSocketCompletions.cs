@@ -5,7 +5,7 @@ namespace EventPipeline.Bench.Load;
 /// <summary>
 /// Lets the bench process run socket completions on the runtime's epoll threads instead of handing each one to a
 /// thread-pool worker. The load generator shares the 2 cores with the system it measures; its profile
-/// (docs/benchmarks.md, "Session 6: bench client") showed most of its CPU per single POST in waking thread-pool
+/// (docs/benchmarks-history.md, "Session 6: bench client") showed most of its CPU per single POST in waking thread-pool
 /// workers (context switches, spinning), not in HTTP. Its continuations are short (check a status, write the next
 /// request), which is the case the runtime's switch is for. Only this process is affected: the runtime reads
 /// <c>DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS</c> once, when its socket engine is created, and the variable is

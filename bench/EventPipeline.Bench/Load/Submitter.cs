@@ -35,7 +35,7 @@ public sealed class SubmitOutcome(int count)
 /// Sends events as <c>POST /events</c> (batch 1) or <c>POST /events/batch</c> over a fixed number of connections. Bodies
 /// are built before the clock starts, so the client's own JSON work is not in the measurement. Every answer's status is
 /// checked: only a 202 marks its events accepted. The client shares the cores with the system it measures, so the
-/// per-request path is kept lean (docs/benchmarks.md, "Session 6: bench client"): the request URIs are parsed once, and
+/// per-request path is kept lean (docs/benchmarks-history.md, "Session 6: bench client"): the request URIs are parsed once, and
 /// the answer is not buffered (the status line decides; the connection still reads and discards the small body before
 /// it is reused).
 /// </summary>
