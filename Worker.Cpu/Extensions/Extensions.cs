@@ -11,7 +11,18 @@ public static class CpuLaneExtensions
 {
     public static IHostApplicationBuilder AddCpuLane(this IHostApplicationBuilder builder)
     {
-        builder.AddRedisClient("redis", configureOptions: options => options.AbortOnConnectFail = false);
+        builder.AddRedisClient("redis", configureOptions: options =>
+        {
+            options.AbortOnConnectFail = false;
+            // Replies are completed on the thread pool instead of StackExchange.Redis's own pool of 10 dedicated reader
+            // threads (the blocking reader's connection clones these options, so it too). Those threads each woke about
+            // once a second with nothing to do: ~8 of the idle worker's ~35 wake-ups a second (docs/operations.md,
+            // "Idle CPU"). Producer.Api does the same (Performance:RedisOnThreadPool).
+            if (builder.Configuration.GetValue("Performance:RedisOnThreadPool", true))
+            {
+                options.SocketManager = StackExchange.Redis.SocketManager.ThreadPool;
+            }
+        });
         // Under Sentinel, connected in the background: Aspire's synchronous first connect threw at host start when no
         // Sentinel answered, and the worker exited (SentinelConnectionAtStart).
         builder.AddSentinelConnectionAtStart();
@@ -31,10 +42,10 @@ public static class CpuLaneExtensions
         // write in flight as long as the Redis client does, then writes (a literal here: tests/Infra.Tests reads it).
         // The drain's clock starts when the read loop returns, after its last blocking read: that read cannot be
         // cancelled, and while Redis stalls it ends only at the reader connection's timeout (BlockTimeout +
-        // TimeoutBeyondBlock) and a heartbeat. It is part of the wait too, or the host gave up before the take-back.
+        // TimeoutBeyondBlock) and a heartbeat of its connection. It is part of the wait too, or the host gave up before the take-back.
         var drain = builder.Configuration.GetValue("CpuLane:DrainTimeout", TimeSpan.FromSeconds(25))
                     + builder.Configuration.GetValue("CpuLane:BlockTimeout", new CpuLaneOptions().BlockTimeout)
-                    + StreamEntryReader.TimeoutBeyondBlock + TimeSpan.FromSeconds(1);
+                    + StreamEntryReader.TimeoutBeyondBlock + StreamEntryReader.Heartbeat;
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = drain + TimeSpan.FromSeconds(10));
 
         // Registered before the lane's hosted services so the bus stops after the drain (hosted services stop in reverse).

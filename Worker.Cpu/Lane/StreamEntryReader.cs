@@ -22,6 +22,15 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
     /// shutdown timeout counts it, since the last read cannot be cancelled.</summary>
     public static readonly TimeSpan TimeoutBeyondBlock = TimeSpan.FromSeconds(5);
 
+    /// <summary>
+    /// The reader connection's heartbeat, which notices a read past its timeout and reconnects after a failure. Each
+    /// heartbeat wakes a thread-pool thread, which then spins before it sleeps again: at StackExchange.Redis's 1 s
+    /// default that was a large share of the idle worker's CPU (docs/operations.md, "Idle CPU"). This connection runs
+    /// nothing but the blocking read, whose timeout is already seconds long, so it heartbeats less often; the host's
+    /// shutdown timeout counts one heartbeat of it.
+    /// </summary>
+    public static readonly TimeSpan Heartbeat = TimeSpan.FromSeconds(5);
+
     private OwnRedisConnection? _blocking;
     private bool _disposed;
 
@@ -114,6 +123,7 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
         // The blocking read must outlast its BLOCK time; anything longer than that means Redis is gone.
         config.AsyncTimeout = (int)(options.Value.BlockTimeout + TimeoutBeyondBlock).TotalMilliseconds;
         config.SyncTimeout = config.AsyncTimeout;
+        config.HeartbeatInterval = Heartbeat;
         // Made again by the next read after a failed connect: under Sentinel that left the client's Sentinel connection
         // open each time (OwnRedisConnection).
         var made = await OwnRedisConnection.ConnectAsync(config);

@@ -149,7 +149,7 @@ public class WorkloadTests
     public void Termination_grace_check_counts_the_cpu_lanes_last_blocking_read()
     {
         // The host waits for the read loop's last blocking read too (it cannot be cancelled): an overlay that raises
-        // CpuLane__BlockTimeout to 9 s makes worker-cpu's ShutdownTimeout 25 + 9 + 5 + 1 + 10 = 50 s, past the 48 s
+        // CpuLane__BlockTimeout to 9 s makes worker-cpu's ShutdownTimeout 25 + 9 + 5 + 5 + 10 = 54 s, past the 52 s
         // grace. The check must catch that, or the kubelet kills the pod before its take-back.
         var rendered = Manifests.Render("overlays/prod");
         var workload = rendered.Workload("worker-cpu");

@@ -227,11 +227,12 @@ public sealed class LaneWriterTests
         using var host = builder.Build();
 
         // The drain's clock starts when the read loop returns: its last blocking read cannot be cancelled, and while Redis
-        // stalls it ends only at the reader connection's timeout (BlockTimeout + 5 s) plus a heartbeat to notice. Then
+        // stalls it ends only at the reader connection's timeout (BlockTimeout + 5 s) plus a heartbeat of that connection
+        // to notice (StreamEntryReader.Heartbeat, not the shared connection's). Then
         // the write in flight is answered (or failed) within the client's timeout and one heartbeat; then the take-back
         // script, the last successes and the telemetry flush.
         var client = ConfigurationOptions.Parse(builder.Configuration["ConnectionStrings:redis"]!);
-        var lastRead = TimeSpan.FromSeconds(8) + TimeSpan.FromSeconds(5) + client.HeartbeatInterval;
+        var lastRead = TimeSpan.FromSeconds(8) + StreamEntryReader.TimeoutBeyondBlock + StreamEntryReader.Heartbeat;
         var needed = lastRead + TimeSpan.FromSeconds(25) + TimeSpan.FromMilliseconds(client.AsyncTimeout) + client.HeartbeatInterval + ComputeSlots.TakeBackBudget;
         var shutdown = host.Services.GetRequiredService<IOptions<Microsoft.Extensions.Hosting.HostOptions>>().Value.ShutdownTimeout;
         Assert.True(shutdown >= needed, $"the host stops waiting {shutdown.TotalSeconds} s after SIGTERM, but a drain timeout at 25 s after a last read of up to {lastRead.TotalSeconds} s (BLOCK 8 s, Redis stalled) may need {needed.TotalSeconds} s to take back every charge");
