@@ -4,24 +4,38 @@ using EventPipeline.Worker.Cpu.Forward;
 using EventPipeline.Worker.Cpu.Lane;
 using EventPipeline.Worker.Cpu.Work;
 using MassTransit;
+using StackExchange.Redis;
 
 namespace Microsoft.Extensions.Hosting;
 
 public static class CpuLaneExtensions
 {
+    /// <summary>StackExchange.Redis socket threads of the worker's connections (<c>Performance:RedisSocketThreads</c>).</summary>
+    public const int DefaultRedisSocketThreads = 2;
+
+    // One socket manager per thread count for the process's life, as StackExchange.Redis's own SocketManager.Shared
+    // (hosts built in one test process share it).
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<int, SocketManager> RedisSocketManagers = new();
+
     public static IHostApplicationBuilder AddCpuLane(this IHostApplicationBuilder builder)
     {
+        var socketThreads = builder.Configuration.GetValue("Performance:RedisSocketThreads", DefaultRedisSocketThreads);
+        if (socketThreads is < 0 or > 64)
+        {
+            throw new InvalidOperationException($"Performance:RedisSocketThreads must be between 0 (the thread pool) and 64, not {socketThreads}");
+        }
+
         builder.AddRedisClient("redis", configureOptions: options =>
         {
             options.AbortOnConnectFail = false;
-            // Replies are completed on the thread pool instead of StackExchange.Redis's own pool of 10 dedicated reader
-            // threads (the blocking reader's connection clones these options, so it too). Those threads each woke about
-            // once a second with nothing to do: ~8 of the idle worker's ~35 wake-ups a second (docs/operations.md,
-            // "Idle CPU"). Producer.Api does the same (Performance:RedisOnThreadPool).
-            if (builder.Configuration.GetValue("Performance:RedisOnThreadPool", true))
-            {
-                options.SocketManager = StackExchange.Redis.SocketManager.ThreadPool;
-            }
+            // Replies are read on this process's own StackExchange.Redis socket threads, 2 by default, instead of the
+            // library's shared 10 (the blocking reader's connection clones these options, so it too): the idle worker's
+            // socket-thread wake-ups fell from ~8 to ~3 a second of its ~35 (docs/operations.md, "Idle CPU"). 0 reads
+            // them on the .NET thread pool, as Producer.Api does: idle alone 0.43 % against 0.46 %, but the thread pool
+            // is where PBKDF2 runs, and the CPU lane's worst suite run came with it (403/s, worker-cpu 4,048 µs per
+            // event); the dedicated threads are what every earlier suite measured.
+            options.SocketManager = socketThreads == 0 ? SocketManager.ThreadPool : RedisSocketManagers.GetOrAdd(socketThreads,
+                count => new SocketManager("worker-cpu", count, SocketManager.SocketManagerOptions.UseHighPrioritySocketThreads));
         });
         // Under Sentinel, connected in the background: Aspire's synchronous first connect threw at host start when no
         // Sentinel answered, and the worker exited (SentinelConnectionAtStart).
