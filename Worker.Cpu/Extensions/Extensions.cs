@@ -14,8 +14,24 @@ public static class CpuLaneExtensions
     public const int DefaultRedisSocketThreads = 2;
 
     // One socket manager per thread count for the process's life, as StackExchange.Redis's own SocketManager.Shared
-    // (hosts built in one test process share it).
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<int, SocketManager> RedisSocketManagers = new();
+    // (hosts built in one test process share it; a multiplexer's Dispose does not dispose the manager it was given).
+    // Made under a lock: a second one made by a race would start threads nothing ever stops.
+    private static readonly Dictionary<int, SocketManager> RedisSocketManagers = [];
+    private static readonly Lock RedisSocketManagersLock = new();
+
+    internal static SocketManager RedisSocketManager(int threads)
+    {
+        lock (RedisSocketManagersLock)
+        {
+            if (!RedisSocketManagers.TryGetValue(threads, out var manager))
+            {
+                manager = new SocketManager("worker-cpu", threads, SocketManager.SocketManagerOptions.UseHighPrioritySocketThreads);
+                RedisSocketManagers[threads] = manager;
+            }
+
+            return manager;
+        }
+    }
 
     public static IHostApplicationBuilder AddCpuLane(this IHostApplicationBuilder builder)
     {
@@ -34,8 +50,7 @@ public static class CpuLaneExtensions
             // them on the .NET thread pool, as Producer.Api does: idle alone 0.43 % against 0.46 %, but the thread pool
             // is where PBKDF2 runs, and the CPU lane's worst suite run came with it (403/s, worker-cpu 4,048 µs per
             // event); the dedicated threads are what every earlier suite measured.
-            options.SocketManager = socketThreads == 0 ? SocketManager.ThreadPool : RedisSocketManagers.GetOrAdd(socketThreads,
-                count => new SocketManager("worker-cpu", count, SocketManager.SocketManagerOptions.UseHighPrioritySocketThreads));
+            options.SocketManager = socketThreads == 0 ? SocketManager.ThreadPool : RedisSocketManager(socketThreads);
         });
         // Under Sentinel, connected in the background: Aspire's synchronous first connect threw at host start when no
         // Sentinel answered, and the worker exited (SentinelConnectionAtStart).

@@ -158,7 +158,7 @@ public class WorkloadTests
 
         var problem = GraceProblem("worker-cpu", workload, environment);
 
-        Assert.True(problem is not null, $"with CpuLane__BlockTimeout at 9 s the host waits 50 s after SIGTERM, but the grace check passed a grace of {workload.PodSpec["terminationGracePeriodSeconds"]} s");
+        Assert.True(problem is not null, $"with CpuLane__BlockTimeout at 9 s the host waits 54 s after SIGTERM, but the grace check passed a grace of {workload.PodSpec["terminationGracePeriodSeconds"]} s");
     }
 
     /// <summary>Why the pod's grace period does not fit the host's shutdown timeout under this environment, or null.</summary>

@@ -229,9 +229,13 @@ public sealed class LaneWriterTests
         // The drain's clock starts when the read loop returns: its last blocking read cannot be cancelled, and while Redis
         // stalls it ends only at the reader connection's timeout (BlockTimeout + 5 s) plus a heartbeat of that connection
         // to notice (StreamEntryReader.Heartbeat, not the shared connection's). Then
-        // the write in flight is answered (or failed) within the client's timeout and one heartbeat; then the take-back
-        // script, the last successes and the telemetry flush.
-        var client = ConfigurationOptions.Parse(builder.Configuration["ConnectionStrings:redis"]!);
+        // the write in flight is answered (or failed) within the client's timeout and one heartbeat, as the worker's own
+        // settings give them (Worker.Cpu's appsettings.json, copied beside this test, sets a 2 s heartbeat; the connection
+        // string has no key for it); then the take-back script, the last successes and the telemetry flush.
+        var client = host.Services.GetRequiredService<IOptions<ConfigurationOptions>>().Value;
+        Assert.Equal(TimeSpan.FromSeconds(2), client.HeartbeatInterval);
+        // The shipped timeout and heartbeat fit the margin: the take-back is not cut short by the cap.
+        Assert.Equal(TimeSpan.FromMilliseconds(client.AsyncTimeout) + client.HeartbeatInterval, ComputeSlots.ChargeAnswerLimit(client, NullLogger.Instance));
         var lastRead = TimeSpan.FromSeconds(8) + StreamEntryReader.TimeoutBeyondBlock + StreamEntryReader.Heartbeat;
         var needed = lastRead + TimeSpan.FromSeconds(25) + TimeSpan.FromMilliseconds(client.AsyncTimeout) + client.HeartbeatInterval + ComputeSlots.TakeBackBudget;
         var shutdown = host.Services.GetRequiredService<IOptions<Microsoft.Extensions.Hosting.HostOptions>>().Value.ShutdownTimeout;

@@ -34,8 +34,10 @@ public sealed class RedisSocketThreadsTests
         Assert.NotSame(SocketManager.Shared, options.SocketManager);
         Assert.NotSame(SocketManager.ThreadPool, options.SocketManager);
         Assert.Equal("worker-cpu", options.SocketManager!.Name);
-        // The blocking reader clones these options: the clone keeps the same manager.
-        Assert.Same(options.SocketManager, options.Clone().SocketManager);
+        // One manager per thread count for the process, not one per host (each would start threads of its own).
+        Assert.Same(options.SocketManager, RedisOptions(null).SocketManager);
+        Assert.Same(options.SocketManager, RedisOptions("2").SocketManager);
+        Assert.NotSame(options.SocketManager, RedisOptions("3").SocketManager);
     }
 
     [Fact]
