@@ -40,17 +40,30 @@ public sealed class ClusterTopologyTests(ClusterAppHostFixture fixture, ITestOut
         var cpuIds = new List<string>();
         var ioIds = new List<string>();
         var batches = EventsPerLane / BatchSize;
+        // The last CPU batch goes in only after the CPU replica was killed, so that lane cannot be done before the kill.
+        // Without this a fast lane could finish every submitted PBKDF2 event before the check below saw 10 of them
+        // succeed (CI run of session 15: "Worker.Cpu's lane was done before the kill: nothing to prove").
+        var cpuKilled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var submitting = Task.Run(async () =>
         {
             for (var batch = 0; batch < batches; batch++)
             {
+                if (batch == batches - 1)
+                {
+                    await cpuKilled.Task.WaitAsync(TimeSpan.FromSeconds(120));
+                }
+
                 var cpu = await SubmitBatchAsync(Enumerable.Range(0, BatchSize).Select(i =>
                     (object)new { type = "hash.pbkdf2", payload = new { data = $"replica {batch}-{i}", iterations = 50_000 } }));
+                lock (cpuIds)
+                {
+                    cpuIds.AddRange(cpu);
+                }
+
                 var io = await SubmitBatchAsync(Enumerable.Range(0, BatchSize).Select(i =>
                     (object)new { type = "webhook.post", payload = new { replica = $"{batch}-{i}", simulate = new { delayMs = 3000 } } }));
                 lock (cpuIds)
                 {
-                    cpuIds.AddRange(cpu);
                     ioIds.AddRange(io);
                 }
             }
@@ -67,8 +80,20 @@ public sealed class ClusterTopologyTests(ClusterAppHostFixture fixture, ITestOut
         var db = redis.GetDatabase();
         // Each lane's replica dies once its lane is under way and not done: 10 CPU events succeeded; 10 I/O events
         // at the receiver (whose answers take 3 s, so the replicas hold unacknowledged deliveries).
+        async Task<string> KillCpuReplicaAsync()
+        {
+            try
+            {
+                return await KillOnceUnderWayAsync(() => CountSucceededAsync(db, Snapshot(cpuIds)), () => CountSucceededAsync(db, Snapshot(cpuIds)), EventsPerLane, cpuWorkers[1], "Worker.Cpu");
+            }
+            finally
+            {
+                cpuKilled.TrySetResult();
+            }
+        }
+
         var kills = await Task.WhenAll(
-            KillOnceUnderWayAsync(() => CountSucceededAsync(db, Snapshot(cpuIds)), () => CountSucceededAsync(db, Snapshot(cpuIds)), EventsPerLane, cpuWorkers[1], "Worker.Cpu"),
+            KillCpuReplicaAsync(),
             KillOnceUnderWayAsync(async () => (await DeliveriesAsync(Snapshot(ioIds))).Values.Count(c => c > 0), () => CountSucceededAsync(db, Snapshot(ioIds)), EventsPerLane, ioWorkers[0], "Worker.Io"));
         output.WriteLine($"kill -9 at {watch.Elapsed.TotalSeconds:F1} s: {string.Join("; ", kills)}");
         await submitting;
