@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Http.Headers;
+using System.Net.Sockets;
 using System.Text;
 using System.Threading.RateLimiting;
 using EventPipeline.Shared;
@@ -66,6 +67,17 @@ public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions
         catch (HttpRequestException ex)
         {
             logger.LogWarning(ex, "POST {Target} for event {EventId} got no HTTP response ({HttpRequestError})", target, eventId, ex.HttpRequestError);
+            throw new TransientDownstreamException(Unreachable, ex);
+        }
+        catch (Exception ex) when (ex is SocketException or IOException)
+        {
+            // SocketsHttpHandler does not wrap every socket failure in an HttpRequestException: when the downstream resets
+            // a connection right after accepting it, a query of the just-connected socket (on Linux, its remote address
+            // after a reset) throws ENOTCONN, "Transport endpoint is not connected", straight out of SendAsync (CI of session 16: the
+            // open-port test's event was dead-lettered with that text while a closed port's read "downstream unreachable",
+            // which is what the test forbids). It is the same failure — no HTTP response — and says the same.
+            logger.LogWarning(ex, "POST {Target} for event {EventId} got no HTTP response ({SocketError})", target, eventId,
+                (ex as SocketException)?.SocketErrorCode ?? (ex.InnerException as SocketException)?.SocketErrorCode);
             throw new TransientDownstreamException(Unreachable, ex);
         }
         catch (TaskCanceledException ex) when (!cancellationToken.IsCancellationRequested)
