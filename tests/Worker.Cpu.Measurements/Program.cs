@@ -4,7 +4,7 @@
 //   3. drain time of N hash.pbkdf2 events against the same N PBKDF2 calls made directly on all cores.
 // Usage: dotnet run -c Release --project tests/Worker.Cpu.Measurements -- [events=10000] [iterations=10000] [idleSeconds=30] [settleSeconds=30]
 // (events=0 measures only idle CPU and pickup latency; iterations=0 drains noop.cpu events: the lane's own overhead).
-// CpuLane__* environment variables (e.g. CpuLane__MaxStarted=32) are passed on to the worker.
+// CpuLane__*, Performance__*, Aspire__* and DOTNET_* environment variables (e.g. CpuLane__MaxStarted=32) are passed on to the worker.
 using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text;
@@ -26,14 +26,15 @@ await using var connection = await redis.ConnectAsync();
 var db = connection.GetDatabase();
 var statuses = new EventStatusStore(connection, Options.Create(new StatusOptions()));
 
+string[] passedOn = ["CpuLane__", "Performance__", "Aspire__", "DOTNET_"];
 var worker = ServiceProcess.Start("Worker.Cpu", new Dictionary<string, string?>
 {
     ["ConnectionStrings__redis"] = redis.ConnectionString,
     ["ASPNETCORE_ENVIRONMENT"] = "Production",
     ["Logging__LogLevel__Default"] = "Warning",
 }.Concat(
-    // CpuLane__* settings of this process's environment go to the worker, to compare settings back to back.
-    Environment.GetEnvironmentVariables().Keys.Cast<string>().Where(k => k.StartsWith("CpuLane__", StringComparison.Ordinal))
+    // The worker's settings in this process's environment go to it, to compare settings back to back.
+    Environment.GetEnvironmentVariables().Keys.Cast<string>().Where(k => passedOn.Any(prefix => k.StartsWith(prefix, StringComparison.Ordinal)))
         .Select(k => KeyValuePair.Create(k, Environment.GetEnvironmentVariable(k))))
     .ToDictionary(), out var port);
 await using (worker)
