@@ -61,7 +61,7 @@ public sealed class CpuLaneConsumer(
         using var heartbeatStop = new CancellationTokenSource();
         var heartbeat = KeepHeldEntriesFreshAsync(heartbeatStop.Token);
 
-        await EndingTheBlockingReadOnStopAsync(ReadUntilStoppedAsync(stoppingToken), stoppingToken);
+        await ReadUntilStoppedAsync(stoppingToken);
 
         buffer.Close();
         logger.LogInformation("CPU lane consumer {Consumer} draining {Buffered} buffered entries", buffer.ConsumerName, buffer.Reader.Count);
@@ -81,43 +81,6 @@ public sealed class CpuLaneConsumer(
         await writing;
         await heartbeatStop.CancelAsync();
         await heartbeat;
-    }
-
-    /// <summary>
-    /// Waits for the read loop; once the host stops, ends the loop's blocking XREADGROUP at once (CLIENT UNBLOCK, see
-    /// <see cref="StreamEntryReader.UnblockAsync"/>) instead of waiting out its BLOCK time, which is long so that an idle
-    /// worker wakes seldom (docs/operations.md, "Idle CPU"). The read is not cancelled: what it returns is still the
-    /// lane's to run. Tried again every 100 ms while the loop has not returned (a read sent just after a try blocks
-    /// then), for at most one BLOCK time; if Redis refuses or does not answer, the read ends by itself as before.
-    /// </summary>
-    private async Task EndingTheBlockingReadOnStopAsync(Task reading, CancellationToken stoppingToken)
-    {
-        var stopping = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        using (stoppingToken.Register(() => stopping.TrySetResult()))
-        {
-            await Task.WhenAny(reading, stopping.Task);
-        }
-
-        var since = Stopwatch.GetTimestamp();
-        while (!reading.IsCompleted && Stopwatch.GetElapsedTime(since) < options.Value.BlockTimeout)
-        {
-            try
-            {
-                if (await reader.UnblockAsync(redis.GetDatabase()))
-                {
-                    logger.LogInformation("Stopping: ended the blocking read of consumer {Consumer} rather than wait up to {BlockTimeout} for it", buffer.ConsumerName, options.Value.BlockTimeout);
-                }
-            }
-            catch (Exception ex) when (ex is RedisException or TimeoutException)
-            {
-                logger.LogWarning(ex, "Stopping: could not end the blocking read early; it returns within {BlockTimeout}", options.Value.BlockTimeout);
-                break;
-            }
-
-            await Task.WhenAny(reading, Task.Delay(100));
-        }
-
-        await reading;
     }
 
     private async Task ReadUntilStoppedAsync(CancellationToken stoppingToken)

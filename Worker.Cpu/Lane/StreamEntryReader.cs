@@ -31,19 +31,8 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
     /// </summary>
     public static readonly TimeSpan Heartbeat = TimeSpan.FromSeconds(5);
 
-    private static int s_instances;
-
-    /// <summary>
-    /// This reader's connection name, unique among the clients of one Redis (host, process, instance), so that
-    /// <see cref="UnblockAsync"/> finds this reader's read and no other process's.
-    /// </summary>
-    private readonly string _clientName = $"worker-cpu-reader-{Environment.MachineName}-{Environment.ProcessId}-{Interlocked.Increment(ref s_instances)}";
-
     private OwnRedisConnection? _blocking;
     private bool _disposed;
-
-    /// <summary>The client name this reader's connection gives Redis (CLIENT LIST shows it).</summary>
-    public string ClientName => _clientName;
 
     public async Task<IReadOnlyList<LaneEntry>> ReadAsync(string consumer, int count, CancellationToken cancellationToken)
     {
@@ -53,67 +42,6 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
             "GROUP", CpuLaneStreams.Group, consumer, "COUNT", count, "BLOCK", blockMs, "STREAMS", CpuLaneStreams.Stream.ToString(), ">")
             .WaitAsync(cancellationToken);
         return Parse(reply);
-    }
-
-    /// <summary>
-    /// Ends this reader's blocking XREADGROUP now, as if its BLOCK time had passed (<c>CLIENT UNBLOCK</c>): the read
-    /// returns what it holds, nothing, and the lane's stop need not wait out the BLOCK. Sent on <paramref name="db"/>, the
-    /// worker's shared connection, since this reader's own connection is busy with the read; the read is found by this
-    /// reader's client name and Redis's blocked flag, so a client id left over from before a reconnect (another client's
-    /// after a Redis restart) is never used. Returns whether a blocked read of this reader was found and ended; false
-    /// when none is blocked right now (not yet sent, or already returned). Throws what the Redis client throws, e.g. when
-    /// an ACL denies the CLIENT command: the caller then waits for the read to return by itself.
-    /// </summary>
-    public async Task<bool> UnblockAsync(IDatabase db)
-    {
-        if (Volatile.Read(ref _blocking) is null)
-        {
-            return false;
-        }
-
-        var clients = (string?)await db.ExecuteAsync("CLIENT", "LIST", "TYPE", "normal");
-        var ended = false;
-        foreach (var line in (clients ?? "").Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-        {
-            if (BlockedClientId(line, _clientName) is { } id)
-            {
-                ended |= (long)await db.ExecuteAsync("CLIENT", "UNBLOCK", id) == 1;
-            }
-        }
-
-        return ended;
-    }
-
-    /// <summary>The id of a CLIENT LIST line's client if it is named <paramref name="name"/> and blocked, else null.</summary>
-    internal static long? BlockedClientId(string line, string name)
-    {
-        long? id = null;
-        var (named, blocked) = (false, false);
-        foreach (var field in line.Split(' ', StringSplitOptions.RemoveEmptyEntries))
-        {
-            var at = field.IndexOf('=');
-            if (at <= 0)
-            {
-                continue;
-            }
-
-            var key = field.AsSpan(0, at);
-            var value = field.AsSpan(at + 1);
-            if (key.SequenceEqual("id") && long.TryParse(value, out var parsed))
-            {
-                id = parsed;
-            }
-            else if (key.SequenceEqual("name"))
-            {
-                named = value.SequenceEqual(name);
-            }
-            else if (key.SequenceEqual("flags"))
-            {
-                blocked = value.Contains('b');
-            }
-        }
-
-        return named && blocked ? id : null;
     }
 
     private static volatile bool s_groupEnsured;
@@ -188,7 +116,7 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
         }
 
         config.AbortOnConnectFail = false;
-        config.ClientName = _clientName;
+        config.ClientName = "worker-cpu-reader";
         // Parse reads XREADGROUP's RESP2 reply (arrays); a Protocol=Resp3 given for the worker's other connection would
         // make it a map and stop the lane (review of s11-carried, M1). Nothing else runs on this connection.
         config.Protocol = RedisProtocol.Resp2;

@@ -69,48 +69,4 @@ public sealed class DrainTests(SharedRabbitMq rabbit, ITestOutputHelper output)
         Assert.Equal(Bursts.ExpectedPbkdf2(id, iterations), status["result"]);
         Assert.Equal(1, await lane.Statuses.GetCompletionsAsync(id));
     }
-
-    [Fact]
-    public async Task Sigterm_of_an_idle_worker_ends_its_blocking_read_instead_of_waiting_it_out()
-    {
-        // An idle worker sits in XREADGROUP for up to BlockTimeout (8 s by default since session 16, so that it wakes
-        // seldom). On SIGTERM it ends that read with CLIENT UNBLOCK; before, it waited it out.
-        await using var lane = await CpuLaneHarness.StartAsync();
-        var block = TimeSpan.FromSeconds(9);
-        var worker = await lane.StartWorkerAsync(new Dictionary<string, string?>
-        {
-            ["CpuLane__BlockTimeout"] = "00:00:09",
-            ["CpuLane__ClaimTimeout"] = "00:00:30",
-        });
-
-        // SIGTERM right after a read began to block (CLIENT LIST's idle: whole seconds since the command), so that most of
-        // its 9 s is still ahead of it.
-        var blocked = await Eventually.ReturnsAsync(() => BlockedReaderAsync(lane.Db), c => c is { Idle: 0 }, TimeSpan.FromSeconds(60),
-            "the worker's reader to begin a blocking read", TimeSpan.FromMilliseconds(50));
-        var exitedAfter = await worker.TerminateAsync(TimeSpan.FromSeconds(60));
-        output.WriteLine($"reader {blocked!.Name} blocked; worker exited {exitedAfter} after SIGTERM");
-
-        Assert.Contains(worker.Output, line => line.Contains("ended the blocking read", StringComparison.Ordinal));
-        Assert.True(exitedAfter < block - TimeSpan.FromSeconds(2),
-            $"the worker exited {exitedAfter} after SIGTERM: it waited out its reader's {block} BLOCK, begun less than a second before the signal");
-    }
-
-    private sealed record BlockedClient(string Name, long Idle);
-
-    /// <summary>The worker's reader connection while it is blocked in a command, from CLIENT LIST; null otherwise.</summary>
-    private static async Task<BlockedClient?> BlockedReaderAsync(IDatabase db)
-    {
-        var list = (string?)await db.ExecuteAsync("CLIENT", "LIST", "TYPE", "normal") ?? "";
-        foreach (var line in list.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-        {
-            var fields = line.Split(' ').Select(f => f.Split('=', 2)).Where(kv => kv.Length == 2).ToDictionary(kv => kv[0], kv => kv[1]);
-            if (fields.GetValueOrDefault("name", "").StartsWith("worker-cpu-reader-", StringComparison.Ordinal)
-                && fields.GetValueOrDefault("flags", "").Contains('b'))
-            {
-                return new BlockedClient(fields["name"], long.Parse(fields["idle"]));
-            }
-        }
-
-        return null;
-    }
 }
