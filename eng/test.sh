@@ -17,12 +17,9 @@ dotnet build EventPipeline.sln
 # keeps its own parallelism setting inside. The two biggest functional projects that run their tests one at a time
 # start together; the one that runs its classes in parallel (Worker.Cpu.FunctionalTests) overlaps the lighter ones.
 # Balanced on session 11's CI run (fresh clone, 20.9 min): 10.0 + 8.2 min against 6.9 + 3.8 + 3.5 + 1.7 + 0.9.
-# Session 16's CI run (26.1 min, docs/test-suite-time.md) had grown to 11.5 + 9.5 against 7.9 + 5.5 + 7.5 + 2.2 + 1.3,
-# the second stream's last 3.5 min alone; the unit and infra projects (1.3 min) moved to the head of the first. A
-# third stream for them and Observability.Tests was tried and slowed the two big streams by a third (25.0 min).
 streams=(
-  "Producer.Api.UnitTests Worker.Cpu.UnitTests Infra.Tests Producer.Api.FunctionalTests Worker.Cpu.FunctionalTests"
-  "Worker.Io.FunctionalTests Bench.Tests EndToEnd.Tests Observability.Tests"
+  "Producer.Api.FunctionalTests Worker.Cpu.FunctionalTests"
+  "Worker.Io.FunctionalTests Bench.Tests EndToEnd.Tests Observability.Tests Producer.Api.UnitTests Worker.Cpu.UnitTests Infra.Tests"
 )
 # Every test project must be in exactly one stream, or a new project would silently not run.
 listed=" ${streams[*]} "
