@@ -64,20 +64,19 @@ public sealed class DownstreamClient(HttpClient http, IOptions<DownstreamOptions
             // response drains what is left of it, and the connection goes back to the pool).
             response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken);
         }
-        catch (HttpRequestException ex)
-        {
-            logger.LogWarning(ex, "POST {Target} for event {EventId} got no HTTP response ({HttpRequestError})", target, eventId, ex.HttpRequestError);
-            throw new TransientDownstreamException(Unreachable, ex);
-        }
-        catch (Exception ex) when (ex is SocketException or IOException)
+        catch (Exception ex) when (ex is HttpRequestException or SocketException or IOException)
         {
             // SocketsHttpHandler does not wrap every socket failure in an HttpRequestException: when the downstream resets
             // a connection right after accepting it, a query of the just-connected socket (on Linux, its remote address
-            // after a reset) throws ENOTCONN, "Transport endpoint is not connected", straight out of SendAsync (CI of session 16: the
-            // open-port test's event was dead-lettered with that text while a closed port's read "downstream unreachable",
-            // which is what the test forbids). It is the same failure — no HTTP response — and says the same.
-            logger.LogWarning(ex, "POST {Target} for event {EventId} got no HTTP response ({SocketError})", target, eventId,
-                (ex as SocketException)?.SocketErrorCode ?? (ex.InnerException as SocketException)?.SocketErrorCode);
+            // after a reset) throws ENOTCONN, "Transport endpoint is not connected", straight out of SendAsync (CI of
+            // session 16: the open-port test's event was dead-lettered with that text while a closed port's read
+            // "downstream unreachable", which is what the test forbids). All of them are one failure, no HTTP response.
+            var cause = ex switch
+            {
+                HttpRequestException http => http.HttpRequestError.ToString(),
+                _ => ((ex as SocketException ?? ex.InnerException as SocketException)?.SocketErrorCode)?.ToString() ?? ex.GetType().Name,
+            };
+            logger.LogWarning(ex, "POST {Target} for event {EventId} got no HTTP response ({Cause})", target, eventId, cause);
             throw new TransientDownstreamException(Unreachable, ex);
         }
         catch (TaskCanceledException ex) when (!cancellationToken.IsCancellationRequested)

@@ -4,7 +4,8 @@
 //   3. drain time of N hash.pbkdf2 events against the same N PBKDF2 calls made directly on all cores.
 // Usage: dotnet run -c Release --project tests/Worker.Cpu.Measurements -- [events=10000] [iterations=10000] [idleSeconds=30] [settleSeconds=30]
 // (events=0 measures only idle CPU and pickup latency; iterations=0 drains noop.cpu events: the lane's own overhead).
-// CpuLane__*, Performance__*, Aspire__* and DOTNET_* environment variables (e.g. CpuLane__MaxStarted=32) are passed on to the worker.
+// The worker inherits this process's environment, so settings given there (e.g. CpuLane__MaxStarted=32,
+// CpuLane__BlockTimeout=00:00:09) reach it, to compare settings back to back.
 using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text;
@@ -26,17 +27,13 @@ await using var connection = await redis.ConnectAsync();
 var db = connection.GetDatabase();
 var statuses = new EventStatusStore(connection, Options.Create(new StatusOptions()));
 
-string[] passedOn = ["CpuLane__", "Performance__", "Aspire__", "DOTNET_"];
+// ChildProcess starts the worker with this process's environment plus these (ProcessStartInfo's own copy).
 var worker = ServiceProcess.Start("Worker.Cpu", new Dictionary<string, string?>
 {
     ["ConnectionStrings__redis"] = redis.ConnectionString,
     ["ASPNETCORE_ENVIRONMENT"] = "Production",
     ["Logging__LogLevel__Default"] = "Warning",
-}.Concat(
-    // The worker's settings in this process's environment go to it, to compare settings back to back.
-    Environment.GetEnvironmentVariables().Keys.Cast<string>().Where(k => passedOn.Any(prefix => k.StartsWith(prefix, StringComparison.Ordinal)))
-        .Select(k => KeyValuePair.Create(k, Environment.GetEnvironmentVariable(k))))
-    .ToDictionary(), out var port);
+}, out var port);
 await using (worker)
 {
     await ServiceProcess.WaitUntilReadyAsync(worker, port, TimeSpan.FromSeconds(120));
