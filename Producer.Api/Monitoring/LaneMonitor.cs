@@ -39,7 +39,7 @@ public sealed class LaneMonitor(
     RabbitMqQueueMetrics queueMetrics,
     Microsoft.Extensions.Options.IOptions<LaneMonitorOptions> options)
 {
-    /// <summary>A consumer idle longer than this is not counted as attached (it blocks for at most 2 s between reads).</summary>
+    /// <summary>A consumer idle longer than this is not counted as attached (it blocks for at most CpuLane:BlockTimeout, 8 s by default, between reads).</summary>
     private static readonly TimeSpan ConsumerLiveness = TimeSpan.FromSeconds(30);
 
     public async Task<IReadOnlyList<LaneState>> ReadAsync(CancellationToken cancellationToken)

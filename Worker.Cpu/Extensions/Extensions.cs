@@ -70,7 +70,8 @@ public static class CpuLaneExtensions
         // The host waits for the drain, plus ComputeSlots.ShutdownMargin: a drain timeout's take-back waits for the lane
         // write in flight as long as the Redis client does, then writes (a literal here: tests/Infra.Tests reads it).
         // The drain's clock starts when the read loop returns, after its last blocking read: that read cannot be
-        // cancelled, and while Redis stalls it ends only at the reader connection's timeout (BlockTimeout +
+        // cancelled (the stop ends it through the reader's wake-up stream, a write), and while Redis stalls it ends only
+        // at the reader connection's timeout (BlockTimeout +
         // TimeoutBeyondBlock) and a heartbeat of its connection. It is part of the wait too, or the host gave up before the take-back.
         var drain = builder.Configuration.GetValue("CpuLane:DrainTimeout", TimeSpan.FromSeconds(25))
                     + builder.Configuration.GetValue("CpuLane:BlockTimeout", new CpuLaneOptions().BlockTimeout)

@@ -62,6 +62,8 @@ public sealed class CpuLaneConsumer(
         var heartbeat = KeepHeldEntriesFreshAsync(heartbeatStop.Token);
 
         await ReadUntilStoppedAsync(stoppingToken);
+        // Beside the drain: nothing reads any more.
+        var wakeRemoved = reader.RemoveWakeStreamAsync(redis);
 
         buffer.Close();
         logger.LogInformation("CPU lane consumer {Consumer} draining {Buffered} buffered entries", buffer.ConsumerName, buffer.Reader.Count);
@@ -81,10 +83,13 @@ public sealed class CpuLaneConsumer(
         await writing;
         await heartbeatStop.CancelAsync();
         await heartbeat;
+        await wakeRemoved;
     }
 
     private async Task ReadUntilStoppedAsync(CancellationToken stoppingToken)
     {
+        // The blocking read is not cancellable: on stop, an entry on the reader's wake-up stream ends it at once.
+        await using var wake = stoppingToken.Register(() => reader.Wake(redis));
         var backoff = TimeSpan.Zero;
         while (!stoppingToken.IsCancellationRequested)
         {
@@ -98,8 +103,9 @@ public sealed class CpuLaneConsumer(
                 await buffer.WaitForRoomAsync(stoppingToken);
 
                 await StreamEntryReader.EnsureGroupOnceAsync(redis.GetDatabase());
-                // Not cancelled by shutdown: the read returns within BlockTimeout, and what it returns is ours to run.
-                var entries = await reader.ReadAsync(buffer.ConsumerName, Math.Max(1, buffer.FreeSlots), CancellationToken.None);
+                // Not cancelled by shutdown: the read returns within BlockTimeout, or at once when the stop wakes it
+                // (StreamEntryReader.Wake), and what it returns is ours to run.
+                var entries = await reader.ReadAsync(buffer.ConsumerName, Math.Max(1, buffer.FreeSlots), CancellationToken.None, stoppingToken);
                 foreach (var entry in entries)
                 {
                     await buffer.AddAsync(entry);
@@ -111,10 +117,20 @@ public sealed class CpuLaneConsumer(
             {
                 return;
             }
+            catch (RedisServerException ex) when (ex.Message.StartsWith("NOGROUP", StringComparison.Ordinal) && reader.IsAboutWakeStream(ex)
+                || ex.Message.StartsWith("UNBLOCKED the stream key no longer exists", StringComparison.Ordinal))
+            {
+                // The reader's wake-up stream was deleted or expired (a blocked read hears "UNBLOCKED", the next one
+                // NOGROUP); if the lane's stream went too, the next read says so.
+                logger.LogInformation("A stream the CPU lane was reading went missing ({Error}); making the wake-up stream again", ex.Message);
+                reader.ForgetWakeStream();
+                backoff = TimeSpan.FromMilliseconds(100);
+            }
             catch (RedisServerException ex) when (ex.Message.StartsWith("NOGROUP", StringComparison.Ordinal))
             {
                 logger.LogWarning("Consumer group {Group} is missing (Redis lost its data?); recreating it", CpuLaneStreams.Group);
                 StreamEntryReader.ForgetGroup();
+                reader.ForgetWakeStream();
                 backoff = TimeSpan.FromMilliseconds(100);
             }
             catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))

@@ -41,8 +41,14 @@ public sealed class CpuLaneOptions
     /// <summary>How long handing a result on to the I/O lane (publish + confirm) may take before the attempt fails.</summary>
     public TimeSpan ForwardTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
-    /// <summary>How long one XREADGROUP blocks waiting for new entries.</summary>
-    public TimeSpan BlockTimeout { get; set; } = TimeSpan.FromSeconds(2);
+    /// <summary>
+    /// How long one XREADGROUP blocks waiting for new entries. An entry is picked up as soon as it is added whatever this
+    /// is; each BLOCK that ends empty wakes the idle worker (a reply, a socket thread, a thread-pool thread that spins
+    /// before it sleeps), so it is long: 8 s (2 s before session 17). A stopping worker ends its read at once (an entry on
+    /// its wake-up stream, <see cref="StreamEntryReader.WakeKey"/>); only when Redis stalls or refuses that write does the
+    /// host wait for the read (the shutdown timeout counts it).
+    /// </summary>
+    public TimeSpan BlockTimeout { get; set; } = TimeSpan.FromSeconds(8);
 
     /// <summary>
     /// Entries taken up by handlers (charged a run, status <c>processing</c>, waiting for a core or computing) but not

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using EventPipeline.Shared;
 using Microsoft.Extensions.Options;
 using StackExchange.Redis;
@@ -34,14 +35,190 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
     private OwnRedisConnection? _blocking;
     private bool _disposed;
 
-    public async Task<IReadOnlyList<LaneEntry>> ReadAsync(string consumer, int count, CancellationToken cancellationToken)
+    /// <summary>
+    /// Lifetime of this reader's wake-up stream (<see cref="WakeKey"/>), renewed by a read at least every quarter of it:
+    /// a worker that dies leaves its stream behind for at most this long.
+    /// </summary>
+    public static readonly TimeSpan WakeStreamLifetime = TimeSpan.FromMinutes(10);
+
+    /// <summary>After Redis refused to make or renew the wake-up stream, how long the reader waits before it asks again.</summary>
+    private static readonly TimeSpan WakeRetryAfterRefusal = TimeSpan.FromSeconds(30);
+
+    // Renews the wake-up stream's lifetime, or makes it (with the lane's group on it, reading the entries added from now
+    // on) if it or its group is missing; one script, so that no stream is left without a lifetime. Renewing runs no
+    // command Redis refuses when out of memory (only XGROUP CREATE is one), so an existing stream outlives an OOM.
+    private static readonly LuaScript EnsureWake = LuaScript.Prepare("""
+        if redis.call('EXISTS', @wake) == 1 then
+          for _, g in ipairs(redis.call('XINFO', 'GROUPS', @wake)) do
+            for i = 1, #g, 2 do
+              if g[i] == 'name' and g[i + 1] == @group then
+                redis.call('PEXPIRE', @wake, @lifetime)
+                return 1
+              end
+            end
+          end
+        end
+        redis.call('XGROUP', 'CREATE', @wake, @group, '$', 'MKSTREAM')
+        redis.call('PEXPIRE', @wake, @lifetime)
+        return 2
+        """);
+
+    private string? _consumer;
+    private RedisKey _wakeKey;
+    private long _wakeRenewedAt; // Stopwatch timestamp of the last EnsureWake that succeeded; 0: not (any more) in place
+    private long _wakeRefusedAt; // Stopwatch timestamp of the last refusal of EnsureWake; 0: none since the last success
+    private Task? _waking;
+
+    /// <summary>
+    /// This reader's wake-up stream: <c>events.cpu.wake:&lt;consumer&gt;</c>, read in the same XREADGROUP as the lane, so
+    /// one entry added to it (<see cref="Wake"/>) ends a blocking read at once. Redis has no way to cancel a read that
+    /// is safe in every state (CLIENT UNBLOCK on a read held back by a write pause — CLIENT PAUSE WRITE, FAILOVER, a
+    /// shutdown waiting for replicas — makes Redis 7.0 panic: valkey#2111, redis#14164), and neither StackExchange.Redis
+    /// nor Aspire's client has one; an XADD is an ordinary write, and a read that starts after it returns at once.
+    /// </summary>
+    public RedisKey WakeKey => _wakeKey;
+
+    /// <summary>
+    /// One blocking read of new lane entries for <paramref name="consumer"/>. <paramref name="stopping"/> is looked at
+    /// once the wake-up stream is in place and before the read is sent: a stop that came before then (when
+    /// <see cref="Wake"/> may have found no stream to wake) returns no entries instead of blocking. A read once sent is
+    /// never abandoned by it (what it returns is the caller's to run); <paramref name="cancellationToken"/> abandons it.
+    /// </summary>
+    public async Task<IReadOnlyList<LaneEntry>> ReadAsync(string consumer, int count, CancellationToken cancellationToken, CancellationToken stopping = default)
     {
         var connection = await GetConnectionAsync();
+        var db = connection.GetDatabase();
         var blockMs = (long)options.Value.BlockTimeout.TotalMilliseconds;
-        var reply = await connection.GetDatabase().ExecuteAsync("XREADGROUP",
-            "GROUP", CpuLaneStreams.Group, consumer, "COUNT", count, "BLOCK", blockMs, "STREAMS", CpuLaneStreams.Stream.ToString(), ">")
+        var wake = await EnsureWakeStreamAsync(db, consumer);
+        if (stopping.IsCancellationRequested)
+        {
+            return [];
+        }
+
+        var reply = await (wake
+            ? db.ExecuteAsync("XREADGROUP", "GROUP", CpuLaneStreams.Group, consumer, "COUNT", count, "BLOCK", blockMs,
+                "STREAMS", CpuLaneStreams.Stream.ToString(), _wakeKey.ToString(), ">", ">")
+            : db.ExecuteAsync("XREADGROUP", "GROUP", CpuLaneStreams.Group, consumer, "COUNT", count, "BLOCK", blockMs,
+                "STREAMS", CpuLaneStreams.Stream.ToString(), ">"))
             .WaitAsync(cancellationToken);
         return Parse(reply);
+    }
+
+    /// <summary>
+    /// Ends the blocking read in progress, or the next one, at once: one entry on this reader's wake-up stream, sent on
+    /// the worker's shared connection (the reader's own is busy with the read). Entries that read returns are still
+    /// the caller's to run. Without a wake-up stream (not made yet, or refused by Redis) the read in progress ends at its
+    /// BLOCK time; one not yet sent sees the stop (<see cref="ReadAsync"/>). Never throws: it runs in a cancellation callback.
+    /// </summary>
+    public void Wake(IConnectionMultiplexer redis)
+    {
+        if (_consumer is null || Interlocked.Read(ref _wakeRenewedAt) == 0)
+        {
+            return;
+        }
+
+        Volatile.Write(ref _waking, WakeAsync(redis));
+    }
+
+    private async Task WakeAsync(IConnectionMultiplexer redis)
+    {
+        try
+        {
+            // NOMKSTREAM: a wake-up that comes after the stream was removed (or expired) must not make it again, lifetime-less.
+            await redis.GetDatabase().ExecuteAsync("XADD", _wakeKey, "NOMKSTREAM", "MAXLEN", 1, "*", "stop", 1);
+            logger.LogDebug("Woke the blocking read of {Consumer}", _consumer);
+        }
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
+        {
+            logger.LogWarning(ex, "Could not wake the blocking read of {Consumer}; it ends at its BLOCK time", _consumer);
+        }
+    }
+
+    /// <summary>
+    /// Removes the wake-up stream once reading is over (after <see cref="Wake"/> has been sent, so it cannot make the
+    /// stream again). A failure leaves it to its lifetime. Never throws.
+    /// </summary>
+    public async Task RemoveWakeStreamAsync(IConnectionMultiplexer redis)
+    {
+        if (_consumer is null)
+        {
+            return;
+        }
+
+        Interlocked.Exchange(ref _wakeRenewedAt, 0);
+        try
+        {
+            if (Volatile.Read(ref _waking) is { } waking)
+            {
+                await waking;
+            }
+
+            await redis.GetDatabase().KeyDeleteAsync(_wakeKey);
+        }
+        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
+        {
+            logger.LogInformation("Could not remove wake-up stream {WakeKey} ({Error}); it expires within {Lifetime}", _wakeKey.ToString(), ex.Message, WakeStreamLifetime);
+        }
+    }
+
+    /// <summary>The wake-up stream went missing (deleted, expired, Redis lost its data): make it again before the next read.</summary>
+    public void ForgetWakeStream()
+    {
+        Interlocked.Exchange(ref _wakeRenewedAt, 0);
+        Interlocked.Exchange(ref _wakeRefusedAt, 0);
+    }
+
+    /// <summary>Whether a Redis error reply is about this reader's wake-up stream (NOGROUP names the key it missed).</summary>
+    public bool IsAboutWakeStream(RedisServerException error) =>
+        _consumer is not null && error.Message.Contains(_wakeKey.ToString(), StringComparison.Ordinal);
+
+    private async Task<bool> EnsureWakeStreamAsync(IDatabase db, string consumer)
+    {
+        if (_consumer != consumer)
+        {
+            _wakeKey = $"{CpuLaneStreams.Stream}.wake:{consumer}";
+            _consumer = consumer;
+            ForgetWakeStream();
+        }
+
+        var renewed = Interlocked.Read(ref _wakeRenewedAt);
+        if (renewed != 0 && Stopwatch.GetElapsedTime(renewed) < WakeStreamLifetime / 4)
+        {
+            return true;
+        }
+
+        // A stream renewed before still exists until its lifetime runs out (with a read's time to spare); past that a
+        // read naming it would fail (NOGROUP).
+        var stillThere = renewed != 0 && Stopwatch.GetElapsedTime(renewed) < WakeStreamLifetime - 2 * options.Value.BlockTimeout - TimeoutBeyondBlock;
+        var refused = Interlocked.Read(ref _wakeRefusedAt);
+        if (refused != 0 && Stopwatch.GetElapsedTime(refused) < WakeRetryAfterRefusal)
+        {
+            return stillThere;
+        }
+
+        try
+        {
+            var made = (int)await db.ScriptEvaluateAsync(EnsureWake, new { wake = _wakeKey, group = CpuLaneStreams.Group, lifetime = (long)WakeStreamLifetime.TotalMilliseconds });
+            Interlocked.Exchange(ref _wakeRenewedAt, Stopwatch.GetTimestamp());
+            if (Interlocked.Exchange(ref _wakeRefusedAt, 0) != 0 || made == 2)
+            {
+                logger.LogInformation("Wake-up stream {WakeKey} in place", _wakeKey.ToString());
+            }
+
+            return true;
+        }
+        catch (RedisServerException ex)
+        {
+            // Redis refused it (out of memory, a replica, an ACL, a key of another type): read the lane alone; a stop then
+            // waits for the read's BLOCK time. Asked again after WakeRetryAfterRefusal. An outage (no reply at all) is
+            // left to the read itself to report.
+            if (Interlocked.Exchange(ref _wakeRefusedAt, Stopwatch.GetTimestamp()) == 0)
+            {
+                logger.LogWarning("Could not make or renew wake-up stream {WakeKey} ({Error}); reading without it until Redis allows it", _wakeKey.ToString(), ex.Message);
+            }
+
+            return stillThere;
+        }
     }
 
     private static volatile bool s_groupEnsured;
@@ -82,6 +259,11 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
         foreach (var stream in (RedisResult[])reply!)
         {
             var parts = (RedisResult[])stream!;
+            if ((string?)parts[0] != CpuLaneStreams.Stream.ToString())
+            {
+                continue; // the wake-up stream: its entry only ended the read
+            }
+
             foreach (var item in (RedisResult[])parts[1]!)
             {
                 var pair = (RedisResult[])item!;

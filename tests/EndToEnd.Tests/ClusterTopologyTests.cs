@@ -250,9 +250,11 @@ public sealed class ClusterAppHostFixture : IAsyncLifetime
             .SetMinimumLevel(LogLevel.Warning)
             .AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks", LogLevel.None));
 
-        // A killed CPU replica's entries are claimed by the others after this long (30 s by default; at least three times CpuLane:BlockTimeout): keeps the test short.
+        // A killed CPU replica's entries are claimed by the others after this long (30 s by default; more than three times
+        // CpuLane:BlockTimeout, whose 8 s default is too long for it): keeps the test short.
         builder.CreateResourceBuilder(builder.Resources.OfType<ProjectResource>().Single(r => r.Name == "worker-cpu"))
-            .WithEnvironment("CpuLane__ClaimTimeout", "00:00:10");
+            .WithEnvironment("CpuLane__ClaimTimeout", "00:00:10")
+            .WithEnvironment("CpuLane__BlockTimeout", "00:00:02");
 
         _app = await builder.BuildAsync();
         using var startup = new CancellationTokenSource(TimeSpan.FromMinutes(4));

@@ -148,17 +148,19 @@ public class WorkloadTests
     [Fact]
     public void Termination_grace_check_counts_the_cpu_lanes_last_blocking_read()
     {
-        // The host waits for the read loop's last blocking read too (it cannot be cancelled): an overlay that raises
-        // CpuLane__BlockTimeout to 9 s makes worker-cpu's ShutdownTimeout 25 + 9 + 5 + 5 + 10 = 54 s, past the 52 s
-        // grace. The check must catch that, or the kubelet kills the pod before its take-back.
+        // The host waits for the read loop's last blocking read too (while Redis stalls it cannot be ended early): an
+        // overlay that raises CpuLane__BlockTimeout to 14 s (with a ClaimTimeout that allows it) makes worker-cpu's
+        // ShutdownTimeout 25 + 14 + 5 + 5 + 10 = 59 s, past the 58 s grace. The check must catch that, or the kubelet
+        // kills the pod before its take-back.
         var rendered = Manifests.Render("overlays/prod");
         var workload = rendered.Workload("worker-cpu");
         var environment = rendered.EnvironmentOf(workload, workload.MainContainer);
-        environment["CpuLane__BlockTimeout"] = "00:00:09";
+        environment["CpuLane__BlockTimeout"] = "00:00:14";
+        environment["CpuLane__ClaimTimeout"] = "00:01:00";
 
         var problem = GraceProblem("worker-cpu", workload, environment);
 
-        Assert.True(problem is not null, $"with CpuLane__BlockTimeout at 9 s the host waits 54 s after SIGTERM, but the grace check passed a grace of {workload.PodSpec["terminationGracePeriodSeconds"]} s");
+        Assert.True(problem is not null, $"with CpuLane__BlockTimeout at 14 s the host waits 59 s after SIGTERM, but the grace check passed a grace of {workload.PodSpec["terminationGracePeriodSeconds"]} s");
     }
 
     /// <summary>Why the pod's grace period does not fit the host's shutdown timeout under this environment, or null.</summary>

@@ -143,12 +143,17 @@ public sealed class PipelineHost : IAsyncDisposable
         return _redisClient.GetDatabase();
     }
 
-    /// <summary>What the brokers hold: CPU stream entries, I/O queue messages, and every Redis key.</summary>
+    /// <summary>
+    /// What the brokers hold: CPU stream entries, I/O queue messages, and every Redis key but the CPU workers' wake-up
+    /// streams (<c>events.cpu.wake:*</c>, one per running worker, made at its first read and removed at its stop: they
+    /// come and go with workers, not with what the API accepts).
+    /// </summary>
     public async Task<BrokerContents> ContentsAsync()
     {
         var db = await RedisDbAsync();
         var stream = await db.StreamLengthAsync("events.cpu");
-        var keys = (long)(await db.ExecuteAsync("DBSIZE"));
+        // One script: a worker starting or stopping between two commands would make the count one off.
+        var keys = (long)await db.ScriptEvaluateAsync("return redis.call('DBSIZE') - #redis.call('KEYS', 'events.cpu.wake:*')");
         var queue = await Rabbit.MessageCountAsync("events-io") ?? 0;
         return new BrokerContents(stream, queue, keys);
     }

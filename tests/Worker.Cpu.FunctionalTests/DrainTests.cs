@@ -11,6 +11,15 @@ public sealed class DrainTests(SharedRabbitMq rabbit, ITestOutputHelper output)
 {
     private static readonly TimeSpan DrainTimeout = TimeSpan.FromSeconds(15);
 
+    /// <summary>A BLOCK long enough that a stop which waited for the read is told from one that woke it, even on a loaded machine.</summary>
+    private static readonly TimeSpan Block = TimeSpan.FromSeconds(20);
+
+    private static readonly Dictionary<string, string?> LongBlock = new()
+    {
+        ["CpuLane__BlockTimeout"] = "00:00:20",
+        ["CpuLane__ClaimTimeout"] = "00:01:10", // BlockTimeout must stay under a third of it
+    };
+
     [Fact]
     public async Task Sigterm_during_a_burst_finishes_in_flight_work_and_exits_within_the_grace_period()
     {
@@ -68,5 +77,95 @@ public sealed class DrainTests(SharedRabbitMq rabbit, ITestOutputHelper output)
         var status = await lane.WaitForStateAsync(id, "succeeded", TimeSpan.FromSeconds(90));
         Assert.Equal(Bursts.ExpectedPbkdf2(id, iterations), status["result"]);
         Assert.Equal(1, await lane.Statuses.GetCompletionsAsync(id));
+    }
+
+    [Fact]
+    public async Task Sigterm_of_an_idle_worker_ends_its_blocking_read_instead_of_waiting_it_out()
+    {
+        // An idle worker sits in XREADGROUP for up to BlockTimeout (8 s by default since session 17, so that it wakes
+        // seldom). On SIGTERM one entry on its wake-up stream, read in the same XREADGROUP, ends that read; before, the
+        // worker waited it out.
+        await using var lane = await CpuLaneHarness.StartAsync();
+        var worker = await lane.StartWorkerAsync(LongBlock);
+
+        // SIGTERM right after a read began to block (CLIENT LIST's idle: whole seconds since the command), so that most of
+        // its 20 s is still ahead of it.
+        var blocked = await Eventually.ReturnsAsync(() => BlockedReaderAsync(lane.Db), c => c is { Idle: 0 }, TimeSpan.FromSeconds(60),
+            "the worker's reader to begin a blocking read", TimeSpan.FromMilliseconds(50));
+        var exitedAfter = await worker.TerminateAsync(TimeSpan.FromSeconds(60));
+        output.WriteLine($"reader {blocked!.Name} blocked; worker exited {exitedAfter} after SIGTERM");
+
+        Assert.True(exitedAfter < Block / 2,
+            $"the worker exited {exitedAfter} after SIGTERM: it waited out its reader's {Block} BLOCK, begun less than a second before the signal");
+        Assert.Contains(worker.Output, line => line.Contains("drained", StringComparison.Ordinal));
+        // Its wake-up stream went with it.
+        Assert.Empty(await WakeStreamsAsync(lane));
+    }
+
+    [Fact]
+    public async Task A_worker_whose_wake_up_stream_was_deleted_makes_it_again_and_still_stops_at_once()
+    {
+        // An operator's DEL (or its expiry, or a Redis that lost its data) takes the wake-up stream away under a reading
+        // worker: the blocked read fails ("UNBLOCKED the stream key no longer exists"), the worker makes the stream again,
+        // keeps taking entries, and a stop still ends its read.
+        await using var lane = await CpuLaneHarness.StartAsync();
+        var worker = await lane.StartWorkerAsync(LongBlock);
+        var wake = Assert.Single(await Eventually.ReturnsAsync(() => WakeStreamsAsync(lane), keys => keys.Count == 1, TimeSpan.FromSeconds(60),
+            "the worker to make its wake-up stream", TimeSpan.FromMilliseconds(50)));
+        var lifetime = await lane.Db.KeyTimeToLiveAsync(wake);
+        Assert.True(lifetime is { } ttl && ttl > TimeSpan.Zero && ttl <= TimeSpan.FromMinutes(10), $"wake-up stream {wake} lives {lifetime?.ToString() ?? "forever"}");
+
+        await Eventually.ReturnsAsync(() => BlockedReaderAsync(lane.Db), c => c is not null, TimeSpan.FromSeconds(60),
+            "the worker's reader to block", TimeSpan.FromMilliseconds(50));
+        Assert.True(await lane.Db.KeyDeleteAsync(wake));
+
+        var id = $"after-wake-delete-{Guid.NewGuid():N}";
+        await lane.EnqueueAsync((id, "noop.cpu", new { }));
+        await lane.WaitForStateAsync(id, "succeeded", TimeSpan.FromSeconds(60));
+        await Eventually.TrueAsync(() => lane.Db.KeyExistsAsync(wake), TimeSpan.FromSeconds(60), "the worker to make its wake-up stream again",
+            TimeSpan.FromMilliseconds(100));
+        lifetime = await lane.Db.KeyTimeToLiveAsync(wake);
+        Assert.True(lifetime is { } again && again > TimeSpan.Zero, $"wake-up stream {wake}, made again, lives {lifetime?.ToString() ?? "forever"}");
+
+        var blocked = await Eventually.ReturnsAsync(() => BlockedReaderAsync(lane.Db), c => c is { Idle: 0 }, TimeSpan.FromSeconds(60),
+            "the worker's reader to begin a blocking read", TimeSpan.FromMilliseconds(50));
+        var exitedAfter = await worker.TerminateAsync(TimeSpan.FromSeconds(60));
+        output.WriteLine($"reader {blocked!.Name} blocked; worker exited {exitedAfter} after SIGTERM");
+        Assert.True(exitedAfter < Block / 2, $"the worker exited {exitedAfter} after SIGTERM: it waited out its {Block} BLOCK");
+        Assert.Empty(await WakeStreamsAsync(lane));
+    }
+
+    private static async Task<IReadOnlyList<RedisKey>> WakeStreamsAsync(CpuLaneHarness lane)
+    {
+        var keys = new List<RedisKey>();
+        var cursor = "0";
+        do
+        {
+            var page = (RedisResult[])(await lane.Db.ExecuteAsync("SCAN", cursor, "MATCH", $"{CpuLaneStreams.Stream}.wake:*", "COUNT", 1000))!;
+            cursor = (string)page[0]!;
+            keys.AddRange(((RedisResult[])page[1]!).Select(k => (RedisKey)(string)k!));
+        }
+        while (cursor != "0");
+
+        return keys;
+    }
+
+    private sealed record BlockedClient(string Name, long Idle);
+
+    /// <summary>The worker's reader connection while it is blocked in a command, from CLIENT LIST; null otherwise.</summary>
+    private static async Task<BlockedClient?> BlockedReaderAsync(IDatabase db)
+    {
+        var list = (string?)await db.ExecuteAsync("CLIENT", "LIST", "TYPE", "normal") ?? "";
+        foreach (var line in list.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var fields = line.Split(' ').Select(f => f.Split('=', 2)).Where(kv => kv.Length == 2).ToDictionary(kv => kv[0], kv => kv[1]);
+            if (fields.GetValueOrDefault("name", "").StartsWith("worker-cpu-reader", StringComparison.Ordinal)
+                && fields.GetValueOrDefault("flags", "").Contains('b'))
+            {
+                return new BlockedClient(fields["name"], long.Parse(fields["idle"]));
+            }
+        }
+
+        return null;
     }
 }
