@@ -60,6 +60,8 @@ public static class CpuLaneExtensions
             .ValidateDataAnnotations()
             .Validate(o => o.ClaimTimeout >= TimeSpan.FromSeconds(1) && o.ClaimInterval > TimeSpan.Zero, "CpuLane:ClaimTimeout must be at least 1 s and ClaimInterval positive")
             .Validate(o => o.BlockTimeout > TimeSpan.Zero && o.BlockTimeout < o.ClaimTimeout / 3, "CpuLane:BlockTimeout must be positive and under a third of ClaimTimeout")
+            // Far inside the reader's wake-up stream lifetime (StreamEntryReader.WakeStreamLifetime, 10 min, renewed every 2.5 min).
+            .Validate(o => o.BlockTimeout <= TimeSpan.FromMinutes(1), "CpuLane:BlockTimeout must be at most 1 minute")
             .Validate(o => o.RetryBaseDelay > TimeSpan.Zero && o.RetryMaxDelay >= o.RetryBaseDelay, "CpuLane:RetryBaseDelay must be positive and at most RetryMaxDelay")
             .Validate(o => o.WriteLinger >= TimeSpan.Zero && o.WriteLinger <= TimeSpan.FromSeconds(1), "CpuLane:WriteLinger must be between 0 and 1 s")
             .Validate(o => o.DrainTimeout > TimeSpan.Zero && o.ForwardTimeout > TimeSpan.Zero, "CpuLane:DrainTimeout and CpuLane:ForwardTimeout must be positive")

@@ -117,12 +117,15 @@ public sealed class CpuLaneConsumer(
             {
                 return;
             }
-            catch (RedisServerException ex) when (ex.Message.StartsWith("NOGROUP", StringComparison.Ordinal) && reader.IsAboutWakeStream(ex)
-                || ex.Message.StartsWith("UNBLOCKED the stream key no longer exists", StringComparison.Ordinal))
+            catch (RedisServerException ex) when ((ex.Message.StartsWith("NOGROUP", StringComparison.Ordinal) && reader.IsAboutWakeStream(ex))
+                || ex.Message.StartsWith("UNBLOCKED the stream key no longer exists", StringComparison.Ordinal)
+                || ex.Message.StartsWith("WRONGTYPE", StringComparison.Ordinal))
             {
                 // The reader's wake-up stream was deleted or expired (a blocked read hears "UNBLOCKED", the next one
-                // NOGROUP); if the lane's stream went too, the next read says so.
-                logger.LogInformation("A stream the CPU lane was reading went missing ({Error}); making the wake-up stream again", ex.Message);
+                // NOGROUP) or replaced by another type: it is made again (or left out of reads) before the next read.
+                // If it was the lane's stream that went, the next read says so (NOGROUP naming it, below).
+                logger.LogInformation("A stream the CPU lane was reading went missing or changed type ({Error}); checking the wake-up stream {WakeKey} before the next read",
+                    ex.Message, reader.WakeKey.ToString());
                 reader.ForgetWakeStream();
                 backoff = TimeSpan.FromMilliseconds(100);
             }

@@ -155,8 +155,10 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
 
             await redis.GetDatabase().KeyDeleteAsync(_wakeKey);
         }
-        catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
+        catch (Exception ex)
         {
+            // Any failure, not only Redis's (a multiplexer the host disposed past its shutdown timeout): the stream is
+            // only tidied away here, its lifetime ends it anyway, and the drain that runs beside this must not fail for it.
             logger.LogInformation("Could not remove wake-up stream {WakeKey} ({Error}); it expires within {Lifetime}", _wakeKey.ToString(), ex.Message, WakeStreamLifetime);
         }
     }
@@ -207,19 +209,30 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
 
             return true;
         }
-        catch (RedisServerException ex)
+        catch (RedisServerException ex) when (!RedisFailures.IsOutage(ex) || IsWriteRefusal(ex))
         {
-            // Redis refused it (out of memory, a replica, an ACL, a key of another type): read the lane alone; a stop then
-            // waits for the read's BLOCK time. Asked again after WakeRetryAfterRefusal. An outage (no reply at all) is
-            // left to the read itself to report.
+            // Redis refused it (out of memory or a full disk; an ACL, a key of another type): read the lane alone; a stop
+            // then waits for the read's BLOCK time. Asked again after WakeRetryAfterRefusal. An outage reply (a replica
+            // not yet promoted, LOADING, BUSY) goes to the read loop's backoff like any other outage. Only a refused
+            // write leaves an existing stream as it was; after any other refusal the stream is not named in reads (a
+            // key of another type there would fail every read of the lane).
             if (Interlocked.Exchange(ref _wakeRefusedAt, Stopwatch.GetTimestamp()) == 0)
             {
                 logger.LogWarning("Could not make or renew wake-up stream {WakeKey} ({Error}); reading without it until Redis allows it", _wakeKey.ToString(), ex.Message);
             }
 
+            if (!IsWriteRefusal(ex))
+            {
+                Interlocked.Exchange(ref _wakeRenewedAt, 0);
+                return false;
+            }
+
             return stillThere;
         }
     }
+
+    private static bool IsWriteRefusal(RedisServerException error) =>
+        error.Message.StartsWith("OOM", StringComparison.Ordinal) || error.Message.StartsWith("MISCONF", StringComparison.Ordinal);
 
     private static volatile bool s_groupEnsured;
 
@@ -300,7 +313,8 @@ public sealed class StreamEntryReader(IOptions<ConfigurationOptions> redis, IOpt
         config.AbortOnConnectFail = false;
         config.ClientName = "worker-cpu-reader";
         // Parse reads XREADGROUP's RESP2 reply (arrays); a Protocol=Resp3 given for the worker's other connection would
-        // make it a map and stop the lane (review of s11-carried, M1). Nothing else runs on this connection.
+        // make it a map and stop the lane (review of s11-carried, M1). Nothing else runs on this connection but the
+        // wake-up stream's script (an integer reply).
         config.Protocol = RedisProtocol.Resp2;
         // The blocking read must outlast its BLOCK time; anything longer than that means Redis is gone.
         config.AsyncTimeout = (int)(options.Value.BlockTimeout + TimeoutBeyondBlock).TotalMilliseconds;

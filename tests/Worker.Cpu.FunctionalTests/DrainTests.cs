@@ -135,6 +135,31 @@ public sealed class DrainTests(SharedRabbitMq rabbit, ITestOutputHelper output)
         Assert.Empty(await WakeStreamsAsync(lane));
     }
 
+    [Fact]
+    public async Task A_wake_up_stream_replaced_by_a_key_of_another_type_does_not_stop_the_lane()
+    {
+        // Review of the change: a key of another type under the wake-up stream's name made every XREADGROUP naming it fail
+        // (WRONGTYPE), and the reader kept naming it until its lifetime would have run out: no lane entry was read for
+        // minutes. Now the reader stops naming it and reads the lane alone. The key is replaced while no read is blocked
+        // on it (the worker paused, its 1 s BLOCK over): a blocked read would hear "UNBLOCKED" instead and take the
+        // deleted-stream path.
+        await using var lane = await CpuLaneHarness.StartAsync();
+        var worker = await lane.StartWorkerAsync();
+        var wake = Assert.Single(await Eventually.ReturnsAsync(() => WakeStreamsAsync(lane), keys => keys.Count == 1, TimeSpan.FromSeconds(60),
+            "the worker to make its wake-up stream", TimeSpan.FromMilliseconds(50)));
+        await using (ProcessPause.Of(worker.Pid))
+        {
+            await Eventually.ReturnsAsync(() => BlockedReaderAsync(lane.Db), c => c is null, TimeSpan.FromSeconds(30),
+                "the paused worker's read to end in Redis", TimeSpan.FromMilliseconds(100));
+            Assert.True(await lane.Db.StringSetAsync(wake, "not a stream"));
+        }
+
+        var id = $"after-wake-wrongtype-{Guid.NewGuid():N}";
+        await lane.EnqueueAsync((id, "noop.cpu", new { }));
+
+        await lane.WaitForStateAsync(id, "succeeded", TimeSpan.FromSeconds(30));
+    }
+
     private static async Task<IReadOnlyList<RedisKey>> WakeStreamsAsync(CpuLaneHarness lane)
     {
         var keys = new List<RedisKey>();
