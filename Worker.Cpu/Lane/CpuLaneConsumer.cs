@@ -118,13 +118,12 @@ public sealed class CpuLaneConsumer(
                 return;
             }
             catch (RedisServerException ex) when ((ex.Message.StartsWith("NOGROUP", StringComparison.Ordinal) && reader.IsAboutWakeStream(ex))
-                || ex.Message.StartsWith("UNBLOCKED the stream key no longer exists", StringComparison.Ordinal)
-                || ex.Message.StartsWith("WRONGTYPE", StringComparison.Ordinal))
+                || ex.Message.StartsWith("UNBLOCKED the stream key no longer exists", StringComparison.Ordinal))
             {
                 // The reader's wake-up stream was deleted or expired (a blocked read hears "UNBLOCKED", the next one
-                // NOGROUP) or replaced by another type: it is made again (or left out of reads) before the next read.
-                // If it was the lane's stream that went, the next read says so (NOGROUP naming it, below).
-                logger.LogInformation("A stream the CPU lane was reading went missing or changed type ({Error}); checking the wake-up stream {WakeKey} before the next read",
+                // NOGROUP): it is made again before the next read. If it was the lane's stream that went, the next read
+                // says so (NOGROUP naming it, below).
+                logger.LogInformation("A stream the CPU lane was reading went missing ({Error}); checking the wake-up stream {WakeKey} before the next read",
                     ex.Message, reader.WakeKey.ToString());
                 reader.ForgetWakeStream();
                 backoff = TimeSpan.FromMilliseconds(100);
@@ -138,6 +137,13 @@ public sealed class CpuLaneConsumer(
             }
             catch (Exception ex) when (RedisFailures.IsRedisFailure(ex))
             {
+                if (ex is RedisServerException { Message: var reply } && reply.StartsWith("WRONGTYPE", StringComparison.Ordinal))
+                {
+                    // Perhaps the wake-up stream's name now holds a key of another type: the next read checks it (and
+                    // leaves it out if so). If the lane's own stream is the one, this keeps failing, with the backoff.
+                    reader.ForgetWakeStream();
+                }
+
                 backoff = backoff == TimeSpan.Zero ? TimeSpan.FromMilliseconds(200) : TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, TimeSpan.FromSeconds(5).Ticks));
                 logger.LogWarning(ex, "Reading the CPU lane failed; retrying in {Backoff}", backoff);
             }
