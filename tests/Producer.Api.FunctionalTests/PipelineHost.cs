@@ -84,7 +84,12 @@ public sealed class PipelineHost : IAsyncDisposable
 
     public HttpClient Client(string? apiKey)
     {
-        var client = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{ApiPort}"), Timeout = TimeSpan.FromSeconds(30) };
+        // The handler's own 30 s deadline, reported with the API's last output; HttpClient's own timeout stays out of its way.
+        var client = new HttpClient(new UnansweredRequestReport(Api, TimeSpan.FromSeconds(30)))
+        {
+            BaseAddress = new Uri($"http://127.0.0.1:{ApiPort}"),
+            Timeout = TimeSpan.FromSeconds(35),
+        };
         if (apiKey is not null)
         {
             client.DefaultRequestHeaders.Add("X-Api-Key", apiKey);
