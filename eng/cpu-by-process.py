@@ -12,7 +12,7 @@ import sys
 import time
 
 out = sys.argv[1]
-last, kind, before = {}, {}, {}
+last, kind, names, before = {}, {}, {}, {}
 first_scan = True
 
 
@@ -44,11 +44,17 @@ while not os.path.exists(out + ".stop"):
         except OSError:
             continue
         key = (pid, fields[19])  # pid and start time: a reused pid is another process
-        if key not in kind:
+        try:
+            comm = open(f"/proc/{pid}/comm").read().strip()
+        except OSError:
+            continue
+        # A process that exec'd keeps its pid and start time (a RabbitMQ node is setsid, nice, sh, erl, then beam.smp):
+        # named again whenever its command name changes.
+        if key not in kind or names.get(key) != comm:
             found = classify(pid)
             if found is None:
                 continue
-            kind[key] = found
+            kind[key], names[key] = found, comm
         last[key] = int(fields[11]) + int(fields[12])
         if first_scan:
             before[key] = last[key]  # running already: only what it uses from now on counts

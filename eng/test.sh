@@ -10,7 +10,8 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 ASPIRE_VERSION_CHECK_DISABL
 # 1.7 s against 2.9 s, Worker.Cpu 1.3 against 2.0, Producer.Api 1.6 against 2.8), and the suite starts services
 # hundreds of times on two shared cores. Bench.Tests' quick suite and chaos runs check accounting, not speed; the
 # measured bench runs (docs/benchmarks.md) and Worker.Cpu.Measurements, which must see the services as they ship, are
-# not run from here. docs/test-suite-time.md, "Session 18".
+# not run from here, and DelayedEventTests' fixture, which measures its workers' idle cost, sets it back to 0 for them.
+# docs/test-suite-time.md, "Session 18".
 export DOTNET_TieredCompilation=1
 
 bash eng/install-deps.sh

@@ -13,6 +13,13 @@ public sealed class TimedEventsFixture : IAsyncLifetime
 {
     public PipelineHost Host { get; private set; } = null!;
 
+    /// <summary>
+    /// The workers ship with tiered compilation off (its background re-JIT lands in idle periods: docs/operations.md);
+    /// eng/test.sh turns it on for every process the suite starts. This fixture's workers run as they ship, since
+    /// <see cref="DelayedEventTests.Scheduled_backlog_costs_the_workers_no_cpu_while_it_waits"/> measures their idle cost.
+    /// </summary>
+    private const string ShippedJit = "DOTNET_TieredCompilation";
+
     public ChildProcess CpuWorker { get; private set; } = null!;
 
     public ChildProcess IoWorker { get; private set; } = null!;
@@ -31,8 +38,9 @@ public sealed class TimedEventsFixture : IAsyncLifetime
             // Long enough to cancel an event while it waits for its retry.
             ["CpuLane__RetryBaseDelay"] = "00:00:03",
             ["CpuLane__RetryMaxDelay"] = "00:00:04",
+            [ShippedJit] = "0",
         });
-        IoWorker = await Host.StartIoWorkerAsync(ReceiverPort);
+        IoWorker = await Host.StartIoWorkerAsync(ReceiverPort, new Dictionary<string, string?> { [ShippedJit] = "0" });
         Redis = await Host.Redis.ConnectAsync();
     }
 
