@@ -3,8 +3,8 @@
 
 Usage: python3 eng/cpu-by-process.py OUT & ... run the suite ...; touch OUT.stop
 Reads /proc once a second and keeps each process's last utime+stime (a process's last second before it exits is
-missed; a process already running counts from the start only); on OUT.stop it writes CPU seconds and process counts per kind, largest first, to OUT. Kinds: RabbitMQ's VM
-(node or rabbitmqctl), `dotnet <dll>` by dll, `dotnet run`/`exec`/`test`, otherwise the executable's name.
+missed; a process already running counts from the start only); on OUT.stop it writes CPU seconds and process counts
+per kind, largest first, to OUT. Kinds: RabbitMQ's VM (node or rabbitmqctl), `dotnet <dll>` by dll, `dotnet run`/`exec`/`test`, otherwise the executable's name.
 """
 import collections
 import os
@@ -16,10 +16,9 @@ last, kind, names, before = {}, {}, {}, {}
 first_scan = True
 
 
-def classify(pid):
+def classify(pid, comm):
     try:
         cmd = [c.decode(errors="replace") for c in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0") if c]
-        comm = open(f"/proc/{pid}/comm").read().strip()
     except OSError:
         return None
     if not cmd:
@@ -51,7 +50,7 @@ while not os.path.exists(out + ".stop"):
         # A process that exec'd keeps its pid and start time (a RabbitMQ node is setsid, nice, sh, erl, then beam.smp):
         # named again whenever its command name changes.
         if key not in kind or names.get(key) != comm:
-            found = classify(pid)
+            found = classify(pid, comm)
             if found is None:
                 continue
             kind[key], names[key] = found, comm
