@@ -49,6 +49,14 @@ public static class Extensions
             builder.Configuration[RabbitMqClientDisableTracingKey] = "true";
         }
 
+        // The last export of traces, metrics and logs at shutdown, bounded as a whole (TelemetryShutdown).
+        builder.Services.AddOptions<TelemetryShutdownOptions>()
+            .BindConfiguration(TelemetryShutdownOptions.SectionName)
+            .Validate(o => o.ShutdownFlushTimeout > TimeSpan.Zero && o.ShutdownFlushTimeout <= TimeSpan.FromMinutes(1),
+                "Telemetry:ShutdownFlushTimeout must be more than zero and at most a minute")
+            .ValidateOnStart();
+        builder.Services.AddHostedService<TelemetryShutdown>();
+
         builder.Logging.AddOpenTelemetry(logging =>
         {
             logging.IncludeFormattedMessage = true;

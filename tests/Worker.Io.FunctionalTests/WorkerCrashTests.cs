@@ -1,3 +1,5 @@
+using System.Net;
+using System.Net.Sockets;
 using EventPipeline.Testing;
 
 namespace EventPipeline.Worker.Io.FunctionalTests;
@@ -73,5 +75,96 @@ public sealed class WorkerCrashTests(SharedIoLane lane, ITestOutputHelper output
         await Eventually.TrueAsync(async () => (await Host.StatusesAsync(slow)).Values.All(s => s.State == "succeeded"),
             Deadline, "the returned events to succeed on the next worker", TimeSpan.FromMilliseconds(500));
         Assert.All((await Host.ReceivedAsync(slow)).Values, r => Assert.True(r.Count >= 1));
+    }
+
+    /// <summary>
+    /// Stopped from Aspire's dashboard on a loaded CI machine, worker-io was killed at the end of the orchestrator's
+    /// ~6 s stop window (exit -1) twice in four runs: its own stop took ~0.3 s, then each OpenTelemetry provider
+    /// (traces, metrics, logs) waited out its last export to a collector that did not answer (the testing AppHost has
+    /// no dashboard; Aspire still points the exporter at localhost:4317 and asks for in-memory retries), one after the
+    /// other, up to 5 s each. Here the collector accepts connections and never answers, with the exporter's default
+    /// 10 s timeout: the worker must still end by itself, the last flush bounded as a whole
+    /// (<c>Telemetry:ShutdownFlushTimeout</c>, 1 s by default).
+    /// </summary>
+    [Fact]
+    public async Task Sigterm_with_a_telemetry_collector_that_never_answers_ends_the_worker_within_seconds()
+    {
+        using var collector = new SilentCollector();
+        var settings = new Dictionary<string, string?>
+        {
+            ["OTEL_EXPORTER_OTLP_ENDPOINT"] = $"http://127.0.0.1:{collector.Port}",
+            ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc",
+            ["OTEL_EXPORTER_OTLP_TIMEOUT"] = "10000",
+            // What Aspire sets for every project it runs.
+            ["OTEL_DOTNET_EXPERIMENTAL_OTLP_RETRY"] = "in_memory",
+            ["OTEL_METRIC_EXPORT_INTERVAL"] = "1000",
+            ["OTEL_BSP_SCHEDULE_DELAY"] = "1000",
+            ["OTEL_BLRP_SCHEDULE_DELAY"] = "1000",
+        };
+        await Host.EnsureWorkerAsync(settings);
+        // Exports are under way (and stuck) before the stop.
+        await Eventually.TrueAsync(() => Task.FromResult(collector.Connections >= 2), Deadline, "the worker's exporters to connect to the collector");
+
+        var exit = await Host.Worker!.TerminateAsync(TimeSpan.FromSeconds(60));
+        output.WriteLine($"Worker.Io exited {exit.TotalSeconds:F1} s after SIGTERM with code {Host.Worker.ExitCode}; {collector.Connections} connections to the collector");
+        Assert.Equal(0, Host.Worker.ExitCode);
+        // Old code: 10.6 s (each provider waited out its own 5 s grace: 5 s at least, since the periodic metrics export
+        // is always stuck); now 1.7 s, 1 s of it the bounded flush.
+        Assert.True(exit < TimeSpan.FromSeconds(4.5), $"the worker took {exit.TotalSeconds:F1} s to stop; its last lines:\n{string.Join('\n', Host.Worker.Output.TakeLast(20))}");
+    }
+
+    /// <summary>A TCP listener that takes connections and never says a word: a collector that hangs.</summary>
+    private sealed class SilentCollector : IDisposable
+    {
+        private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+        private readonly List<Socket> _accepted = [];
+        private readonly CancellationTokenSource _stop = new();
+        private int _connections;
+
+        public SilentCollector()
+        {
+            _listener.Start();
+            _ = Task.Run(async () =>
+            {
+                while (!_stop.IsCancellationRequested)
+                {
+                    Socket socket;
+                    try
+                    {
+                        socket = await _listener.AcceptSocketAsync(_stop.Token);
+                    }
+                    catch (Exception) when (_stop.IsCancellationRequested)
+                    {
+                        return;
+                    }
+
+                    lock (_accepted)
+                    {
+                        _accepted.Add(socket);
+                    }
+
+                    Interlocked.Increment(ref _connections);
+                }
+            });
+        }
+
+        public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+
+        public int Connections => Volatile.Read(ref _connections);
+
+        public void Dispose()
+        {
+            _stop.Cancel();
+            _listener.Stop();
+            lock (_accepted)
+            {
+                foreach (var socket in _accepted)
+                {
+                    socket.Dispose();
+                }
+            }
+
+            _stop.Dispose();
+        }
     }
 }
