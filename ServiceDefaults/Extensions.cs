@@ -93,10 +93,9 @@ public static class Extensions
 
         if (!string.IsNullOrWhiteSpace(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))
         {
-            // The exporter's default timeout (10 s) also bounds its last flush at shutdown: with telemetry pending and a
-            // collector that does not answer (the dashboard gone first, as when the AppHost stops everything), a worker
-            // sat ~11 s after its own shutdown and the orchestrator killed it ("failed to stop"). 3 s is plenty on the
-            // local collector; a deployment may set OTEL_EXPORTER_OTLP_TIMEOUT itself.
+            // The exporter's default timeout (10 s) bounds each export, the ones retried in memory included; 3 s is
+            // plenty on the local collector, and a deployment may set OTEL_EXPORTER_OTLP_TIMEOUT itself. The last
+            // export at shutdown has a bound of its own, for the three signals together (TelemetryShutdown).
             if (string.IsNullOrWhiteSpace(builder.Configuration["OTEL_EXPORTER_OTLP_TIMEOUT"]))
             {
                 builder.Configuration["OTEL_EXPORTER_OTLP_TIMEOUT"] = "3000";

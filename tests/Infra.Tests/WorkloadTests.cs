@@ -139,10 +139,12 @@ public class WorkloadTests
             Assert.True(problem is null, problem);
         }
 
-        // The API: its preStop pause plus the host's default 30 s shutdown.
+        // The API: its preStop pause, the host's default 30 s shutdown and the last telemetry export.
         var api = rendered.Workload("producer-api");
-        var preStop = (long?)api.MainContainer["lifecycle"]?["preStop"]?["sleep"]?["seconds"] ?? 0;
-        Assert.True((long)api.PodSpec["terminationGracePeriodSeconds"]! >= preStop + 30);
+        var preStop = TimeSpan.FromSeconds((long?)api.MainContainer["lifecycle"]?["preStop"]?["sleep"]?["seconds"] ?? 0);
+        var apiStop = preStop + TimeSpan.FromSeconds(30) + TelemetryFlushOf("producer-api", rendered.EnvironmentOf(api, api.MainContainer));
+        var apiGrace = TimeSpan.FromSeconds((long)api.PodSpec["terminationGracePeriodSeconds"]!);
+        Assert.True(apiGrace >= apiStop, $"producer-api: grace {apiGrace} < preStop, shutdown and telemetry flush {apiStop}");
     }
 
     [Fact]
@@ -166,11 +168,22 @@ public class WorkloadTests
     /// <summary>Why the pod's grace period does not fit the host's shutdown timeout under this environment, or null.</summary>
     private static string? GraceProblem(string name, Workload workload, IReadOnlyDictionary<string, string> environment)
     {
-        var shutdown = ShutdownTimeoutOf(name, environment);
+        // The host's shutdown, then the last telemetry export (after it: TelemetryShutdown runs once the host stopped).
+        var shutdown = ShutdownTimeoutOf(name, environment) + TelemetryFlushOf(name, environment);
         var grace = TimeSpan.FromSeconds((long)workload.PodSpec["terminationGracePeriodSeconds"]!);
         return grace < shutdown ? $"{name}: grace {grace} < shutdown {shutdown}"
             : grace > shutdown + TimeSpan.FromSeconds(15) ? $"{name}: grace {grace} is far beyond shutdown {shutdown}"
             : null;
+    }
+
+    /// <summary>The bound on a service's last telemetry export as ServiceDefaults reads it from this environment.</summary>
+    private static TimeSpan TelemetryFlushOf(string name, IReadOnlyDictionary<string, string> environment)
+    {
+        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
+        builder.Configuration.AddConfiguration(ServiceFacts.For(name).EffectiveConfiguration(environment));
+        builder.AddServiceDefaults();
+        using var services = builder.Services.BuildServiceProvider();
+        return services.GetRequiredService<IOptions<EventPipeline.ServiceDefaults.TelemetryShutdownOptions>>().Value.ShutdownFlushTimeout;
     }
 
     /// <summary>
